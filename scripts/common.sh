@@ -1,0 +1,92 @@
+# Shared by the scripts in this folder: prerequisites, build, local clusters.
+# Every function is idempotent. Source it; do not run it.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PG_BIN=/usr/lib/postgresql/15/bin
+PG_CONFIG=$PG_BIN/pg_config
+PGRX_VERSION=0.18.1
+export CARGO_TERM_COLOR=never
+
+say() { printf '\n==> %s\n' "$*"; }
+
+# apt packages, cargo-pgrx, pgrx init against the system PostgreSQL 15.
+install_prerequisites() {
+    local missing=()
+    for pkg in postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        say "installing Debian packages: ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+    if ! cargo pgrx --version 2>/dev/null | grep -q "$PGRX_VERSION"; then
+        say "installing cargo-pgrx $PGRX_VERSION (takes a few minutes, once)"
+        cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
+    fi
+    if ! grep -qs "pg15 *= *\"$PG_CONFIG\"" "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; then
+        say "pointing pgrx at $PG_CONFIG"
+        cargo pgrx init --pg15 "$PG_CONFIG"
+    fi
+}
+
+# Build the extension and install it into the system PostgreSQL 15.
+install_extension() {
+    say "building and installing the credits extension"
+    (cd "$ROOT" && cargo pgrx install --pg-config "$PG_CONFIG" 2>&1 | grep -Ev '^\s*$' | tail -n 3)
+}
+
+# cluster_start NAME PORT: a fresh-or-existing cluster owned by postgres,
+# listening on 127.0.0.1:PORT, with the credits library preloaded.
+cluster_dir() { echo "$ROOT/target/clusters/$1"; }
+
+cluster_start() {
+    local name=$1 port=$2 dir
+    dir=$(cluster_dir "$name")
+    if [ ! -s "$dir/PG_VERSION" ]; then
+        say "creating cluster $name in $dir"
+        mkdir -p "$dir"
+        chown postgres: "$dir"
+        chmod 700 "$dir"
+        runuser -u postgres -- "$PG_BIN/initdb" -D "$dir" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
+        cat >>"$dir/postgresql.conf" <<CONF
+# credits
+port = $port
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '/tmp'
+shared_preload_libraries = 'credits'
+max_connections = 200
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+log_min_messages = warning
+CONF
+    fi
+    # Make the directory chain readable for postgres (the repo may live under /root).
+    chmod o+x "$ROOT" "$ROOT/target" "$ROOT/target/clusters" 2>/dev/null || true
+    if ! runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$dir" status >/dev/null 2>&1; then
+        say "starting cluster $name on port $port"
+        runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 start >/dev/null
+    fi
+}
+
+cluster_stop() {
+    local dir
+    dir=$(cluster_dir "$1")
+    if [ -s "$dir/PG_VERSION" ]; then
+        runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$dir" -m fast -w stop >/dev/null 2>&1 || true
+    fi
+}
+
+cluster_destroy() {
+    cluster_stop "$1"
+    rm -rf "$(cluster_dir "$1")"
+}
+
+# psql_at PORT [args...]: psql as postgres on the local cluster.
+psql_at() {
+    local port=$1
+    shift
+    "$PG_BIN/psql" -X -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres "$@"
+}

@@ -1,0 +1,156 @@
+-- Accounts: subscribing and changing plans (rules 4, 5), buying more
+-- (rule 6) and one-off grants.
+
+-- subscribe: create the account on a plan, or change its plan.
+--   New account: the plan's full allowance whatever the day (rule 4, no proration).
+--   Upgrade (the new monthly limit is larger): a fresh window of the new
+--     plan's full allowance starts now; what was left of the old one is
+--     forfeited and recorded in the ledger ('F'), never added.
+--   Otherwise (downgrade or same-size plan): the month's usage is kept,
+--     remaining = max(0, new limit - used).
+--   Purchased credits carry over to plans that may buy, and lapse otherwise.
+--   Subscribing to the current plan changes nothing.
+CREATE FUNCTION subscribe(account_id text, plan text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p_account   text := subscribe.account_id;
+    p_plan      text := subscribe.plan;
+    v_now       timestamptz := credits.now();
+    v_month     date := credits._utc_month(v_now);
+    v_new       credits.plans;
+    v_acct      credits.accounts;
+    v_old       credits._account_state;
+    v_purchased numeric;
+    v_new_limit numeric;
+    v_upgrade   boolean;
+    v_forfeit   numeric;
+    v_entry     bigint;
+BEGIN
+    PERFORM credits._check_text(p_account, 'account_id');
+    PERFORM credits._check_text(p_plan, 'plan');
+    SELECT * INTO v_new FROM credits.plans p WHERE p.plan = p_plan;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'unknown plan: %', quote_literal(p_plan) USING ERRCODE = 'UC003',
+            HINT = 'Plans are listed in credits.plans.';
+    END IF;
+
+    INSERT INTO credits.accounts AS a (account_id, plan, created_at, day, month)
+    VALUES (p_account, p_plan, v_now, credits._utc_day(v_now), v_month)
+    ON CONFLICT DO NOTHING;
+    IF FOUND THEN
+        INSERT INTO credits.ledger (account_id, at, kind, amount, metadata)
+        VALUES (p_account, v_now, 'S', 0, jsonb_build_object('plan', p_plan, 'purchased', 0));
+        RETURN;
+    END IF;
+
+    v_acct := credits._lock_account(p_account);
+    IF v_acct.plan = p_plan THEN
+        RETURN;
+    END IF;
+    v_old := credits._state(v_acct, v_now);
+    v_purchased := CASE WHEN v_new.may_purchase THEN v_acct.purchased ELSE 0 END;
+    v_new_limit := v_new.monthly_allowance + v_purchased;
+    v_upgrade := v_new_limit > v_old.monthly_limit;
+
+    IF v_upgrade THEN
+        v_forfeit := greatest(0, v_old.monthly_limit - v_old.monthly_used);
+        IF v_forfeit > 0 THEN
+            INSERT INTO credits.ledger (account_id, at, kind, amount, metadata)
+            VALUES (p_account, v_now, 'F', v_forfeit,
+                    jsonb_build_object('reason', 'upgrade', 'plan', v_acct.plan));
+        END IF;
+    END IF;
+
+    INSERT INTO credits.ledger (account_id, at, kind, amount, metadata)
+    VALUES (p_account, v_now, 'S', 0,
+            jsonb_build_object('plan', p_plan, 'from', v_acct.plan,
+                               'upgrade', v_upgrade, 'purchased', v_purchased))
+    RETURNING entry_id INTO v_entry;
+
+    UPDATE credits.accounts a
+       SET plan = p_plan,
+           purchased = v_purchased,
+           month = v_month,
+           monthly_used = CASE WHEN v_upgrade THEN 0 ELSE v_old.monthly_used END,
+           monthly_epoch = CASE WHEN v_upgrade THEN v_entry ELSE a.monthly_epoch END
+     WHERE a.account_id = p_account;
+END
+$$;
+
+-- purchase: raise the recurring monthly limit by `credits`, at once and in
+-- full, every month until the plan changes to one that may not buy.
+CREATE FUNCTION purchase(account_id text, credits numeric) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p_account text := purchase.account_id;
+    p_credits numeric := purchase.credits;
+    v_acct    credits.accounts;
+    v_may     boolean;
+BEGIN
+    PERFORM credits._check_text(p_account, 'account_id');
+    PERFORM credits._check_amount(p_credits, 'credits');
+    v_acct := credits._lock_account(p_account);
+    SELECT p.may_purchase INTO v_may FROM credits.plans p WHERE p.plan = v_acct.plan;
+    IF NOT v_may THEN
+        RAISE EXCEPTION 'plan % may not buy credits (account %)', quote_literal(v_acct.plan), quote_literal(p_account)
+            USING ERRCODE = 'UC006', HINT = 'Upgrade to a plan that allows purchases first.';
+    END IF;
+    INSERT INTO credits.ledger (account_id, at, kind, amount)
+    VALUES (p_account, credits.now(), 'P', p_credits);
+    UPDATE credits.accounts a SET purchased = a.purchased + p_credits WHERE a.account_id = p_account;
+END
+$$;
+
+-- grant: one-off credits, consumed after the monthly allowance,
+-- soonest-expiring first. Returns the ledger entry id (= the grant id).
+CREATE FUNCTION "grant"(account_id text, amount numeric, kind text DEFAULT 'promotional',
+                        expires_at timestamptz DEFAULT NULL, idempotency_key text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p_account text := "grant".account_id;
+    p_amount  numeric := "grant".amount;
+    p_kind    text := "grant".kind;
+    p_expires timestamptz := "grant".expires_at;
+    p_key     text := "grant".idempotency_key;
+    v_now     timestamptz := credits.now();
+    v_request uuid;
+    v_entry   bigint;
+BEGIN
+    PERFORM credits._check_text(p_account, 'account_id');
+    PERFORM credits._check_amount(p_amount, 'amount');
+    IF p_kind IS NULL OR p_kind NOT IN ('promotional', 'purchased', 'adjustment') THEN
+        RAISE EXCEPTION 'invalid grant kind: %', coalesce(quote_literal(p_kind), 'NULL')
+            USING ERRCODE = 'UC009', DETAIL = 'kind must be promotional, purchased or adjustment';
+    END IF;
+    IF p_expires IS NOT NULL AND (p_expires <= v_now OR NOT isfinite(p_expires)) THEN
+        RAISE EXCEPTION 'invalid expires_at: %', p_expires
+            USING ERRCODE = 'UC009', DETAIL = format('expires_at must be a finite time after now (%s)', v_now);
+    END IF;
+    IF p_key IS NOT NULL THEN
+        PERFORM credits._check_text(p_key, 'idempotency_key');
+    END IF;
+
+    PERFORM credits._lock_account(p_account);
+    IF p_key IS NOT NULL THEN
+        v_request := credits._fingerprint('grant', trim_scale(p_amount)::text, p_kind,
+                                          extract(epoch FROM p_expires)::text);
+        v_entry := credits._replay(p_account, p_key, v_request);
+        IF v_entry IS NOT NULL THEN
+            RETURN v_entry;
+        END IF;
+    END IF;
+
+    INSERT INTO credits.ledger (account_id, at, kind, amount, metadata)
+    VALUES (p_account, v_now, 'G', p_amount,
+            jsonb_strip_nulls(jsonb_build_object('kind', p_kind, 'expires_at', p_expires)))
+    RETURNING entry_id INTO v_entry;
+    INSERT INTO credits.grants (account_id, grant_id, kind, amount, remaining, expires_at)
+    VALUES (p_account, v_entry, p_kind, p_amount, p_amount, p_expires);
+    IF p_key IS NOT NULL THEN
+        INSERT INTO credits.idempotency (account_id, idempotency_key, entry_id, request)
+        VALUES (p_account, p_key, v_entry, v_request);
+    END IF;
+    RETURN v_entry;
+END
+$$;

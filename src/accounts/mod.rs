@@ -1,0 +1,5 @@
+//! Accounts: subscribe / plan changes, purchases, one-off grants.
+
+use pgrx::prelude::*;
+
+extension_sql_file!("accounts.sql", name = "accounts", requires = ["internal"]);

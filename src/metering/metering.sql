@@ -1,0 +1,273 @@
+-- Metering: debit, try_debit, refund.
+--
+-- The debit hot path is one statement: a guarded UPDATE of the account row
+-- (windows rolled inline, every limit checked in its WHERE) chained to the
+-- ledger INSERT. Row locking makes it exact under any concurrency: at READ
+-- COMMITTED a waiting debit re-checks the guard against the committed row;
+-- at REPEATABLE READ / SERIALIZABLE it fails with 40001 and is retried.
+-- Anything the fast path cannot decide alone (credits from grants, an
+-- error to report, an idempotency key) goes to _debit_slow.
+
+-- The slow path: full validation, grants, precise errors.
+CREATE FUNCTION _debit_slow(p_account text, p_feature text, p_quantity numeric, p_key text,
+                            p_metadata jsonb, p_raise boolean, p_now timestamptz)
+RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_feature   credits.features;
+    v_amount    numeric;
+    v_acct      credits.accounts;
+    v_state     credits._account_state;
+    v_request   uuid;
+    v_entry     bigint;
+    v_alloc     numeric;
+    v_need      numeric;
+    v_take      numeric;
+    v_window    text;
+    v_left      numeric;
+    g           record;
+BEGIN
+    PERFORM credits._check_text(p_account, 'account_id');
+    PERFORM credits._check_text(p_feature, 'feature');
+    SELECT * INTO v_feature FROM credits.features f WHERE f.feature = p_feature;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'unknown feature: %', quote_literal(p_feature) USING ERRCODE = 'UC003',
+            HINT = 'Features are listed in credits.features.';
+    END IF;
+    PERFORM credits._check_amount(p_quantity, 'quantity');
+    v_amount := v_feature.cost * p_quantity;
+    IF scale(trim_scale(v_amount)) > 4 THEN
+        RAISE EXCEPTION 'invalid amount: % (cost % x quantity %)', v_amount, v_feature.cost, p_quantity
+            USING ERRCODE = 'UC004', DETAIL = 'the charge must be exact to 4 decimal places';
+    END IF;
+    IF p_key IS NOT NULL THEN
+        PERFORM credits._check_text(p_key, 'idempotency_key');
+    END IF;
+
+    v_acct := credits._lock_account(p_account);
+    IF p_key IS NOT NULL THEN
+        v_request := credits._fingerprint('debit', p_feature, trim_scale(p_quantity)::text, p_metadata::text);
+        v_entry := credits._replay(p_account, p_key, v_request);
+        IF v_entry IS NOT NULL THEN
+            RETURN v_entry;
+        END IF;
+    END IF;
+
+    v_state := credits._state(v_acct, p_now);
+    IF v_state.daily_available IS NOT NULL AND v_amount > v_state.daily_available THEN
+        v_window := 'daily';
+        v_left := v_state.daily_available;
+    ELSIF v_amount > v_state.allowance_available + v_state.grants_available THEN
+        v_window := 'monthly';
+        v_left := v_state.allowance_available + v_state.grants_available;
+    END IF;
+    IF v_window IS NOT NULL THEN
+        IF NOT p_raise THEN
+            RETURN NULL;
+        END IF;
+        RAISE EXCEPTION 'insufficient credits: account % needs % for %, the % window has % available',
+                        quote_literal(p_account), v_amount, p_feature, v_window, v_left
+            USING ERRCODE = 'UC001',
+                  DETAIL = CASE v_window
+                      WHEN 'daily' THEN format('window=daily day=%s limit=%s used=%s reserved=%s',
+                                               credits._utc_day(p_now), v_state.daily_limit,
+                                               v_state.daily_used, v_state.reserved)
+                      ELSE format('window=monthly month=%s limit=%s used=%s granted=%s reserved=%s',
+                                  to_char(credits._utc_month(p_now), 'YYYY-MM'), v_state.monthly_limit,
+                                  v_state.monthly_used, v_state.granted_remaining, v_state.reserved)
+                  END;
+    END IF;
+
+    v_alloc := least(v_amount, v_state.allowance_available);
+    v_need := v_amount - v_alloc;
+    INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, from_grants, metadata)
+    VALUES (p_account, p_now, 'D', v_feature.feature_id, v_amount, nullif(v_need, 0), p_metadata)
+    RETURNING entry_id INTO v_entry;
+
+    FOR g IN SELECT gr.grant_id, gr.remaining FROM credits.grants gr
+              WHERE gr.account_id = p_account AND gr.remaining > 0
+                AND (gr.expires_at IS NULL OR gr.expires_at > p_now)
+              ORDER BY gr.expires_at NULLS LAST, gr.grant_id
+              FOR UPDATE
+    LOOP
+        EXIT WHEN v_need = 0;
+        v_take := least(v_need, g.remaining);
+        UPDATE credits.grants gr SET remaining = gr.remaining - v_take
+         WHERE gr.account_id = p_account AND gr.grant_id = g.grant_id;
+        INSERT INTO credits.grant_draws (account_id, entry_id, grant_id, amount)
+        VALUES (p_account, v_entry, g.grant_id, v_take);
+        v_need := v_need - v_take;
+    END LOOP;
+
+    UPDATE credits.accounts a
+       SET day = credits._utc_day(p_now),
+           daily_used = v_state.daily_used + v_amount,
+           month = credits._utc_month(p_now),
+           monthly_used = v_state.monthly_used + v_alloc
+     WHERE a.account_id = p_account;
+
+    IF p_key IS NOT NULL THEN
+        INSERT INTO credits.idempotency (account_id, idempotency_key, entry_id, request)
+        VALUES (p_account, p_key, v_entry, v_request);
+    END IF;
+    RETURN v_entry;
+END
+$$;
+
+CREATE FUNCTION _debit(p_account text, p_feature text, p_quantity numeric, p_key text,
+                       p_metadata jsonb, p_raise boolean)
+RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_now   timestamptz := credits.now();
+    v_day   date := credits._utc_day(v_now);
+    v_month date := credits._utc_month(v_now);
+    v_entry bigint;
+BEGIN
+    IF p_key IS NULL THEN
+        -- Fast path: everything from the monthly allowance, no error to report.
+        WITH f AS (
+            SELECT f.feature_id, f.cost * p_quantity AS amount
+              FROM credits.features f
+             WHERE f.feature = p_feature
+               AND p_quantity > 0 AND p_quantity < 1e15
+               AND round(f.cost * p_quantity, 4) = f.cost * p_quantity
+        ), u AS (
+            UPDATE credits.accounts a
+               SET day = v_day,
+                   daily_used = credits._in_window(a.day, v_day, a.daily_used) + f.amount,
+                   month = v_month,
+                   monthly_used = credits._in_window(a.month, v_month, a.monthly_used) + f.amount
+              FROM f, credits.plans p
+             WHERE a.account_id = p_account
+               AND p.plan = a.plan
+               AND (p.daily_limit IS NULL
+                    OR credits._in_window(a.day, v_day, a.daily_used) + a.reserved + f.amount <= p.daily_limit)
+               AND credits._in_window(a.month, v_month, a.monthly_used) + a.reserved + f.amount
+                   <= p.monthly_allowance + a.purchased
+            RETURNING a.account_id, f.feature_id, f.amount
+        )
+        INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, metadata)
+        SELECT u.account_id, v_now, 'D', u.feature_id, u.amount, p_metadata FROM u
+        RETURNING entry_id INTO v_entry;
+        IF v_entry IS NOT NULL THEN
+            RETURN v_entry;
+        END IF;
+    END IF;
+    RETURN credits._debit_slow(p_account, p_feature, p_quantity, p_key, p_metadata, p_raise, v_now);
+END
+$$;
+
+-- debit: charge cost x quantity; UC001 when any window lacks credits.
+CREATE FUNCTION debit(account_id text, feature text, quantity numeric DEFAULT 1,
+                      idempotency_key text DEFAULT NULL, metadata jsonb DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN credits._debit($1, $2, $3, $4, $5, true);
+END
+$$;
+
+-- try_debit: like debit, but NULL instead of UC001.
+CREATE FUNCTION try_debit(account_id text, feature text, quantity numeric DEFAULT 1,
+                          idempotency_key text DEFAULT NULL, metadata jsonb DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN credits._debit($1, $2, $3, $4, $5, false);
+END
+$$;
+
+-- refund: give back (part of) a debit to where it came from.
+--   Grants first (they were drawn last), back to the very grants drawn;
+--   then the allowance, back to the window of the debit: today's daily
+--   window if the debit was today, this month's monthly window if the debit
+--   was in it. A window that has since closed stays closed (no rollover):
+--   that part is recorded in the ledger but not made available again.
+--   amount NULL refunds what is left; repeating it returns the same entry.
+CREATE FUNCTION refund(entry_id bigint, amount numeric DEFAULT NULL, reason text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p_entry   bigint := refund.entry_id;
+    p_amount  numeric := refund.amount;
+    p_reason  text := refund.reason;
+    v_now     timestamptz := credits.now();
+    v_debit   credits.ledger;
+    v_acct    credits.accounts;
+    v_done    numeric;
+    v_grants_done numeric;
+    v_left    numeric;
+    v_last    bigint;
+    v_to_grants numeric;
+    v_need    numeric;
+    v_take    numeric;
+    v_entry   bigint;
+    g         record;
+BEGIN
+    IF p_entry IS NULL THEN
+        RAISE EXCEPTION 'invalid entry_id: NULL' USING ERRCODE = 'UC009';
+    END IF;
+    IF p_amount IS NOT NULL THEN
+        PERFORM credits._check_amount(p_amount, 'amount');
+    END IF;
+    SELECT * INTO v_debit FROM credits.ledger l WHERE l.entry_id = p_entry;
+    IF NOT FOUND OR v_debit.kind <> 'D' THEN
+        RAISE EXCEPTION 'entry % is not a debit', p_entry USING ERRCODE = 'UC011',
+            DETAIL = CASE WHEN FOUND THEN format('entry %s is of kind %s', p_entry, v_debit.kind)
+                          ELSE 'no ledger entry has that id' END;
+    END IF;
+    v_acct := credits._lock_account(v_debit.account_id);
+
+    SELECT coalesce(sum(r.amount), 0), coalesce(sum(r.from_grants), 0), max(r.entry_id)
+      INTO v_done, v_grants_done, v_last
+      FROM credits.ledger r WHERE r.ref = p_entry AND r.kind = 'R';
+    v_left := v_debit.amount - v_done;
+    IF p_amount IS NULL THEN
+        IF v_left = 0 THEN
+            RETURN v_last;
+        END IF;
+        p_amount := v_left;
+    ELSIF p_amount > v_left THEN
+        RAISE EXCEPTION 'refund of % exceeds what is left of debit %: %', p_amount, p_entry, v_left
+            USING ERRCODE = 'UC007',
+                  DETAIL = format('debited %s, already refunded %s', v_debit.amount, v_done);
+    END IF;
+
+    v_to_grants := least(p_amount, coalesce(v_debit.from_grants, 0) - v_grants_done);
+    INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, from_grants, ref, metadata)
+    VALUES (v_debit.account_id, v_now, 'R', v_debit.feature_id, p_amount, nullif(v_to_grants, 0), p_entry,
+            CASE WHEN p_reason IS NOT NULL THEN jsonb_build_object('reason', p_reason) END)
+    RETURNING ledger.entry_id INTO v_entry;
+
+    -- Give back to the grants this debit drew from, latest-expiring first.
+    v_need := v_to_grants;
+    FOR g IN SELECT d.grant_id, sum(d.amount) AS net
+               FROM credits.grant_draws d
+               JOIN credits.grants gr ON gr.account_id = d.account_id AND gr.grant_id = d.grant_id
+              WHERE d.account_id = v_debit.account_id
+                AND (d.entry_id = p_entry
+                     OR d.entry_id IN (SELECT r.entry_id FROM credits.ledger r WHERE r.ref = p_entry AND r.kind = 'R'))
+              GROUP BY d.grant_id, gr.expires_at
+             HAVING sum(d.amount) > 0
+              ORDER BY gr.expires_at DESC NULLS FIRST, d.grant_id DESC
+    LOOP
+        EXIT WHEN v_need = 0;
+        v_take := least(v_need, g.net);
+        UPDATE credits.grants gr SET remaining = gr.remaining + v_take
+         WHERE gr.account_id = v_debit.account_id AND gr.grant_id = g.grant_id;
+        INSERT INTO credits.grant_draws (account_id, entry_id, grant_id, amount)
+        VALUES (v_debit.account_id, v_entry, g.grant_id, -v_take);
+        v_need := v_need - v_take;
+    END LOOP;
+
+    UPDATE credits.accounts a
+       SET daily_used = CASE WHEN a.day = credits._utc_day(v_debit.at) AND a.day = credits._utc_day(v_now)
+                             THEN a.daily_used - p_amount ELSE a.daily_used END,
+           monthly_used = CASE WHEN a.month = credits._utc_month(v_debit.at) AND a.month = credits._utc_month(v_now)
+                                    AND p_entry > a.monthly_epoch
+                               THEN a.monthly_used - (p_amount - v_to_grants) ELSE a.monthly_used END
+     WHERE a.account_id = v_debit.account_id;
+    RETURN v_entry;
+END
+$$;

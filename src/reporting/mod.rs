@@ -1,0 +1,5 @@
+//! Reporting: the usage display (`balance`) and the ledger audit (`verify`).
+
+use pgrx::prelude::*;
+
+extension_sql_file!("reporting.sql", name = "reporting", requires = ["internal"]);

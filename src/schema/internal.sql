@@ -1,0 +1,134 @@
+-- Internal helpers shared by every public function. Not part of the API
+-- (names start with an underscore); kept here so each rule has one copy.
+
+-- A window counter counts only while its window is the current one: a counter
+-- stored for an earlier day or month reads as zero. Inlined by the planner.
+CREATE FUNCTION _in_window(stored_window date, current_window date, used numeric)
+RETURNS numeric LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE WHEN stored_window = current_window THEN used ELSE 0 END;
+
+-- UTC calendar windows. AT TIME ZONE 'UTC' makes them independent of the
+-- session's TimeZone.
+CREATE FUNCTION _utc_day(at timestamptz) RETURNS date
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN (at AT TIME ZONE 'UTC')::date;
+
+CREATE FUNCTION _utc_month(at timestamptz) RETURNS date
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN date_trunc('month', at AT TIME ZONE 'UTC')::date;
+
+-- UC004: amounts are positive, finite and exact to 4 decimal places.
+CREATE FUNCTION _check_amount(value numeric, what text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF value IS NULL THEN
+        RAISE EXCEPTION 'invalid %: NULL', what USING ERRCODE = 'UC004',
+            DETAIL = format('%s must be a positive number with at most 4 decimal places', what);
+    ELSIF value = 'NaN'::numeric OR value IN ('Infinity'::numeric, '-Infinity'::numeric) THEN
+        RAISE EXCEPTION 'invalid %: %', what, value USING ERRCODE = 'UC004',
+            DETAIL = format('%s must be a finite number', what);
+    ELSIF value <= 0 THEN
+        RAISE EXCEPTION 'invalid %: %', what, value USING ERRCODE = 'UC004',
+            DETAIL = format('%s must be greater than zero', what);
+    ELSIF scale(trim_scale(value)) > 4 THEN
+        RAISE EXCEPTION 'invalid %: %', what, value USING ERRCODE = 'UC004',
+            DETAIL = format('%s has more than 4 decimal places', what);
+    ELSIF value >= 1e15 THEN
+        RAISE EXCEPTION 'invalid %: %', what, value USING ERRCODE = 'UC004',
+            DETAIL = format('%s must be below 10^15', what);
+    END IF;
+END
+$$;
+
+-- UC009: identifiers and other text arguments.
+CREATE FUNCTION _check_text(value text, what text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF value IS NULL OR value = '' THEN
+        RAISE EXCEPTION 'invalid %: %', what, coalesce(quote_literal(value), 'NULL')
+            USING ERRCODE = 'UC009', DETAIL = format('%s must be a non-empty string', what);
+    ELSIF octet_length(value) > 255 THEN
+        RAISE EXCEPTION 'invalid %: % bytes long', what, octet_length(value)
+            USING ERRCODE = 'UC009', DETAIL = format('%s must be at most 255 bytes', what);
+    END IF;
+END
+$$;
+
+-- Fingerprint of a request, stored with its idempotency key (UC005).
+CREATE FUNCTION _fingerprint(VARIADIC parts text[]) RETURNS uuid
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN md5(array_to_string(parts, chr(31), chr(30)))::uuid;
+
+-- The replay half of idempotency: the entry a key already produced, NULL if
+-- the key is new, UC005 if the key was used for a different request.
+-- Callers hold the account lock, so a concurrent twin has committed or not.
+CREATE FUNCTION _replay(p_account text, p_key text, p_request uuid) RETURNS bigint
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_entry bigint;
+    v_request uuid;
+BEGIN
+    SELECT i.entry_id, i.request INTO v_entry, v_request
+      FROM credits.idempotency i
+     WHERE i.account_id = p_account AND i.idempotency_key = p_key;
+    IF v_entry IS NOT NULL AND v_request <> p_request THEN
+        RAISE EXCEPTION 'idempotency key % was already used with a different request', quote_literal(p_key)
+            USING ERRCODE = 'UC005',
+                  DETAIL = format('account %s, first entry %s', quote_literal(p_account), v_entry),
+                  HINT = 'Use a new key for a new request.';
+    END IF;
+    RETURN v_entry;
+END
+$$;
+
+-- Lock an account row (every write to an account goes through this lock,
+-- which also orders its ledger entries) and fail with UC002 if it is missing.
+CREATE FUNCTION _lock_account(p_account text) RETURNS credits.accounts
+LANGUAGE plpgsql AS $$
+DECLARE
+    v credits.accounts;
+BEGIN
+    SELECT * INTO v FROM credits.accounts a WHERE a.account_id = p_account FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'unknown account: %', quote_literal(p_account)
+            USING ERRCODE = 'UC002', HINT = 'Create it with credits.subscribe(account_id, plan).';
+    END IF;
+    RETURN v;
+END
+$$;
+
+-- The state of one account at an instant, windows rolled: what balance()
+-- shows and what the slow debit path decides on. Holds draw on the
+-- allowance first, then on grants; a daily limit caps all spending.
+CREATE TYPE _account_state AS (
+    plan              text,
+    daily_limit       numeric,
+    daily_used        numeric,
+    monthly_limit     numeric,
+    monthly_used      numeric,
+    granted_remaining numeric,
+    reserved          numeric,
+    daily_available   numeric,  -- NULL when the plan has no daily limit
+    allowance_available numeric,
+    grants_available  numeric
+);
+
+CREATE FUNCTION _state(a credits.accounts, p_now timestamptz) RETURNS credits._account_state
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT s.plan, s.daily_limit, s.daily_used, s.monthly_limit, s.monthly_used,
+           s.granted, a.reserved,
+           CASE WHEN s.daily_limit IS NOT NULL THEN greatest(0, s.daily_limit - s.daily_used - a.reserved) END,
+           greatest(0, s.monthly_limit - s.monthly_used - a.reserved),
+           s.granted - greatest(0, a.reserved - greatest(0, s.monthly_limit - s.monthly_used))
+      FROM (SELECT p.plan,
+                   p.daily_limit,
+                   credits._in_window(a.day, credits._utc_day(p_now), a.daily_used) AS daily_used,
+                   p.monthly_allowance + a.purchased AS monthly_limit,
+                   credits._in_window(a.month, credits._utc_month(p_now), a.monthly_used) AS monthly_used,
+                   coalesce((SELECT sum(g.remaining) FROM credits.grants g
+                              WHERE g.account_id = a.account_id AND g.remaining > 0
+                                AND (g.expires_at IS NULL OR g.expires_at > p_now)), 0) AS granted
+              FROM credits.plans p
+             WHERE p.plan = a.plan) s;
+END;
