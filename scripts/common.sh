@@ -34,7 +34,14 @@ install_prerequisites() {
 # Build the extension and install it into the system PostgreSQL 15.
 install_extension() {
     say "building and installing the credits extension"
-    (cd "$ROOT" && cargo pgrx install --pg-config "$PG_CONFIG" 2>&1 | grep -Ev '^\s*$' | tail -n 3)
+    mkdir -p "$ROOT/target"
+    local log="$ROOT/target/install.log"
+    if ! (cd "$ROOT" && cargo pgrx install --pg-config "$PG_CONFIG") >"$log" 2>&1; then
+        grep -Ev '^ +[0-9]+: |^ +at ' "$log" | tail -n 60
+        echo "build failed; full log: $log" >&2
+        return 1
+    fi
+    grep -E 'Finished|installing' "$log" | tail -n 2
 }
 
 # cluster_start NAME PORT: a fresh-or-existing cluster owned by postgres,

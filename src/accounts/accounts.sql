@@ -89,6 +89,7 @@ DECLARE
 BEGIN
     PERFORM credits._check_text(p_account, 'account_id');
     PERFORM credits._check_amount(p_credits, 'credits');
+    p_credits := trim_scale(p_credits);
     v_acct := credits._lock_account(p_account);
     SELECT p.may_purchase INTO v_may FROM credits.plans p WHERE p.plan = v_acct.plan;
     IF NOT v_may THEN
@@ -119,13 +120,15 @@ DECLARE
 BEGIN
     PERFORM credits._check_text(p_account, 'account_id');
     PERFORM credits._check_amount(p_amount, 'amount');
+    p_amount := trim_scale(p_amount);
     IF p_kind IS NULL OR p_kind NOT IN ('promotional', 'purchased', 'adjustment') THEN
         RAISE EXCEPTION 'invalid grant kind: %', coalesce(quote_literal(p_kind), 'NULL')
             USING ERRCODE = 'UC009', DETAIL = 'kind must be promotional, purchased or adjustment';
     END IF;
     IF p_expires IS NOT NULL AND (p_expires <= v_now OR NOT isfinite(p_expires)) THEN
-        RAISE EXCEPTION 'invalid expires_at: %', p_expires
-            USING ERRCODE = 'UC009', DETAIL = format('expires_at must be a finite time after now (%s)', v_now);
+        RAISE EXCEPTION 'invalid expires_at: %', credits._utc_text(p_expires)
+            USING ERRCODE = 'UC009',
+                  DETAIL = format('expires_at must be a finite time after now (%s)', credits._utc_text(v_now));
     END IF;
     IF p_key IS NOT NULL THEN
         PERFORM credits._check_text(p_key, 'idempotency_key');

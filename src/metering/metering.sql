@@ -35,7 +35,7 @@ BEGIN
             HINT = 'Features are listed in credits.features.';
     END IF;
     PERFORM credits._check_amount(p_quantity, 'quantity');
-    v_amount := v_feature.cost * p_quantity;
+    v_amount := trim_scale(v_feature.cost * p_quantity);
     IF scale(trim_scale(v_amount)) > 4 THEN
         RAISE EXCEPTION 'invalid amount: % (cost % x quantity %)', v_amount, v_feature.cost, p_quantity
             USING ERRCODE = 'UC004', DETAIL = 'the charge must be exact to 4 decimal places';
@@ -70,7 +70,7 @@ BEGIN
             USING ERRCODE = 'UC001',
                   DETAIL = CASE v_window
                       WHEN 'daily' THEN format('window=daily day=%s limit=%s used=%s reserved=%s',
-                                               credits._utc_day(p_now), v_state.daily_limit,
+                                               to_char(credits._utc_day(p_now), 'YYYY-MM-DD'), v_state.daily_limit,
                                                v_state.daily_used, v_state.reserved)
                       ELSE format('window=monthly month=%s limit=%s used=%s granted=%s reserved=%s',
                                   to_char(credits._utc_month(p_now), 'YYYY-MM'), v_state.monthly_limit,
@@ -127,7 +127,7 @@ BEGIN
     IF p_key IS NULL THEN
         -- Fast path: everything from the monthly allowance, no error to report.
         WITH f AS (
-            SELECT f.feature_id, f.cost * p_quantity AS amount
+            SELECT f.feature_id, trim_scale(f.cost * p_quantity) AS amount
               FROM credits.features f
              WHERE f.feature = p_feature
                AND p_quantity > 0 AND p_quantity < 1e15
@@ -210,6 +210,7 @@ BEGIN
     END IF;
     IF p_amount IS NOT NULL THEN
         PERFORM credits._check_amount(p_amount, 'amount');
+        p_amount := trim_scale(p_amount);
     END IF;
     SELECT * INTO v_debit FROM credits.ledger l WHERE l.entry_id = p_entry;
     IF NOT FOUND OR v_debit.kind <> 'D' THEN
@@ -229,9 +230,9 @@ BEGIN
         END IF;
         p_amount := v_left;
     ELSIF p_amount > v_left THEN
-        RAISE EXCEPTION 'refund of % exceeds what is left of debit %: %', p_amount, p_entry, v_left
+        RAISE EXCEPTION 'refund of % exceeds what is left of debit %: %', p_amount, p_entry, trim_scale(v_left)
             USING ERRCODE = 'UC007',
-                  DETAIL = format('debited %s, already refunded %s', v_debit.amount, v_done);
+                  DETAIL = format('debited %s, already refunded %s', v_debit.amount, trim_scale(v_done));
     END IF;
 
     v_to_grants := least(p_amount, coalesce(v_debit.from_grants, 0) - v_grants_done);

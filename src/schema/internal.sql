@@ -17,6 +17,11 @@ CREATE FUNCTION _utc_month(at timestamptz) RETURNS date
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN date_trunc('month', at AT TIME ZONE 'UTC')::date;
 
+-- Instants in messages: UTC, whatever the session's TimeZone and DateStyle.
+CREATE FUNCTION _utc_text(at timestamptz) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE WHEN isfinite(at) THEN to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.MS "UTC"') ELSE at::text END;
+
 -- UC004: amounts are positive, finite and exact to 4 decimal places.
 CREATE FUNCTION _check_amount(value numeric, what text) RETURNS void
 LANGUAGE plpgsql IMMUTABLE AS $$
