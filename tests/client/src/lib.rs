@@ -1,0 +1,1 @@
+//! Tests live in `tests/`; see `tests/common/mod.rs` for how they connect.

@@ -1,0 +1,85 @@
+//! Shared set-up: every test connects to the database named by
+//! `CREDITS_TEST_DSN` (created fresh, with the extension, once per run).
+
+#![allow(dead_code)]
+
+use postgres::error::SqlState;
+use postgres::{Client, NoTls};
+use std::sync::Once;
+
+static CREATE_DATABASE: Once = Once::new();
+
+fn dsn() -> String {
+    std::env::var("CREDITS_TEST_DSN")
+        .expect("set CREDITS_TEST_DSN, e.g. 'host=127.0.0.1 port=28816 user=postgres dbname=credits_client' (scripts/test does)")
+}
+
+/// A new connection to the test database; the first call (re)creates it.
+pub fn connect() -> Client {
+    CREATE_DATABASE.call_once(|| {
+        let dsn = dsn();
+        let config: postgres::Config = dsn.parse().expect("valid DSN");
+        let db = config
+            .get_dbname()
+            .expect("the DSN names a database")
+            .to_string();
+        let admin_dsn = dsn.replace(&format!("dbname={db}"), "dbname=postgres");
+        let mut admin =
+            Client::connect(&admin_dsn, NoTls).expect("connect to the postgres database");
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+            .unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {db}"))
+            .unwrap();
+        let mut client = Client::connect(&dsn, NoTls).expect("connect to the test database");
+        client.batch_execute("CREATE EXTENSION credits").unwrap();
+    });
+    Client::connect(&dsn(), NoTls).expect("connect to the test database")
+}
+
+/// A connection whose clock reads `at` (credits.clock_override).
+pub fn connect_at(at: &str) -> Client {
+    let mut client = connect();
+    set_clock(&mut client, at);
+    client
+}
+
+pub fn set_clock(client: &mut Client, at: &str) {
+    client
+        .batch_execute(&format!("SET credits.clock_override = '{at}'"))
+        .unwrap();
+}
+
+/// The SQLSTATE of a failed call (panics if the call succeeded).
+pub fn sqlstate<T: std::fmt::Debug>(result: Result<T, postgres::Error>) -> String {
+    let err = result.expect_err("the call should have failed");
+    err.code()
+        .map(|c| c.code().to_string())
+        .unwrap_or_else(|| panic!("no SQLSTATE in {err}"))
+}
+
+pub fn is_serialization_failure(err: &postgres::Error) -> bool {
+    matches!(err.code(), Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED)
+}
+
+/// credits.verify() must report nothing.
+pub fn assert_verified(client: &mut Client) {
+    let rows = client
+        .query("SELECT account_id, problem FROM credits.verify()", &[])
+        .unwrap();
+    let problems: Vec<String> = rows
+        .iter()
+        .map(|r| format!("{}: {}", r.get::<_, String>(0), r.get::<_, String>(1)))
+        .collect();
+    assert!(
+        problems.is_empty(),
+        "verify() found problems: {problems:#?}"
+    );
+}
+
+pub fn subscribe(client: &mut Client, account: &str, plan: &str) {
+    client
+        .execute("SELECT credits.subscribe($1, $2)", &[&account, &plan])
+        .unwrap();
+}

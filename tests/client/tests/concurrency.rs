@@ -1,0 +1,233 @@
+//! Many sessions on one account: never overspend, at every isolation level,
+//! on the fast path (allowance) and the slow path (grants, daily limit).
+
+mod common;
+
+use common::*;
+use std::sync::{Arc, Barrier};
+use std::thread;
+
+const SESSIONS: usize = 12;
+
+/// Run `attempts` debits of `quantity` from each of SESSIONS sessions at
+/// once; returns how many succeeded. Serialization failures are retried,
+/// as the README tells clients to at REPEATABLE READ and SERIALIZABLE.
+fn hammer(account: &str, isolation: &str, quantity: &str, attempts: usize, at: &str) -> usize {
+    let barrier = Arc::new(Barrier::new(SESSIONS));
+    let handles: Vec<_> = (0..SESSIONS)
+        .map(|_| {
+            let (barrier, account, isolation, quantity, at) = (
+                barrier.clone(),
+                account.to_string(),
+                isolation.to_string(),
+                quantity.to_string(),
+                at.to_string(),
+            );
+            thread::spawn(move || {
+                let mut client = connect_at(&at);
+                barrier.wait();
+                let mut ok = 0;
+                for _ in 0..attempts {
+                    loop {
+                        let mut tx = client
+                            .build_transaction()
+                            .isolation_level(match isolation.as_str() {
+                                "repeatable read" => postgres::IsolationLevel::RepeatableRead,
+                                "serializable" => postgres::IsolationLevel::Serializable,
+                                _ => postgres::IsolationLevel::ReadCommitted,
+                            })
+                            .start()
+                            .unwrap();
+                        let result = tx.query_one(
+                            "SELECT credits.debit($1, 'agent', $2::text::numeric)",
+                            &[&account, &quantity],
+                        );
+                        match result {
+                            Ok(_) => match tx.commit() {
+                                Ok(()) => {
+                                    ok += 1;
+                                    break;
+                                }
+                                Err(e) if is_serialization_failure(&e) => continue,
+                                Err(e) => panic!("commit failed: {e}"),
+                            },
+                            Err(e) if is_serialization_failure(&e) => continue,
+                            Err(e) if e.code().map(|c| c.code()) == Some("UC001") => break,
+                            Err(e) => panic!("unexpected error: {e}"),
+                        }
+                    }
+                }
+                ok
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).sum()
+}
+
+const AT: &str = "2026-05-12 10:00:00+00";
+
+#[test]
+fn pro_account_at_every_isolation_level_spends_exactly_its_allowance() {
+    for isolation in ["read committed", "repeatable read", "serializable"] {
+        let account = format!("conc_pro_{}", isolation.replace(' ', "_"));
+        let mut client = connect_at(AT);
+        subscribe(&mut client, &account, "pro");
+        // 12 sessions x 15 attempts = 180 attempts for 100 credits.
+        let succeeded = hammer(&account, isolation, "1", 15, AT);
+        assert_eq!(
+            succeeded, 100,
+            "{isolation}: exactly the allowance must be spent"
+        );
+        let available: String = client
+            .query_one(
+                "SELECT available::text FROM credits.balance($1)",
+                &[&account],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(available, "0", "{isolation}");
+        assert_verified(&mut client);
+    }
+}
+
+#[test]
+fn free_account_daily_and_monthly_limits_hold_under_concurrency() {
+    let account = "conc_free";
+    let mut client = connect_at(AT);
+    subscribe(&mut client, account, "free");
+    assert_eq!(
+        hammer(account, "read committed", "1", 5, AT),
+        10,
+        "10 a day"
+    );
+    let next_day = "2026-05-13 00:00:00.001+00";
+    assert_eq!(
+        hammer(account, "read committed", "1", 5, next_day),
+        10,
+        "10 the next day"
+    );
+    let third_day = "2026-05-14 00:00:00.001+00";
+    assert_eq!(
+        hammer(account, "read committed", "1", 5, third_day),
+        5,
+        "the month caps at 25"
+    );
+    set_clock(&mut client, third_day);
+    assert_verified(&mut client);
+}
+
+#[test]
+fn grants_are_never_overdrawn_under_concurrency() {
+    // 5 of allowance (legacy plan with a purchase) + 20 in two grants, in halves.
+    let account = "conc_grants";
+    let mut client = connect_at(AT);
+    subscribe(&mut client, account, "legacy_growth");
+    client
+        .execute("SELECT credits.purchase($1, 5)", &[&account])
+        .unwrap();
+    client
+        .execute("SELECT credits.grant($1, 12)", &[&account])
+        .unwrap();
+    client
+        .execute(
+            "SELECT credits.grant($1, 8, 'promotional', '2026-06-01 00:00:00+00')",
+            &[&account],
+        )
+        .unwrap();
+    let succeeded = hammer(account, "read committed", "0.5", 8, AT);
+    assert_eq!(succeeded, 50, "25 credits in halves");
+    let remaining: String = client
+        .query_one(
+            "SELECT trim_scale(sum(remaining))::text FROM credits.grants WHERE account_id = $1",
+            &[&account],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(remaining, "0", "both grants fully drawn");
+    assert_verified(&mut client);
+}
+
+#[test]
+fn the_same_idempotency_key_from_many_sessions_charges_once() {
+    let account = "conc_idem";
+    let mut client = connect_at(AT);
+    subscribe(&mut client, account, "pro");
+    let barrier = Arc::new(Barrier::new(SESSIONS));
+    let handles: Vec<_> = (0..SESSIONS)
+        .map(|_| {
+            let barrier = barrier.clone();
+            thread::spawn(move || {
+                let mut client = connect_at(AT);
+                barrier.wait();
+                let row = client
+                    .query_one(
+                        "SELECT credits.debit('conc_idem', 'agent', 3, 'one-request')",
+                        &[],
+                    )
+                    .unwrap();
+                row.get::<_, i64>(0)
+            })
+        })
+        .collect();
+    let ids: Vec<i64> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert!(
+        ids.iter().all(|id| *id == ids[0]),
+        "every session gets the same entry: {ids:?}"
+    );
+    let used: String = client
+        .query_one(
+            "SELECT monthly_used::text FROM credits.balance($1)",
+            &[&account],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(used, "3", "charged once");
+    assert_verified(&mut client);
+}
+
+#[test]
+fn concurrent_full_refunds_of_one_debit_give_back_once() {
+    let account = "conc_refund";
+    let mut client = connect_at(AT);
+    subscribe(&mut client, account, "pro");
+    let entry: i64 = client
+        .query_one("SELECT credits.debit($1, 'agent', 7)", &[&account])
+        .unwrap()
+        .get(0);
+    let barrier = Arc::new(Barrier::new(SESSIONS));
+    let handles: Vec<_> = (0..SESSIONS)
+        .map(|_| {
+            let barrier = barrier.clone();
+            thread::spawn(move || {
+                let mut client = connect_at(AT);
+                barrier.wait();
+                client
+                    .query_one("SELECT credits.refund($1)", &[&entry])
+                    .unwrap()
+                    .get::<_, i64>(0)
+            })
+        })
+        .collect();
+    let ids: Vec<i64> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert!(
+        ids.iter().all(|id| *id == ids[0]),
+        "one refund entry: {ids:?}"
+    );
+    let refunds: i64 = client
+        .query_one(
+            "SELECT count(*) FROM credits.ledger WHERE ref = $1",
+            &[&entry],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(refunds, 1);
+    let used: String = client
+        .query_one(
+            "SELECT monthly_used::text FROM credits.balance($1)",
+            &[&account],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(used, "0");
+    assert_verified(&mut client);
+}
