@@ -13,6 +13,16 @@ WORK=$(mktemp -d /tmp/quick-pgbench.XXXXXX)
 
 psql_db() { "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres "$@"; }
 
+START_TIME=$(psql_db -d postgres -Atc "SELECT pg_postmaster_start_time()")
+check_server() {
+    local now
+    now=$(psql_db -d postgres -Atc "SELECT pg_postmaster_start_time()")
+    if [ "$now" != "$START_TIME" ]; then
+        echo "ERROR: the server on port $PORT was restarted during the benchmark ($START_TIME -> $now); results void" >&2
+        exit 1
+    fi
+}
+
 echo "==> (re)creating database $DB on port $PORT"
 psql_db -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE);"
 psql_db -d postgres -c "CREATE DATABASE $DB;"
@@ -33,6 +43,7 @@ VACUUM ANALYZE;
 CHECKPOINT;
 SQL
 
+check_server
 LEDGER_BYTES_BEFORE=$(psql_db -d "$DB" -Atc "SELECT pg_total_relation_size('credits.ledger')")
 
 cat >"$WORK/debit.sql" <<'EOF'
@@ -62,6 +73,7 @@ run() {
     failed=$(sed -nE 's/^number of failed transactions: ([0-9]+).*/\1/p' "$out" | head -n1)
     printf '    round %d  %-5s -c %-2d  tps=%10.1f  lat=%7.3f ms  failed=%s\n' \
         "$r" "$name" "$c" "$tps" "$lat" "${failed:-?}"
+    check_server
     echo "$name $c $tps $lat" >>"$WORK/results"
 }
 

@@ -51,6 +51,9 @@ cluster_dir() { echo "$ROOT/target/clusters/$1"; }
 cluster_start() {
     local name=$1 port=$2 dir
     dir=$(cluster_dir "$name")
+    mkdir -p "$dir"
+    # postgres must be able to reach the data directory (the repo may live under /root).
+    chmod o+x "$ROOT" "$ROOT/target" "$ROOT/target/clusters"
     if [ ! -s "$dir/PG_VERSION" ]; then
         say "creating cluster $name in $dir"
         mkdir -p "$dir"
@@ -70,8 +73,6 @@ full_page_writes = off
 log_min_messages = warning
 CONF
     fi
-    # Make the directory chain readable for postgres (the repo may live under /root).
-    chmod o+x "$ROOT" "$ROOT/target" "$ROOT/target/clusters" 2>/dev/null || true
     if ! runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$dir" status >/dev/null 2>&1; then
         say "starting cluster $name on port $port"
         runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 start >/dev/null
