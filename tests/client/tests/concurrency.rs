@@ -4,8 +4,7 @@
 mod common;
 
 use common::*;
-use std::sync::{Arc, Barrier};
-use std::thread;
+use postgres::IsolationLevel;
 
 const SESSIONS: usize = 12;
 
@@ -13,55 +12,39 @@ const SESSIONS: usize = 12;
 /// once; returns how many succeeded. Serialization failures are retried,
 /// as the README tells clients to at REPEATABLE READ and SERIALIZABLE.
 fn hammer(account: &str, isolation: &str, quantity: &str, attempts: usize, at: &str) -> usize {
-    let barrier = Arc::new(Barrier::new(SESSIONS));
-    let handles: Vec<_> = (0..SESSIONS)
-        .map(|_| {
-            let (barrier, account, isolation, quantity, at) = (
-                barrier.clone(),
-                account.to_string(),
-                isolation.to_string(),
-                quantity.to_string(),
-                at.to_string(),
-            );
-            thread::spawn(move || {
-                let mut client = connect_at(&at);
-                barrier.wait();
-                let mut ok = 0;
-                for _ in 0..attempts {
-                    loop {
-                        let mut tx = client
-                            .build_transaction()
-                            .isolation_level(match isolation.as_str() {
-                                "repeatable read" => postgres::IsolationLevel::RepeatableRead,
-                                "serializable" => postgres::IsolationLevel::Serializable,
-                                _ => postgres::IsolationLevel::ReadCommitted,
-                            })
-                            .start()
-                            .unwrap();
-                        let result = tx.query_one(
-                            "SELECT credits.debit($1, 'agent', $2::text::numeric)",
-                            &[&account, &quantity],
-                        );
-                        match result {
-                            Ok(_) => match tx.commit() {
-                                Ok(()) => {
-                                    ok += 1;
-                                    break;
-                                }
-                                Err(e) if is_serialization_failure(&e) => continue,
-                                Err(e) => panic!("commit failed: {e}"),
-                            },
-                            Err(e) if is_serialization_failure(&e) => continue,
-                            Err(e) if e.code().map(|c| c.code()) == Some("UC001") => break,
-                            Err(e) => panic!("unexpected error: {e}"),
-                        }
+    let level = match isolation {
+        "repeatable read" => IsolationLevel::RepeatableRead,
+        "serializable" => IsolationLevel::Serializable,
+        _ => IsolationLevel::ReadCommitted,
+    };
+    let (account, quantity) = (account.to_string(), quantity.to_string());
+    let successes = in_parallel(SESSIONS, at, move |client| {
+        let mut ok = 0;
+        for _ in 0..attempts {
+            loop {
+                let mut tx = client
+                    .build_transaction()
+                    .isolation_level(level)
+                    .start()
+                    .unwrap();
+                let result = tx.query_one(
+                    "SELECT credits.debit($1, 'agent', $2::text::numeric)",
+                    &[&account, &quantity],
+                );
+                match result.and_then(|_| tx.commit()) {
+                    Ok(()) => {
+                        ok += 1;
+                        break;
                     }
+                    Err(e) if is_serialization_failure(&e) => continue,
+                    Err(e) if e.code().map(|c| c.code()) == Some("UC001") => break,
+                    Err(e) => panic!("unexpected error: {e}"),
                 }
-                ok
-            })
-        })
-        .collect();
-    handles.into_iter().map(|h| h.join().unwrap()).sum()
+            }
+        }
+        ok
+    });
+    successes.into_iter().sum()
 }
 
 const AT: &str = "2026-05-12 10:00:00+00";
@@ -152,24 +135,15 @@ fn the_same_idempotency_key_from_many_sessions_charges_once() {
     let account = "conc_idem";
     let mut client = connect_at(AT);
     subscribe(&mut client, account, "pro");
-    let barrier = Arc::new(Barrier::new(SESSIONS));
-    let handles: Vec<_> = (0..SESSIONS)
-        .map(|_| {
-            let barrier = barrier.clone();
-            thread::spawn(move || {
-                let mut client = connect_at(AT);
-                barrier.wait();
-                let row = client
-                    .query_one(
-                        "SELECT credits.debit('conc_idem', 'agent', 3, 'one-request')",
-                        &[],
-                    )
-                    .unwrap();
-                row.get::<_, i64>(0)
-            })
-        })
-        .collect();
-    let ids: Vec<i64> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let ids = in_parallel(SESSIONS, AT, |client| {
+        client
+            .query_one(
+                "SELECT credits.debit('conc_idem', 'agent', 3, 'one-request')",
+                &[],
+            )
+            .unwrap()
+            .get::<_, i64>(0)
+    });
     assert!(
         ids.iter().all(|id| *id == ids[0]),
         "every session gets the same entry: {ids:?}"
@@ -194,21 +168,12 @@ fn concurrent_full_refunds_of_one_debit_give_back_once() {
         .query_one("SELECT credits.debit($1, 'agent', 7)", &[&account])
         .unwrap()
         .get(0);
-    let barrier = Arc::new(Barrier::new(SESSIONS));
-    let handles: Vec<_> = (0..SESSIONS)
-        .map(|_| {
-            let barrier = barrier.clone();
-            thread::spawn(move || {
-                let mut client = connect_at(AT);
-                barrier.wait();
-                client
-                    .query_one("SELECT credits.refund($1)", &[&entry])
-                    .unwrap()
-                    .get::<_, i64>(0)
-            })
-        })
-        .collect();
-    let ids: Vec<i64> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let ids = in_parallel(SESSIONS, AT, move |client| {
+        client
+            .query_one("SELECT credits.refund($1)", &[&entry])
+            .unwrap()
+            .get::<_, i64>(0)
+    });
     assert!(
         ids.iter().all(|id| *id == ids[0]),
         "one refund entry: {ids:?}"

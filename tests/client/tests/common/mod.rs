@@ -83,3 +83,28 @@ pub fn subscribe(client: &mut Client, account: &str, plan: &str) {
         .execute("SELECT credits.subscribe($1, $2)", &[&account, &plan])
         .unwrap();
 }
+
+/// Run `work` in `sessions` connections at once (all start together after a
+/// barrier, clock at `at`); returns what each session returned.
+pub fn in_parallel<T, F>(sessions: usize, at: &str, work: F) -> Vec<T>
+where
+    T: Send + 'static,
+    F: Fn(&mut Client) -> T + Send + Sync + 'static,
+{
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(sessions));
+    let work = std::sync::Arc::new(work);
+    let handles: Vec<_> = (0..sessions)
+        .map(|_| {
+            let (barrier, work, at) = (barrier.clone(), work.clone(), at.to_string());
+            std::thread::spawn(move || {
+                let mut client = connect_at(&at);
+                barrier.wait();
+                work(&mut client)
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .map(|h| h.join().expect("session panicked"))
+        .collect()
+}
