@@ -8,7 +8,20 @@ use std::ffi::CString;
 /// billing clock; tests use it to cross UTC boundaries.
 pub static CLOCK_OVERRIDE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
+/// `credits.bandwidth_cutoff`: accounts created on or after this UTC date get
+/// bandwidth from their monthly limit, older ones from purchases (rule 10).
+pub static BANDWIDTH_CUTOFF: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"2025-08-14"));
+
 pub fn init() {
+    GucRegistry::define_string_guc(
+        c"credits.bandwidth_cutoff",
+        c"UTC date from which new accounts get 20 GB per 100 credits of monthly limit.",
+        c"Older accounts get 25 GB per 100 purchased credits. ISO date, e.g. 2025-08-14.",
+        &BANDWIDTH_CUTOFF,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
     GucRegistry::define_string_guc(
         c"credits.clock_override",
         c"Fixed time returned by credits.now() (tests only); empty = transaction time.",

@@ -43,7 +43,7 @@ BEGIN
         RETURN;
     END IF;
 
-    v_acct := credits._lock_account(p_account);
+    v_acct := credits._lock_account(p_account, v_now);
     IF v_acct.plan = p_plan THEN
         RETURN;
     END IF;
@@ -90,7 +90,7 @@ BEGIN
     PERFORM credits._check_text(p_account, 'account_id');
     PERFORM credits._check_amount(p_credits, 'credits');
     p_credits := trim_scale(p_credits);
-    v_acct := credits._lock_account(p_account);
+    v_acct := credits._lock_account(p_account, credits.now());
     SELECT p.may_purchase INTO v_may FROM credits.plans p WHERE p.plan = v_acct.plan;
     IF NOT v_may THEN
         RAISE EXCEPTION 'plan % may not buy credits (account %)', quote_literal(v_acct.plan), quote_literal(p_account)
@@ -134,7 +134,7 @@ BEGIN
         PERFORM credits._check_text(p_key, 'idempotency_key');
     END IF;
 
-    PERFORM credits._lock_account(p_account);
+    PERFORM credits._lock_account(p_account, v_now);
     IF p_key IS NOT NULL THEN
         v_request := credits._fingerprint('grant', trim_scale(p_amount)::text, p_kind,
                                           extract(epoch FROM p_expires)::text);

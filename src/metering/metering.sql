@@ -8,80 +8,22 @@
 -- Anything the fast path cannot decide alone (credits from grants, an
 -- error to report, an idempotency key) goes to _debit_slow.
 
--- The slow path: full validation, grants, precise errors.
-CREATE FUNCTION _debit_slow(p_account text, p_feature text, p_quantity numeric, p_key text,
-                            p_metadata jsonb, p_raise boolean, p_now timestamptz)
+-- Charge `p_amount` to a locked account whose state `s` was checked to fit:
+-- the allowance first, then grants soonest-expiring first. Writes the 'D'
+-- entry (ref = the hold it settles, if any) and returns its id.
+CREATE FUNCTION _charge(p_account text, s credits._account_state, p_feature_id smallint,
+                        p_amount numeric, p_metadata jsonb, p_ref bigint, p_now timestamptz)
 RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_feature   credits.features;
-    v_amount    numeric;
-    v_acct      credits.accounts;
-    v_state     credits._account_state;
-    v_request   uuid;
-    v_entry     bigint;
-    v_alloc     numeric;
-    v_need      numeric;
-    v_take      numeric;
-    v_window    text;
-    v_left      numeric;
-    g           record;
+    v_alloc numeric := least(p_amount, s.allowance_available);
+    v_need  numeric := p_amount - least(p_amount, s.allowance_available);
+    v_take  numeric;
+    v_entry bigint;
+    g       record;
 BEGIN
-    PERFORM credits._check_text(p_account, 'account_id');
-    PERFORM credits._check_text(p_feature, 'feature');
-    SELECT * INTO v_feature FROM credits.features f WHERE f.feature = p_feature;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'unknown feature: %', quote_literal(p_feature) USING ERRCODE = 'UC003',
-            HINT = 'Features are listed in credits.features.';
-    END IF;
-    PERFORM credits._check_amount(p_quantity, 'quantity');
-    v_amount := trim_scale(v_feature.cost * p_quantity);
-    IF scale(trim_scale(v_amount)) > 4 THEN
-        RAISE EXCEPTION 'invalid amount: % (cost % x quantity %)', v_amount, v_feature.cost, p_quantity
-            USING ERRCODE = 'UC004', DETAIL = 'the charge must be exact to 4 decimal places';
-    END IF;
-    IF p_key IS NOT NULL THEN
-        PERFORM credits._check_text(p_key, 'idempotency_key');
-    END IF;
-
-    v_acct := credits._lock_account(p_account);
-    IF p_key IS NOT NULL THEN
-        v_request := credits._fingerprint('debit', p_feature, trim_scale(p_quantity)::text, p_metadata::text);
-        v_entry := credits._replay(p_account, p_key, v_request);
-        IF v_entry IS NOT NULL THEN
-            RETURN v_entry;
-        END IF;
-    END IF;
-
-    v_state := credits._state(v_acct, p_now);
-    IF v_state.daily_available IS NOT NULL AND v_amount > v_state.daily_available THEN
-        v_window := 'daily';
-        v_left := v_state.daily_available;
-    ELSIF v_amount > v_state.allowance_available + v_state.grants_available THEN
-        v_window := 'monthly';
-        v_left := v_state.allowance_available + v_state.grants_available;
-    END IF;
-    IF v_window IS NOT NULL THEN
-        IF NOT p_raise THEN
-            RETURN NULL;
-        END IF;
-        RAISE EXCEPTION 'insufficient credits: account % needs % for %, the % window has % available',
-                        quote_literal(p_account), v_amount, p_feature, v_window, v_left
-            USING ERRCODE = 'UC001',
-                  DETAIL = CASE v_window
-                      WHEN 'daily' THEN format('window=daily day=%s limit=%s used=%s reserved=%s',
-                                               to_char(credits._utc_day(p_now), 'YYYY-MM-DD'), v_state.daily_limit,
-                                               v_state.daily_used, v_state.reserved)
-                      ELSE format('window=monthly month=%s limit=%s used=%s granted=%s reserved=%s',
-                                  to_char(credits._utc_month(p_now), 'YYYY-MM'), v_state.monthly_limit,
-                                  v_state.monthly_used, v_state.granted_remaining, v_state.reserved)
-                  END;
-    END IF;
-
-    v_alloc := least(v_amount, v_state.allowance_available);
-    v_need := v_amount - v_alloc;
-    INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, from_grants, metadata)
-    VALUES (p_account, p_now, 'D', v_feature.feature_id, v_amount, nullif(v_need, 0), p_metadata)
+    INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, from_grants, ref, metadata)
+    VALUES (p_account, p_now, 'D', p_feature_id, p_amount, nullif(v_need, 0), p_ref, p_metadata)
     RETURNING entry_id INTO v_entry;
 
     FOR g IN SELECT gr.grant_id, gr.remaining FROM credits.grants gr
@@ -101,10 +43,72 @@ BEGIN
 
     UPDATE credits.accounts a
        SET day = credits._utc_day(p_now),
-           daily_used = v_state.daily_used + v_amount,
+           daily_used = s.daily_used + p_amount,
            month = credits._utc_month(p_now),
-           monthly_used = v_state.monthly_used + v_alloc
+           monthly_used = s.monthly_used + v_alloc
      WHERE a.account_id = p_account;
+    RETURN v_entry;
+END
+$$;
+
+-- A feature by key, UC003 if unknown.
+CREATE FUNCTION _feature(p_feature text) RETURNS credits.features
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v credits.features;
+BEGIN
+    PERFORM credits._check_text(p_feature, 'feature');
+    SELECT * INTO v FROM credits.features f WHERE f.feature = p_feature;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'unknown feature: %', quote_literal(p_feature) USING ERRCODE = 'UC003',
+            HINT = 'Features are listed in credits.features.';
+    END IF;
+    RETURN v;
+END
+$$;
+
+-- The slow path: full validation, grants, precise errors.
+CREATE FUNCTION _debit_slow(p_account text, p_feature text, p_quantity numeric, p_key text,
+                            p_metadata jsonb, p_raise boolean, p_now timestamptz)
+RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_feature credits.features;
+    v_amount  numeric;
+    v_acct    credits.accounts;
+    v_state   credits._account_state;
+    v_request uuid;
+    v_entry   bigint;
+BEGIN
+    PERFORM credits._check_text(p_account, 'account_id');
+    v_feature := credits._feature(p_feature);
+    PERFORM credits._check_amount(p_quantity, 'quantity');
+    v_amount := trim_scale(v_feature.cost * p_quantity);
+    IF scale(v_amount) > 4 THEN
+        RAISE EXCEPTION 'invalid amount: % (cost % x quantity %)', v_amount, v_feature.cost, p_quantity
+            USING ERRCODE = 'UC004', DETAIL = 'the charge must be exact to 4 decimal places';
+    END IF;
+    IF p_key IS NOT NULL THEN
+        PERFORM credits._check_text(p_key, 'idempotency_key');
+    END IF;
+
+    v_acct := credits._lock_account(p_account, p_now);
+    IF p_key IS NOT NULL THEN
+        v_request := credits._fingerprint('debit', p_feature, trim_scale(p_quantity)::text, p_metadata::text);
+        v_entry := credits._replay(p_account, p_key, v_request);
+        IF v_entry IS NOT NULL THEN
+            RETURN v_entry;
+        END IF;
+    END IF;
+
+    v_state := credits._state(v_acct, p_now);
+    IF credits._lacking_window(v_state, v_amount) IS NOT NULL THEN
+        IF NOT p_raise THEN
+            RETURN NULL;
+        END IF;
+        PERFORM credits._raise_insufficient(p_account, v_amount, p_feature, v_state, p_now);
+    END IF;
+    v_entry := credits._charge(p_account, v_state, v_feature.feature_id, v_amount, p_metadata, NULL, p_now);
 
     IF p_key IS NOT NULL THEN
         INSERT INTO credits.idempotency (account_id, idempotency_key, entry_id, request)
@@ -218,7 +222,7 @@ BEGIN
             DETAIL = CASE WHEN FOUND THEN format('entry %s is of kind %s', p_entry, v_debit.kind)
                           ELSE 'no ledger entry has that id' END;
     END IF;
-    v_acct := credits._lock_account(v_debit.account_id);
+    v_acct := credits._lock_account(v_debit.account_id, v_now);
 
     SELECT coalesce(sum(r.amount), 0), coalesce(sum(r.from_grants), 0), max(r.entry_id)
       INTO v_done, v_grants_done, v_last

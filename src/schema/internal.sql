@@ -88,15 +88,32 @@ $$;
 
 -- Lock an account row (every write to an account goes through this lock,
 -- which also orders its ledger entries) and fail with UC002 if it is missing.
-CREATE FUNCTION _lock_account(p_account text) RETURNS credits.accounts
+-- Holds past their deadline are freed here, lazily, before anyone decides.
+CREATE FUNCTION _lock_account(p_account text, p_now timestamptz) RETURNS credits.accounts
 LANGUAGE plpgsql AS $$
 DECLARE
     v credits.accounts;
+    h record;
+    v_entry bigint;
 BEGIN
     SELECT * INTO v FROM credits.accounts a WHERE a.account_id = p_account FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'unknown account: %', quote_literal(p_account)
             USING ERRCODE = 'UC002', HINT = 'Create it with credits.subscribe(account_id, plan).';
+    END IF;
+    IF v.reserved > 0 THEN
+        FOR h IN SELECT ho.hold_id, ho.amount, ho.feature_id FROM credits.holds ho
+                  WHERE ho.account_id = p_account AND ho.resolved_entry IS NULL AND ho.expires_at <= p_now
+                  ORDER BY ho.hold_id
+        LOOP
+            INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, ref, metadata)
+            VALUES (p_account, p_now, 'X', h.feature_id, h.amount, h.hold_id, '{"reason": "expired"}')
+            RETURNING entry_id INTO v_entry;
+            UPDATE credits.holds ho SET resolved_entry = v_entry
+             WHERE ho.account_id = p_account AND ho.hold_id = h.hold_id;
+            v.reserved := v.reserved - h.amount;
+        END LOOP;
+        UPDATE credits.accounts a SET reserved = v.reserved WHERE a.account_id = p_account;
     END IF;
     RETURN v;
 END
@@ -122,10 +139,10 @@ CREATE FUNCTION _state(a credits.accounts, p_now timestamptz) RETURNS credits._a
 LANGUAGE sql STABLE
 BEGIN ATOMIC
     SELECT s.plan, s.daily_limit, s.daily_used, s.monthly_limit, s.monthly_used,
-           s.granted, a.reserved,
-           CASE WHEN s.daily_limit IS NOT NULL THEN greatest(0, s.daily_limit - s.daily_used - a.reserved) END,
-           greatest(0, s.monthly_limit - s.monthly_used - a.reserved),
-           s.granted - greatest(0, a.reserved - greatest(0, s.monthly_limit - s.monthly_used))
+           s.granted, s.reserved,
+           CASE WHEN s.daily_limit IS NOT NULL THEN greatest(0, s.daily_limit - s.daily_used - s.reserved) END,
+           greatest(0, s.monthly_limit - s.monthly_used - s.reserved),
+           s.granted - greatest(0, s.reserved - greatest(0, s.monthly_limit - s.monthly_used))
       FROM (SELECT p.plan,
                    p.daily_limit,
                    credits._in_window(a.day, credits._utc_day(p_now), a.daily_used) AS daily_used,
@@ -133,7 +150,43 @@ BEGIN ATOMIC
                    credits._in_window(a.month, credits._utc_month(p_now), a.monthly_used) AS monthly_used,
                    coalesce((SELECT sum(g.remaining) FROM credits.grants g
                               WHERE g.account_id = a.account_id AND g.remaining > 0
-                                AND (g.expires_at IS NULL OR g.expires_at > p_now)), 0) AS granted
+                                AND (g.expires_at IS NULL OR g.expires_at > p_now)), 0) AS granted,
+                   -- holds past their deadline no longer count, even before they are freed
+                   a.reserved - CASE WHEN a.reserved = 0 THEN 0 ELSE
+                       coalesce((SELECT sum(h.amount) FROM credits.holds h
+                                  WHERE h.account_id = a.account_id AND h.resolved_entry IS NULL
+                                    AND h.expires_at <= p_now), 0) END AS reserved
               FROM credits.plans p
              WHERE p.plan = a.plan) s;
 END;
+
+-- UC001 when `amount` does not fit every window of `s` (NULL = it fits):
+-- the window that lacks it, raised or, for try_ variants, returned.
+CREATE FUNCTION _lacking_window(s credits._account_state, p_amount numeric) RETURNS text
+LANGUAGE sql IMMUTABLE
+RETURN CASE
+    WHEN s.daily_available IS NOT NULL AND p_amount > s.daily_available THEN 'daily'
+    WHEN p_amount > s.allowance_available + s.grants_available THEN 'monthly'
+END;
+
+CREATE FUNCTION _raise_insufficient(p_account text, p_amount numeric, p_what text,
+                                    s credits._account_state, p_now timestamptz)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    v_window text := credits._lacking_window(s, p_amount);
+BEGIN
+    RAISE EXCEPTION 'insufficient credits: account % needs % for %, the % window has % available',
+                    quote_literal(p_account), p_amount, p_what, v_window,
+                    CASE v_window WHEN 'daily' THEN s.daily_available
+                                  ELSE s.allowance_available + s.grants_available END
+        USING ERRCODE = 'UC001',
+              DETAIL = CASE v_window
+                  WHEN 'daily' THEN format('window=daily day=%s limit=%s used=%s reserved=%s',
+                                           to_char(credits._utc_day(p_now), 'YYYY-MM-DD'), s.daily_limit,
+                                           s.daily_used, s.reserved)
+                  ELSE format('window=monthly month=%s limit=%s used=%s granted=%s reserved=%s',
+                              to_char(credits._utc_month(p_now), 'YYYY-MM'), s.monthly_limit,
+                              s.monthly_used, s.granted_remaining, s.reserved)
+              END;
+END
+$$;

@@ -78,6 +78,9 @@ COMMENT ON TABLE accounts IS 'One row per account: plan, recurring purchases and
 --         'G' one-off grant (amount; the grant row shares the entry id)
 --         'D' debit (amount; from_grants = part drawn from grants)
 --         'R' refund of entry ref (amount; from_grants = part returned to grants)
+--         'H' hold placed by reserve() (amount; the hold row shares the entry id)
+--         'X' hold freed without charge, ref = hold (metadata: reason release|expired)
+--   settle() writes a 'D' whose ref is the hold it resolves.
 -------------------------------------------------------------------------------
 
 CREATE SEQUENCE ledger_entry_id_seq AS bigint;
@@ -86,7 +89,7 @@ CREATE TABLE ledger (
     entry_id    bigint NOT NULL DEFAULT nextval('ledger_entry_id_seq') PRIMARY KEY,
     account_id  text NOT NULL,
     at          timestamptz NOT NULL,
-    kind        "char" NOT NULL CHECK (kind IN ('S', 'F', 'P', 'G', 'D', 'R')),
+    kind        "char" NOT NULL CHECK (kind IN ('S', 'F', 'P', 'G', 'D', 'R', 'H', 'X')),
     feature_id  smallint,
     amount      numeric NOT NULL,
     from_grants numeric,
@@ -123,6 +126,24 @@ CREATE TABLE grant_draws (
     amount     numeric NOT NULL,
     PRIMARY KEY (account_id, entry_id, grant_id)
 );
+
+-------------------------------------------------------------------------------
+-- Holds (reservations): credits set aside for work whose cost is known only
+-- at the end. accounts.reserved is the sum of the open holds; a hold
+-- resolves at most once (resolved_entry: the settling 'D' or freeing 'X').
+-------------------------------------------------------------------------------
+
+CREATE TABLE holds (
+    account_id     text NOT NULL,
+    hold_id        bigint NOT NULL,
+    feature_id     smallint NOT NULL,
+    amount         numeric NOT NULL CHECK (amount > 0),
+    expires_at     timestamptz NOT NULL,
+    resolved_entry bigint,
+    PRIMARY KEY (account_id, hold_id)
+);
+CREATE UNIQUE INDEX holds_hold_id_idx ON holds (hold_id);
+CREATE INDEX holds_open_idx ON holds (account_id, expires_at) WHERE resolved_entry IS NULL;
 
 -------------------------------------------------------------------------------
 -- Idempotency keys never expire; the row commits with the ledger row.
@@ -169,5 +190,6 @@ SELECT pg_catalog.pg_extension_config_dump('ledger_entry_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('grants', '');
 SELECT pg_catalog.pg_extension_config_dump('grant_draws', '');
 SELECT pg_catalog.pg_extension_config_dump('idempotency', '');
+SELECT pg_catalog.pg_extension_config_dump('holds', '');
 SELECT pg_catalog.pg_extension_config_dump('plans', 'WHERE NOT seeded');
 SELECT pg_catalog.pg_extension_config_dump('features', 'WHERE NOT seeded');

@@ -196,3 +196,60 @@ fn concurrent_full_refunds_of_one_debit_give_back_once() {
     assert_eq!(used, "0");
     assert_verified(&mut client);
 }
+
+#[test]
+fn concurrent_reserves_never_overcommit_and_every_resolution_frees_the_right_amount() {
+    let account = "conc_holds";
+    let mut client = connect_at(AT);
+    subscribe(&mut client, account, "pro");
+    // 12 sessions try to hold 3 credits 4 times each (144 asked, 100 there): 33 holds fit.
+    let held = in_parallel(SESSIONS, AT, |client| {
+        let mut holds = Vec::new();
+        for _ in 0..4 {
+            match client.query_one("SELECT credits.reserve('conc_holds', 'agent', 3)", &[]) {
+                Ok(row) => holds.push(row.get::<_, i64>(0)),
+                Err(e) if e.code().map(|c| c.code()) == Some("UC001") => {}
+                Err(e) => panic!("unexpected error: {e}"),
+            }
+        }
+        holds
+    });
+    let holds: Vec<i64> = held.into_iter().flatten().collect();
+    assert_eq!(holds.len(), 33, "floor(100 / 3) holds fit");
+    // Concurrently: settle a third for 2, release a third, settle the rest for 3.5 (more than held).
+    let holds = std::sync::Arc::new(holds);
+    let outcomes = in_parallel(3, AT, {
+        let holds = holds.clone();
+        move |client| {
+            let mut failed = 0;
+            for (i, hold) in holds.iter().enumerate() {
+                let sql = match i % 3 {
+                    0 => "SELECT credits.settle($1, 2)::text",
+                    1 => "SELECT credits.release($1)::text",
+                    _ => "SELECT credits.settle($1, 3.5)::text",
+                };
+                // Every session tries every hold: exactly one resolution may win.
+                if let Err(e) = client.query_one(sql, &[hold]) {
+                    assert_eq!(e.code().map(|c| c.code()), Some("UC008"), "{e}");
+                    failed += 1;
+                }
+            }
+            failed
+        }
+    });
+    assert_eq!(
+        outcomes.iter().sum::<usize>(),
+        2 * 33,
+        "each hold resolved exactly once"
+    );
+    let row = client
+        .query_one(
+            "SELECT monthly_used::text, reserved::text FROM credits.balance($1)",
+            &[&account],
+        )
+        .unwrap();
+    // 11 settled for 2 and 11 for 3.5 (the excess fits), 11 released.
+    assert_eq!(row.get::<_, String>(0), "60.5");
+    assert_eq!(row.get::<_, String>(1), "0");
+    assert_verified(&mut client);
+}
