@@ -151,8 +151,7 @@ BEGIN
     INSERT INTO credits.grants (account_id, grant_id, kind, amount, remaining, expires_at)
     VALUES (p_account, v_entry, p_kind, p_amount, p_amount, p_expires);
     IF p_key IS NOT NULL THEN
-        INSERT INTO credits.idempotency (account_id, idempotency_key, entry_id, request)
-        VALUES (p_account, p_key, v_entry, v_request);
+        PERFORM credits._remember_key(p_account, p_key, v_entry, v_request);
     END IF;
     RETURN v_entry;
 END

@@ -57,8 +57,7 @@ BEGIN
     VALUES (p_account, v_entry, v_feature.feature_id, p_amount, v_now + p_ttl);
     UPDATE credits.accounts a SET reserved = a.reserved + p_amount WHERE a.account_id = p_account;
     IF p_key IS NOT NULL THEN
-        INSERT INTO credits.idempotency (account_id, idempotency_key, entry_id, request)
-        VALUES (p_account, p_key, v_entry, v_request);
+        PERFORM credits._remember_key(p_account, p_key, v_entry, v_request);
     END IF;
     RETURN v_entry;
 END

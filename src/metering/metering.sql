@@ -111,8 +111,7 @@ BEGIN
     v_entry := credits._charge(p_account, v_state, v_feature.feature_id, v_amount, p_metadata, NULL, p_now);
 
     IF p_key IS NOT NULL THEN
-        INSERT INTO credits.idempotency (account_id, idempotency_key, entry_id, request)
-        VALUES (p_account, p_key, v_entry, v_request);
+        PERFORM credits._remember_key(p_account, p_key, v_entry, v_request);
     END IF;
     RETURN v_entry;
 END

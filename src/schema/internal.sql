@@ -86,6 +86,38 @@ BEGIN
 END
 $$;
 
+-- UC002, the one message for an account that does not exist.
+CREATE FUNCTION _raise_unknown_account(p_account text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'unknown account: %', quote_literal(p_account)
+        USING ERRCODE = 'UC002', HINT = 'Create it with credits.subscribe(account_id, plan).';
+END
+$$;
+
+-- Read an account for reporting (no lock): UC009 / UC002 when there is none.
+CREATE FUNCTION _account(p_account text) RETURNS credits.accounts
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v credits.accounts;
+BEGIN
+    PERFORM credits._check_text(p_account, 'account_id');
+    SELECT * INTO v FROM credits.accounts a WHERE a.account_id = p_account;
+    IF NOT FOUND THEN
+        PERFORM credits._raise_unknown_account(p_account);
+    END IF;
+    RETURN v;
+END
+$$;
+
+-- Record an idempotency key with the entry it produced (same transaction).
+CREATE FUNCTION _remember_key(p_account text, p_key text, p_entry bigint, p_request uuid) RETURNS void
+LANGUAGE sql
+BEGIN ATOMIC
+    INSERT INTO credits.idempotency (account_id, idempotency_key, entry_id, request)
+    VALUES (p_account, p_key, p_entry, p_request);
+END;
+
 -- Lock an account row (every write to an account goes through this lock,
 -- which also orders its ledger entries) and fail with UC002 if it is missing.
 -- Holds past their deadline are freed here, lazily, before anyone decides.
@@ -98,8 +130,7 @@ DECLARE
 BEGIN
     SELECT * INTO v FROM credits.accounts a WHERE a.account_id = p_account FOR UPDATE;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'unknown account: %', quote_literal(p_account)
-            USING ERRCODE = 'UC002', HINT = 'Create it with credits.subscribe(account_id, plan).';
+        PERFORM credits._raise_unknown_account(p_account);
     END IF;
     IF v.reserved > 0 THEN
         FOR h IN SELECT ho.hold_id, ho.amount, ho.feature_id FROM credits.holds ho

@@ -61,13 +61,7 @@ fn pro_account_at_every_isolation_level_spends_exactly_its_allowance() {
             succeeded, 100,
             "{isolation}: exactly the allowance must be spent"
         );
-        let available: String = client
-            .query_one(
-                "SELECT available::text FROM credits.balance($1)",
-                &[&account],
-            )
-            .unwrap()
-            .get(0);
+        let available: String = balance_of(&mut client, &account, "available");
         assert_eq!(available, "0", "{isolation}");
         assert_verified(&mut client);
     }
@@ -148,13 +142,7 @@ fn the_same_idempotency_key_from_many_sessions_charges_once() {
         ids.iter().all(|id| *id == ids[0]),
         "every session gets the same entry: {ids:?}"
     );
-    let used: String = client
-        .query_one(
-            "SELECT monthly_used::text FROM credits.balance($1)",
-            &[&account],
-        )
-        .unwrap()
-        .get(0);
+    let used: String = balance_of(&mut client, account, "monthly_used");
     assert_eq!(used, "3", "charged once");
     assert_verified(&mut client);
 }
@@ -186,13 +174,7 @@ fn concurrent_full_refunds_of_one_debit_give_back_once() {
         .unwrap()
         .get(0);
     assert_eq!(refunds, 1);
-    let used: String = client
-        .query_one(
-            "SELECT monthly_used::text FROM credits.balance($1)",
-            &[&account],
-        )
-        .unwrap()
-        .get(0);
+    let used: String = balance_of(&mut client, account, "monthly_used");
     assert_eq!(used, "0");
     assert_verified(&mut client);
 }

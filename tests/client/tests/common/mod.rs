@@ -108,3 +108,9 @@ where
         .map(|h| h.join().expect("session panicked"))
         .collect()
 }
+
+/// One column of credits.balance(account), as text (numerics without trailing zeros).
+pub fn balance_of(client: &mut Client, account: &str, column: &str) -> String {
+    let sql = format!("SELECT trim_scale({column})::text FROM credits.balance($1)");
+    client.query_one(sql.as_str(), &[&account]).unwrap().get(0)
+}
