@@ -13,7 +13,62 @@ pub static CLOCK_OVERRIDE: GucSetting<Option<CString>> = GucSetting::<Option<CSt
 pub static BANDWIDTH_CUTOFF: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"2025-08-14"));
 
+/// `credits.thresholds`: percentages of the monthly limit at which a
+/// `threshold` event is emitted, once per window each (rule 9).
+pub static THRESHOLDS: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"80,100"));
+
+/// `credits.database`: the database the maintenance worker connects to.
+pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+
+/// `credits.maintenance_batch_size`: accounts per maintenance transaction.
+pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+
+/// `credits.maintenance_max_nap`: the longest the worker sleeps between checks.
+pub static MAX_NAP: GucSetting<i32> = GucSetting::<i32>::new(60);
+
+/// The worker's settings exist only where the worker can run: when the
+/// library is preloaded (`credits.database` is fixed at server start).
+pub fn init_worker_settings() {
+    GucRegistry::define_string_guc(
+        c"credits.database",
+        c"Database in which the credits maintenance worker runs.",
+        c"The extension must be created there; the worker waits until it is. Needs a restart.",
+        &DATABASE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"credits.maintenance_batch_size",
+        c"Accounts the maintenance worker closes per transaction.",
+        c"Each batch commits on its own, so no account stays locked longer than one batch.",
+        &BATCH_SIZE,
+        1,
+        1_000_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"credits.maintenance_max_nap",
+        c"Longest sleep of the maintenance worker between checks.",
+        c"The worker wakes earlier for the next UTC boundary or deadline, and on reload.",
+        &MAX_NAP,
+        1,
+        86_400,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+}
+
 pub fn init() {
+    GucRegistry::define_string_guc(
+        c"credits.thresholds",
+        c"Comma-separated percentages of the monthly limit that emit a threshold event.",
+        c"Each is emitted once per account and monthly window, e.g. '50,80,100'.",
+        &THRESHOLDS,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
     GucRegistry::define_string_guc(
         c"credits.bandwidth_cutoff",
         c"UTC date from which new accounts get 20 GB per 100 credits of monthly limit.",

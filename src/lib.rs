@@ -7,6 +7,7 @@ use pgrx::prelude::*;
 mod accounts;
 mod clock;
 mod gucs;
+mod maintenance;
 mod metering;
 mod reporting;
 mod schema;
@@ -16,6 +17,13 @@ pgrx::pg_module_magic!();
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
+    // The worker can only be registered from shared_preload_libraries;
+    // without it every call still sees its windows roll on time.
+    // SAFETY: a flag the postmaster sets while it loads preloaded libraries.
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        gucs::init_worker_settings();
+        maintenance::worker::register();
+    }
 }
 
 #[cfg(test)]

@@ -56,6 +56,7 @@ BEGIN
     INSERT INTO credits.holds (account_id, hold_id, feature_id, amount, expires_at)
     VALUES (p_account, v_entry, v_feature.feature_id, p_amount, v_now + p_ttl);
     UPDATE credits.accounts a SET reserved = a.reserved + p_amount WHERE a.account_id = p_account;
+    PERFORM credits._after_write(p_account, v_now);
     IF p_key IS NOT NULL THEN
         PERFORM credits._remember_key(p_account, p_key, v_entry, v_request);
     END IF;
@@ -116,6 +117,7 @@ BEGIN
     v_entry := credits._charge(v_hold.account_id, v_state, v_hold.feature_id, p_amount, NULL, v_hold.hold_id, v_now);
     UPDATE credits.holds h SET resolved_entry = v_entry
      WHERE h.account_id = v_hold.account_id AND h.hold_id = v_hold.hold_id;
+    PERFORM credits._after_write(v_hold.account_id, v_now);
     RETURN v_entry;
 END
 $$;

@@ -45,7 +45,8 @@ BEGIN
        SET day = credits._utc_day(p_now),
            daily_used = s.daily_used + p_amount,
            month = credits._utc_month(p_now),
-           monthly_used = s.monthly_used + v_alloc
+           monthly_used = s.monthly_used + v_alloc,
+           monthly_epoch = CASE WHEN a.month = credits._utc_month(p_now) THEN a.monthly_epoch ELSE 0 END
      WHERE a.account_id = p_account;
     RETURN v_entry;
 END
@@ -104,11 +105,13 @@ BEGIN
     v_state := credits._state(v_acct, p_now);
     IF credits._lacking_window(v_state, v_amount) IS NOT NULL THEN
         IF NOT p_raise THEN
+            PERFORM credits._denied(p_account, v_amount, p_now);
             RETURN NULL;
         END IF;
         PERFORM credits._raise_insufficient(p_account, v_amount, p_feature, v_state, p_now);
     END IF;
     v_entry := credits._charge(p_account, v_state, v_feature.feature_id, v_amount, p_metadata, NULL, p_now);
+    PERFORM credits._after_write(p_account, p_now);
 
     IF p_key IS NOT NULL THEN
         PERFORM credits._remember_key(p_account, p_key, v_entry, v_request);
@@ -126,6 +129,9 @@ DECLARE
     v_day   date := credits._utc_day(v_now);
     v_month date := credits._utc_month(v_now);
     v_entry bigint;
+    v_used  numeric;
+    v_limit numeric;
+    v_day_full boolean;
 BEGIN
     IF p_key IS NULL THEN
         -- Fast path: everything from the monthly allowance, no error to report.
@@ -140,20 +146,32 @@ BEGIN
                SET day = v_day,
                    daily_used = credits._in_window(a.day, v_day, a.daily_used) + f.amount,
                    month = v_month,
-                   monthly_used = credits._in_window(a.month, v_month, a.monthly_used) + f.amount
+                   monthly_used = credits._in_window(a.month, v_month, a.monthly_used) + f.amount,
+                   monthly_epoch = CASE WHEN a.month = v_month THEN a.monthly_epoch ELSE 0 END
               FROM f, credits.plans p
              WHERE a.account_id = p_account
                AND p.plan = a.plan
+               AND NOT credits._windows_passed(a, v_now)  -- closing a window is the slow path's work
                AND (p.daily_limit IS NULL
                     OR credits._in_window(a.day, v_day, a.daily_used) + a.reserved + f.amount <= p.daily_limit)
                AND credits._in_window(a.month, v_month, a.monthly_used) + a.reserved + f.amount
                    <= p.monthly_allowance + a.purchased
-            RETURNING a.account_id, f.feature_id, f.amount
+            RETURNING a.account_id, f.feature_id, f.amount,
+                      a.monthly_used + a.reserved AS committed,
+                      p.monthly_allowance + a.purchased AS monthly_limit,
+                      coalesce(a.daily_used + a.reserved >= p.daily_limit, false) AS day_full
+        ), l AS (
+            INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, metadata)
+            SELECT u.account_id, v_now, 'D', u.feature_id, u.amount, p_metadata FROM u
+            RETURNING entry_id
         )
-        INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, metadata)
-        SELECT u.account_id, v_now, 'D', u.feature_id, u.amount, p_metadata FROM u
-        RETURNING entry_id INTO v_entry;
+        SELECT l.entry_id, u.committed, u.monthly_limit, u.day_full FROM l, u
+          INTO v_entry, v_used, v_limit, v_day_full;
         IF v_entry IS NOT NULL THEN
+            -- Events are checked only near a threshold or a full window.
+            IF v_day_full OR v_used * 100 >= v_limit * (credits._thresholds())[1] THEN
+                PERFORM credits._after_write(p_account, v_now);
+            END IF;
             RETURN v_entry;
         END IF;
     END IF;

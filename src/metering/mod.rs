@@ -1,6 +1,8 @@
-//! Metering: debit, try_debit, refund (the hot path), and reservations.
+//! Metering: debit, try_debit, refund (the hot path), reservations, and the
+//! events a write makes due.
 
 use pgrx::prelude::*;
 
-extension_sql_file!("metering.sql", name = "metering", requires = ["internal"]);
+extension_sql_file!("events.sql", name = "events", requires = ["internal"]);
+extension_sql_file!("metering.sql", name = "metering", requires = ["events"]);
 extension_sql_file!("holds.sql", name = "holds", requires = ["metering"]);

@@ -118,38 +118,6 @@ BEGIN ATOMIC
     VALUES (p_account, p_key, p_entry, p_request);
 END;
 
--- Lock an account row (every write to an account goes through this lock,
--- which also orders its ledger entries) and fail with UC002 if it is missing.
--- Holds past their deadline are freed here, lazily, before anyone decides.
-CREATE FUNCTION _lock_account(p_account text, p_now timestamptz) RETURNS credits.accounts
-LANGUAGE plpgsql AS $$
-DECLARE
-    v credits.accounts;
-    h record;
-    v_entry bigint;
-BEGIN
-    SELECT * INTO v FROM credits.accounts a WHERE a.account_id = p_account FOR UPDATE;
-    IF NOT FOUND THEN
-        PERFORM credits._raise_unknown_account(p_account);
-    END IF;
-    IF v.reserved > 0 THEN
-        FOR h IN SELECT ho.hold_id, ho.amount, ho.feature_id FROM credits.holds ho
-                  WHERE ho.account_id = p_account AND ho.resolved_entry IS NULL AND ho.expires_at <= p_now
-                  ORDER BY ho.hold_id
-        LOOP
-            INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, ref, metadata)
-            VALUES (p_account, p_now, 'X', h.feature_id, h.amount, h.hold_id, '{"reason": "expired"}')
-            RETURNING entry_id INTO v_entry;
-            UPDATE credits.holds ho SET resolved_entry = v_entry
-             WHERE ho.account_id = p_account AND ho.hold_id = h.hold_id;
-            v.reserved := v.reserved - h.amount;
-        END LOOP;
-        UPDATE credits.accounts a SET reserved = v.reserved WHERE a.account_id = p_account;
-    END IF;
-    RETURN v;
-END
-$$;
-
 -- The state of one account at an instant, windows rolled: what balance()
 -- shows and what the slow debit path decides on. Holds draw on the
 -- allowance first, then on grants; a daily limit caps all spending.

@@ -80,6 +80,9 @@ COMMENT ON TABLE accounts IS 'One row per account: plan, recurring purchases and
 --         'R' refund of entry ref (amount; from_grants = part returned to grants)
 --         'H' hold placed by reserve() (amount; the hold row shares the entry id)
 --         'X' hold freed without charge, ref = hold (metadata: reason release|expired)
+--         'E' grant expired with credits left (amount left; ref = grant)
+--   A monthly window closing at the month's end writes an 'F' too (metadata
+--   reason month_end) for the allowance it leaves unused.
 --   settle() writes a 'D' whose ref is the hold it resolves.
 -------------------------------------------------------------------------------
 
@@ -89,7 +92,7 @@ CREATE TABLE ledger (
     entry_id    bigint NOT NULL DEFAULT nextval('ledger_entry_id_seq') PRIMARY KEY,
     account_id  text NOT NULL,
     at          timestamptz NOT NULL,
-    kind        "char" NOT NULL CHECK (kind IN ('S', 'F', 'P', 'G', 'D', 'R', 'H', 'X')),
+    kind        "char" NOT NULL CHECK (kind IN ('S', 'F', 'P', 'G', 'D', 'R', 'H', 'X', 'E')),
     feature_id  smallint,
     amount      numeric NOT NULL,
     from_grants numeric,
@@ -114,8 +117,11 @@ CREATE TABLE grants (
     amount     numeric NOT NULL CHECK (amount > 0),
     remaining  numeric NOT NULL CHECK (remaining >= 0),
     expires_at timestamptz,
+    expired_entry bigint,  -- the 'E' entry that expired what was left; 0 = expired with nothing left
     PRIMARY KEY (account_id, grant_id)
 );
+-- Maintenance finds what expires next without scanning accounts.
+CREATE INDEX grants_expiry_idx ON grants (expires_at) WHERE expired_entry IS NULL AND expires_at IS NOT NULL;
 COMMENT ON TABLE grants IS 'One-off grants; a grant is usable while expires_at is NULL or in the future.';
 
 -- What each debit drew from each grant (positive) and each refund gave back (negative).
@@ -144,6 +150,80 @@ CREATE TABLE holds (
 );
 CREATE UNIQUE INDEX holds_hold_id_idx ON holds (hold_id);
 CREATE INDEX holds_open_idx ON holds (account_id, expires_at) WHERE resolved_entry IS NULL;
+CREATE INDEX holds_expiry_idx ON holds (expires_at) WHERE resolved_entry IS NULL;
+
+-------------------------------------------------------------------------------
+-- Events, kept for consumers that were not listening; each one is also sent
+-- as NOTIFY credits (delivered on commit only). At most one per account,
+-- kind, window and threshold: the unique key makes emission idempotent.
+--   window_key: '2026-12-07' (daily), '2026-12' (monthly), '2026-12#<entry>'
+--   (a monthly window restarted by an upgrade at ledger entry <entry>).
+-------------------------------------------------------------------------------
+
+CREATE TABLE events (
+    event_id    bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    account_id  text NOT NULL,
+    at          timestamptz NOT NULL,
+    kind        text NOT NULL CHECK (kind IN ('exhausted', 'threshold', 'reset')),
+    window_kind text NOT NULL CHECK (window_kind IN ('daily', 'monthly')),
+    window_key  text NOT NULL,
+    threshold   numeric,
+    payload     jsonb NOT NULL,
+    UNIQUE NULLS NOT DISTINCT (account_id, kind, window_kind, window_key, threshold)
+);
+CREATE INDEX events_account_idx ON events (account_id, event_id);
+
+-------------------------------------------------------------------------------
+-- Closed windows: the totals of every window that has ended, written once
+-- (the primary key makes closing idempotent) by whoever first sees the
+-- window over: maintenance at the boundary, or the account's next call.
+-- Daily windows are recorded when something was used in them; monthly
+-- windows always, with the allowance they forfeited (also a ledger 'F').
+-- A monthly window restarted by an upgrade is recorded from its restart.
+-------------------------------------------------------------------------------
+
+CREATE TABLE closed_windows (
+    account_id   text NOT NULL,
+    window_kind  text NOT NULL CHECK (window_kind IN ('daily', 'monthly')),
+    window_start date NOT NULL,
+    plan         text NOT NULL,
+    window_limit numeric,           -- NULL: the plan has no daily limit
+    used         numeric NOT NULL,  -- monthly: allowance used (grants are not part of it)
+    forfeited    numeric,           -- monthly: allowance left unused when it closed
+    closed_at    timestamptz NOT NULL,
+    PRIMARY KEY (account_id, window_kind, window_start)
+);
+COMMENT ON TABLE closed_windows IS 'Totals of every closed UTC window: used, limit and (monthly) forfeited allowance.';
+
+-------------------------------------------------------------------------------
+-- Maintenance progress (see src/maintenance): one state row, one row per run.
+-- A run processes everything due at its instant (run_at) in batches that
+-- commit separately; cursor is the last account done, so a run cut short
+-- resumes where it stopped.
+-------------------------------------------------------------------------------
+
+CREATE TABLE maintenance_state (
+    singleton     boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    done_through  timestamptz,   -- everything due at or before this is done; NULL = never ran
+    run_id        bigint,        -- the run in progress, if any
+    last_error    text,
+    last_error_at timestamptz
+);
+INSERT INTO maintenance_state DEFAULT VALUES;
+
+CREATE TABLE maintenance_runs (
+    run_id        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    run_at        timestamptz NOT NULL,  -- the instant processed (credits.now() when it started)
+    previous      timestamptz,           -- done_through before this run
+    phase         text NOT NULL CHECK (phase IN ('windows', 'expiries', 'done')),
+    cursor        text,                  -- windows phase: last account_id done
+    batches       integer NOT NULL DEFAULT 0,
+    accounts      bigint NOT NULL DEFAULT 0,  -- accounts whose windows were closed
+    windows       bigint NOT NULL DEFAULT 0,  -- closed_windows rows written
+    expired       bigint NOT NULL DEFAULT 0,  -- holds and grants expired
+    started_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
+    finished_at   timestamptz
+);
 
 -------------------------------------------------------------------------------
 -- Idempotency keys never expire; the row commits with the ledger row.
@@ -191,5 +271,10 @@ SELECT pg_catalog.pg_extension_config_dump('grants', '');
 SELECT pg_catalog.pg_extension_config_dump('grant_draws', '');
 SELECT pg_catalog.pg_extension_config_dump('idempotency', '');
 SELECT pg_catalog.pg_extension_config_dump('holds', '');
+SELECT pg_catalog.pg_extension_config_dump('events', '');
+SELECT pg_catalog.pg_extension_config_dump('events_event_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('closed_windows', '');
+SELECT pg_catalog.pg_extension_config_dump('maintenance_runs', '');
+SELECT pg_catalog.pg_extension_config_dump('maintenance_runs_run_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('plans', 'WHERE NOT seeded');
 SELECT pg_catalog.pg_extension_config_dump('features', 'WHERE NOT seeded');

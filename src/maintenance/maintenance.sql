@@ -1,0 +1,347 @@
+-- Maintenance (SPEC §3): make window resets durable and expire what has a
+-- deadline. The extension is correct without it: every call brings its own
+-- account up to date first (_lock_account -> _catch_up). Maintenance does
+-- the same work for every account, at the boundary, in batches.
+--
+-- One piece of logic, two callers: _catch_up(accounts[], at) is set-based so
+-- that a batch of 10,000 accounts costs a few statements, and the lazy path
+-- calls it with one account.
+
+-- Has a window of this account ended by `at` with something left to record?
+-- A daily window with nothing used has nothing to close.
+CREATE FUNCTION _windows_passed(a credits.accounts, p_at timestamptz) RETURNS boolean
+LANGUAGE sql IMMUTABLE
+RETURN (a.day < credits._utc_day(p_at) AND a.daily_used > 0) OR a.month < credits._utc_month(p_at);
+
+-- Close the ended windows of locked accounts: one closed_windows row per
+-- window (every missed month, in order, each once), an 'F' entry for the
+-- monthly allowance it forfeits, a reset event where the window had run out,
+-- and the counters moved to the window of `at`. Returns the windows closed.
+CREATE FUNCTION _close_windows(p_accounts text[], p_at timestamptz) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_day     date := credits._utc_day(p_at);
+    v_month   date := credits._utc_month(p_at);
+    v_closed  integer;
+    v_resets  jsonb;
+    r         record;
+    a         credits.accounts;
+BEGIN
+    WITH due AS (
+        SELECT a.account_id, a.plan, a.day, a.daily_used, a.month, a.monthly_used, a.monthly_epoch,
+               p.daily_limit, p.monthly_allowance + a.purchased AS monthly_limit
+          FROM credits.accounts a
+          JOIN credits.plans p ON p.plan = a.plan
+         WHERE a.account_id = ANY (p_accounts) AND credits._windows_passed(a, p_at)
+    ), windows AS (
+        SELECT d.account_id, 'daily' AS window_kind, d.day AS window_start, d.plan,
+               d.daily_limit AS window_limit, d.daily_used AS used, NULL::numeric AS forfeited,
+               to_char(d.day, 'YYYY-MM-DD') AS window_key
+          FROM due d
+         WHERE d.day < v_day AND d.daily_used > 0
+        UNION ALL
+        SELECT d.account_id, 'monthly', m.start::date, d.plan, d.monthly_limit, u.used,
+               greatest(0, d.monthly_limit - u.used),
+               to_char(m.start, 'YYYY-MM')
+                 || CASE WHEN m.start = d.month AND d.monthly_epoch > 0 THEN '#' || d.monthly_epoch ELSE '' END
+          FROM due d
+         CROSS JOIN LATERAL generate_series(d.month::timestamp, v_month - interval '1 month',
+                                            interval '1 month') AS m(start)
+         CROSS JOIN LATERAL (SELECT CASE WHEN m.start = d.month THEN d.monthly_used ELSE 0 END AS used) u
+    ), closed AS (
+        INSERT INTO credits.closed_windows AS c
+               (account_id, window_kind, window_start, plan, window_limit, used, forfeited, closed_at)
+        SELECT w.account_id, w.window_kind, w.window_start, w.plan, w.window_limit, w.used, w.forfeited,
+               (w.window_start + CASE w.window_kind WHEN 'daily' THEN interval '1 day'
+                                                    ELSE interval '1 month' END) AT TIME ZONE 'UTC'
+          FROM windows w
+        ON CONFLICT DO NOTHING
+        RETURNING c.account_id, c.window_kind, c.window_start, c.forfeited, c.closed_at
+    ), forfeits AS (
+        INSERT INTO credits.ledger (account_id, at, kind, amount, metadata)
+        SELECT c.account_id, c.closed_at, 'F', c.forfeited,
+               jsonb_build_object('reason', 'month_end', 'month', to_char(c.window_start, 'YYYY-MM'))
+          FROM closed c
+         WHERE c.window_kind = 'monthly' AND c.forfeited > 0
+         ORDER BY c.account_id, c.window_start
+    ), rolled AS (
+        UPDATE credits.accounts a
+           SET day = CASE WHEN a.day < v_day THEN v_day ELSE a.day END,
+               daily_used = CASE WHEN a.day < v_day THEN 0 ELSE a.daily_used END,
+               month = CASE WHEN a.month < v_month THEN v_month ELSE a.month END,
+               monthly_used = CASE WHEN a.month < v_month THEN 0 ELSE a.monthly_used END,
+               monthly_epoch = CASE WHEN a.month < v_month THEN 0 ELSE a.monthly_epoch END
+          FROM due d
+         WHERE a.account_id = d.account_id
+    )
+    -- A window that had run out opens again: reset event, stamped at the boundary.
+    SELECT count(*),
+           jsonb_agg(jsonb_build_object('account_id', c.account_id, 'window', c.window_kind, 'at', c.closed_at))
+             FILTER (WHERE EXISTS (SELECT 1 FROM credits.events e
+                                    WHERE e.account_id = c.account_id AND e.kind = 'exhausted'
+                                      AND e.window_kind = c.window_kind AND e.window_key = w.window_key))
+      INTO v_closed, v_resets
+      FROM closed c
+      JOIN windows w ON w.account_id = c.account_id AND w.window_kind = c.window_kind
+                    AND w.window_start = c.window_start;
+
+    FOR r IN SELECT x.account_id, x."window", x.at
+               FROM jsonb_to_recordset(coalesce(v_resets, '[]')) AS x(account_id text, "window" text, at timestamptz)
+              ORDER BY x.at, x.account_id
+    LOOP
+        SELECT * INTO a FROM credits.accounts ac WHERE ac.account_id = r.account_id;
+        PERFORM credits._emit(a, 'reset', r."window", NULL, r.at, credits._state(a, r.at));
+    END LOOP;
+    RETURN v_closed;
+END
+$$;
+
+-- Expire, for locked accounts, the holds and grants whose deadline is at or
+-- before `at`: holds are freed ('X', reason expired), grants with credits
+-- left are closed by an 'E' entry. Each resolves once. Returns how many.
+CREATE FUNCTION _expire_due(p_accounts text[], p_at timestamptz) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_holds  integer;
+    v_grants integer;
+BEGIN
+    WITH due AS (
+        SELECT h.account_id, h.hold_id, h.feature_id, h.amount
+          FROM credits.holds h
+         WHERE h.account_id = ANY (p_accounts) AND h.resolved_entry IS NULL AND h.expires_at <= p_at
+    ), freed AS (
+        INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, ref, metadata)
+        SELECT d.account_id, p_at, 'X', d.feature_id, d.amount, d.hold_id, '{"reason": "expired"}'
+          FROM due d
+         ORDER BY d.account_id, d.hold_id
+        RETURNING entry_id, account_id, ref, amount
+    ), resolved AS (
+        UPDATE credits.holds h SET resolved_entry = f.entry_id
+          FROM freed f
+         WHERE h.account_id = f.account_id AND h.hold_id = f.ref
+    ), unreserved AS (
+        UPDATE credits.accounts a SET reserved = a.reserved - f.total
+          FROM (SELECT account_id, sum(amount) AS total FROM freed GROUP BY account_id) f
+         WHERE a.account_id = f.account_id
+    )
+    SELECT count(*) INTO v_holds FROM freed;
+
+    WITH due AS (
+        SELECT g.account_id, g.grant_id, g.kind, g.remaining, g.expires_at
+          FROM credits.grants g
+         WHERE g.account_id = ANY (p_accounts) AND g.expired_entry IS NULL AND g.expires_at <= p_at
+    ), expired AS (
+        INSERT INTO credits.ledger (account_id, at, kind, amount, ref, metadata)
+        SELECT d.account_id, d.expires_at, 'E', d.remaining, d.grant_id, jsonb_build_object('grant_kind', d.kind)
+          FROM due d
+         WHERE d.remaining > 0
+         ORDER BY d.account_id, d.expires_at, d.grant_id
+        RETURNING entry_id, account_id, ref
+    ), marked AS (
+        UPDATE credits.grants g SET expired_entry = coalesce(e.entry_id, 0)
+          FROM due d
+          LEFT JOIN expired e ON e.account_id = d.account_id AND e.ref = d.grant_id
+         WHERE g.account_id = d.account_id AND g.grant_id = d.grant_id
+    )
+    SELECT count(*) INTO v_grants FROM due;
+    RETURN v_holds + v_grants;
+END
+$$;
+
+-- Does this account have a hold or grant whose deadline has passed unrecorded?
+CREATE FUNCTION _expiry_due(a credits.accounts, p_at timestamptz) RETURNS boolean
+LANGUAGE sql STABLE
+RETURN (a.reserved > 0 AND EXISTS (SELECT 1 FROM credits.holds h
+                                    WHERE h.account_id = a.account_id AND h.resolved_entry IS NULL
+                                      AND h.expires_at <= p_at))
+    OR EXISTS (SELECT 1 FROM credits.grants g
+                WHERE g.account_id = a.account_id AND g.expired_entry IS NULL AND g.expires_at <= p_at);
+
+-- Lock an account row (every write to an account goes through this lock,
+-- which also orders its ledger entries) and fail with UC002 if it is missing.
+-- The account is brought up to `p_now` before anyone decides: ended windows
+-- closed, holds and grants past their deadline expired.
+CREATE FUNCTION _lock_account(p_account text, p_now timestamptz) RETURNS credits.accounts
+LANGUAGE plpgsql AS $$
+DECLARE
+    v credits.accounts;
+BEGIN
+    SELECT * INTO v FROM credits.accounts a WHERE a.account_id = p_account FOR UPDATE;
+    IF NOT FOUND THEN
+        PERFORM credits._raise_unknown_account(p_account);
+    END IF;
+    IF credits._windows_passed(v, p_now) OR credits._expiry_due(v, p_now) THEN
+        PERFORM credits._close_windows(ARRAY[p_account], p_now);
+        PERFORM credits._expire_due(ARRAY[p_account], p_now);
+        SELECT * INTO v FROM credits.accounts a WHERE a.account_id = p_account;
+    END IF;
+    RETURN v;
+END
+$$;
+
+-------------------------------------------------------------------------------
+-- Runs. A run takes everything due at its instant: first the windows of
+-- every account (a pass over the accounts in key order, `batch` at a time,
+-- only when a UTC day boundary passed since the last run), then the holds
+-- and grants past their deadline (found by their expiry indexes).
+-------------------------------------------------------------------------------
+
+-- The earliest instant at which something is or was due after `done_through`:
+-- the next UTC day boundary, the next hold or grant deadline.
+CREATE FUNCTION _next_due(p_done_through timestamptz) RETURNS timestamptz
+LANGUAGE sql STABLE
+RETURN least(
+    CASE WHEN p_done_through IS NULL THEN '-infinity'::timestamptz
+         ELSE (credits._utc_day(p_done_through) + 1)::timestamp AT TIME ZONE 'UTC' END,
+    (SELECT min(h.expires_at) FROM credits.holds h WHERE h.resolved_entry IS NULL),
+    (SELECT min(g.expires_at) FROM credits.grants g WHERE g.expired_entry IS NULL AND g.expires_at IS NOT NULL));
+
+-- One step of maintenance at instant `p_at`, in the caller's transaction:
+-- starts a run if something is due, or does one batch of the run in
+-- progress (which keeps its own instant, so a run cut short resumes as it
+-- began). Returns the seconds until more is due: 0 = call again now.
+CREATE FUNCTION _maintenance_step(p_at timestamptz, p_batch integer) RETURNS double precision
+LANGUAGE plpgsql AS $$
+DECLARE
+    st       credits.maintenance_state;
+    run      credits.maintenance_runs;
+    v_ids    text[];
+    v_n      integer;
+BEGIN
+    IF p_at IS NULL OR NOT isfinite(p_at) THEN
+        RAISE EXCEPTION 'invalid maintenance instant: %', coalesce(p_at::text, 'NULL') USING ERRCODE = 'UC009';
+    END IF;
+    IF p_batch IS NULL OR p_batch < 1 THEN
+        RAISE EXCEPTION 'invalid batch size: %', coalesce(p_batch::text, 'NULL') USING ERRCODE = 'UC009';
+    END IF;
+    -- One maintenance step at a time: the worker and a manual run interleave safely.
+    SELECT * INTO st FROM credits.maintenance_state FOR UPDATE;
+
+    IF st.run_id IS NULL THEN
+        IF credits._next_due(st.done_through) > p_at THEN
+            RETURN greatest(0, extract(epoch FROM credits._next_due(greatest(st.done_through, p_at)) - p_at));
+        END IF;
+        INSERT INTO credits.maintenance_runs (run_at, previous, phase)
+        VALUES (p_at, st.done_through,
+                CASE WHEN st.done_through IS NULL OR credits._utc_day(st.done_through) < credits._utc_day(p_at)
+                     THEN 'windows' ELSE 'expiries' END)
+        RETURNING * INTO run;
+        UPDATE credits.maintenance_state SET run_id = run.run_id;
+    ELSE
+        SELECT * INTO run FROM credits.maintenance_runs r WHERE r.run_id = st.run_id;
+    END IF;
+
+    IF run.phase = 'windows' THEN
+        -- Locks are taken in key order, one batch per transaction.
+        SELECT array_agg(b.account_id ORDER BY b.account_id) INTO v_ids
+          FROM (SELECT a.account_id FROM credits.accounts a
+                 WHERE a.account_id > coalesce(run.cursor, '')
+                   AND credits._windows_passed(a, run.run_at)
+                 ORDER BY a.account_id
+                 LIMIT p_batch
+                   FOR UPDATE) b;
+        IF v_ids IS NULL THEN
+            UPDATE credits.maintenance_runs r SET phase = 'expiries' WHERE r.run_id = run.run_id;
+        ELSE
+            v_n := credits._close_windows(v_ids, run.run_at);
+            UPDATE credits.maintenance_runs r
+               SET cursor = v_ids[array_upper(v_ids, 1)], batches = r.batches + 1,
+                   accounts = r.accounts + array_length(v_ids, 1), windows = r.windows + v_n
+             WHERE r.run_id = run.run_id;
+        END IF;
+        RETURN 0;
+    END IF;
+
+    -- Expiries: the accounts with a hold or grant past its deadline, a batch at a time.
+    SELECT array_agg(x.account_id ORDER BY x.account_id) INTO v_ids
+      FROM (SELECT a.account_id FROM credits.accounts a
+             WHERE a.account_id IN (
+                   (SELECT h.account_id FROM credits.holds h
+                     WHERE h.resolved_entry IS NULL AND h.expires_at <= run.run_at
+                     ORDER BY h.expires_at LIMIT p_batch)
+                   UNION
+                   (SELECT g.account_id FROM credits.grants g
+                     WHERE g.expired_entry IS NULL AND g.expires_at <= run.run_at
+                     ORDER BY g.expires_at LIMIT p_batch))
+             ORDER BY a.account_id
+               FOR UPDATE) x;
+    IF v_ids IS NOT NULL THEN
+        v_n := credits._expire_due(v_ids, run.run_at);
+        UPDATE credits.maintenance_runs r SET batches = r.batches + 1, expired = r.expired + v_n
+         WHERE r.run_id = run.run_id;
+        RETURN 0;
+    END IF;
+
+    UPDATE credits.maintenance_runs r SET phase = 'done', finished_at = clock_timestamp()
+     WHERE r.run_id = run.run_id;
+    UPDATE credits.maintenance_state
+       SET run_id = NULL, done_through = greatest(done_through, run.run_at);
+    RETURN greatest(0, extract(epoch FROM credits._next_due(greatest(st.done_through, run.run_at)) - p_at));
+END
+$$;
+
+-- The worker's step: like _maintenance_step, but an error is recorded in
+-- maintenance_state (and the server log) instead of ending the worker;
+-- it retries after `p_retry` seconds.
+CREATE FUNCTION _worker_step(p_batch integer, p_retry double precision) RETURNS double precision
+LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN credits._maintenance_step(credits.now(), p_batch);
+EXCEPTION WHEN OTHERS THEN
+    UPDATE credits.maintenance_state
+       SET last_error = format('%s (SQLSTATE %s)', SQLERRM, SQLSTATE), last_error_at = clock_timestamp();
+    RAISE WARNING 'credits maintenance: % (SQLSTATE %), retrying in % s', SQLERRM, SQLSTATE, p_retry;
+    RETURN p_retry;
+END
+$$;
+
+-- run_maintenance: do everything due at `at` (default credits.now()) now,
+-- committing after each batch; a NOTICE reports progress. Idempotent: a
+-- second call for the same instant finds nothing due. Call it outside a
+-- transaction block (CALL credits.run_maintenance()), by hand or from pg_cron.
+CREATE PROCEDURE run_maintenance(at timestamptz DEFAULT NULL)
+-- (No SET search_path: a procedure with one cannot COMMIT. Every name is qualified.)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_at    timestamptz := coalesce(run_maintenance.at, credits.now());
+    v_batch integer := coalesce(nullif(current_setting('credits.maintenance_batch_size', true), ''), '10000')::integer;
+    v_steps integer := 0;
+    run     credits.maintenance_runs;
+BEGIN
+    WHILE credits._maintenance_step(v_at, v_batch) = 0 LOOP
+        COMMIT;
+        v_steps := v_steps + 1;
+        IF v_steps % 10 = 0 THEN
+            SELECT * INTO run FROM credits.maintenance_runs ORDER BY run_id DESC LIMIT 1;
+            RAISE NOTICE 'credits maintenance: run % at %, phase %, % accounts, % windows closed, % expired',
+                run.run_id, credits._utc_text(run.run_at), run.phase, run.accounts, run.windows, run.expired;
+        END IF;
+    END LOOP;
+    COMMIT;
+    SELECT * INTO run FROM credits.maintenance_runs ORDER BY run_id DESC LIMIT 1;
+    RAISE NOTICE 'credits maintenance: done through %; last run % closed % windows of % accounts, expired %',
+        (SELECT credits._utc_text(s.done_through) FROM credits.maintenance_state s),
+        run.run_id, run.windows, run.accounts, run.expired;
+END
+$$;
+
+-- maintenance_status: what the worker did last and what is due next.
+--   lag = how long something has been due without being done (0 when caught up).
+CREATE VIEW maintenance_status AS
+SELECT (SELECT a.pid FROM pg_catalog.pg_stat_activity a
+         WHERE a.backend_type = 'credits maintenance' LIMIT 1) AS worker_pid,
+       s.done_through,
+       s.run_id IS NOT NULL AS running,
+       r.run_id AS last_run_id,
+       r.run_at AS last_run_at,
+       r.started_at AS last_run_started,
+       r.finished_at AS last_run_finished,
+       r.accounts AS last_run_accounts,
+       r.windows AS last_run_windows,
+       r.expired AS last_run_expired,
+       greatest(credits._next_due(s.done_through), credits.now()) AS next_run,
+       greatest(interval '0', credits.now() - credits._next_due(s.done_through)) AS lag,
+       s.last_error,
+       s.last_error_at
+  FROM credits.maintenance_state s
+  LEFT JOIN LATERAL (SELECT * FROM credits.maintenance_runs mr ORDER BY mr.run_id DESC LIMIT 1) r ON true;

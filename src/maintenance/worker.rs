@@ -1,0 +1,78 @@
+//! The maintenance worker: a loop that sleeps until the next thing is due
+//! (a UTC day boundary, a hold or grant deadline, capped by
+//! `credits.maintenance_max_nap`) and then calls the SQL step function, one
+//! transaction per batch. All its state is in tables, so a restart resumes
+//! where it stopped; a failing step is recorded and retried, never fatal.
+
+use crate::gucs::{BATCH_SIZE, DATABASE, MAX_NAP};
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
+use pgrx::prelude::*;
+use std::time::Duration;
+
+/// Name shown as `backend_type` in `pg_stat_activity`.
+const WORKER_TYPE: &str = "credits maintenance";
+/// How long to wait after an error, or while the extension does not exist.
+const RETRY: Duration = Duration::from_secs(10);
+
+pub fn register() {
+    BackgroundWorkerBuilder::new(WORKER_TYPE)
+        .set_type(WORKER_TYPE)
+        .set_library("credits")
+        .set_function("credits_maintenance_main")
+        .enable_spi_access()
+        // pgrx's default is never; after a crash or pg_terminate_backend, come back.
+        .set_restart_time(Some(Duration::from_secs(5)))
+        .load();
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn credits_maintenance_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let database = DATABASE
+        .get()
+        .map(|d| d.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "postgres".to_owned());
+    BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    log!("credits maintenance worker started in database {database:?}");
+
+    let mut nap = Duration::ZERO;
+    while BackgroundWorker::wait_latch(Some(nap)) {
+        if BackgroundWorker::sighup_received() {
+            // SAFETY: the documented way for a background worker to reload its settings.
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
+        let max_nap = Duration::from_secs(MAX_NAP.get().max(1) as u64);
+        nap = match BackgroundWorker::transaction(step) {
+            Some(seconds) if seconds.is_finite() && seconds > 0.0 => {
+                Duration::from_secs_f64(seconds).min(max_nap)
+            }
+            Some(_) => Duration::ZERO,
+            None => RETRY.min(max_nap), // no extension (yet)
+        };
+    }
+    // Exit code 1 so the postmaster restarts the worker after a
+    // pg_terminate_backend; at shutdown it is not restarted anyway.
+    log!("credits maintenance worker stopping");
+    // SAFETY: ends this background worker process, as PostgreSQL's own workers do.
+    unsafe { pg_sys::proc_exit(1) };
+}
+
+/// One transaction: `None` while the extension is missing, else the seconds
+/// until the next step is due (0 = now).
+fn step() -> Option<f64> {
+    let installed = Spi::get_one::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'credits')",
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false);
+    if !installed {
+        return None;
+    }
+    let batch = BATCH_SIZE.get().max(1);
+    let retry = RETRY.as_secs_f64();
+    Spi::get_one::<f64>(&format!("SELECT credits._worker_step({batch}, {retry})"))
+        .ok()
+        .flatten()
+}

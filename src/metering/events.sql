@@ -1,0 +1,88 @@
+-- Events (rule 9): running out notifies.
+--   exhausted  a committed operation left nothing available in a window, or
+--              a try_debit was denied; once per account and window;
+--   threshold  monthly usage reached a percentage of the monthly limit
+--              (credits.thresholds, default '80,100'); once per window and threshold.
+-- Each event is a row in credits.events and a NOTIFY on channel credits;
+-- both are transactional, so a rolled-back operation emits nothing.
+-- (reset events belong to the maintenance run at window boundaries.)
+
+-- The configured thresholds, in percent, ascending.
+CREATE FUNCTION _thresholds() RETURNS numeric[]
+LANGUAGE sql STABLE
+RETURN (SELECT coalesce(array_agg(t::numeric ORDER BY t::numeric), '{}')
+          FROM unnest(string_to_array(coalesce(nullif(current_setting('credits.thresholds', true), ''), '80,100'), ',')) t
+         WHERE btrim(t) <> '');
+
+-- The window an event is about, as a stable key (see schema.sql).
+CREATE FUNCTION _window_key(a credits.accounts, p_window text, p_now timestamptz) RETURNS text
+LANGUAGE sql STABLE
+RETURN CASE p_window
+    WHEN 'daily' THEN to_char(credits._utc_day(p_now), 'YYYY-MM-DD')
+    ELSE to_char(credits._utc_month(p_now), 'YYYY-MM')
+         || CASE WHEN a.month = credits._utc_month(p_now) AND a.monthly_epoch > 0
+                 THEN '#' || a.monthly_epoch ELSE '' END
+END;
+
+CREATE FUNCTION _emit(a credits.accounts, p_kind text, p_window text, p_threshold numeric,
+                      p_now timestamptz, s credits._account_state)
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_key   text := credits._window_key(a, p_window, p_now);
+    v_id    bigint;
+    v_event jsonb;
+BEGIN
+    v_event := jsonb_strip_nulls(jsonb_build_object(
+        'account_id', a.account_id, 'kind', p_kind, 'window', p_window, 'window_key', v_key,
+        'threshold', p_threshold, 'at', credits._utc_text(p_now), 'plan', s.plan,
+        'monthly_limit', s.monthly_limit, 'monthly_used', s.monthly_used,
+        'daily_limit', s.daily_limit, 'daily_used', CASE WHEN s.daily_limit IS NOT NULL THEN s.daily_used END,
+        'available', least(coalesce(s.daily_available, s.allowance_available + s.grants_available),
+                           s.allowance_available + s.grants_available)));
+    INSERT INTO credits.events (account_id, at, kind, window_kind, window_key, threshold, payload)
+    VALUES (a.account_id, p_now, p_kind, p_window, v_key, p_threshold, v_event)
+    ON CONFLICT DO NOTHING
+    RETURNING event_id INTO v_id;
+    IF v_id IS NOT NULL THEN
+        PERFORM pg_notify('credits', (v_event || jsonb_build_object('event_id', v_id))::text);
+    END IF;
+END
+$$;
+
+-- After a write to a locked account: the events its new state is due.
+CREATE FUNCTION _after_write(p_account text, p_now timestamptz) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    a credits.accounts;
+    s credits._account_state;
+    t numeric;
+BEGIN
+    SELECT * INTO a FROM credits.accounts ac WHERE ac.account_id = p_account;
+    s := credits._state(a, p_now);
+    IF s.monthly_limit > 0 THEN
+        FOREACH t IN ARRAY credits._thresholds() LOOP
+            EXIT WHEN s.monthly_used * 100 < s.monthly_limit * t;
+            PERFORM credits._emit(a, 'threshold', 'monthly', t, p_now, s);
+        END LOOP;
+    END IF;
+    IF s.daily_available = 0 THEN
+        PERFORM credits._emit(a, 'exhausted', 'daily', NULL, p_now, s);
+    ELSIF s.allowance_available + s.grants_available = 0 THEN
+        PERFORM credits._emit(a, 'exhausted', 'monthly', NULL, p_now, s);
+    END IF;
+END
+$$;
+
+-- A denied try_debit: the window that lacked credits is exhausted for it.
+CREATE FUNCTION _denied(p_account text, p_amount numeric, p_now timestamptz) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    a credits.accounts;
+    s credits._account_state;
+BEGIN
+    SELECT * INTO a FROM credits.accounts ac WHERE ac.account_id = p_account;
+    s := credits._state(a, p_now);
+    PERFORM credits._emit(a, 'exhausted', credits._lacking_window(s, p_amount), NULL, p_now, s);
+END
+$$;
