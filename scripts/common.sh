@@ -44,12 +44,13 @@ install_extension() {
     grep -E 'Finished|installing' "$log" | tail -n 2
 }
 
-# cluster_start NAME PORT: a fresh-or-existing cluster owned by postgres,
-# listening on 127.0.0.1:PORT, with the credits library preloaded.
 cluster_dir() { echo "$ROOT/target/clusters/$1"; }
 
+# cluster_start NAME PORT [DATABASE]: a fresh-or-existing cluster owned by
+# postgres, listening on 127.0.0.1:PORT, with the credits library preloaded
+# and its maintenance worker running in DATABASE (default postgres).
 cluster_start() {
-    local name=$1 port=$2 dir
+    local name=$1 port=$2 database=${3:-postgres} dir
     dir=$(cluster_dir "$name")
     mkdir -p "$dir"
     # postgres must be able to reach the data directory (the repo may live under /root).
@@ -66,6 +67,7 @@ port = $port
 listen_addresses = '127.0.0.1'
 unix_socket_directories = '/tmp'
 shared_preload_libraries = 'credits'
+credits.database = '$database'
 max_connections = 200
 fsync = off
 synchronous_commit = off

@@ -19,7 +19,8 @@ pub static THRESHOLDS: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"80,100"));
 
 /// `credits.database`: the database the maintenance worker connects to.
-pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+pub static DATABASE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"postgres"));
 
 /// `credits.maintenance_batch_size`: accounts per maintenance transaction.
 pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10_000);

@@ -30,7 +30,12 @@ pub extern "C-unwind" fn _PG_init() {
 pub mod pg_test {
     pub fn setup(_options: Vec<&str>) {}
 
+    /// The worker runs in pgrx's test database, as it would in production.
     pub fn postgresql_conf_options() -> Vec<&'static str> {
-        vec![]
+        vec![
+            "shared_preload_libraries = 'credits'",
+            "credits.database = 'pgrx_tests'",
+            "credits.maintenance_max_nap = 1",
+        ]
     }
 }

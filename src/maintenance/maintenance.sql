@@ -25,7 +25,7 @@ DECLARE
     v_closed  integer;
     v_resets  jsonb;
     r         record;
-    a         credits.accounts;
+    v_acct    credits.accounts;
 BEGIN
     WITH due AS (
         SELECT a.account_id, a.plan, a.day, a.daily_used, a.month, a.monthly_used, a.monthly_epoch,
@@ -89,8 +89,8 @@ BEGIN
                FROM jsonb_to_recordset(coalesce(v_resets, '[]')) AS x(account_id text, "window" text, at timestamptz)
               ORDER BY x.at, x.account_id
     LOOP
-        SELECT * INTO a FROM credits.accounts ac WHERE ac.account_id = r.account_id;
-        PERFORM credits._emit(a, 'reset', r."window", NULL, r.at, credits._state(a, r.at));
+        SELECT * INTO v_acct FROM credits.accounts ac WHERE ac.account_id = r.account_id;
+        PERFORM credits._emit(v_acct, 'reset', r."window", NULL, r.at, credits._state(v_acct, r.at));
     END LOOP;
     RETURN v_closed;
 END
@@ -98,7 +98,8 @@ $$;
 
 -- Expire, for locked accounts, the holds and grants whose deadline is at or
 -- before `at`: holds are freed ('X', reason expired), grants with credits
--- left are closed by an 'E' entry. Each resolves once. Returns how many.
+-- left are closed by an 'E' entry, both stamped at their deadline whoever
+-- sees it first. Each resolves once. Returns how many.
 CREATE FUNCTION _expire_due(p_accounts text[], p_at timestamptz) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -106,12 +107,12 @@ DECLARE
     v_grants integer;
 BEGIN
     WITH due AS (
-        SELECT h.account_id, h.hold_id, h.feature_id, h.amount
+        SELECT h.account_id, h.hold_id, h.feature_id, h.amount, h.expires_at
           FROM credits.holds h
          WHERE h.account_id = ANY (p_accounts) AND h.resolved_entry IS NULL AND h.expires_at <= p_at
     ), freed AS (
         INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, ref, metadata)
-        SELECT d.account_id, p_at, 'X', d.feature_id, d.amount, d.hold_id, '{"reason": "expired"}'
+        SELECT d.account_id, d.expires_at, 'X', d.feature_id, d.amount, d.hold_id, '{"reason": "expired"}'
           FROM due d
          ORDER BY d.account_id, d.hold_id
         RETURNING entry_id, account_id, ref, amount

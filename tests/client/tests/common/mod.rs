@@ -14,28 +14,56 @@ fn dsn() -> String {
         .expect("set CREDITS_TEST_DSN, e.g. 'host=127.0.0.1 port=28816 user=postgres dbname=credits_client' (scripts/test does)")
 }
 
+fn test_database() -> String {
+    let config: postgres::Config = dsn().parse().expect("valid DSN");
+    config
+        .get_dbname()
+        .expect("the DSN names a database")
+        .to_string()
+}
+
+/// A connection to database `db` of the test server.
+pub fn connect_db(db: &str) -> Client {
+    let dsn = dsn().replace(
+        &format!("dbname={}", test_database()),
+        &format!("dbname={db}"),
+    );
+    Client::connect(&dsn, NoTls).unwrap_or_else(|e| panic!("connect to database {db}: {e}"))
+}
+
+/// Drop and create database `db` (without the extension).
+pub fn recreate_database(db: &str) {
+    let mut admin = connect_db("postgres");
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+        .unwrap();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {db}"))
+        .unwrap();
+}
+
 /// A new connection to the test database; the first call (re)creates it.
 pub fn connect() -> Client {
     CREATE_DATABASE.call_once(|| {
-        let dsn = dsn();
-        let config: postgres::Config = dsn.parse().expect("valid DSN");
-        let db = config
-            .get_dbname()
-            .expect("the DSN names a database")
-            .to_string();
-        let admin_dsn = dsn.replace(&format!("dbname={db}"), "dbname=postgres");
-        let mut admin =
-            Client::connect(&admin_dsn, NoTls).expect("connect to the postgres database");
-        admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+        let db = test_database();
+        recreate_database(&db);
+        connect_db(&db)
+            .batch_execute("CREATE EXTENSION credits")
             .unwrap();
-        admin
-            .batch_execute(&format!("CREATE DATABASE {db}"))
-            .unwrap();
-        let mut client = Client::connect(&dsn, NoTls).expect("connect to the test database");
-        client.batch_execute("CREATE EXTENSION credits").unwrap();
     });
-    Client::connect(&dsn(), NoTls).expect("connect to the test database")
+    connect_db(&test_database())
+}
+
+/// Poll `check` every 20 ms until it returns true; panics after `seconds`.
+pub fn wait_until(seconds: u64, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {seconds} s waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// A connection whose clock reads `at` (credits.clock_override).

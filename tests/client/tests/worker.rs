@@ -1,0 +1,306 @@
+//! The maintenance worker in a real server: it waits for the extension, runs
+//! maintenance by itself when the (cluster-wide) clock crosses a UTC
+//! boundary, catches up over missed days and a missed month exactly once,
+//! and a worker terminated mid-run finishes the job after its restart with
+//! the same result as an uninterrupted run.
+//!
+//! These tests move the cluster-wide clock (ALTER SYSTEM), so they put it
+//! back when they end, even on failure.
+
+mod common;
+
+use common::*;
+use postgres::Client;
+
+/// Cluster-wide settings for the duration of a test, reset on drop.
+struct SystemSettings(Vec<&'static str>);
+
+impl SystemSettings {
+    fn set(&mut self, name: &'static str, value: &str) {
+        let mut admin = connect_db("postgres");
+        admin
+            .batch_execute(&format!("ALTER SYSTEM SET {name} = '{value}'"))
+            .unwrap();
+        admin.batch_execute("SELECT pg_reload_conf()").unwrap();
+        if !self.0.contains(&name) {
+            self.0.push(name);
+        }
+    }
+}
+
+impl Drop for SystemSettings {
+    fn drop(&mut self) {
+        let mut admin = connect_db("postgres");
+        for name in &self.0 {
+            admin
+                .batch_execute(&format!("ALTER SYSTEM RESET {name}"))
+                .unwrap();
+        }
+        admin.batch_execute("SELECT pg_reload_conf()").unwrap();
+    }
+}
+
+fn worker_database() -> String {
+    connect_db("postgres")
+        .query_one("SELECT current_setting('credits.database')", &[])
+        .unwrap()
+        .get(0)
+}
+
+fn worker_pid(client: &mut Client, db: &str) -> Option<i32> {
+    client
+        .query_opt(
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'credits maintenance' AND datname = $1",
+            &[&db],
+        )
+        .unwrap()
+        .map(|r| r.get(0))
+}
+
+fn done_through(client: &mut Client) -> Option<String> {
+    client
+        .query_one(
+            "SELECT to_char(done_through AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.MS') FROM credits.maintenance_state",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+}
+
+/// A fresh worker database, the worker connected to it and napping at most 1 s.
+fn fresh_worker_database(settings: &mut SystemSettings, clock: &str) -> (String, Client) {
+    let db = worker_database();
+    settings.set("credits.maintenance_max_nap", "1");
+    settings.set("credits.clock_override", clock);
+    recreate_database(&db); // the worker's connection is dropped; it restarts
+    let mut client = connect_db(&db);
+    wait_until(30, "the worker to connect", || {
+        worker_pid(&mut client, &db).is_some()
+    });
+    (db, client)
+}
+
+/// What maintenance wrote for accounts `prefix%`, in a comparable form.
+fn maintenance_record(client: &mut Client, prefix: &str) -> Vec<String> {
+    let like = format!("{prefix}%");
+    let mut rows: Vec<String> = client
+        .query(
+            "SELECT format('%s %s %s used=%s limit=%s forfeited=%s', account_id, window_kind, window_start,
+                           used, window_limit, forfeited)
+               FROM credits.closed_windows WHERE account_id LIKE $1",
+            &[&like],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    rows.extend(
+        client
+            .query(
+                "SELECT format('%s ledger %s %s at %s', account_id, kind, amount,
+                               to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI'))
+                   FROM credits.ledger WHERE account_id LIKE $1 AND kind IN ('F', 'E', 'X')",
+                &[&like],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<_, String>(0)),
+    );
+    rows.extend(
+        client
+            .query(
+                "SELECT format('%s event %s %s %s', account_id, kind, window_kind, window_key)
+                   FROM credits.events WHERE account_id LIKE $1",
+                &[&like],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<_, String>(0)),
+    );
+    rows.sort();
+    rows
+}
+
+/// `n` accounts: every third on free and out of credits for the day, the
+/// rest on pro with some usage; some pro accounts with a hold, some
+/// accounts with a grant that expires the next day.
+fn load_accounts(client: &mut Client, prefix: &str, n: i32) {
+    client
+        .execute(
+            "SELECT credits.subscribe($1 || lpad(i::text, 5, '0'), CASE WHEN i % 3 = 0 THEN 'free' ELSE 'pro' END),
+                    CASE WHEN i % 3 = 0 THEN credits.debit($1 || lpad(i::text, 5, '0'), 'agent', 10)
+                         ELSE credits.debit($1 || lpad(i::text, 5, '0'), 'agent', i % 50 + 1) END,
+                    CASE WHEN i % 21 = 7 THEN credits.reserve($1 || lpad(i::text, 5, '0'), 'agent', 2, '2 hours') END,
+                    CASE WHEN i % 11 = 0 THEN credits.grant($1 || lpad(i::text, 5, '0'), 3, 'promotional',
+                                                            credits.now() + interval '1 day') END
+               FROM generate_series(1, $2) AS i",
+            &[&prefix, &n],
+        )
+        .unwrap();
+}
+
+#[test]
+fn the_worker_runs_maintenance_when_the_cluster_clock_crosses_a_boundary() {
+    let mut settings = SystemSettings(Vec::new());
+    let (db, mut client) = fresh_worker_database(&mut settings, "2030-01-31 12:00:00+00");
+
+    // It waits for the extension without failing, then takes the state over.
+    client.batch_execute("CREATE EXTENSION credits").unwrap();
+    subscribe(&mut client, "w_free", "free");
+    subscribe(&mut client, "w_pro", "pro");
+    client
+        .batch_execute(
+            "SELECT credits.debit('w_free', 'agent', 10); SELECT credits.debit('w_pro', 'agent', 30)",
+        )
+        .unwrap();
+    wait_until(30, "the worker's first run", || {
+        done_through(&mut client).as_deref() == Some("2030-01-31 12:00:00.000")
+    });
+    assert_eq!(
+        maintenance_record(&mut client, "w_"),
+        vec!["w_free event exhausted daily 2030-01-31"],
+        "nothing was due yet"
+    );
+
+    // Midnight of Feb 1st, and nobody calls anything but the worker.
+    settings.set("credits.clock_override", "2030-02-01 00:00:00.001+00");
+    wait_until(30, "the worker to cross the boundary", || {
+        done_through(&mut client).as_deref() == Some("2030-02-01 00:00:00.001")
+    });
+    assert_eq!(
+        maintenance_record(&mut client, "w_"),
+        vec![
+            "w_free daily 2030-01-31 used=10 limit=10 forfeited=",
+            "w_free event exhausted daily 2030-01-31",
+            "w_free event reset daily 2030-02-01",
+            "w_free ledger F 15 at 2030-02-01 00:00",
+            "w_free monthly 2030-01-01 used=10 limit=25 forfeited=15",
+            "w_pro daily 2030-01-31 used=30 limit= forfeited=",
+            "w_pro ledger F 70 at 2030-02-01 00:00",
+            "w_pro monthly 2030-01-01 used=30 limit=100 forfeited=70",
+        ]
+    );
+    let status = client
+        .query_one(
+            "SELECT worker_pid, running, last_error, extract(epoch FROM lag)::float8 FROM credits.maintenance_status",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(
+        status.get::<_, Option<i32>>(0),
+        worker_pid(&mut client, &db)
+    );
+    assert!(!status.get::<_, bool>(1));
+    assert_eq!(status.get::<_, Option<String>>(2), None);
+    assert_eq!(status.get::<_, f64>(3), 0.0);
+    assert_verified(&mut client);
+}
+
+#[test]
+fn catch_up_is_exactly_once_and_a_worker_terminated_mid_run_finishes_the_same_job() {
+    const BEFORE: &str = "2030-03-29 10:00:00+00";
+    // Three day boundaries and a month boundary later.
+    const AFTER: &str = "2030-04-02 00:30:00+00";
+    const ACCOUNTS: i32 = 3000;
+
+    // The reference: the same accounts caught up by hand, uninterrupted.
+    recreate_database("credits_worker_ref");
+    let mut reference = connect_db("credits_worker_ref");
+    reference.batch_execute("CREATE EXTENSION credits").unwrap();
+    set_clock(&mut reference, BEFORE);
+    load_accounts(&mut reference, "c", ACCOUNTS);
+    reference
+        .batch_execute(&format!("CALL credits.run_maintenance('{AFTER}')"))
+        .unwrap();
+    let expected = maintenance_record(&mut reference, "c");
+    let free = (ACCOUNTS / 3) as usize;
+    let count = |what: &str| expected.iter().filter(|r| r.contains(what)).count();
+    assert_eq!(
+        count(" monthly 2030-03-01 "),
+        ACCOUNTS as usize,
+        "one March window per account"
+    );
+    assert_eq!(
+        count(" daily 2030-03-29 "),
+        ACCOUNTS as usize,
+        "one active day per account"
+    );
+    assert_eq!(
+        count(" event reset daily 2030-03-30"),
+        free,
+        "free accounts had run out"
+    );
+    let with = |m: i32, r: i32| (1..=ACCOUNTS).filter(|i| i % m == r).count();
+    assert_eq!(count(" ledger X "), with(21, 7), "every hold expired");
+    assert_eq!(count(" ledger E "), with(11, 0), "every grant expired");
+    assert_eq!(
+        expected.len(),
+        count(" used=") + count(" ledger ") + count(" event ")
+    );
+    // A second run for the same instant changes nothing.
+    reference
+        .batch_execute(&format!("CALL credits.run_maintenance('{AFTER}')"))
+        .unwrap();
+    assert_eq!(maintenance_record(&mut reference, "c"), expected);
+    assert_verified(&mut reference);
+
+    // The worker, down over the same boundaries (the clock jumps), with
+    // small batches so the run is long enough to be cut short.
+    let mut settings = SystemSettings(Vec::new());
+    let (db, mut client) = fresh_worker_database(&mut settings, BEFORE);
+    client.batch_execute("CREATE EXTENSION credits").unwrap();
+    load_accounts(&mut client, "c", ACCOUNTS);
+    wait_until(30, "the worker's first run", || {
+        done_through(&mut client).is_some()
+    });
+    settings.set("credits.maintenance_batch_size", "5");
+    settings.set("credits.clock_override", AFTER);
+
+    wait_until(30, "a run in progress", || {
+        client
+            .query_one(
+                "SELECT running AND last_run_accounts >= 100 FROM credits.maintenance_status",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+    });
+    let killed = worker_pid(&mut client, &db).expect("the worker is running");
+    client
+        .execute("SELECT pg_terminate_backend($1)", &[&killed])
+        .unwrap();
+    let cut_at: i64 = client
+        .query_one(
+            "SELECT last_run_accounts FROM credits.maintenance_status",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(
+        cut_at < ACCOUNTS as i64,
+        "the run was cut short ({cut_at} accounts done)"
+    );
+
+    wait_until(60, "the restarted worker to finish", || {
+        done_through(&mut client).as_deref() == Some("2030-04-02 00:30:00.000")
+    });
+    let restarted = worker_pid(&mut client, &db).expect("the worker came back");
+    assert_ne!(restarted, killed);
+    assert_eq!(maintenance_record(&mut client, "c"), expected);
+    let (accounts, runs): (i64, i64) = {
+        let row = client
+            .query_one(
+                "SELECT (SELECT accounts FROM credits.maintenance_runs WHERE run_at = $1::text::timestamptz),
+                        (SELECT count(*) FROM credits.maintenance_runs WHERE run_at = $1::text::timestamptz)",
+                &[&AFTER],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(
+        (accounts, runs),
+        (ACCOUNTS as i64, 1),
+        "one run, resumed, each account once"
+    );
+    assert_verified(&mut client);
+}
