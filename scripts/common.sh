@@ -32,11 +32,12 @@ install_prerequisites() {
 }
 
 # Build the extension and install it into the system PostgreSQL 15.
+# install_extension [--release]: build and install into the system PostgreSQL.
 install_extension() {
-    say "building and installing the credits extension"
+    say "building and installing the credits extension $*"
     mkdir -p "$ROOT/target"
     local log="$ROOT/target/install.log"
-    if ! (cd "$ROOT" && cargo pgrx install --pg-config "$PG_CONFIG") >"$log" 2>&1; then
+    if ! (cd "$ROOT" && cargo pgrx install --pg-config "$PG_CONFIG" "$@") >"$log" 2>&1; then
         grep -Ev '^ +[0-9]+: |^ +at ' "$log" | tail -n 60
         echo "build failed; full log: $log" >&2
         return 1

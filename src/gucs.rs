@@ -23,7 +23,7 @@ pub static DATABASE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"postgres"));
 
 /// `credits.maintenance_batch_size`: accounts per maintenance transaction.
-pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(2_000);
 
 /// `credits.maintenance_max_nap`: the longest the worker sleeps between checks.
 pub static MAX_NAP: GucSetting<i32> = GucSetting::<i32>::new(60);

@@ -18,7 +18,9 @@ RETURN (a.day < credits._utc_day(p_at) AND a.daily_used > 0) OR a.month < credit
 -- monthly allowance it forfeits, a reset event where the window had run out,
 -- and the counters moved to the window of `at`. Returns the windows closed.
 CREATE FUNCTION _close_windows(p_accounts text[], p_at timestamptz) RETURNS integer
-LANGUAGE plpgsql AS $$
+-- jit off: generate_series makes the row estimates huge and JIT compiling
+-- the statement would cost more than running it.
+LANGUAGE plpgsql SET jit = off AS $$
 DECLARE
     v_day     date := credits._utc_day(p_at);
     v_month   date := credits._utc_month(p_at);
@@ -48,13 +50,22 @@ BEGIN
          CROSS JOIN LATERAL generate_series(d.month::timestamp, v_month - interval '1 month',
                                             interval '1 month') AS m(start)
          CROSS JOIN LATERAL (SELECT CASE WHEN m.start = d.month THEN d.monthly_used ELSE 0 END AS used) u
+    ), closing AS (
+        -- joined, not probed per row: most batches have few exhausted windows
+        SELECT w.*, e.account_id IS NOT NULL AS exhausted
+          FROM windows w
+          LEFT JOIN (SELECT DISTINCT ev.account_id, ev.window_kind, ev.window_key
+                       FROM credits.events ev
+                      WHERE ev.account_id = ANY (p_accounts) AND ev.kind = 'exhausted') e
+                 ON e.account_id = w.account_id AND e.window_kind = w.window_kind
+                AND e.window_key = w.window_key
     ), closed AS (
         INSERT INTO credits.closed_windows AS c
                (account_id, window_kind, window_start, plan, window_limit, used, forfeited, closed_at)
         SELECT w.account_id, w.window_kind, w.window_start, w.plan, w.window_limit, w.used, w.forfeited,
                (w.window_start + CASE w.window_kind WHEN 'daily' THEN interval '1 day'
                                                     ELSE interval '1 month' END) AT TIME ZONE 'UTC'
-          FROM windows w
+          FROM closing w
         ON CONFLICT DO NOTHING
         RETURNING c.account_id, c.window_kind, c.window_start, c.forfeited, c.closed_at
     ), forfeits AS (
@@ -71,19 +82,17 @@ BEGIN
                month = CASE WHEN a.month < v_month THEN v_month ELSE a.month END,
                monthly_used = CASE WHEN a.month < v_month THEN 0 ELSE a.monthly_used END,
                monthly_epoch = CASE WHEN a.month < v_month THEN 0 ELSE a.monthly_epoch END
-          FROM due d
-         WHERE a.account_id = d.account_id
+         WHERE a.account_id = ANY (p_accounts) AND credits._windows_passed(a, p_at)
     )
-    -- A window that had run out opens again: reset event, stamped at the boundary.
-    SELECT count(*),
-           jsonb_agg(jsonb_build_object('account_id', c.account_id, 'window', c.window_kind, 'at', c.closed_at))
-             FILTER (WHERE EXISTS (SELECT 1 FROM credits.events e
-                                    WHERE e.account_id = c.account_id AND e.kind = 'exhausted'
-                                      AND e.window_kind = c.window_kind AND e.window_key = w.window_key))
-      INTO v_closed, v_resets
-      FROM closed c
-      JOIN windows w ON w.account_id = c.account_id AND w.window_kind = c.window_kind
-                    AND w.window_start = c.window_start;
+    -- A window that had run out opens again: a reset event, stamped at the
+    -- boundary (the events table keeps it to one per window).
+    SELECT (SELECT count(*) FROM closed),
+           (SELECT jsonb_agg(jsonb_build_object('account_id', w.account_id, 'window', w.window_kind,
+                                                'at', (w.window_start + CASE w.window_kind WHEN 'daily'
+                                                       THEN interval '1 day' ELSE interval '1 month' END)
+                                                      AT TIME ZONE 'UTC'))
+              FROM closing w WHERE w.exhausted)
+      INTO v_closed, v_resets;
 
     FOR r IN SELECT x.account_id, x."window", x.at
                FROM jsonb_to_recordset(coalesce(v_resets, '[]')) AS x(account_id text, "window" text, at timestamptz)
@@ -101,7 +110,7 @@ $$;
 -- left are closed by an 'E' entry, both stamped at their deadline whoever
 -- sees it first. Each resolves once. Returns how many.
 CREATE FUNCTION _expire_due(p_accounts text[], p_at timestamptz) RETURNS integer
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET jit = off AS $$
 DECLARE
     v_holds  integer;
     v_grants integer;
@@ -171,8 +180,11 @@ BEGIN
     IF NOT FOUND THEN
         PERFORM credits._raise_unknown_account(p_account);
     END IF;
-    IF credits._windows_passed(v, p_now) OR credits._expiry_due(v, p_now) THEN
+    IF credits._windows_passed(v, p_now) THEN
         PERFORM credits._close_windows(ARRAY[p_account], p_now);
+        SELECT * INTO v FROM credits.accounts a WHERE a.account_id = p_account;
+    END IF;
+    IF credits._expiry_due(v, p_now) THEN
         PERFORM credits._expire_due(ARRAY[p_account], p_now);
         SELECT * INTO v FROM credits.accounts a WHERE a.account_id = p_account;
     END IF;
@@ -202,7 +214,7 @@ RETURN least(
 -- progress (which keeps its own instant, so a run cut short resumes as it
 -- began). Returns the seconds until more is due: 0 = call again now.
 CREATE FUNCTION _maintenance_step(p_at timestamptz, p_batch integer) RETURNS double precision
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET jit = off AS $$
 DECLARE
     st       credits.maintenance_state;
     run      credits.maintenance_runs;
@@ -305,11 +317,13 @@ CREATE PROCEDURE run_maintenance(at timestamptz DEFAULT NULL)
 LANGUAGE plpgsql AS $$
 DECLARE
     v_at    timestamptz := coalesce(run_maintenance.at, credits.now());
-    v_batch integer := coalesce(nullif(current_setting('credits.maintenance_batch_size', true), ''), '10000')::integer;
+    v_batch integer := coalesce(nullif(current_setting('credits.maintenance_batch_size', true), ''), '2000')::integer;
     v_steps integer := 0;
     run     credits.maintenance_runs;
 BEGIN
-    WHILE credits._maintenance_step(v_at, v_batch) = 0 LOOP
+    -- (each batch is idempotent, so it commits without waiting for the WAL flush)
+    WHILE set_config('synchronous_commit', 'off', true) IS NOT NULL
+          AND credits._maintenance_step(v_at, v_batch) = 0 LOOP
         COMMIT;
         v_steps := v_steps + 1;
         IF v_steps % 10 = 0 THEN

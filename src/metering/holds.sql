@@ -4,19 +4,18 @@
 --   settle   charges the actual amount as a debit and frees the hold;
 --            more than was held is charged only if what is available once
 --            the hold is freed covers it (UC001 otherwise, nothing written);
---   release  frees the hold without charge.
+--   release  frees the hold without charge;
+--   try_reserve  like reserve, NULL instead of UC001 (the denial's exhausted
+--            event commits, which a raised error's cannot).
 -- A hold resolves at most once (UC008 afterwards). A hold past its ttl is
--- freed at the next call on its account (ledger 'X', reason expired).
+-- freed at the next call on its account or by maintenance, whichever comes
+-- first (ledger 'X', reason expired, stamped at the deadline).
 
-CREATE FUNCTION reserve(account_id text, feature text, amount numeric,
-                        ttl interval DEFAULT '15 minutes', idempotency_key text DEFAULT NULL)
+CREATE FUNCTION _reserve(p_account text, p_feature text, p_amount numeric, p_ttl interval,
+                         p_key text, p_raise boolean)
 RETURNS bigint
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql AS $$
 DECLARE
-    p_account text := reserve.account_id;
-    p_amount  numeric := reserve.amount;
-    p_ttl     interval := reserve.ttl;
-    p_key     text := reserve.idempotency_key;
     v_now     timestamptz := credits.now();
     v_feature credits.features;
     v_acct    credits.accounts;
@@ -25,7 +24,7 @@ DECLARE
     v_entry   bigint;
 BEGIN
     PERFORM credits._check_text(p_account, 'account_id');
-    v_feature := credits._feature(reserve.feature);
+    v_feature := credits._feature(p_feature);
     PERFORM credits._check_amount(p_amount, 'amount');
     p_amount := trim_scale(p_amount);
     IF p_ttl IS NULL OR p_ttl <= interval '0' OR p_ttl > interval '31 days' THEN
@@ -38,7 +37,7 @@ BEGIN
 
     v_acct := credits._lock_account(p_account, v_now);
     IF p_key IS NOT NULL THEN
-        v_request := credits._fingerprint('reserve', reserve.feature, p_amount::text, p_ttl::text);
+        v_request := credits._fingerprint('reserve', p_feature, p_amount::text, p_ttl::text);
         v_entry := credits._replay(p_account, p_key, v_request);
         IF v_entry IS NOT NULL THEN
             RETURN v_entry;
@@ -46,7 +45,11 @@ BEGIN
     END IF;
     v_state := credits._state(v_acct, v_now);
     IF credits._lacking_window(v_state, p_amount) IS NOT NULL THEN
-        PERFORM credits._raise_insufficient(p_account, p_amount, reserve.feature, v_state, v_now);
+        IF NOT p_raise THEN
+            PERFORM credits._denied(p_account, p_amount, v_now);
+            RETURN NULL;
+        END IF;
+        PERFORM credits._raise_insufficient(p_account, p_amount, p_feature, v_state, v_now);
     END IF;
 
     INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, metadata)
@@ -61,6 +64,26 @@ BEGIN
         PERFORM credits._remember_key(p_account, p_key, v_entry, v_request);
     END IF;
     RETURN v_entry;
+END
+$$;
+
+-- reserve: hold `amount` credits of `feature` for at most `ttl`; UC001 when any window lacks them.
+CREATE FUNCTION reserve(account_id text, feature text, amount numeric,
+                        ttl interval DEFAULT '15 minutes', idempotency_key text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN credits._reserve($1, $2, $3, $4, $5, true);
+END
+$$;
+
+-- try_reserve: like reserve, but NULL instead of UC001 (and an exhausted event that commits).
+CREATE FUNCTION try_reserve(account_id text, feature text, amount numeric,
+                            ttl interval DEFAULT '15 minutes', idempotency_key text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN credits._reserve($1, $2, $3, $4, $5, false);
 END
 $$;
 

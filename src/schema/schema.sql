@@ -64,7 +64,7 @@ CREATE TABLE accounts (
     monthly_used  numeric NOT NULL DEFAULT 0,                         -- allowance consumed (grants are separate)
     monthly_epoch bigint NOT NULL DEFAULT 0,                          -- ledger entry that restarted this month's window (upgrade), 0 = the 1st
     reserved      numeric NOT NULL DEFAULT 0 CHECK (reserved >= 0)    -- credits held by open reservations
-);
+) WITH (fillfactor = 80);  -- room on each page so counter updates stay HOT (no index writes)
 COMMENT ON TABLE accounts IS 'One row per account: plan, recurring purchases and the current UTC window counters.';
 
 -------------------------------------------------------------------------------

@@ -44,6 +44,14 @@ SELECT kind, window_kind, window_key LIKE '2027-01#%' AS restarted_window, thres
 SELECT credits.subscribe('ev_hold', 'pro');
 SELECT credits.reserve('ev_hold', 'agent', 100) IS NOT NULL AS held;
 SELECT kind, window_kind FROM credits.events WHERE account_id = 'ev_hold';
+-- A denied try_reserve is an exhausted event too (here of a daily window);
+-- a denied reserve raises UC001 and its event goes with the error.
+SELECT credits.subscribe('ev_deny', 'free');
+SELECT credits.reserve('ev_deny', 'agent', 11);
+\echo :LAST_ERROR_SQLSTATE
+SELECT count(*) AS events_after_error FROM credits.events WHERE account_id = 'ev_deny';
+SELECT credits.try_reserve('ev_deny', 'agent', 11) IS NULL AS denied;
+SELECT kind, window_kind FROM credits.events WHERE account_id = 'ev_deny';
 -- The thresholds are a setting.
 SET credits.thresholds = '25,50';
 SELECT credits.subscribe('ev_cfg', 'pro');

@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# Monthly reset of ACCOUNTS accounts (default 1,000,000) by the background
+# worker, with debit traffic running: how long the reset takes, and debit
+# p50/p99 during it next to the same traffic with no reset running.
+#
+#   bench/monthly-reset.sh   (env: ACCOUNTS, CLIENTS, IDLE_SECONDS, DURING_SECONDS, PORT)
+#
+# Builds a release, starts its own cluster (target/clusters/bench), loads the
+# accounts at 2031-01-31 12:00 UTC, then moves the cluster clock to
+# 2031-02-01 00:00:00.5 UTC, which makes the worker close every January
+# window. Prints a table and appends it to BENCHMARKS.md.
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh"
+
+ACCOUNTS=${ACCOUNTS:-1000000}
+CLIENTS=${CLIENTS:-4}
+IDLE_SECONDS=${IDLE_SECONDS:-15}
+DURING_SECONDS=${DURING_SECONDS:-60}  # debit traffic started 2 s before the reset; must outlast it
+PORT=${PORT:-28817}
+DB=bench_reset
+BEFORE='2031-01-31 12:00:00+00'
+AFTER='2031-02-01 00:00:00.5+00'
+WORK=$(mktemp -d /tmp/monthly-reset.XXXXXX)
+chmod 777 "$WORK"
+
+install_prerequisites
+install_extension --release
+cluster_start bench "$PORT" "$DB"
+conf=$(cluster_dir bench)/postgresql.conf
+if ! grep -q '^# bench tuning' "$conf"; then
+    cat >>"$conf" <<CONF
+# bench tuning
+shared_buffers = '2GB'
+max_wal_size = '8GB'
+checkpoint_timeout = '30min'
+wal_level = minimal
+max_wal_senders = 0
+CONF
+fi
+cluster_stop bench
+cluster_start bench "$PORT" "$DB"
+
+sql() { psql_at "$PORT" -v ON_ERROR_STOP=1 -X -q "$@"; }
+set_cluster_clock() {
+    sql -d postgres -c "ALTER SYSTEM SET credits.clock_override = '$1'"
+    sql -d postgres -c "SELECT pg_reload_conf()" >/dev/null
+}
+
+say "loading $ACCOUNTS pro accounts at $BEFORE (each has used some of January)"
+set_cluster_clock "$BEFORE"
+sql -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
+start=$(date +%s.%N)
+# Fixture rows written in bulk, as the API would have written them (a plan
+# entry and one debit per account), so verify() holds.
+sql -d "$DB" <<SQL
+CREATE EXTENSION credits;
+INSERT INTO credits.accounts (account_id, plan, created_at, purchased, day, daily_used, month, monthly_used)
+SELECT 'a' || i, 'pro', '$BEFORE', 1000000, '2031-01-31', i % 50 + 1, '2031-01-01', i % 50 + 1
+  FROM generate_series(1, $ACCOUNTS) i;
+INSERT INTO credits.ledger (account_id, at, kind, amount, metadata)
+SELECT 'a' || i, '$BEFORE', 'S', 0, '{"plan": "pro", "purchased": 1000000}' FROM generate_series(1, $ACCOUNTS) i;
+INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount)
+SELECT 'a' || i, '$BEFORE', 'D', (SELECT feature_id FROM credits.features WHERE feature = 'agent'), i % 50 + 1
+  FROM generate_series(1, $ACCOUNTS) i;
+VACUUM ANALYZE;
+CHECKPOINT;
+SQL
+printf '    loaded in %.1f s\n' "$(echo "$(date +%s.%N) - $start" | bc)"
+# The worker's first run in this database finds nothing due.
+until [ "$(sql -d "$DB" -Atc "SELECT done_through IS NOT NULL FROM credits.maintenance_state")" = t ]; do sleep 0.2; done
+
+printf '\\set aid random(1, %s)\nSELECT credits.debit(%s || :aid, %s, 1);\n' "$ACCOUNTS" "'a'" "'agent'" >"$WORK/debit.sql"
+
+# pgbench_run NAME SECONDS: debit traffic, per-transaction log in $WORK/NAME.*
+pgbench_run() {
+    (cd "$WORK" && runuser -u postgres -- "$PG_BIN/pgbench" -h 127.0.0.1 -p "$PORT" -U postgres -M prepared -n \
+        -c "$CLIENTS" -j 2 -T "$2" -f "$WORK/debit.sql" -l --log-prefix="$WORK/$1" "$DB" >"$WORK/$1.out" 2>&1)
+}
+# percentiles NAME [FROM TO]: "count p50 p99" (ms) of the transactions that
+# ended between FROM and TO (epoch seconds).
+percentiles() {
+    cat "$WORK/$1".[0-9]* | awk -v from="${2:-0}" -v to="${3:-1e12}" \
+        '{ t = $5 + $6 / 1e6; if (t >= from && t <= to) print $3 / 1000 }' | sort -n |
+        awk '{ v[NR] = $1 }
+             END { if (NR == 0) { print "0 - -"; exit }
+                   i50 = int(NR * 0.50); if (i50 < 1) i50 = 1
+                   i99 = int(NR * 0.99); if (i99 < 1) i99 = 1
+                   printf "%d %.3f %.3f\n", NR, v[i50], v[i99] }'
+}
+
+say "debit traffic, no reset running ($CLIENTS clients, ${IDLE_SECONDS}s, in January)"
+pgbench_run idle_before "$IDLE_SECONDS"
+read -r n_before p50_before p99_before < <(percentiles idle_before)
+
+say "monthly reset by the worker, with debit traffic running"
+pgbench_run during "$DURING_SECONDS" &
+bench_pid=$!
+sleep 2
+set_cluster_clock "$AFTER"
+until [ "$(sql -d "$DB" -Atc "SELECT done_through = '$AFTER' FROM credits.maintenance_state")" = t ]; do sleep 0.2; done
+read -r reset_from reset_to reset_seconds accounts windows batches < <(sql -d "$DB" -AtF ' ' -c "
+    SELECT extract(epoch FROM started_at), extract(epoch FROM finished_at),
+           round(extract(epoch FROM finished_at - started_at)::numeric, 2), accounts, windows, batches
+      FROM credits.maintenance_runs WHERE run_at = '$AFTER'")
+wait "$bench_pid"
+if [ "$(echo "$reset_seconds + 2 > $DURING_SECONDS" | bc)" = 1 ]; then
+    echo "WARNING: the reset outlasted the debit traffic; raise DURING_SECONDS" >&2
+fi
+read -r n_during p50_during p99_during < <(percentiles during "$reset_from" "$reset_to")
+
+say "debit traffic, no reset running ($CLIENTS clients, ${IDLE_SECONDS}s, in February)"
+pgbench_run idle_after "$IDLE_SECONDS"
+read -r n_after p50_after p99_after < <(percentiles idle_after)
+forfeits=$(sql -d "$DB" -Atc "SELECT count(*) FROM credits.ledger WHERE kind = 'F'")
+batch_size=$(sql -d "$DB" -Atc "SHOW credits.maintenance_batch_size")
+sql -d postgres -c "ALTER SYSTEM RESET credits.clock_override"
+sql -d postgres -c "SELECT pg_reload_conf()" >/dev/null
+
+ratio=$(echo "scale=2; $p99_during / $p99_after" | bc)
+table="| measure | value |
+|---|---|
+| accounts whose January windows were closed (batch size $batch_size) | $accounts in $batches batches |
+| windows closed / month-end forfeit entries | $windows / $forfeits |
+| time to complete the reset | **$reset_seconds s** |
+| debit p50 / p99, no reset (January) | $p50_before / $p99_before ms ($n_before debits) |
+| debit p50 / p99, no reset (February, after) | $p50_after / $p99_after ms ($n_after debits) |
+| debit p50 / p99, during the reset | $p50_during / $p99_during ms ($n_during debits) |
+| p99 during the reset / p99 with no reset (February) | **${ratio}x** |"
+echo
+echo "$table"
+{
+    echo
+    echo "### Monthly reset — $(date -u +%Y-%m-%d), $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GB RAM, PostgreSQL 15, release build"
+    echo
+    echo "\`bench/monthly-reset.sh\`: $ACCOUNTS accounts, $CLIENTS pgbench clients calling \`credits.debit\` on random accounts throughout."
+    echo
+    echo "$table"
+} >>"$ROOT/BENCHMARKS.md"
+echo
+echo "appended to BENCHMARKS.md; pgbench logs in $WORK"
