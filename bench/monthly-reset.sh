@@ -19,6 +19,7 @@ PORT=${PORT:-28817}
 DB=bench_reset
 BEFORE='2031-01-31 12:00:00+00'
 AFTER='2031-02-01 00:00:00.5+00'
+MARCH='2031-03-01 00:00:00.5+00'
 WORK=$(mktemp -d /tmp/monthly-reset.XXXXXX)
 chmod 777 "$WORK"
 
@@ -111,6 +112,13 @@ say "debit traffic, no reset running ($CLIENTS clients, ${IDLE_SECONDS}s, in Feb
 pgbench_run idle_after "$IDLE_SECONDS"
 read -r n_after p50_after p99_after < <(percentiles idle_after)
 forfeits=$(sql -d "$DB" -Atc "SELECT count(*) FROM credits.ledger WHERE kind = 'F'")
+
+say "the next monthly reset (end of February) with no debit traffic, for comparison"
+set_cluster_clock "$MARCH"
+until [ "$(sql -d "$DB" -Atc "SELECT done_through = '$MARCH' FROM credits.maintenance_state")" = t ]; do sleep 0.2; done
+read -r quiet_seconds quiet_accounts quiet_windows < <(sql -d "$DB" -AtF ' ' -c "
+    SELECT round(extract(epoch FROM finished_at - started_at)::numeric, 2), accounts, windows
+      FROM credits.maintenance_runs WHERE run_at = '$MARCH'")
 batch_size=$(sql -d "$DB" -Atc "SHOW credits.maintenance_batch_size")
 sql -d postgres -c "ALTER SYSTEM RESET credits.clock_override"
 sql -d postgres -c "SELECT pg_reload_conf()" >/dev/null
@@ -120,7 +128,8 @@ table="| measure | value |
 |---|---|
 | accounts whose January windows were closed (batch size $batch_size) | $accounts in $batches batches |
 | windows closed / month-end forfeit entries | $windows / $forfeits |
-| time to complete the reset | **$reset_seconds s** |
+| time to complete the reset, debit traffic running | **$reset_seconds s** |
+| time to complete the next month's reset, no traffic ($quiet_accounts accounts, $quiet_windows windows) | $quiet_seconds s |
 | debit p50 / p99, no reset (January) | $p50_before / $p99_before ms ($n_before debits) |
 | debit p50 / p99, no reset (February, after) | $p50_after / $p99_after ms ($n_after debits) |
 | debit p50 / p99, during the reset | $p50_during / $p99_during ms ($n_during debits) |

@@ -18,9 +18,11 @@ RETURN (a.day < credits._utc_day(p_at) AND a.daily_used > 0) OR a.month < credit
 -- monthly allowance it forfeits, a reset event where the window had run out,
 -- and the counters moved to the window of `at`. Returns the windows closed.
 CREATE FUNCTION _close_windows(p_accounts text[], p_at timestamptz) RETURNS integer
--- jit off: generate_series makes the row estimates huge and JIT compiling
--- the statement would cost more than running it.
-LANGUAGE plpgsql SET jit = off AS $$
+-- A generic plan, planned once per session: the statement is large and the
+-- lazy path runs it for one account, where planning it each time would cost
+-- more than running it (likewise JIT, which generate_series's estimates
+-- would otherwise trigger for big batches).
+LANGUAGE plpgsql SET jit = off SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     v_day     date := credits._utc_day(p_at);
     v_month   date := credits._utc_month(p_at);
@@ -110,7 +112,7 @@ $$;
 -- left are closed by an 'E' entry, both stamped at their deadline whoever
 -- sees it first. Each resolves once. Returns how many.
 CREATE FUNCTION _expire_due(p_accounts text[], p_at timestamptz) RETURNS integer
-LANGUAGE plpgsql SET jit = off AS $$
+LANGUAGE plpgsql SET jit = off SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     v_holds  integer;
     v_grants integer;
