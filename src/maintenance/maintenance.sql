@@ -356,9 +356,11 @@ SELECT (SELECT a.pid FROM pg_catalog.pg_stat_activity a
        r.accounts AS last_run_accounts,
        r.windows AS last_run_windows,
        r.expired AS last_run_expired,
-       greatest(credits._next_due(s.done_through), credits.now()) AS next_run,
-       greatest(interval '0', credits.now() - credits._next_due(s.done_through)) AS lag,
+       greatest(d.next_due, credits.now()) AS next_run,
+       -- NULL until the first run: nothing has been done to be late with
+       CASE WHEN isfinite(d.next_due) THEN greatest(interval '0', credits.now() - d.next_due) END AS lag,
        s.last_error,
        s.last_error_at
   FROM credits.maintenance_state s
+  CROSS JOIN LATERAL (SELECT credits._next_due(s.done_through) AS next_due) d
   LEFT JOIN LATERAL (SELECT * FROM credits.maintenance_runs mr ORDER BY mr.run_id DESC LIMIT 1) r ON true;
