@@ -8,7 +8,7 @@ PG_CONFIG=$PG_BIN/pg_config
 PGRX_VERSION=0.18.1
 export CARGO_TERM_COLOR=never
 
-say() { printf '\n==> %s\n' "$*"; }
+say() { printf '\n==> [%s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 
 # apt packages, cargo-pgrx, pgrx init against the system PostgreSQL 15.
 install_prerequisites() {

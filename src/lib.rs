@@ -11,6 +11,7 @@ mod maintenance;
 mod metering;
 mod reporting;
 mod schema;
+mod security;
 
 pgrx::pg_module_magic!();
 

@@ -204,7 +204,7 @@ $$;
 -- The earliest instant at which something is or was due after `done_through`:
 -- the next UTC day boundary, the next hold or grant deadline.
 CREATE FUNCTION _next_due(p_done_through timestamptz) RETURNS timestamptz
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp  -- used by the status view
 RETURN least(
     CASE WHEN p_done_through IS NULL THEN '-infinity'::timestamptz
          ELSE (credits._utc_day(p_done_through) + 1)::timestamp AT TIME ZONE 'UTC' END,
@@ -216,7 +216,7 @@ RETURN least(
 -- progress (which keeps its own instant, so a run cut short resumes as it
 -- began). Returns the seconds until more is due: 0 = call again now.
 CREATE FUNCTION _maintenance_step(p_at timestamptz, p_batch integer) RETURNS double precision
-LANGUAGE plpgsql SET jit = off AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off AS $$
 DECLARE
     st       credits.maintenance_state;
     run      credits.maintenance_runs;
@@ -310,6 +310,15 @@ EXCEPTION WHEN OTHERS THEN
 END
 $$;
 
+-- One line on the latest run, for run_maintenance's NOTICEs.
+CREATE FUNCTION _maintenance_progress() RETURNS text
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+RETURN (SELECT format('credits maintenance: run %s at %s, %s: %s accounts, %s windows closed, %s expired; done through %s',
+                      r.run_id, credits._utc_text(r.run_at), r.phase, r.accounts, r.windows, r.expired,
+                      coalesce(credits._utc_text(s.done_through), 'never'))
+          FROM credits.maintenance_state s
+          LEFT JOIN LATERAL (SELECT * FROM credits.maintenance_runs mr ORDER BY mr.run_id DESC LIMIT 1) r ON true);
+
 -- run_maintenance: do everything due at `at` (default credits.now()) now,
 -- committing after each batch; a NOTICE reports progress. Idempotent: a
 -- second call for the same instant finds nothing due. Call it outside a
@@ -321,7 +330,6 @@ DECLARE
     v_at    timestamptz := coalesce(run_maintenance.at, credits.now());
     v_batch integer := coalesce(nullif(current_setting('credits.maintenance_batch_size', true), ''), '2000')::integer;
     v_steps integer := 0;
-    run     credits.maintenance_runs;
 BEGIN
     -- (each batch is idempotent, so it commits without waiting for the WAL flush)
     WHILE set_config('synchronous_commit', 'off', true) IS NOT NULL
@@ -329,16 +337,11 @@ BEGIN
         COMMIT;
         v_steps := v_steps + 1;
         IF v_steps % 10 = 0 THEN
-            SELECT * INTO run FROM credits.maintenance_runs ORDER BY run_id DESC LIMIT 1;
-            RAISE NOTICE 'credits maintenance: run % at %, phase %, % accounts, % windows closed, % expired',
-                run.run_id, credits._utc_text(run.run_at), run.phase, run.accounts, run.windows, run.expired;
+            RAISE NOTICE '%', credits._maintenance_progress();
         END IF;
     END LOOP;
     COMMIT;
-    SELECT * INTO run FROM credits.maintenance_runs ORDER BY run_id DESC LIMIT 1;
-    RAISE NOTICE 'credits maintenance: done through %; last run % closed % windows of % accounts, expired %',
-        (SELECT credits._utc_text(s.done_through) FROM credits.maintenance_state s),
-        run.run_id, run.windows, run.accounts, run.expired;
+    RAISE NOTICE '%', credits._maintenance_progress();
 END
 $$;
 

@@ -278,3 +278,4 @@ SELECT pg_catalog.pg_extension_config_dump('maintenance_runs', '');
 SELECT pg_catalog.pg_extension_config_dump('maintenance_runs_run_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('plans', 'WHERE NOT seeded');
 SELECT pg_catalog.pg_extension_config_dump('features', 'WHERE NOT seeded');
+SELECT pg_catalog.pg_extension_config_dump('features_feature_id_seq', '');

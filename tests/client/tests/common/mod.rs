@@ -14,7 +14,7 @@ fn dsn() -> String {
         .expect("set CREDITS_TEST_DSN, e.g. 'host=127.0.0.1 port=28816 user=postgres dbname=credits_client' (scripts/test does)")
 }
 
-fn test_database() -> String {
+pub fn test_database() -> String {
     let config: postgres::Config = dsn().parse().expect("valid DSN");
     config
         .get_dbname()
@@ -29,6 +29,16 @@ pub fn connect_db(db: &str) -> Client {
         &format!("dbname={db}"),
     );
     Client::connect(&dsn, NoTls).unwrap_or_else(|e| panic!("connect to database {db}: {e}"))
+}
+
+/// A connection to database `db` as `role` (a login role without a password).
+pub fn connect_db_as(db: &str, role: &str) -> Client {
+    let config: postgres::Config = dsn().parse().expect("valid DSN");
+    let user = config.get_user().expect("the DSN names a user");
+    let dsn = dsn()
+        .replace(&format!("dbname={}", test_database()), &format!("dbname={db}"))
+        .replace(&format!("user={user}"), &format!("user={role}"));
+    Client::connect(&dsn, NoTls).unwrap_or_else(|e| panic!("connect to {db} as {role}: {e}"))
 }
 
 /// Drop and create database `db` (without the extension).

@@ -1,0 +1,60 @@
+-- Least privilege (SPEC §3). Nothing in schema credits is usable by PUBLIC.
+-- Three NOLOGIN roles carry the rights; a DBA grants them to login roles:
+--   credits_app     the application backend: charge, refund, hold, read a balance;
+--   credits_reader  analysts: read the reporting views, nothing else;
+--   credits_admin   operators: plans, features, subscriptions, purchases,
+--                   grants, maintenance, the audit; reads every table.
+-- No role can write a table directly: every change goes through a
+-- SECURITY DEFINER function with a pinned search_path, which checks it.
+-- Roles are cluster-wide, so they are created only if missing (another
+-- database may have created them) and are not dropped with the extension.
+
+DO $$
+DECLARE
+    r text;
+BEGIN
+    FOREACH r IN ARRAY ARRAY['credits_app', 'credits_reader', 'credits_admin'] LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r) THEN
+            EXECUTE format('CREATE ROLE %I NOLOGIN', r);
+        END IF;
+    END LOOP;
+END
+$$;
+
+REVOKE ALL ON ALL ROUTINES IN SCHEMA credits FROM PUBLIC;
+REVOKE ALL ON ALL TABLES IN SCHEMA credits FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA credits FROM PUBLIC;
+GRANT USAGE ON SCHEMA credits TO credits_app, credits_reader, credits_admin;
+
+GRANT EXECUTE ON FUNCTION
+    credits.debit(text, text, numeric, text, jsonb),
+    credits.try_debit(text, text, numeric, text, jsonb),
+    credits.refund(bigint, numeric, text),
+    credits.reserve(text, text, numeric, interval, text),
+    credits.try_reserve(text, text, numeric, interval, text),
+    credits.settle(bigint, numeric),
+    credits.release(bigint),
+    credits.balance(text),
+    credits.bandwidth_allowance(text)
+TO credits_app, credits_admin;
+
+-- What analysts read: closed window totals, events, the maintenance status
+-- (a view's functions are called with the reader's rights: now, _next_due).
+GRANT SELECT ON credits.closed_windows, credits.events, credits.maintenance_status TO credits_reader;
+GRANT EXECUTE ON FUNCTION credits.now(), credits._next_due(timestamptz) TO credits_reader, credits_admin;
+
+GRANT EXECUTE ON FUNCTION
+    credits.subscribe(text, text),
+    credits.purchase(text, numeric),
+    credits."grant"(text, numeric, text, timestamptz, text),
+    credits.verify()
+TO credits_admin;
+GRANT EXECUTE ON PROCEDURE credits.run_maintenance(timestamptz) TO credits_admin;
+-- run_maintenance runs as its caller (a procedure that COMMITs cannot be
+-- SECURITY DEFINER); the two functions it calls are.
+GRANT EXECUTE ON FUNCTION credits._maintenance_step(timestamptz, integer), credits._maintenance_progress()
+TO credits_admin;
+-- Catalogs are data the operator edits; everything else is read-only to them.
+GRANT SELECT ON ALL TABLES IN SCHEMA credits TO credits_admin;
+GRANT INSERT, UPDATE ON credits.plans, credits.features TO credits_admin;
+GRANT USAGE ON SEQUENCE credits.features_feature_id_seq TO credits_admin;
