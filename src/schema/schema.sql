@@ -262,7 +262,49 @@ CREATE TRIGGER ledger_no_truncate
 -------------------------------------------------------------------------------
 -- pg_dump keeps user data: all per-account tables, operator-added or edited
 -- catalog rows (seed rows are recreated by CREATE EXTENSION), and sequences.
+--
+-- An edited seed row stops being a seed row, so it is dumped; on restore,
+-- CREATE EXTENSION has already recreated the original, so inserting a row
+-- whose key is a seed row's replaces the seed's values instead of failing.
 -------------------------------------------------------------------------------
+
+CREATE FUNCTION _catalog_unseed() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    NEW.seeded := false;
+    RETURN NEW;
+END
+$$;
+
+CREATE FUNCTION _plans_replace_seed() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE credits.plans p
+       SET daily_limit = NEW.daily_limit, monthly_allowance = NEW.monthly_allowance,
+           may_purchase = NEW.may_purchase, description = NEW.description
+     WHERE p.plan = NEW.plan AND p.seeded;
+    RETURN CASE WHEN FOUND THEN NULL ELSE NEW END;
+END
+$$;
+
+CREATE FUNCTION _features_replace_seed() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE credits.features f
+       SET product = NEW.product, cost = NEW.cost, unit = NEW.unit
+     WHERE f.feature = NEW.feature AND f.seeded;
+    RETURN CASE WHEN FOUND THEN NULL ELSE NEW END;
+END
+$$;
+
+CREATE TRIGGER plans_edited_seed BEFORE UPDATE ON plans
+    FOR EACH ROW WHEN (OLD.seeded) EXECUTE FUNCTION _catalog_unseed();
+CREATE TRIGGER features_edited_seed BEFORE UPDATE ON features
+    FOR EACH ROW WHEN (OLD.seeded) EXECUTE FUNCTION _catalog_unseed();
+CREATE TRIGGER plans_replace_seed BEFORE INSERT ON plans
+    FOR EACH ROW EXECUTE FUNCTION _plans_replace_seed();
+CREATE TRIGGER features_replace_seed BEFORE INSERT ON features
+    FOR EACH ROW EXECUTE FUNCTION _features_replace_seed();
 
 SELECT pg_catalog.pg_extension_config_dump('accounts', '');
 SELECT pg_catalog.pg_extension_config_dump('ledger', '');

@@ -51,6 +51,8 @@ fn dump_and_restore_keep_every_balance_hold_and_ledger_row() {
             "INSERT INTO credits.plans (plan, daily_limit, monthly_allowance, may_purchase, description)
                   VALUES ('team', NULL, 500, true, 'added by the operator');
              INSERT INTO credits.features (feature, product, cost) VALUES ('image_upscale', 'fusion', 2.5);
+             UPDATE credits.plans SET description = 'Pro, edited by the operator' WHERE plan = 'pro';
+             UPDATE credits.features SET cost = 1.5 WHERE feature = 'visual_editor_prompt';
              SELECT credits.subscribe('b_free', 'free');
              SELECT credits.subscribe('b_pro', 'pro');
              SELECT credits.subscribe('b_team', 'team');
@@ -95,6 +97,8 @@ fn dump_and_restore_keep_every_balance_hold_and_ledger_row() {
         .batch_execute(&format!("SET credits.clock_override = '{AT}'"))
         .unwrap();
     assert_eq!(snapshot(&mut restored), before, "the restore differs from the original");
+    assert!(before.iter().any(|r| r.contains("Pro, edited by the operator")), "edited seed rows survive");
+    assert!(before.iter().any(|r| r.contains("visual_editor_prompt") && r.contains(",1.5,")), "{before:#?}");
     assert_verified(&mut restored);
 
     // It keeps working: new entries continue the sequences, the idempotency
