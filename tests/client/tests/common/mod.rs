@@ -64,6 +64,12 @@ pub fn connect() -> Client {
     connect_db(&test_database())
 }
 
+/// A connection to the test database, or the error (no panic): for tests
+/// that expect the server to drop them.
+pub fn try_connect() -> Result<Client, postgres::Error> {
+    Client::connect(&dsn(), NoTls)
+}
+
 /// Poll `check` every 20 ms until it returns true; panics after `seconds`.
 pub fn wait_until(seconds: u64, what: &str, mut check: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
