@@ -89,6 +89,7 @@ BEGIN
         RAISE EXCEPTION 'invalid amount: % (cost % x quantity %)', v_amount, v_feature.cost, p_quantity
             USING ERRCODE = 'UC004', DETAIL = 'the charge must be exact to 4 decimal places';
     END IF;
+    PERFORM credits._check_metadata(p_metadata);
     IF p_key IS NOT NULL THEN
         PERFORM credits._check_text(p_key, 'idempotency_key');
     END IF;
@@ -141,6 +142,7 @@ BEGIN
              WHERE f.feature = p_feature
                AND p_quantity > 0 AND p_quantity < 1e15
                AND round(f.cost * p_quantity, 4) = f.cost * p_quantity
+               AND credits._metadata_ok(p_metadata)
         ), u AS (
             UPDATE credits.accounts a
                SET day = v_day,
@@ -232,6 +234,9 @@ BEGIN
     IF p_amount IS NOT NULL THEN
         PERFORM credits._check_amount(p_amount, 'amount');
         p_amount := trim_scale(p_amount);
+    END IF;
+    IF p_reason IS NOT NULL THEN
+        PERFORM credits._check_text(p_reason, 'reason');
     END IF;
     SELECT * INTO v_debit FROM credits.ledger l WHERE l.entry_id = p_entry;
     IF NOT FOUND OR v_debit.kind <> 'D' THEN

@@ -59,6 +59,23 @@ BEGIN
 END
 $$;
 
+-- UC009: metadata is a JSON object (or NULL) of at most 4 kB: it is stored
+-- on the ledger row it comes with. The predicate is shared with the debit
+-- fast path, which cannot raise.
+CREATE FUNCTION _metadata_ok(value jsonb) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN value IS NULL OR (jsonb_typeof(value) = 'object' AND pg_column_size(value) <= 4096);
+
+CREATE FUNCTION _check_metadata(value jsonb) RETURNS void
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF NOT credits._metadata_ok(value) THEN
+        RAISE EXCEPTION 'invalid metadata: a JSON % of % bytes', jsonb_typeof(value), pg_column_size(value)
+            USING ERRCODE = 'UC009', DETAIL = 'metadata must be a JSON object of at most 4096 bytes, or NULL';
+    END IF;
+END
+$$;
+
 -- Fingerprint of a request, stored with its idempotency key (UC005).
 CREATE FUNCTION _fingerprint(VARIADIC parts text[]) RETURNS uuid
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
