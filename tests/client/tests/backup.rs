@@ -26,7 +26,13 @@ fn snapshot(client: &mut Client) -> Vec<String> {
     ];
     let mut rows = Vec::new();
     for q in queries {
-        rows.extend(client.query(q, &[]).unwrap().iter().map(|r| r.get::<_, String>(0)));
+        rows.extend(
+            client
+                .query(q, &[])
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<_, String>(0)),
+        );
     }
     rows
 }
@@ -68,7 +74,9 @@ fn dump_and_restore_keep_every_balance_hold_and_ledger_row() {
         .unwrap();
     let before = snapshot(&mut client);
     assert!(
-        before.iter().any(|r| r.starts_with("hold b_pro") && r.ends_with(' ')),
+        before
+            .iter()
+            .any(|r| r.starts_with("hold b_pro") && r.ends_with(' ')),
         "an open hold is part of what is dumped"
     );
 
@@ -78,17 +86,29 @@ fn dump_and_restore_keep_every_balance_hold_and_ledger_row() {
         #[allow(unreachable_patterns)]
         _ => "127.0.0.1".to_string(),
     };
-    let port = config.get_ports().first().copied().unwrap_or(5432).to_string();
+    let port = config
+        .get_ports()
+        .first()
+        .copied()
+        .unwrap_or(5432)
+        .to_string();
     let source = test_database();
     let file = std::env::temp_dir().join(format!("credits-backup-{}.dump", std::process::id()));
     let file = file.to_str().unwrap();
     let conn = ["-h", host.as_str(), "-p", port.as_str(), "-U", "postgres"];
 
-    run("pg_dump", &[&conn[..], &["-Fc", "-f", file, source.as_str()]].concat());
+    run(
+        "pg_dump",
+        &[&conn[..], &["-Fc", "-f", file, source.as_str()]].concat(),
+    );
     recreate_database("credits_restored");
     run(
         "pg_restore",
-        &[&conn[..], &["--exit-on-error", "-d", "credits_restored", file]].concat(),
+        &[
+            &conn[..],
+            &["--exit-on-error", "-d", "credits_restored", file],
+        ]
+        .concat(),
     );
     std::fs::remove_file(file).ok();
 
@@ -96,9 +116,23 @@ fn dump_and_restore_keep_every_balance_hold_and_ledger_row() {
     restored
         .batch_execute(&format!("SET credits.clock_override = '{AT}'"))
         .unwrap();
-    assert_eq!(snapshot(&mut restored), before, "the restore differs from the original");
-    assert!(before.iter().any(|r| r.contains("Pro, edited by the operator")), "edited seed rows survive");
-    assert!(before.iter().any(|r| r.contains("visual_editor_prompt") && r.contains(",1.5,")), "{before:#?}");
+    assert_eq!(
+        snapshot(&mut restored),
+        before,
+        "the restore differs from the original"
+    );
+    assert!(
+        before
+            .iter()
+            .any(|r| r.contains("Pro, edited by the operator")),
+        "edited seed rows survive"
+    );
+    assert!(
+        before
+            .iter()
+            .any(|r| r.contains("visual_editor_prompt") && r.contains(",1.5,")),
+        "{before:#?}"
+    );
     assert_verified(&mut restored);
 
     // It keeps working: new entries continue the sequences, the idempotency

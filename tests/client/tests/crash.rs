@@ -18,17 +18,33 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const PG_CTL: &str = "/usr/lib/postgresql/15/bin/pg_ctl";
-const CYCLES: usize = 20;
 const CLIENTS: usize = 8;
 const ACCOUNTS: usize = 4;
 
 fn pg_ctl(args: &[&str]) {
-    let pgdata = std::env::var("CREDITS_TEST_PGDATA").expect("set CREDITS_TEST_PGDATA (scripts/test does)");
+    let pgdata =
+        std::env::var("CREDITS_TEST_PGDATA").expect("set CREDITS_TEST_PGDATA (scripts/test does)");
     let log = format!("{pgdata}/server.log");
-    let mut full = vec!["-u", "postgres", "--", PG_CTL, "-D", pgdata.as_str(), "-l", log.as_str()];
+    let mut full = vec![
+        "-u",
+        "postgres",
+        "--",
+        PG_CTL,
+        "-D",
+        pgdata.as_str(),
+        "-l",
+        log.as_str(),
+    ];
     full.extend_from_slice(args);
-    let out = Command::new("runuser").args(&full).output().expect("run pg_ctl");
-    assert!(out.status.success(), "pg_ctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("runuser")
+        .args(&full)
+        .output()
+        .expect("run pg_ctl");
+    assert!(
+        out.status.success(),
+        "pg_ctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// What one client saw acknowledged: (idempotency key, entry id).
@@ -36,7 +52,9 @@ type Acknowledged = Arc<Mutex<Vec<(String, String, i64)>>>;
 
 /// Random operations with unique idempotency keys until `stop`; records acknowledgements.
 fn client_loop(id: usize, cycle: usize, stop: Arc<AtomicBool>, acked: Acknowledged) {
-    let Ok(mut client) = std::panic::catch_unwind(connect) else { return };
+    let Ok(mut client) = std::panic::catch_unwind(connect) else {
+        return;
+    };
     let mut n = 0usize;
     while !stop.load(Ordering::Relaxed) {
         n += 1;
@@ -45,7 +63,10 @@ fn client_loop(id: usize, cycle: usize, stop: Arc<AtomicBool>, acked: Acknowledg
         let result = match n % 4 {
             // a debit, its refund (half), a hold settled in the same transaction
             0 | 1 => client
-                .query_one("SELECT credits.try_debit($1, 'agent', 0.5, $2)", &[&account, &key])
+                .query_one(
+                    "SELECT credits.try_debit($1, 'agent', 0.5, $2)",
+                    &[&account, &key],
+                )
                 .map(|r| r.get::<_, Option<i64>>(0)),
             2 => client
                 .query_one(
@@ -84,13 +105,21 @@ fn acknowledged_operations_survive_twenty_immediate_shutdowns() {
     for a in 0..ACCOUNTS {
         subscribe(&mut setup, &format!("crash_{a}"), "pro");
         setup
-            .execute("SELECT credits.purchase($1, 100000)", &[&format!("crash_{a}")])
+            .execute(
+                "SELECT credits.purchase($1, 100000)",
+                &[&format!("crash_{a}")],
+            )
             .unwrap();
     }
     drop(setup);
 
+    // 20 in CI; scripts/soak runs more (CREDITS_CRASH_CYCLES).
+    let cycles: usize = std::env::var("CREDITS_CRASH_CYCLES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
     let mut total_acked = 0;
-    for cycle in 0..CYCLES {
+    for cycle in 0..cycles {
         let stop = Arc::new(AtomicBool::new(false));
         let acked: Acknowledged = Arc::new(Mutex::new(Vec::new()));
         let threads: Vec<_> = (0..CLIENTS)
@@ -108,7 +137,10 @@ fn acknowledged_operations_survive_twenty_immediate_shutdowns() {
         pg_ctl(&["start", "-w", "-t", "60"]);
 
         let acked = acked.lock().unwrap().clone();
-        assert!(!acked.is_empty(), "cycle {cycle}: the clients got nothing done before the crash");
+        assert!(
+            !acked.is_empty(),
+            "cycle {cycle}: the clients got nothing done before the crash"
+        );
         total_acked += acked.len();
         let mut client = connect();
         for (account, key, entry) in &acked {
@@ -120,12 +152,21 @@ fn acknowledged_operations_survive_twenty_immediate_shutdowns() {
                 )
                 .unwrap()
                 .get(0);
-            assert_eq!(found, 1, "cycle {cycle}: acknowledged {key} (entry {entry}) is not in the ledger");
+            assert_eq!(
+                found, 1,
+                "cycle {cycle}: acknowledged {key} (entry {entry}) is not in the ledger"
+            );
             let exists: bool = client
-                .query_one("SELECT EXISTS (SELECT 1 FROM credits.ledger WHERE entry_id = $1)", &[entry])
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM credits.ledger WHERE entry_id = $1)",
+                    &[entry],
+                )
                 .unwrap()
                 .get(0);
-            assert!(exists, "cycle {cycle}: acknowledged entry {entry} is missing");
+            assert!(
+                exists,
+                "cycle {cycle}: acknowledged entry {entry} is missing"
+            );
         }
         assert_verified(&mut client);
         let over: i64 = client
@@ -138,8 +179,13 @@ fn acknowledged_operations_survive_twenty_immediate_shutdowns() {
             .get(0);
         assert_eq!(over, 0, "cycle {cycle}: a balance is exceeded");
     }
-    assert!(total_acked >= CYCLES * CLIENTS, "too little work was done ({total_acked} operations)");
+    assert!(
+        total_acked >= cycles * CLIENTS,
+        "too little work was done ({total_acked} operations)"
+    );
     let mut client = connect();
-    client.batch_execute("ALTER SYSTEM RESET synchronous_commit").unwrap();
+    client
+        .batch_execute("ALTER SYSTEM RESET synchronous_commit")
+        .unwrap();
     client.batch_execute("SELECT pg_reload_conf()").unwrap();
 }

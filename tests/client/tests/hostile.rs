@@ -22,7 +22,9 @@ fn written(client: &mut Client) -> Vec<i64> {
             &[],
         )
         .unwrap();
-    (0..9).map(|i| row.get::<_, Option<i64>>(i).unwrap_or(0)).collect()
+    (0..9)
+        .map(|i| row.get::<_, Option<i64>>(i).unwrap_or(0))
+        .collect()
 }
 
 #[test]
@@ -44,7 +46,10 @@ fn every_public_function_refuses_hostile_input_with_its_sqlstate_and_writes_noth
         ("SELECT credits.subscribe('', 'pro')".into(), "UC009"),
         (format!("SELECT credits.subscribe({MB}, 'pro')"), "UC009"),
         ("SELECT credits.subscribe('hx_new', NULL)".into(), "UC009"),
-        ("SELECT credits.subscribe('hx_new', 'no_such_plan')".into(), "UC003"),
+        (
+            "SELECT credits.subscribe('hx_new', 'no_such_plan')".into(),
+            "UC003",
+        ),
         (format!("SELECT credits.subscribe('hx_new', {MB})"), "UC009"),
         // purchase
         ("SELECT credits.purchase('hx', NULL)".into(), "UC004"),
@@ -62,9 +67,18 @@ fn every_public_function_refuses_hostile_input_with_its_sqlstate_and_writes_noth
         // grant
         ("SELECT credits.grant('hx', 1, 'bogus')".into(), "UC009"),
         ("SELECT credits.grant('hx', 1, NULL)".into(), "UC009"),
-        ("SELECT credits.grant('hx', 1, 'promotional', '-infinity')".into(), "UC009"),
-        ("SELECT credits.grant('hx', 1, 'promotional', '2000-01-01 00:00:00+00')".into(), "UC009"),
-        (format!("SELECT credits.grant('hx', 1, 'promotional', NULL, {MB})"), "UC009"),
+        (
+            "SELECT credits.grant('hx', 1, 'promotional', '-infinity')".into(),
+            "UC009",
+        ),
+        (
+            "SELECT credits.grant('hx', 1, 'promotional', '2000-01-01 00:00:00+00')".into(),
+            "UC009",
+        ),
+        (
+            format!("SELECT credits.grant('hx', 1, 'promotional', NULL, {MB})"),
+            "UC009",
+        ),
         ("SELECT credits.grant('hx', 'NaN')".into(), "UC004"),
         ("SELECT credits.grant('hx', -5)".into(), "UC004"),
         // debit and try_debit
@@ -72,22 +86,52 @@ fn every_public_function_refuses_hostile_input_with_its_sqlstate_and_writes_noth
         ("SELECT credits.debit('hx', 'agent', 0)".into(), "UC004"),
         ("SELECT credits.debit('hx', 'agent', -1)".into(), "UC004"),
         ("SELECT credits.debit('hx', 'agent', 'NaN')".into(), "UC004"),
-        ("SELECT credits.debit('hx', 'agent', 'Infinity')".into(), "UC004"),
+        (
+            "SELECT credits.debit('hx', 'agent', 'Infinity')".into(),
+            "UC004",
+        ),
         ("SELECT credits.debit('hx', 'agent', 1e15)".into(), "UC004"),
-        ("SELECT credits.debit('hx', 'agent', 0.00001)".into(), "UC004"),
+        (
+            "SELECT credits.debit('hx', 'agent', 0.00001)".into(),
+            "UC004",
+        ),
         ("SELECT credits.debit('hx', NULL, 1)".into(), "UC009"),
-        ("SELECT credits.debit('hx', 'no_such_feature', 1)".into(), "UC003"),
+        (
+            "SELECT credits.debit('hx', 'no_such_feature', 1)".into(),
+            "UC003",
+        ),
         (format!("SELECT credits.debit('hx', {MB}, 1)"), "UC009"),
         ("SELECT credits.debit(NULL, 'agent', 1)".into(), "UC009"),
         ("SELECT credits.debit('nobody', 'agent', 1)".into(), "UC002"),
-        (format!("SELECT credits.debit('hx', 'agent', 1, {MB})"), "UC009"),
+        (
+            format!("SELECT credits.debit('hx', 'agent', 1, {MB})"),
+            "UC009",
+        ),
         ("SELECT credits.debit('hx', 'agent', 1, '')".into(), "UC009"),
-        ("SELECT credits.debit('hx', 'agent', 1, NULL, '[1, 2]')".into(), "UC009"),
-        ("SELECT credits.debit('hx', 'agent', 1, NULL, '\"text\"')".into(), "UC009"),
-        (format!("SELECT credits.debit('hx', 'agent', 1, NULL, jsonb_build_object('x', {MB}))"), "UC009"),
-        ("SELECT credits.debit('hx', 'agent', 1, NULL, '{bad')".into(), "22P02"),
-        ("SELECT credits.try_debit('hx', 'agent', NULL)".into(), "UC004"),
-        ("SELECT credits.try_debit('hx', 'agent', 1, 'k', '[]')".into(), "UC009"),
+        (
+            "SELECT credits.debit('hx', 'agent', 1, NULL, '[1, 2]')".into(),
+            "UC009",
+        ),
+        (
+            "SELECT credits.debit('hx', 'agent', 1, NULL, '\"text\"')".into(),
+            "UC009",
+        ),
+        (
+            format!("SELECT credits.debit('hx', 'agent', 1, NULL, jsonb_build_object('x', {MB}))"),
+            "UC009",
+        ),
+        (
+            "SELECT credits.debit('hx', 'agent', 1, NULL, '{bad')".into(),
+            "22P02",
+        ),
+        (
+            "SELECT credits.try_debit('hx', 'agent', NULL)".into(),
+            "UC004",
+        ),
+        (
+            "SELECT credits.try_debit('hx', 'agent', 1, 'k', '[]')".into(),
+            "UC009",
+        ),
         ("SELECT credits.try_debit('', 'agent', 1)".into(), "UC009"),
         // refund
         ("SELECT credits.refund(NULL)".into(), "UC009"),
@@ -96,18 +140,45 @@ fn every_public_function_refuses_hostile_input_with_its_sqlstate_and_writes_noth
         (format!("SELECT credits.refund({debit}, -1)"), "UC004"),
         (format!("SELECT credits.refund({debit}, 1e15)"), "UC004"),
         (format!("SELECT credits.refund({debit}, 5)"), "UC007"),
-        (format!("SELECT credits.refund({debit}, NULL, {MB})"), "UC009"),
+        (
+            format!("SELECT credits.refund({debit}, NULL, {MB})"),
+            "UC009",
+        ),
         ("SELECT credits.refund(-5)".into(), "UC011"),
         (format!("SELECT credits.refund({hold})"), "UC011"),
         // reserve, try_reserve, settle, release
-        ("SELECT credits.reserve('hx', 'agent', 1, NULL)".into(), "UC009"),
-        ("SELECT credits.reserve('hx', 'agent', 1, '0')".into(), "UC009"),
-        ("SELECT credits.reserve('hx', 'agent', 1, '-1 second')".into(), "UC009"),
-        ("SELECT credits.reserve('hx', 'agent', 1, '1000 years')".into(), "UC009"),
-        ("SELECT credits.reserve('hx', 'agent', 1, '31 days 1 second')".into(), "UC009"),
-        ("SELECT credits.reserve('hx', 'agent', 'NaN')".into(), "UC004"),
-        ("SELECT credits.reserve('hx', 'agent', 1e15)".into(), "UC004"),
-        (format!("SELECT credits.reserve('hx', 'agent', 1, '1 hour', {MB})"), "UC009"),
+        (
+            "SELECT credits.reserve('hx', 'agent', 1, NULL)".into(),
+            "UC009",
+        ),
+        (
+            "SELECT credits.reserve('hx', 'agent', 1, '0')".into(),
+            "UC009",
+        ),
+        (
+            "SELECT credits.reserve('hx', 'agent', 1, '-1 second')".into(),
+            "UC009",
+        ),
+        (
+            "SELECT credits.reserve('hx', 'agent', 1, '1000 years')".into(),
+            "UC009",
+        ),
+        (
+            "SELECT credits.reserve('hx', 'agent', 1, '31 days 1 second')".into(),
+            "UC009",
+        ),
+        (
+            "SELECT credits.reserve('hx', 'agent', 'NaN')".into(),
+            "UC004",
+        ),
+        (
+            "SELECT credits.reserve('hx', 'agent', 1e15)".into(),
+            "UC004",
+        ),
+        (
+            format!("SELECT credits.reserve('hx', 'agent', 1, '1 hour', {MB})"),
+            "UC009",
+        ),
         ("SELECT credits.try_reserve('hx', NULL, 1)".into(), "UC009"),
         ("SELECT credits.settle(NULL, 1)".into(), "UC009"),
         ("SELECT credits.settle(-1, 1)".into(), "UC008"),
@@ -122,7 +193,10 @@ fn every_public_function_refuses_hostile_input_with_its_sqlstate_and_writes_noth
         (format!("SELECT * FROM credits.balance({MB})"), "UC009"),
         ("SELECT * FROM credits.balance('nobody')".into(), "UC002"),
         ("SELECT credits.bandwidth_allowance(NULL)".into(), "UC009"),
-        ("SELECT credits.bandwidth_allowance('nobody')".into(), "UC002"),
+        (
+            "SELECT credits.bandwidth_allowance('nobody')".into(),
+            "UC002",
+        ),
         // maintenance
         ("CALL credits.run_maintenance('infinity')".into(), "UC009"),
         ("CALL credits.run_maintenance('-infinity')".into(), "UC009"),
@@ -139,10 +213,16 @@ fn every_public_function_refuses_hostile_input_with_its_sqlstate_and_writes_noth
                 .unwrap_or_else(|| format!("no SQLSTATE: {e}")),
         };
         if got != *expected {
-            wrong.push(format!("{}: expected {expected}, got {got}", &sql[..sql.len().min(100)]));
+            wrong.push(format!(
+                "{}: expected {expected}, got {got}",
+                &sql[..sql.len().min(100)]
+            ));
         }
         // The backend is alive and nothing was written.
-        assert_eq!(client.query_one("SELECT 1", &[]).unwrap().get::<_, i32>(0), 1);
+        assert_eq!(
+            client.query_one("SELECT 1", &[]).unwrap().get::<_, i32>(0),
+            1
+        );
         assert_eq!(written(&mut client), before, "{sql} wrote something");
     }
     assert!(wrong.is_empty(), "{wrong:#?}");

@@ -21,7 +21,9 @@ const APP: &str = "credits-retry-client";
 fn reconnect() -> Client {
     loop {
         if let Ok(mut c) = try_connect() {
-            if c.batch_execute(&format!("SET application_name = '{APP}'")).is_ok() {
+            if c.batch_execute(&format!("SET application_name = '{APP}'"))
+                .is_ok()
+            {
                 return c;
             }
         }
@@ -65,7 +67,9 @@ fn client_run(id: usize) -> Vec<(String, String, i64)> {
                         Some(c) if c == "57014" || c == "40001" => {}
                         // terminated: no SQLSTATE or class 57/08; reconnect and retry
                         None => client = reconnect(),
-                        Some(c) if c.starts_with("57") || c.starts_with("08") => client = reconnect(),
+                        Some(c) if c.starts_with("57") || c.starts_with("08") => {
+                            client = reconnect()
+                        }
                         Some(c) => panic!("client {id}, {key}: unexpected error {c}: {e}"),
                     }
                     if client.is_closed() {
@@ -75,7 +79,10 @@ fn client_run(id: usize) -> Vec<(String, String, i64)> {
             }
         }
     }
-    assert!(retries > 0, "client {id} never had to retry: the test did not disturb it");
+    assert!(
+        retries > 0,
+        "client {id} never had to retry: the test did not disturb it"
+    );
     answers
 }
 
@@ -85,7 +92,9 @@ fn ten_thousand_operations_retried_with_their_keys_each_take_effect_once() {
     for a in 0..ACCOUNTS {
         let account = format!("retry_{a}");
         subscribe(&mut setup, &account, "pro");
-        setup.execute("SELECT credits.purchase($1, 100000)", &[&account]).unwrap();
+        setup
+            .execute("SELECT credits.purchase($1, 100000)", &[&account])
+            .unwrap();
     }
 
     // The chaos: terminate a random client connection every few milliseconds.
@@ -110,8 +119,13 @@ fn ten_thousand_operations_retried_with_their_keys_each_take_effect_once() {
             kills
         })
     };
-    let clients: Vec<_> = (0..CLIENTS).map(|id| std::thread::spawn(move || client_run(id))).collect();
-    let answers: Vec<_> = clients.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|id| std::thread::spawn(move || client_run(id)))
+        .collect();
+    let answers: Vec<_> = clients
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
     stop.store(true, Ordering::Relaxed);
     let kills = chaos.join().unwrap();
     assert!(kills >= 10, "only {kills} connections were terminated");
@@ -130,7 +144,11 @@ fn ten_thousand_operations_retried_with_their_keys_each_take_effect_once() {
         .collect();
     assert_eq!(stored.len(), OPERATIONS, "one stored key per operation");
     for (key, _account, entry) in &answers {
-        assert_eq!(stored.get(key), Some(entry), "{key}: the client's answer is the stored effect");
+        assert_eq!(
+            stored.get(key),
+            Some(entry),
+            "{key}: the client's answer is the stored effect"
+        );
     }
     let (debits, holds, debited, held): (i64, i64, String, String) = {
         let r = client

@@ -137,9 +137,18 @@ fn each_role_can_do_its_job_and_nothing_else() {
     );
     // The superuser is refused too: the ledger is append-only for everyone.
     let mut root = connect();
-    assert_eq!(check(&mut root, "UPDATE credits.ledger SET amount = 0"), Err("UC010".into()));
-    assert_eq!(check(&mut root, "DELETE FROM credits.ledger"), Err("UC010".into()));
-    assert_eq!(check(&mut root, "TRUNCATE credits.ledger"), Err("UC010".into()));
+    assert_eq!(
+        check(&mut root, "UPDATE credits.ledger SET amount = 0"),
+        Err("UC010".into())
+    );
+    assert_eq!(
+        check(&mut root, "DELETE FROM credits.ledger"),
+        Err("UC010".into())
+    );
+    assert_eq!(
+        check(&mut root, "TRUNCATE credits.ledger"),
+        Err("UC010".into())
+    );
     assert_eq!(balance_of(&mut root, "r_pro", "monthly_used"), "5.5");
     assert_verified(&mut root);
 }
@@ -148,7 +157,10 @@ fn each_role_can_do_its_job_and_nothing_else() {
 fn a_hostile_search_path_does_not_change_what_the_functions_do() {
     login_roles();
     let mut root = connect();
-    let db: String = root.query_one("SELECT current_database()", &[]).unwrap().get(0);
+    let db: String = root
+        .query_one("SELECT current_database()", &[])
+        .unwrap()
+        .get(0);
     root.batch_execute(&format!("GRANT CREATE ON DATABASE {db} TO t_app"))
         .unwrap();
     subscribe(&mut root, "h_victim", "free");

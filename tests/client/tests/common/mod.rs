@@ -36,7 +36,10 @@ pub fn connect_db_as(db: &str, role: &str) -> Client {
     let config: postgres::Config = dsn().parse().expect("valid DSN");
     let user = config.get_user().expect("the DSN names a user");
     let dsn = dsn()
-        .replace(&format!("dbname={}", test_database()), &format!("dbname={db}"))
+        .replace(
+            &format!("dbname={}", test_database()),
+            &format!("dbname={db}"),
+        )
         .replace(&format!("user={user}"), &format!("user={role}"));
     Client::connect(&dsn, NoTls).unwrap_or_else(|e| panic!("connect to {db} as {role}: {e}"))
 }

@@ -1,0 +1,670 @@
+//! Model-based property test: random sequences of subscribe, purchase,
+//! grant, debit, try_debit, refund, reserve, settle, release and clock moves
+//! (minutes, hours, days, month ends, Feb 29) run against the extension and
+//! against a small in-memory model of the rules (SPEC §1) written here from
+//! scratch. After every step the outcome (entry or SQLSTATE) and every
+//! account's balance() must agree.
+//!
+//! Reproduce a failure: CREDITS_MODEL_SEED=<seed> cargo test --test model
+//! More seeds (a soak): CREDITS_MODEL_SEEDS=500 CREDITS_MODEL_STEPS=1000 ...
+
+mod common;
+
+use common::*;
+use postgres::Client;
+use std::collections::BTreeMap;
+
+/// Amounts in ten-thousandths of a credit (the extension is exact to 4 places).
+type Amount = i64;
+const UNIT: Amount = 10_000;
+const DAY_MS: i64 = 86_400_000;
+
+// ---------------------------------------------------------------- calendar
+
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (
+        if m <= 2 {
+            yoe + era * 400 + 1
+        } else {
+            yoe + era * 400
+        },
+        m,
+        d,
+    )
+}
+
+fn day_of(ms: i64) -> i64 {
+    ms.div_euclid(DAY_MS)
+}
+
+fn month_of(ms: i64) -> (i64, i64) {
+    let (y, m, _) = civil_from_days(day_of(ms));
+    (y, m)
+}
+
+fn next_month_start(ms: i64) -> i64 {
+    let (y, m) = month_of(ms);
+    let (y, m) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+    days_from_civil(y, m, 1) * DAY_MS
+}
+
+fn timestamp(ms: i64) -> String {
+    let (y, mo, d) = civil_from_days(day_of(ms));
+    let t = ms.rem_euclid(DAY_MS);
+    format!(
+        "{y:04}-{mo:02}-{d:02} {:02}:{:02}:{:02}.{:03}+00",
+        t / 3_600_000,
+        t / 60_000 % 60,
+        t / 1000 % 60,
+        t % 1000
+    )
+}
+
+fn text(a: Amount) -> String {
+    let sign = if a < 0 { "-" } else { "" };
+    let a = a.abs();
+    let frac = format!("{:04}", a % UNIT);
+    let frac = frac.trim_end_matches('0');
+    if frac.is_empty() {
+        format!("{sign}{}", a / UNIT)
+    } else {
+        format!("{sign}{}.{frac}", a / UNIT)
+    }
+}
+
+// ---------------------------------------------------------------- the model
+
+#[derive(Clone, Copy, PartialEq)]
+struct Plan {
+    name: &'static str,
+    daily_limit: Option<Amount>,
+    allowance: Amount,
+    may_purchase: bool,
+}
+
+const PLANS: [Plan; 3] = [
+    Plan {
+        name: "free",
+        daily_limit: Some(10 * UNIT),
+        allowance: 25 * UNIT,
+        may_purchase: false,
+    },
+    Plan {
+        name: "pro",
+        daily_limit: None,
+        allowance: 100 * UNIT,
+        may_purchase: true,
+    },
+    Plan {
+        name: "legacy_basic",
+        daily_limit: None,
+        allowance: 0,
+        may_purchase: true,
+    },
+];
+
+#[derive(Clone)]
+struct Grant {
+    id: i64,
+    remaining: Amount,
+    expires: Option<i64>,
+}
+
+#[derive(Clone)]
+struct Hold {
+    id: i64,
+    amount: Amount,
+    expires: i64,
+    open: bool,
+}
+
+#[derive(Clone)]
+struct Debit {
+    at: i64,
+    seq: u64,
+    amount: Amount,
+    from_grants: Amount,
+    draws: Vec<(i64, Amount)>, // grant id, net drawn (refunds subtract)
+    refunded: Amount,
+    grants_refunded: Amount,
+}
+
+#[derive(Clone)]
+struct Account {
+    plan: Plan,
+    purchased: Amount,
+    day: i64,
+    daily_used: Amount,
+    month: (i64, i64),
+    monthly_used: Amount,
+    epoch_seq: u64, // an upgrade in `month` restarted the window at this step
+    grants: Vec<Grant>,
+    holds: Vec<Hold>,
+}
+
+struct State {
+    daily_used: Amount,
+    monthly_limit: Amount,
+    monthly_used: Amount,
+    granted: Amount,
+    reserved: Amount,
+    daily_available: Option<Amount>,
+    allowance_available: Amount,
+    grants_available: Amount,
+}
+
+impl Account {
+    fn state(&self, now: i64) -> State {
+        let daily_used = if self.day == day_of(now) {
+            self.daily_used
+        } else {
+            0
+        };
+        let monthly_used = if self.month == month_of(now) {
+            self.monthly_used
+        } else {
+            0
+        };
+        let monthly_limit = self.plan.allowance + self.purchased;
+        let granted = self
+            .grants
+            .iter()
+            .filter(|g| g.remaining > 0 && g.expires.is_none_or(|e| e > now))
+            .map(|g| g.remaining)
+            .sum();
+        let reserved = self
+            .holds
+            .iter()
+            .filter(|h| h.open && h.expires > now)
+            .map(|h| h.amount)
+            .sum();
+        let allowance_left = (monthly_limit - monthly_used).max(0);
+        State {
+            daily_used,
+            monthly_limit,
+            monthly_used,
+            granted,
+            reserved,
+            daily_available: self
+                .plan
+                .daily_limit
+                .map(|l| (l - daily_used - reserved).max(0)),
+            allowance_available: (monthly_limit - monthly_used - reserved).max(0),
+            grants_available: granted - (reserved - allowance_left).max(0),
+        }
+    }
+
+    fn fits(&self, now: i64, amount: Amount) -> bool {
+        let s = self.state(now);
+        s.daily_available.is_none_or(|d| amount <= d)
+            && amount <= s.allowance_available + s.grants_available
+    }
+
+    /// What every write does first: windows that ended are closed, holds past their deadline freed.
+    fn lock(&mut self, now: i64) {
+        if self.day < day_of(now) && self.daily_used > 0 {
+            self.day = day_of(now);
+            self.daily_used = 0;
+        }
+        if self.month < month_of(now) {
+            self.month = month_of(now);
+            self.monthly_used = 0;
+            self.epoch_seq = 0;
+        }
+        for h in self.holds.iter_mut().filter(|h| h.open && h.expires <= now) {
+            h.open = false;
+        }
+    }
+
+    /// Charge a checked amount: allowance first, then grants soonest-expiring first.
+    fn charge(&mut self, now: i64, seq: u64, amount: Amount) -> Debit {
+        let s = self.state(now);
+        let alloc = amount.min(s.allowance_available);
+        let mut need = amount - alloc;
+        let from_grants = need;
+        let mut order: Vec<usize> = (0..self.grants.len())
+            .filter(|&i| {
+                self.grants[i].remaining > 0 && self.grants[i].expires.is_none_or(|e| e > now)
+            })
+            .collect();
+        order.sort_by_key(|&i| {
+            (
+                self.grants[i].expires.unwrap_or(i64::MAX),
+                self.grants[i].id,
+            )
+        });
+        let mut draws = Vec::new();
+        for i in order {
+            if need == 0 {
+                break;
+            }
+            let take = need.min(self.grants[i].remaining);
+            self.grants[i].remaining -= take;
+            draws.push((self.grants[i].id, take));
+            need -= take;
+        }
+        self.day = day_of(now);
+        self.daily_used = s.daily_used + amount;
+        if self.month != month_of(now) {
+            self.epoch_seq = 0;
+        }
+        self.month = month_of(now);
+        self.monthly_used = s.monthly_used + alloc;
+        Debit {
+            at: now,
+            seq,
+            amount,
+            from_grants,
+            draws,
+            refunded: 0,
+            grants_refunded: 0,
+        }
+    }
+}
+
+/// What a call returned: an entry id (or NULL) or a SQLSTATE.
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    Entry,
+    Null,
+    Error(String),
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len())]
+    }
+}
+
+fn call(client: &mut Client, now: i64, sql: &str) -> (Outcome, Option<i64>) {
+    client
+        .batch_execute(&format!(
+            "SET credits.clock_override = '{}'",
+            timestamp(now)
+        ))
+        .unwrap();
+    match client.query_one(sql, &[]) {
+        Ok(row) => match row.try_get::<_, Option<i64>>(0) {
+            Ok(Some(id)) => (Outcome::Entry, Some(id)),
+            Ok(None) => (Outcome::Null, None),
+            Err(_) => (Outcome::Entry, None), // void
+        },
+        Err(e) => (
+            Outcome::Error(
+                e.code()
+                    .map(|c| c.code().to_string())
+                    .unwrap_or_else(|| e.to_string()),
+            ),
+            None,
+        ),
+    }
+}
+
+fn run_seed(seed: u64, steps: usize) {
+    let mut client = connect();
+    let mut rng = Rng(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1);
+    let names: Vec<String> = (0..3).map(|i| format!("m{seed}_{i}")).collect();
+    let mut model: BTreeMap<String, Account> = BTreeMap::new();
+    let mut debits: BTreeMap<i64, (String, Debit)> = BTreeMap::new();
+    // 2028 is a leap year: the walk crosses Feb 29 and two month ends.
+    let mut now = days_from_civil(2028, 2, 27) * DAY_MS + 9 * 3_600_000;
+    let quantities = [UNIT / 2, UNIT, 3 * UNIT, 15 * UNIT / 2, 12 * UNIT, 1];
+
+    for step in 0..steps {
+        let seq = step as u64 + 1;
+        let who = names[rng.below(names.len())].clone();
+        let op = rng.below(100);
+        let context = format!("seed {seed}, step {step}, at {}", timestamp(now));
+        let (sql, expected): (String, Outcome);
+        type Apply = Box<
+            dyn FnMut(
+                &mut BTreeMap<String, Account>,
+                Option<i64>,
+                &mut BTreeMap<i64, (String, Debit)>,
+            ),
+        >;
+        let mut on_success: Apply;
+
+        if op < 8 {
+            // the clock moves
+            now += match rng.below(6) {
+                0 => 60_000,
+                1 => 3 * 3_600_000,
+                2 => DAY_MS,
+                3 => next_month_start(now) - now - 1, // 23:59:59.999 on the month's last day
+                4 => 2,                               // across that boundary by a millisecond
+                _ => 17 * 60_000,
+            };
+            continue;
+        } else if !model.contains_key(&who) || op < 12 {
+            let plan = rng.pick(&PLANS);
+            sql = format!("SELECT credits.subscribe('{who}', '{}')", plan.name);
+            expected = Outcome::Entry;
+            let (who2, now2) = (who.clone(), now);
+            on_success = Box::new(move |m, _, _| match m.get_mut(&who2) {
+                None => {
+                    m.insert(
+                        who2.clone(),
+                        Account {
+                            plan,
+                            purchased: 0,
+                            day: day_of(now2),
+                            daily_used: 0,
+                            month: month_of(now2),
+                            monthly_used: 0,
+                            epoch_seq: 0,
+                            grants: vec![],
+                            holds: vec![],
+                        },
+                    );
+                }
+                Some(a) => {
+                    a.lock(now2);
+                    if a.plan == plan {
+                        return;
+                    }
+                    let old = a.state(now2);
+                    let purchased = if plan.may_purchase { a.purchased } else { 0 };
+                    let upgrade = plan.allowance + purchased > old.monthly_limit;
+                    a.plan = plan;
+                    a.purchased = purchased;
+                    a.month = month_of(now2);
+                    a.monthly_used = if upgrade { 0 } else { old.monthly_used };
+                    if upgrade {
+                        a.epoch_seq = seq;
+                    }
+                }
+            });
+        } else {
+            let acct = model.get(&who).unwrap().clone();
+            let mut locked = acct.clone();
+            locked.lock(now);
+            match op {
+                12..=17 => {
+                    let amount = rng.pick(&[5 * UNIT, 41 * UNIT / 2]);
+                    sql = format!("SELECT credits.purchase('{who}', {})", text(amount));
+                    expected = if locked.plan.may_purchase {
+                        Outcome::Entry
+                    } else {
+                        Outcome::Error("UC006".into())
+                    };
+                    let (who2, now2) = (who.clone(), now);
+                    on_success = Box::new(move |m, _, _| {
+                        let a = m.get_mut(&who2).unwrap();
+                        a.lock(now2);
+                        a.purchased += amount;
+                    });
+                }
+                18..=25 => {
+                    let amount = rng.pick(&[3 * UNIT, 29 * UNIT / 4]);
+                    let expires = rng
+                        .pick(&[None, Some(2 * 3_600_000), Some(3 * DAY_MS)])
+                        .map(|d| now + d);
+                    sql = format!(
+                        "SELECT credits.grant('{who}', {}, 'promotional', {})",
+                        text(amount),
+                        expires
+                            .map(|e| format!("'{}'", timestamp(e)))
+                            .unwrap_or("NULL".into())
+                    );
+                    expected = Outcome::Entry;
+                    let (who2, now2) = (who.clone(), now);
+                    on_success = Box::new(move |m, id, _| {
+                        let a = m.get_mut(&who2).unwrap();
+                        a.lock(now2);
+                        a.grants.push(Grant {
+                            id: id.unwrap(),
+                            remaining: amount,
+                            expires,
+                        });
+                    });
+                }
+                26..=60 => {
+                    let amount = rng.pick(&quantities);
+                    let raise = rng.below(2) == 0;
+                    let fits = locked.fits(now, amount);
+                    sql = format!(
+                        "SELECT credits.{}('{who}', 'agent', {})",
+                        if raise { "debit" } else { "try_debit" },
+                        text(amount)
+                    );
+                    expected = match (fits, raise) {
+                        (true, _) => Outcome::Entry,
+                        (false, true) => Outcome::Error("UC001".into()),
+                        (false, false) => Outcome::Null,
+                    };
+                    let (who2, now2) = (who.clone(), now);
+                    on_success = Box::new(move |m, id, d| {
+                        if let Some(id) = id {
+                            let a = m.get_mut(&who2).unwrap();
+                            a.lock(now2);
+                            let debit = a.charge(now2, seq, amount);
+                            d.insert(id, (who2.clone(), debit));
+                        }
+                    });
+                }
+                61..=74 => {
+                    let mine: Vec<i64> = debits
+                        .iter()
+                        .filter(|(_, (w, _))| *w == who)
+                        .map(|(id, _)| *id)
+                        .collect();
+                    if mine.is_empty() {
+                        continue;
+                    }
+                    let entry = mine[rng.below(mine.len())];
+                    let amount = rng.pick(&[None, Some(UNIT / 4), Some(UNIT)]);
+                    let left = debits[&entry].1.amount - debits[&entry].1.refunded;
+                    sql = format!(
+                        "SELECT credits.refund({entry}, {})",
+                        amount.map(text).unwrap_or("NULL".into())
+                    );
+                    expected = match amount {
+                        Some(a) if a > left => Outcome::Error("UC007".into()),
+                        _ => Outcome::Entry,
+                    };
+                    let (who2, now2) = (who.clone(), now);
+                    on_success = Box::new(move |m, _, d| {
+                        let a = m.get_mut(&who2).unwrap();
+                        a.lock(now2);
+                        let debit = &mut d.get_mut(&entry).unwrap().1;
+                        let left = debit.amount - debit.refunded;
+                        let amount = amount.unwrap_or(left);
+                        if amount == 0 {
+                            return; // nothing left: the last refund is returned again
+                        }
+                        let to_grants = amount.min(debit.from_grants - debit.grants_refunded);
+                        // back to the grants drawn, latest-expiring (never-expiring) first
+                        let mut order: Vec<(i64, Amount)> = debit
+                            .draws
+                            .iter()
+                            .filter(|(_, n)| *n > 0)
+                            .cloned()
+                            .collect();
+                        let expiry = |id: i64, a: &Account| {
+                            a.grants.iter().find(|g| g.id == id).unwrap().expires
+                        };
+                        order.sort_by_key(|(id, _)| {
+                            (
+                                std::cmp::Reverse(expiry(*id, a).unwrap_or(i64::MAX)),
+                                std::cmp::Reverse(*id),
+                            )
+                        });
+                        let mut need = to_grants;
+                        for (id, net) in order {
+                            if need == 0 {
+                                break;
+                            }
+                            let take = need.min(net);
+                            a.grants.iter_mut().find(|g| g.id == id).unwrap().remaining += take;
+                            debit.draws.iter_mut().find(|(g, _)| *g == id).unwrap().1 -= take;
+                            need -= take;
+                        }
+                        if a.day == day_of(debit.at) && a.day == day_of(now2) {
+                            a.daily_used -= amount;
+                        }
+                        if a.month == month_of(debit.at)
+                            && a.month == month_of(now2)
+                            && debit.seq > a.epoch_seq
+                        {
+                            a.monthly_used -= amount - to_grants;
+                        }
+                        debit.refunded += amount;
+                        debit.grants_refunded += to_grants;
+                    });
+                }
+                75..=86 => {
+                    let amount = rng.pick(&[UNIT, 9 * UNIT / 2, 20 * UNIT]);
+                    let ttl = rng.pick(&[30 * 60_000, 2 * 3_600_000]);
+                    let raise = rng.below(2) == 0;
+                    let fits = locked.fits(now, amount);
+                    sql = format!(
+                        "SELECT credits.{}('{who}', 'agent', {}, '{} milliseconds')",
+                        if raise { "reserve" } else { "try_reserve" },
+                        text(amount),
+                        ttl
+                    );
+                    expected = match (fits, raise) {
+                        (true, _) => Outcome::Entry,
+                        (false, true) => Outcome::Error("UC001".into()),
+                        (false, false) => Outcome::Null,
+                    };
+                    let (who2, now2) = (who.clone(), now);
+                    on_success = Box::new(move |m, id, _| {
+                        if let Some(id) = id {
+                            let a = m.get_mut(&who2).unwrap();
+                            a.lock(now2);
+                            a.holds.push(Hold {
+                                id,
+                                amount,
+                                expires: now2 + ttl,
+                                open: true,
+                            });
+                        }
+                    });
+                }
+                _ => {
+                    if acct.holds.is_empty() {
+                        continue;
+                    }
+                    let hold = acct.holds[rng.below(acct.holds.len())].clone();
+                    let still_open = locked.holds.iter().any(|h| h.id == hold.id && h.open);
+                    let settle = rng.below(3) != 0;
+                    let amount = rng.pick(&[UNIT / 2, hold.amount, hold.amount + UNIT]);
+                    let mut freed = locked.clone();
+                    freed
+                        .holds
+                        .iter_mut()
+                        .filter(|h| h.id == hold.id)
+                        .for_each(|h| h.open = false);
+                    sql = if settle {
+                        format!("SELECT credits.settle({}, {})", hold.id, text(amount))
+                    } else {
+                        format!("SELECT credits.release({})", hold.id)
+                    };
+                    expected = if !still_open {
+                        Outcome::Error("UC008".into())
+                    } else if settle && !freed.fits(now, amount) {
+                        Outcome::Error("UC001".into())
+                    } else {
+                        Outcome::Entry
+                    };
+                    let (who2, now2) = (who.clone(), now);
+                    on_success = Box::new(move |m, id, d| {
+                        let a = m.get_mut(&who2).unwrap();
+                        a.lock(now2);
+                        a.holds
+                            .iter_mut()
+                            .filter(|h| h.id == hold.id)
+                            .for_each(|h| h.open = false);
+                        if settle {
+                            let debit = a.charge(now2, seq, amount);
+                            d.insert(id.unwrap(), (who2.clone(), debit));
+                        }
+                    });
+                }
+            }
+        }
+
+        let (got, id) = call(&mut client, now, &sql);
+        assert_eq!(got, expected, "{context}: {sql}");
+        if !matches!(got, Outcome::Error(_)) {
+            on_success(&mut model, id, &mut debits);
+        }
+        // Every account agrees with the model after every step.
+        for (name, a) in &model {
+            let s = a.state(now);
+            let total = s.allowance_available + s.grants_available;
+            let want = format!(
+                "plan={} daily_used={} monthly_limit={} monthly_used={} granted={} reserved={} available={}",
+                a.plan.name,
+                a.plan.daily_limit.map(|_| text(s.daily_used)).unwrap_or_default(),
+                text(s.monthly_limit),
+                text(s.monthly_used),
+                text(s.granted),
+                text(s.reserved),
+                text(s.daily_available.unwrap_or(total).min(total)),
+            );
+            let have: String = client
+                .query_one(
+                    "SELECT format('plan=%s daily_used=%s monthly_limit=%s monthly_used=%s granted=%s reserved=%s available=%s',
+                                   plan, daily_used, monthly_limit, monthly_used, granted_remaining, reserved, available)
+                       FROM credits.balance($1)",
+                    &[name],
+                )
+                .unwrap()
+                .get(0);
+            assert_eq!(have, want, "{context}: after {sql}, account {name}");
+        }
+    }
+    assert_verified(&mut client);
+}
+
+#[test]
+fn the_extension_agrees_with_the_model_over_random_operation_sequences() {
+    let steps: usize = std::env::var("CREDITS_MODEL_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(250);
+    let seeds: Vec<u64> = match std::env::var("CREDITS_MODEL_SEED") {
+        Ok(seed) => vec![seed.parse().expect("CREDITS_MODEL_SEED is a number")],
+        Err(_) => {
+            let n: u64 = std::env::var("CREDITS_MODEL_SEEDS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(8);
+            (1..=n).collect()
+        }
+    };
+    for seed in seeds {
+        run_seed(seed, steps);
+    }
+}
