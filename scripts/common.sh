@@ -43,6 +43,9 @@ install_extension() {
         return 1
     fi
     grep -E 'Finished|installing' "$log" | tail -n 2
+    # Released install scripts, so a database can be created at an old
+    # version and upgraded (cargo pgrx install copies only the upgrade scripts).
+    install -m 644 "$ROOT"/sql/released/credits--*.sql "$("$PG_CONFIG" --sharedir)/extension/"
 }
 
 cluster_dir() { echo "$ROOT/target/clusters/$1"; }

@@ -1,0 +1,6 @@
+-- credits 0.1.0 -> 0.2.0
+--
+-- Every schema change made after 0.1.0 goes here as well as into the code
+-- that creates a fresh install, so that an upgraded database and a fresh
+-- one are identical (tests/client/tests/upgrade.rs compares them).
+-- Nothing has changed yet.
