@@ -3,3 +3,4 @@
 use pgrx::prelude::*;
 
 extension_sql_file!("reporting.sql", name = "reporting", requires = ["internal"]);
+extension_sql_file!("views.sql", name = "reporting_views", requires = ["reporting"]);

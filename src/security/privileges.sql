@@ -38,10 +38,17 @@ GRANT EXECUTE ON FUNCTION
     credits.bandwidth_allowance(text)
 TO credits_app, credits_admin;
 
--- What analysts read: closed window totals, events, the maintenance status
--- (a view's functions are called with the reader's rights: now, _next_due).
-GRANT SELECT ON credits.closed_windows, credits.events, credits.maintenance_status TO credits_reader;
-GRANT EXECUTE ON FUNCTION credits.now(), credits._next_due(timestamptz) TO credits_reader, credits_admin;
+-- What analysts read: the reporting views, closed window totals, events, the
+-- maintenance status (a view's functions are called with the reader's
+-- rights, hence the read-only functions they use).
+GRANT SELECT ON credits.closed_windows, credits.events, credits.maintenance_status,
+                credits.usage_daily, credits.usage_monthly, credits.account_months,
+                credits.tenant_months, credits.usage_display
+TO credits_reader, credits_admin;
+GRANT EXECUTE ON FUNCTION credits.now(), credits._next_due(timestamptz),
+                          credits._utc_day(timestamptz), credits._utc_month(timestamptz),
+                          credits.balance(text)
+TO credits_reader, credits_admin;
 
 GRANT EXECUTE ON FUNCTION
     credits.subscribe(text, text),
