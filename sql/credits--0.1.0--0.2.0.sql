@@ -95,3 +95,146 @@ TO credits_reader, credits_admin;
 GRANT EXECUTE ON FUNCTION credits._utc_day(timestamptz), credits._utc_month(timestamptz),
                           credits.balance(text)
 TO credits_reader, credits_admin;
+
+-------------------------------------------------------------------------------
+-- Keyed debits take the fast path (src/metering/metering.sql).
+-------------------------------------------------------------------------------
+
+-- The fingerprint a debit's idempotency key is stored with (UC005 on a mismatch).
+CREATE OR REPLACE FUNCTION _debit_request(p_feature text, p_quantity numeric, p_metadata jsonb) RETURNS uuid
+LANGUAGE sql IMMUTABLE
+RETURN credits._fingerprint('debit', p_feature, trim_scale(p_quantity)::text, p_metadata::text);
+
+-- The slow path: full validation, grants, precise errors.
+CREATE OR REPLACE FUNCTION _debit_slow(p_account text, p_feature text, p_quantity numeric, p_key text,
+                            p_metadata jsonb, p_raise boolean, p_now timestamptz)
+RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_feature credits.features;
+    v_amount  numeric;
+    v_acct    credits.accounts;
+    v_state   credits._account_state;
+    v_request uuid;
+    v_entry   bigint;
+BEGIN
+    PERFORM credits._check_text(p_account, 'account_id');
+    v_feature := credits._feature(p_feature);
+    PERFORM credits._check_amount(p_quantity, 'quantity');
+    v_amount := trim_scale(v_feature.cost * p_quantity);
+    IF scale(v_amount) > 4 THEN
+        RAISE EXCEPTION 'invalid amount: % (cost % x quantity %)', v_amount, v_feature.cost, p_quantity
+            USING ERRCODE = 'UC004', DETAIL = 'the charge must be exact to 4 decimal places';
+    END IF;
+    PERFORM credits._check_metadata(p_metadata);
+    IF p_key IS NOT NULL THEN
+        PERFORM credits._check_text(p_key, 'idempotency_key');
+    END IF;
+
+    v_acct := credits._lock_account(p_account, p_now);
+    IF p_key IS NOT NULL THEN
+        v_request := credits._debit_request(p_feature, p_quantity, p_metadata);
+        v_entry := credits._replay(p_account, p_key, v_request);
+        IF v_entry IS NOT NULL THEN
+            RETURN v_entry;
+        END IF;
+    END IF;
+
+    v_state := credits._state(v_acct, p_now);
+    IF credits._lacking_window(v_state, v_amount) IS NOT NULL THEN
+        IF NOT p_raise THEN
+            PERFORM credits._denied(p_account, v_amount, p_now);
+            RETURN NULL;
+        END IF;
+        PERFORM credits._raise_insufficient(p_account, v_amount, p_feature, v_state, p_now);
+    END IF;
+    v_entry := credits._charge(p_account, v_state, v_feature.feature_id, v_amount, p_metadata, NULL, p_now);
+    PERFORM credits._after_write(p_account, p_now);
+
+    IF p_key IS NOT NULL THEN
+        PERFORM credits._remember_key(p_account, p_key, v_entry, v_request);
+    END IF;
+    RETURN v_entry;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION _debit(p_account text, p_feature text, p_quantity numeric, p_key text,
+                       p_metadata jsonb, p_raise boolean)
+RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_now   timestamptz := credits.now();
+    v_day   date := credits._utc_day(v_now);
+    v_month date := credits._utc_month(v_now);
+    v_entry bigint;
+    v_used  numeric;
+    v_limit numeric;
+    v_day_full boolean;
+    v_request uuid;
+    v_fast  boolean := true;
+BEGIN
+    IF p_key IS NOT NULL THEN
+        -- A keyed debit takes the fast path too when its key is new. The
+        -- account is locked first: every writer of keys holds that lock, so
+        -- the lookup cannot race, and locks are taken in the slow path's
+        -- order (account, then key). Replays and UC005 are the slow path's.
+        IF octet_length(p_key) BETWEEN 1 AND 255 THEN
+            PERFORM FROM credits.accounts a WHERE a.account_id = p_account FOR UPDATE;
+            v_fast := FOUND AND NOT EXISTS (SELECT FROM credits.idempotency i
+                                             WHERE i.account_id = p_account AND i.idempotency_key = p_key);
+            v_request := credits._debit_request(p_feature, p_quantity, p_metadata);
+        ELSE
+            v_fast := false;
+        END IF;
+    END IF;
+    IF v_fast THEN
+        -- Fast path: everything from the monthly allowance, no error to report.
+        WITH f AS (
+            SELECT f.feature_id, trim_scale(f.cost * p_quantity) AS amount
+              FROM credits.features f
+             WHERE f.feature = p_feature
+               AND p_quantity > 0 AND p_quantity < 1e15
+               AND round(f.cost * p_quantity, 4) = f.cost * p_quantity
+               AND credits._metadata_ok(p_metadata)
+        ), u AS (
+            UPDATE credits.accounts a
+               SET day = v_day,
+                   daily_used = credits._in_window(a.day, v_day, a.daily_used) + f.amount,
+                   month = v_month,
+                   monthly_used = credits._in_window(a.month, v_month, a.monthly_used) + f.amount,
+                   monthly_epoch = CASE WHEN a.month = v_month THEN a.monthly_epoch ELSE 0 END
+              FROM f, credits.plans p
+             WHERE a.account_id = p_account
+               AND p.plan = a.plan
+               AND NOT credits._windows_passed(a, v_now)  -- closing a window is the slow path's work
+               AND (p.daily_limit IS NULL
+                    OR credits._in_window(a.day, v_day, a.daily_used) + a.reserved + f.amount <= p.daily_limit)
+               AND credits._in_window(a.month, v_month, a.monthly_used) + a.reserved + f.amount
+                   <= p.monthly_allowance + a.purchased
+            RETURNING a.account_id, f.feature_id, f.amount,
+                      a.monthly_used + a.reserved AS committed,
+                      p.monthly_allowance + a.purchased AS monthly_limit,
+                      coalesce(a.daily_used + a.reserved >= p.daily_limit, false) AS day_full
+        ), l AS (
+            INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, metadata)
+            SELECT u.account_id, v_now, 'D', u.feature_id, u.amount, p_metadata FROM u
+            RETURNING entry_id, account_id
+        ), k AS (
+            INSERT INTO credits.idempotency (account_id, idempotency_key, entry_id, request)
+            SELECT l.account_id, p_key, l.entry_id, v_request FROM l WHERE p_key IS NOT NULL
+        )
+        SELECT l.entry_id, u.committed, u.monthly_limit, u.day_full FROM l, u
+          INTO v_entry, v_used, v_limit, v_day_full;
+        IF v_entry IS NOT NULL THEN
+            -- Events are checked only near a threshold or a full window.
+            IF v_day_full OR v_used * 100 >= v_limit * (credits._thresholds())[1] THEN
+                PERFORM credits._after_write(p_account, v_now);
+            END IF;
+            RETURN v_entry;
+        END IF;
+    END IF;
+    RETURN credits._debit_slow(p_account, p_feature, p_quantity, p_key, p_metadata, p_raise, v_now);
+END
+$$;
+
+REVOKE ALL ON FUNCTION credits._debit_request(text, numeric, jsonb) FROM PUBLIC;

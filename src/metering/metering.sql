@@ -52,6 +52,11 @@ BEGIN
 END
 $$;
 
+-- The fingerprint a debit's idempotency key is stored with (UC005 on a mismatch).
+CREATE FUNCTION _debit_request(p_feature text, p_quantity numeric, p_metadata jsonb) RETURNS uuid
+LANGUAGE sql IMMUTABLE
+RETURN credits._fingerprint('debit', p_feature, trim_scale(p_quantity)::text, p_metadata::text);
+
 -- A feature by key, UC003 if unknown.
 CREATE FUNCTION _feature(p_feature text) RETURNS credits.features
 LANGUAGE plpgsql STABLE AS $$
@@ -96,7 +101,7 @@ BEGIN
 
     v_acct := credits._lock_account(p_account, p_now);
     IF p_key IS NOT NULL THEN
-        v_request := credits._fingerprint('debit', p_feature, trim_scale(p_quantity)::text, p_metadata::text);
+        v_request := credits._debit_request(p_feature, p_quantity, p_metadata);
         v_entry := credits._replay(p_account, p_key, v_request);
         IF v_entry IS NOT NULL THEN
             RETURN v_entry;
@@ -133,8 +138,24 @@ DECLARE
     v_used  numeric;
     v_limit numeric;
     v_day_full boolean;
+    v_request uuid;
+    v_fast  boolean := true;
 BEGIN
-    IF p_key IS NULL THEN
+    IF p_key IS NOT NULL THEN
+        -- A keyed debit takes the fast path too when its key is new. The
+        -- account is locked first: every writer of keys holds that lock, so
+        -- the lookup cannot race, and locks are taken in the slow path's
+        -- order (account, then key). Replays and UC005 are the slow path's.
+        IF octet_length(p_key) BETWEEN 1 AND 255 THEN
+            PERFORM FROM credits.accounts a WHERE a.account_id = p_account FOR UPDATE;
+            v_fast := FOUND AND NOT EXISTS (SELECT FROM credits.idempotency i
+                                             WHERE i.account_id = p_account AND i.idempotency_key = p_key);
+            v_request := credits._debit_request(p_feature, p_quantity, p_metadata);
+        ELSE
+            v_fast := false;
+        END IF;
+    END IF;
+    IF v_fast THEN
         -- Fast path: everything from the monthly allowance, no error to report.
         WITH f AS (
             SELECT f.feature_id, trim_scale(f.cost * p_quantity) AS amount
@@ -165,7 +186,10 @@ BEGIN
         ), l AS (
             INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, metadata)
             SELECT u.account_id, v_now, 'D', u.feature_id, u.amount, p_metadata FROM u
-            RETURNING entry_id
+            RETURNING entry_id, account_id
+        ), k AS (
+            INSERT INTO credits.idempotency (account_id, idempotency_key, entry_id, request)
+            SELECT l.account_id, p_key, l.entry_id, v_request FROM l WHERE p_key IS NOT NULL
         )
         SELECT l.entry_id, u.committed, u.monthly_limit, u.day_full FROM l, u
           INTO v_entry, v_used, v_limit, v_day_full;
