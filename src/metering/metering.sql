@@ -140,6 +140,7 @@ DECLARE
     v_day_full boolean;
     v_request uuid;
     v_fast  boolean := true;
+    v_try   integer;
 BEGIN
     IF p_key IS NOT NULL THEN
         -- A keyed debit takes the fast path too when its key is new. The
@@ -155,8 +156,11 @@ BEGIN
             v_fast := false;
         END IF;
     END IF;
-    IF v_fast THEN
-        -- Fast path: everything from the monthly allowance, no error to report.
+    -- Fast path: everything from the monthly allowance, no error to report.
+    -- An account with a window to close (the first call of a day or month)
+    -- or a deadline passed is brought up to date once, then tried again.
+    FOR v_try IN 1..2 LOOP
+        EXIT WHEN NOT v_fast;
         WITH f AS (
             SELECT f.feature_id, trim_scale(f.cost * p_quantity) AS amount
               FROM credits.features f
@@ -200,7 +204,12 @@ BEGIN
             END IF;
             RETURN v_entry;
         END IF;
-    END IF;
+        v_fast := v_try = 1 AND EXISTS (SELECT FROM credits.accounts a WHERE a.account_id = p_account
+                                          AND (credits._windows_passed(a, v_now) OR credits._expiry_due(a, v_now)));
+        IF v_fast THEN
+            PERFORM credits._lock_account(p_account, v_now);
+        END IF;
+    END LOOP;
     RETURN credits._debit_slow(p_account, p_feature, p_quantity, p_key, p_metadata, p_raise, v_now);
 END
 $$;
