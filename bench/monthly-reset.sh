@@ -10,6 +10,7 @@
 # 2031-02-01 00:00:00.5 UTC, which makes the worker close every January
 # window. Prints a table and appends it to BENCHMARKS.md.
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 ACCOUNTS=${ACCOUNTS:-1000000}
 CLIENTS=${CLIENTS:-4}
@@ -23,22 +24,7 @@ MARCH='2031-03-01 00:00:00.5+00'
 WORK=$(mktemp -d /tmp/monthly-reset.XXXXXX)
 chmod 777 "$WORK"
 
-install_prerequisites
-install_extension --release
-cluster_start bench "$PORT" "$DB"
-conf=$(cluster_dir bench)/postgresql.conf
-if ! grep -q '^# bench tuning' "$conf"; then
-    cat >>"$conf" <<CONF
-# bench tuning
-shared_buffers = '2GB'
-max_wal_size = '8GB'
-checkpoint_timeout = '30min'
-wal_level = minimal
-max_wal_senders = 0
-CONF
-fi
-cluster_stop bench
-cluster_start bench "$PORT" "$DB"
+bench_cluster_up "$PORT" "$DB"
 
 sql() { psql_at "$PORT" -v ON_ERROR_STOP=1 -X -q "$@"; }
 set_cluster_clock() {
@@ -76,21 +62,10 @@ pgbench_run() {
     (cd "$WORK" && runuser -u postgres -- "$PG_BIN/pgbench" -h 127.0.0.1 -p "$PORT" -U postgres -M prepared -n \
         -c "$CLIENTS" -j 2 -T "$2" -f "$WORK/debit.sql" -l --log-prefix="$WORK/$1" "$DB" >"$WORK/$1.out" 2>&1)
 }
-# percentiles NAME [FROM TO]: "count p50 p99" (ms) of the transactions that
-# ended between FROM and TO (epoch seconds).
-percentiles() {
-    cat "$WORK/$1".[0-9]* | awk -v from="${2:-0}" -v to="${3:-1e12}" \
-        '{ t = $5 + $6 / 1e6; if (t >= from && t <= to) print $3 / 1000 }' | sort -n |
-        awk '{ v[NR] = $1 }
-             END { if (NR == 0) { print "0 - -"; exit }
-                   i50 = int(NR * 0.50); if (i50 < 1) i50 = 1
-                   i99 = int(NR * 0.99); if (i99 < 1) i99 = 1
-                   printf "%d %.3f %.3f\n", NR, v[i50], v[i99] }'
-}
 
 say "debit traffic, no reset running ($CLIENTS clients, ${IDLE_SECONDS}s, in January)"
 pgbench_run idle_before "$IDLE_SECONDS"
-read -r n_before p50_before p99_before < <(percentiles idle_before)
+read -r n_before p50_before p99_before < <(percentiles "$WORK/idle_before")
 
 say "monthly reset by the worker, with debit traffic running"
 pgbench_run during "$DURING_SECONDS" &
@@ -106,11 +81,11 @@ wait "$bench_pid"
 if [ "$(echo "$reset_seconds + 2 > $DURING_SECONDS" | bc)" = 1 ]; then
     echo "WARNING: the reset outlasted the debit traffic; raise DURING_SECONDS" >&2
 fi
-read -r n_during p50_during p99_during < <(percentiles during "$reset_from" "$reset_to")
+read -r n_during p50_during p99_during < <(percentiles "$WORK/during" "$reset_from" "$reset_to")
 
 say "debit traffic, no reset running ($CLIENTS clients, ${IDLE_SECONDS}s, in February)"
 pgbench_run idle_after "$IDLE_SECONDS"
-read -r n_after p50_after p99_after < <(percentiles idle_after)
+read -r n_after p50_after p99_after < <(percentiles "$WORK/idle_after")
 forfeits=$(sql -d "$DB" -Atc "SELECT count(*) FROM credits.ledger WHERE kind = 'F'")
 
 say "the next monthly reset (end of February) with no debit traffic, for comparison"

@@ -247,3 +247,13 @@ END
 $$;
 
 REVOKE ALL ON FUNCTION credits._debit_request(text, numeric, jsonb) FROM PUBLIC;
+
+-------------------------------------------------------------------------------
+-- credits._thresholds() is Rust now (src/metering/thresholds.rs): the debit
+-- fast path calls it on every debit.
+-------------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION _thresholds() RETURNS numeric[]
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'thresholds_wrapper';

@@ -7,12 +7,7 @@
 -- both are transactional, so a rolled-back operation emits nothing.
 -- (reset events belong to the maintenance run at window boundaries.)
 
--- The configured thresholds, in percent, ascending.
-CREATE FUNCTION _thresholds() RETURNS numeric[]
-LANGUAGE sql STABLE
-RETURN (SELECT coalesce(array_agg(t::numeric ORDER BY t::numeric), '{}')
-          FROM unnest(string_to_array(coalesce(nullif(current_setting('credits.thresholds', true), ''), '80,100'), ',')) t
-         WHERE btrim(t) <> '');
+-- credits._thresholds() (thresholds.rs): the configured thresholds, in percent, ascending.
 
 -- The window an event is about, as a stable key (see schema.sql).
 CREATE FUNCTION _window_key(a credits.accounts, p_window text, p_now timestamptz) RETURNS text

@@ -3,6 +3,8 @@
 
 use pgrx::prelude::*;
 
+mod thresholds;
+
 extension_sql_file!("events.sql", name = "events", requires = ["internal"]);
 extension_sql_file!("metering.sql", name = "metering", requires = ["events"]);
 extension_sql_file!("holds.sql", name = "holds", requires = ["metering"]);

@@ -1,0 +1,39 @@
+# Shared by the bench commands (source scripts/common.sh first).
+
+# bench_cluster_up PORT WORKER_DB: a release build and the cluster "bench",
+# tuned for throughput (fsync and synchronous_commit are off, as in all of
+# this repository's local clusters), on PORT.
+bench_cluster_up() {
+    install_prerequisites
+    install_extension --release
+    cluster_start bench "$1" "$2"
+    local conf
+    conf=$(cluster_dir bench)/postgresql.conf
+    if ! grep -q '^# bench tuning' "$conf"; then
+        cat >>"$conf" <<CONF
+# bench tuning
+shared_buffers = '2GB'
+max_wal_size = '8GB'
+checkpoint_timeout = '30min'
+wal_level = minimal
+max_wal_senders = 0
+CONF
+        cluster_stop bench
+        cluster_start bench "$1" "$2"
+    fi
+}
+
+# A per-transaction pgbench log -> percentiles.
+
+# percentiles PREFIX [FROM TO]: "count p50 p99" (ms) of the transactions in
+# the pgbench logs PREFIX.<pid>[.<thread>] that ended between FROM and TO
+# (epoch seconds; default all).
+percentiles() {
+    cat "$1".[0-9]* | awk -v from="${2:-0}" -v to="${3:-1e12}" \
+        '{ t = $5 + $6 / 1e6; if (t >= from && t <= to) print $3 / 1000 }' | sort -n |
+        awk '{ v[NR] = $1 }
+             END { if (NR == 0) { print "0 - -"; exit }
+                   i50 = int(NR * 0.50); if (i50 < 1) i50 = 1
+                   i99 = int(NR * 0.99); if (i99 < 1) i99 = 1
+                   printf "%d %.3f %.3f\n", NR, v[i50], v[i99] }'
+}

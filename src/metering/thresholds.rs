@@ -1,0 +1,35 @@
+//! `credits._thresholds()`: the `credits.thresholds` setting as a sorted
+//! numeric array. In Rust because the debit fast path asks for it on every
+//! call; parsing the setting in SQL cost more than the rest of the check.
+
+use crate::gucs::THRESHOLDS;
+use pgrx::prelude::*;
+use pgrx::AnyNumeric;
+use std::str::FromStr;
+
+#[pg_extern(stable, parallel_safe, name = "_thresholds")]
+#[allow(unreachable_code)] // ereport!(ERROR) does not return
+fn thresholds() -> Vec<AnyNumeric> {
+    let setting = THRESHOLDS
+        .get()
+        .map(|s| s.to_string_lossy().into_owned())
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| "80,100".to_owned());
+    let mut values = Vec::new();
+    for part in setting.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match AnyNumeric::from_str(part) {
+            Ok(v) => values.push(v),
+            Err(_) => {
+                ereport!(
+                    ERROR,
+                    PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                    format!("invalid credits.thresholds: {setting:?}"),
+                    "expected comma-separated percentages, e.g. '80,100'"
+                );
+                unreachable!("ereport(ERROR) does not return")
+            }
+        }
+    }
+    values.sort();
+    values
+}
