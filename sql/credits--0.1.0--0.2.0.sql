@@ -4,6 +4,20 @@
 -- that creates a fresh install, so that an upgraded database and a fresh
 -- one are identical (tests/client/tests/upgrade.rs compares them).
 
+-- The roles are cluster-wide and may have been dropped since 0.1.0 was
+-- installed; the grants below need them (as in src/security/privileges.sql).
+DO $$
+DECLARE
+    r text;
+BEGIN
+    FOREACH r IN ARRAY ARRAY['credits_app', 'credits_reader', 'credits_admin'] LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r) THEN
+            EXECUTE format('CREATE ROLE %I NOLOGIN', r);
+        END IF;
+    END LOOP;
+END
+$$;
+
 -------------------------------------------------------------------------------
 -- Reporting views (src/reporting/views.sql) and their privileges
 -- (src/security/privileges.sql).
