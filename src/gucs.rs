@@ -16,7 +16,8 @@ pub static BANDWIDTH_CUTOFF: GucSetting<Option<CString>> =
 /// `credits.thresholds`: percentages of the monthly limit at which a
 /// `threshold` event is emitted, once per window each (rule 9).
 pub static THRESHOLDS: GucSetting<Option<CString>> =
-    GucSetting::<Option<CString>>::new(Some(c"80,100"));
+    GucSetting::<Option<CString>>::new(Some(DEFAULT_THRESHOLDS));
+pub const DEFAULT_THRESHOLDS: &std::ffi::CStr = c"80,100";
 
 /// `credits.database`: the database the maintenance worker connects to.
 pub static DATABASE: GucSetting<Option<CString>> =

@@ -1,11 +1,11 @@
 -- Maintenance (SPEC §3): make window resets durable and expire what has a
 -- deadline. The extension is correct without it: every call brings its own
--- account up to date first (_lock_account -> _catch_up). Maintenance does
--- the same work for every account, at the boundary, in batches.
+-- account up to date first (_lock_account). Maintenance does the same work
+-- for every account, at the boundary, in batches.
 --
--- One piece of logic, two callers: _catch_up(accounts[], at) is set-based so
--- that a batch of 10,000 accounts costs a few statements, and the lazy path
--- calls it with one account.
+-- One piece of logic, two callers: _close_windows and _expire_due take an
+-- array of accounts, so a batch of thousands costs a few statements, and
+-- the lazy path calls them with one account.
 
 -- Has a window of this account ended by `at` with something left to record?
 -- A daily window with nothing used has nothing to close.
@@ -40,14 +40,16 @@ BEGIN
     ), windows AS (
         SELECT d.account_id, 'daily' AS window_kind, d.day AS window_start, d.plan,
                d.daily_limit AS window_limit, d.daily_used AS used, NULL::numeric AS forfeited,
-               to_char(d.day, 'YYYY-MM-DD') AS window_key
+               to_char(d.day, 'YYYY-MM-DD') AS window_key,
+               (d.day + 1)::timestamp AT TIME ZONE 'UTC' AS closes_at
           FROM due d
          WHERE d.day < v_day AND d.daily_used > 0
         UNION ALL
         SELECT d.account_id, 'monthly', m.start::date, d.plan, d.monthly_limit, u.used,
                greatest(0, d.monthly_limit - u.used),
                to_char(m.start, 'YYYY-MM')
-                 || CASE WHEN m.start = d.month AND d.monthly_epoch > 0 THEN '#' || d.monthly_epoch ELSE '' END
+                 || CASE WHEN m.start = d.month AND d.monthly_epoch > 0 THEN '#' || d.monthly_epoch ELSE '' END,
+               (m.start + interval '1 month') AT TIME ZONE 'UTC'
           FROM due d
          CROSS JOIN LATERAL generate_series(d.month::timestamp, v_month - interval '1 month',
                                             interval '1 month') AS m(start)
@@ -65,8 +67,7 @@ BEGIN
         INSERT INTO credits.closed_windows AS c
                (account_id, window_kind, window_start, plan, window_limit, used, forfeited, closed_at)
         SELECT w.account_id, w.window_kind, w.window_start, w.plan, w.window_limit, w.used, w.forfeited,
-               (w.window_start + CASE w.window_kind WHEN 'daily' THEN interval '1 day'
-                                                    ELSE interval '1 month' END) AT TIME ZONE 'UTC'
+               w.closes_at
           FROM closing w
         ON CONFLICT DO NOTHING
         RETURNING c.account_id, c.window_kind, c.window_start, c.forfeited, c.closed_at
@@ -90,9 +91,7 @@ BEGIN
     -- boundary (the events table keeps it to one per window).
     SELECT (SELECT count(*) FROM closed),
            (SELECT jsonb_agg(jsonb_build_object('account_id', w.account_id, 'window', w.window_kind,
-                                                'at', (w.window_start + CASE w.window_kind WHEN 'daily'
-                                                       THEN interval '1 day' ELSE interval '1 month' END)
-                                                      AT TIME ZONE 'UTC'))
+                                                'at', w.closes_at))
               FROM closing w WHERE w.exhausted)
       INTO v_closed, v_resets;
 

@@ -1,11 +1,11 @@
 -- Events (rule 9): running out notifies.
 --   exhausted  a committed operation left nothing available in a window, or
---              a try_debit was denied; once per account and window;
+--              a try_debit / try_reserve was denied; once per account and window;
 --   threshold  monthly usage reached a percentage of the monthly limit
 --              (credits.thresholds, default '80,100'); once per window and threshold.
 -- Each event is a row in credits.events and a NOTIFY on channel credits;
 -- both are transactional, so a rolled-back operation emits nothing.
--- (reset events belong to the maintenance run at window boundaries.)
+-- (reset events are emitted where windows are closed: maintenance.sql.)
 
 -- credits._thresholds() (thresholds.rs): the configured thresholds, in percent, ascending.
 

@@ -2,7 +2,7 @@
 //! numeric array. In Rust because the debit fast path asks for it on every
 //! call; parsing the setting in SQL cost more than the rest of the check.
 
-use crate::gucs::THRESHOLDS;
+use crate::gucs::{DEFAULT_THRESHOLDS, THRESHOLDS};
 use pgrx::prelude::*;
 use pgrx::AnyNumeric;
 use std::str::FromStr;
@@ -10,11 +10,13 @@ use std::str::FromStr;
 #[pg_extern(stable, parallel_safe, name = "_thresholds")]
 #[allow(unreachable_code)] // ereport!(ERROR) does not return
 fn thresholds() -> Vec<AnyNumeric> {
+    // An empty setting means the default, as an unset one does.
     let setting = THRESHOLDS
         .get()
-        .map(|s| s.to_string_lossy().into_owned())
-        .filter(|s| !s.trim().is_empty())
-        .unwrap_or_else(|| "80,100".to_owned());
+        .filter(|s| !s.to_string_lossy().trim().is_empty())
+        .unwrap_or_else(|| DEFAULT_THRESHOLDS.to_owned())
+        .to_string_lossy()
+        .into_owned();
     let mut values = Vec::new();
     for part in setting.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         match AnyNumeric::from_str(part) {

@@ -3,4 +3,8 @@
 use pgrx::prelude::*;
 
 extension_sql_file!("reporting.sql", name = "reporting", requires = ["internal"]);
-extension_sql_file!("views.sql", name = "reporting_views", requires = ["reporting"]);
+extension_sql_file!(
+    "views.sql",
+    name = "reporting_views",
+    requires = ["reporting"]
+);
