@@ -37,3 +37,8 @@ percentiles() {
                    i99 = int(NR * 0.99); if (i99 < 1) i99 = 1
                    printf "%d %.3f %.3f\n", NR, v[i50], v[i99] }'
 }
+
+# bench_heading TITLE: the BENCHMARKS.md heading, with the machine.
+bench_heading() {
+    echo "### $1 — $(date -u +%Y-%m-%d), $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GB RAM, PostgreSQL 15, release build"
+}

@@ -48,6 +48,8 @@ SELECT 'a' || i, '$BEFORE', 'S', 0, '{"plan": "pro", "purchased": 1000000}' FROM
 INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount)
 SELECT 'a' || i, '$BEFORE', 'D', (SELECT feature_id FROM credits.features WHERE feature = 'agent'), i % 50 + 1
   FROM generate_series(1, $ACCOUNTS) i;
+-- (rolled up now, not by the worker while the idle traffic is measured)
+CALL credits.refresh_rollups();
 VACUUM ANALYZE;
 CHECKPOINT;
 SQL
@@ -113,7 +115,7 @@ echo
 echo "$table"
 {
     echo
-    echo "### Monthly reset — $(date -u +%Y-%m-%d), $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GB RAM, PostgreSQL 15, release build"
+    bench_heading "Monthly reset"
     echo
     echo "\`bench/monthly-reset.sh\`: $ACCOUNTS accounts, $CLIENTS pgbench clients calling \`credits.debit\` on random accounts throughout."
     echo

@@ -19,20 +19,213 @@ END
 $$;
 
 -------------------------------------------------------------------------------
--- Reporting views (src/reporting/views.sql) and their privileges
+-- Usage rollups (tables in src/schema/schema.sql, src/reporting/rollups.sql),
+-- reporting views (src/reporting/views.sql) and their privileges
 -- (src/security/privileges.sql).
 -------------------------------------------------------------------------------
 
+CREATE TABLE usage_rollup (
+    account_id  text NOT NULL,
+    month       date NOT NULL,      -- the reporting month (a month-end forfeit: the month it ends)
+    kind        "char" NOT NULL,
+    feature_id  smallint,           -- NULL for entries without a feature
+    amount      numeric NOT NULL,
+    from_grants numeric NOT NULL,
+    entries     bigint NOT NULL,
+    UNIQUE NULLS NOT DISTINCT (account_id, month, kind, feature_id)
+);
+CREATE INDEX usage_rollup_month_idx ON usage_rollup (month);
+
+CREATE TABLE rollup_state (
+    singleton      boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    rolled_through bigint NOT NULL DEFAULT 0,  -- every entry_id at or below is in usage_rollup
+    candidate      bigint,       -- the next rolled_through, once no older transaction is open ...
+    candidate_at   timestamptz,  -- ... than this instant (see _refresh_rollups)
+    refreshed_at   timestamptz,
+    last_error     text,
+    last_error_at  timestamptz
+);
+INSERT INTO rollup_state DEFAULT VALUES;
+
+-- Usage rollups: the ledger summed per account, reporting month, kind and
+-- feature (credits.usage_rollup), so that reports read a few rows per account
+-- and month. The views add the entries after rolled_through from the ledger
+-- itself, so a report is exact whatever the rollups' lag.
+--
+-- The one hard part: entry ids are taken before their transaction commits,
+-- so a higher id can be visible while a lower one is still in flight.
+-- Rolling up to "the highest visible id" could skip the lower one forever.
+-- So each refresh picks a candidate (the highest visible id) and stamps it;
+-- only once every transaction that was open at the stamp has ended, which
+-- includes every one that took an id at or below the candidate, are the
+-- entries up to the candidate final and rolled up.
+
+-- The month an entry is reported in: its UTC month, except a month-end
+-- forfeit (stamped at the next month's first instant), which belongs to the
+-- month it ends.
+CREATE FUNCTION _report_month(kind "char", at timestamptz, metadata jsonb) RETURNS date
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE WHEN kind = 'F' AND metadata ->> 'reason' = 'month_end'
+            THEN make_date(substr(metadata ->> 'month', 1, 4)::integer,
+                           substr(metadata ->> 'month', 6, 2)::integer, 1)
+            ELSE credits._utc_month(at) END;
+
+-- Whether a transaction that began before `since` may still add ledger
+-- entries. (pg_stat_activity is cached per transaction, hence the clear.)
+CREATE FUNCTION _older_transactions_open(since timestamptz) RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM pg_catalog.pg_stat_clear_snapshot();
+    RETURN EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a
+                    WHERE a.datname = current_database() AND a.pid <> pg_catalog.pg_backend_pid()
+                      AND a.backend_type <> 'autovacuum worker'  -- never writes the ledger
+                      AND a.xact_start < since)
+           -- a prepared transaction may hold ids of any age
+           OR EXISTS (SELECT 1 FROM pg_catalog.pg_prepared_xacts p WHERE p.database = current_database());
+END
+$$;
+
+-- One refresh, in the caller's transaction (READ COMMITTED: the rollup
+-- statement must see what committed after the check before it). Rolls up to
+-- the stored candidate once it is final, then picks a new candidate and, if
+-- the transactions older than it end within p_wait (typically milliseconds),
+-- rolls up to it at once. At most p_max entry ids per call. Returns the
+-- entry ids rolled up (0: nothing was final).
+CREATE FUNCTION _refresh_rollups(p_max bigint, p_wait interval DEFAULT '0') RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off AS $$
+DECLARE
+    st       credits.rollup_state;
+    v_upto   bigint;
+    v_n      bigint := 0;
+    v_until  timestamptz;
+    v_picked boolean := false;
+BEGIN
+    IF p_max IS NULL OR p_max < 1 THEN
+        RAISE EXCEPTION 'invalid rollup batch size: %', coalesce(p_max::text, 'NULL') USING ERRCODE = 'UC009';
+    END IF;
+    IF p_wait IS NULL OR p_wait < interval '0' THEN
+        RAISE EXCEPTION 'invalid wait: %', coalesce(p_wait::text, 'NULL') USING ERRCODE = 'UC009';
+    END IF;
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'rollups are refreshed only at READ COMMITTED, not %',
+                        upper(current_setting('transaction_isolation'))
+            USING ERRCODE = '25000',
+                  HINT = 'A snapshot older than the refresh could miss entries committed meanwhile.';
+    END IF;
+    -- one refresh at a time
+    SELECT * INTO st FROM credits.rollup_state FOR UPDATE;
+
+    LOOP
+        IF st.candidate > st.rolled_through THEN
+            v_until := clock_timestamp() + CASE WHEN v_picked THEN p_wait ELSE interval '0' END;
+            WHILE credits._older_transactions_open(st.candidate_at) LOOP
+                EXIT WHEN clock_timestamp() >= v_until;
+                PERFORM pg_catalog.pg_sleep(0.002);
+            END LOOP;
+            EXIT WHEN credits._older_transactions_open(st.candidate_at);
+            v_upto := least(st.candidate, st.rolled_through + p_max - v_n);
+            INSERT INTO credits.usage_rollup AS r (account_id, month, kind, feature_id, amount, from_grants, entries)
+            SELECT l.account_id, credits._report_month(l.kind, l.at, l.metadata), l.kind, l.feature_id,
+                   sum(l.amount), coalesce(sum(l.from_grants), 0), count(*)
+              FROM credits.ledger l
+             WHERE l.entry_id > st.rolled_through AND l.entry_id <= v_upto
+             GROUP BY 1, 2, 3, 4
+            ON CONFLICT (account_id, month, kind, feature_id) DO UPDATE
+               SET amount = r.amount + excluded.amount,
+                   from_grants = r.from_grants + excluded.from_grants,
+                   entries = r.entries + excluded.entries;
+            v_n := v_n + v_upto - st.rolled_through;
+            st.rolled_through := v_upto;
+            st.refreshed_at := clock_timestamp();
+            EXIT WHEN st.rolled_through < st.candidate;  -- p_max reached
+        END IF;
+        -- Everything up to the candidate is in: the highest visible entry is the next one.
+        st.candidate := coalesce((SELECT max(l.entry_id) FROM credits.ledger l), 0);
+        st.candidate_at := clock_timestamp();
+        EXIT WHEN v_picked OR p_wait = interval '0' OR v_n >= p_max;
+        v_picked := true;
+    END LOOP;
+
+    UPDATE credits.rollup_state
+       SET rolled_through = st.rolled_through, candidate = st.candidate, candidate_at = st.candidate_at,
+           refreshed_at = st.refreshed_at;
+    RETURN v_n;
+END
+$$;
+
+-- The watermark, for the views: a stable function, so the planner reads its
+-- value when it estimates how many ledger entries a report must add.
+CREATE FUNCTION _rolled_through() RETURNS bigint
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+RETURN (SELECT s.rolled_through FROM credits.rollup_state s);
+
+-- The worker's rollup step: like _refresh_rollups, but an error is recorded
+-- in rollup_state (and the server log) instead of ending the worker.
+CREATE FUNCTION _worker_rollups(p_max bigint, p_wait interval) RETURNS bigint
+LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN credits._refresh_rollups(p_max, p_wait);
+EXCEPTION WHEN OTHERS THEN
+    UPDATE credits.rollup_state
+       SET last_error = format('%s (SQLSTATE %s)', SQLERRM, SQLSTATE), last_error_at = clock_timestamp();
+    RAISE WARNING 'credits rollups: % (SQLSTATE %)', SQLERRM, SQLSTATE;
+    RETURN 0;
+END
+$$;
+
+-- refresh_rollups: bring the rollups up to every entry committed before the
+-- call, committing after each batch, with a NOTICE on progress. The worker
+-- does this every credits.rollup_interval; call it by hand after a restore
+-- or a bulk load. It waits (up to `wait`) for transactions that were open
+-- when it started, since their entries may still be coming.
+CREATE PROCEDURE refresh_rollups(batch bigint DEFAULT 1000000, wait interval DEFAULT '1 minute')
+-- (No SET search_path: a procedure with one cannot COMMIT. Every name is qualified.)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_target  bigint := coalesce((SELECT max(l.entry_id) FROM credits.ledger l), 0);
+    v_start   timestamptz := clock_timestamp();
+    v_done    bigint;
+    v_batches integer := 0;
+    v_n       bigint;
+BEGIN
+    IF refresh_rollups.wait IS NULL OR refresh_rollups.wait < interval '0' THEN
+        RAISE EXCEPTION 'invalid wait: %', coalesce(refresh_rollups.wait::text, 'NULL') USING ERRCODE = 'UC009';
+    END IF;
+    LOOP
+        v_n := credits._refresh_rollups(refresh_rollups.batch, interval '10 ms');
+        SELECT s.rolled_through INTO v_done FROM credits.rollup_state s;
+        COMMIT;
+        v_batches := v_batches + sign(v_n)::integer;
+        EXIT WHEN v_done >= v_target;
+        IF v_n > 0 THEN
+            IF v_batches % 5 = 0 THEN
+                RAISE NOTICE 'credits rollups: through entry % of %', v_done, v_target;
+            END IF;
+        ELSIF clock_timestamp() - v_start > refresh_rollups.wait THEN
+            RAISE WARNING 'credits rollups: still waiting for transactions open since before %; the views stay exact meanwhile',
+                          credits._utc_text(v_start)
+                USING HINT = 'See pg_stat_activity for old transactions, pg_prepared_xacts for prepared ones.';
+            RETURN;
+        ELSE
+            PERFORM pg_catalog.pg_sleep(0.05);
+        END IF;
+    END LOOP;
+    RAISE NOTICE 'credits rollups: through entry % (% batches)', v_done, v_batches;
+END
+$$;
+
 -- Reporting views for analysts (the credits_reader role). All amounts are
--- credits; all periods are UTC calendar days and months. They read the
--- ledger, so they are exact and include everything committed.
+-- credits; all periods are UTC calendar days and months. They are exact and
+-- include everything committed: the monthly ones read the usage rollups
+-- (src/reporting/rollups.sql) plus the ledger entries not rolled up yet.
 --   usage_daily / usage_monthly  usage per account and period by product
 --                                and feature: debited, refunded, net;
 --   account_months               per account and month: usage, refunds,
 --                                forfeited allowance, grants, purchases,
 --                                expired grant credits;
 --   tenant_months                the same summed over all accounts;
---   usage_display                every account's balance() as of now.
+--   usage_display                every account's balance() as of now;
+--   rollup_status                how far the rollups have come.
 
 CREATE VIEW usage_daily AS
 SELECT l.account_id,
@@ -50,51 +243,73 @@ SELECT l.account_id,
  GROUP BY l.account_id, credits._utc_day(l.at), f.product, f.feature;
 COMMENT ON VIEW usage_daily IS 'Usage per account, UTC day, product and feature: debited, refunded (on the day of the refund), net.';
 
+-- Ledger totals per account, reporting month, kind and feature: the rollups
+-- plus the entries after them. A filter on account_id or month reaches both
+-- branches (an index each), so one account's month reads a few rows.
+CREATE VIEW _ledger_months AS
+SELECT r.account_id, r.month, r.kind, r.feature_id, r.amount, r.from_grants, r.entries
+  FROM credits.usage_rollup r
+UNION ALL
+SELECT l.account_id, credits._report_month(l.kind, l.at, l.metadata), l.kind, l.feature_id,
+       l.amount, coalesce(l.from_grants, 0), 1::bigint
+  FROM credits.ledger l
+ WHERE l.entry_id > credits._rolled_through();
+COMMENT ON VIEW _ledger_months IS 'Internal: usage_rollup plus the ledger entries not rolled up yet.';
+
 CREATE VIEW usage_monthly AS
 SELECT u.account_id,
-       date_trunc('month', u.day)::date AS month,
-       u.product,
-       u.feature,
-       sum(u.debited) AS debited,
-       sum(u.refunded) AS refunded,
-       sum(u.net) AS net,
-       sum(u.debits) AS debits,
-       sum(u.refunds) AS refunds
-  FROM credits.usage_daily u
- GROUP BY u.account_id, date_trunc('month', u.day), u.product, u.feature;
-COMMENT ON VIEW usage_monthly IS 'Usage per account, UTC month, product and feature.';
+       u.month,
+       f.product,
+       f.feature,
+       coalesce(sum(u.amount) FILTER (WHERE u.kind = 'D'), 0) AS debited,
+       coalesce(sum(u.amount) FILTER (WHERE u.kind = 'R'), 0) AS refunded,
+       coalesce(sum(CASE u.kind WHEN 'D' THEN u.amount ELSE -u.amount END), 0) AS net,
+       coalesce(sum(u.entries) FILTER (WHERE u.kind = 'D'), 0) AS debits,
+       coalesce(sum(u.entries) FILTER (WHERE u.kind = 'R'), 0) AS refunds
+  FROM credits._ledger_months u
+  JOIN credits.features f ON f.feature_id = u.feature_id
+ WHERE u.kind IN ('D', 'R')
+ GROUP BY u.account_id, u.month, f.product, f.feature;
+COMMENT ON VIEW usage_monthly IS 'Usage per account, UTC month, product and feature (refunds in the month of the refund).';
 
 CREATE VIEW account_months AS
-SELECT l.account_id,
-       -- a month-end forfeit is stamped at the next month's first instant; it belongs to the month it ends
-       CASE WHEN l.kind = 'F' AND l.metadata ->> 'reason' = 'month_end'
-            THEN to_date(l.metadata ->> 'month', 'YYYY-MM') ELSE credits._utc_month(l.at) END AS month,
-       coalesce(sum(l.amount) FILTER (WHERE l.kind = 'D'), 0) AS debited,
-       coalesce(sum(l.amount) FILTER (WHERE l.kind = 'R'), 0) AS refunded,
-       coalesce(sum(l.amount) FILTER (WHERE l.kind = 'D'), 0)
-         - coalesce(sum(l.amount) FILTER (WHERE l.kind = 'R'), 0) AS net_usage,
-       coalesce(sum(l.from_grants) FILTER (WHERE l.kind = 'D'), 0)
-         - coalesce(sum(l.from_grants) FILTER (WHERE l.kind = 'R'), 0) AS net_from_grants,
-       coalesce(sum(l.amount) FILTER (WHERE l.kind = 'F'), 0) AS forfeited,
-       coalesce(sum(l.amount) FILTER (WHERE l.kind = 'G'), 0) AS granted,
-       coalesce(sum(l.amount) FILTER (WHERE l.kind = 'P'), 0) AS purchased,
-       coalesce(sum(l.amount) FILTER (WHERE l.kind = 'E'), 0) AS expired
-  FROM credits.ledger l
- GROUP BY 1, 2;
+SELECT u.account_id,
+       u.month,
+       coalesce(sum(u.amount) FILTER (WHERE u.kind = 'D'), 0) AS debited,
+       coalesce(sum(u.amount) FILTER (WHERE u.kind = 'R'), 0) AS refunded,
+       coalesce(sum(u.amount) FILTER (WHERE u.kind = 'D'), 0)
+         - coalesce(sum(u.amount) FILTER (WHERE u.kind = 'R'), 0) AS net_usage,
+       coalesce(sum(u.from_grants) FILTER (WHERE u.kind = 'D'), 0)
+         - coalesce(sum(u.from_grants) FILTER (WHERE u.kind = 'R'), 0) AS net_from_grants,
+       coalesce(sum(u.amount) FILTER (WHERE u.kind = 'F'), 0) AS forfeited,
+       coalesce(sum(u.amount) FILTER (WHERE u.kind = 'G'), 0) AS granted,
+       coalesce(sum(u.amount) FILTER (WHERE u.kind = 'P'), 0) AS purchased,
+       coalesce(sum(u.amount) FILTER (WHERE u.kind = 'E'), 0) AS expired
+  FROM credits._ledger_months u
+ GROUP BY u.account_id, u.month;
 COMMENT ON VIEW account_months IS 'Per account and UTC month: usage, refunds, forfeited allowance, grants, purchases, expired grant credits.';
 
+-- Summed directly, not over account_months: one group per month instead of
+-- one per account and month (and a plain join, which the planner costs low
+-- enough to leave JIT out of a one-month report).
 CREATE VIEW tenant_months AS
-SELECT m.month,
-       count(*) FILTER (WHERE m.debited > 0) AS active_accounts,
-       sum(m.debited) AS debited,
-       sum(m.refunded) AS refunded,
-       sum(m.net_usage) AS net_usage,
-       sum(m.forfeited) AS forfeited,
-       sum(m.granted) AS granted,
-       sum(m.purchased) AS purchased,
-       sum(m.expired) AS expired
-  FROM credits.account_months m
- GROUP BY m.month;
+SELECT t.month,
+       coalesce(a.active_accounts, 0) AS active_accounts,
+       t.debited, t.refunded, t.debited - t.refunded AS net_usage,
+       t.forfeited, t.granted, t.purchased, t.expired
+  FROM (SELECT u.month,
+               coalesce(sum(u.amount) FILTER (WHERE u.kind = 'D'), 0) AS debited,
+               coalesce(sum(u.amount) FILTER (WHERE u.kind = 'R'), 0) AS refunded,
+               coalesce(sum(u.amount) FILTER (WHERE u.kind = 'F'), 0) AS forfeited,
+               coalesce(sum(u.amount) FILTER (WHERE u.kind = 'G'), 0) AS granted,
+               coalesce(sum(u.amount) FILTER (WHERE u.kind = 'P'), 0) AS purchased,
+               coalesce(sum(u.amount) FILTER (WHERE u.kind = 'E'), 0) AS expired
+          FROM credits._ledger_months u
+         GROUP BY u.month) t
+  LEFT JOIN (SELECT d.month, count(*) AS active_accounts
+               FROM (SELECT u.month, u.account_id FROM credits._ledger_months u
+                      WHERE u.kind = 'D' GROUP BY u.month, u.account_id) d
+              GROUP BY d.month) a ON a.month = t.month;
 COMMENT ON VIEW tenant_months IS 'All accounts per UTC month: active accounts, usage, refunds, forfeits, grants, purchases, expiries.';
 
 CREATE VIEW usage_display AS
@@ -103,12 +318,204 @@ SELECT a.account_id, b.*
  CROSS JOIN LATERAL credits.balance(a.account_id) b;
 COMMENT ON VIEW usage_display IS 'balance() of every account as of credits.now(): the usage display.';
 
+CREATE VIEW rollup_status AS
+SELECT s.rolled_through,
+       (SELECT max(l.entry_id) FROM credits.ledger l) - s.rolled_through AS pending_entries,
+       s.refreshed_at,
+       s.candidate,
+       s.candidate_at,
+       s.last_error,
+       s.last_error_at
+  FROM credits.rollup_state s;
+COMMENT ON VIEW rollup_status IS 'Usage rollups: entries rolled up, entries the views still read from the ledger, last refresh.';
+
+REVOKE ALL ON ALL ROUTINES IN SCHEMA credits FROM PUBLIC;
+REVOKE ALL ON ALL TABLES IN SCHEMA credits FROM PUBLIC;
 GRANT SELECT ON credits.usage_daily, credits.usage_monthly, credits.account_months,
-                credits.tenant_months, credits.usage_display
+                credits.tenant_months, credits.usage_display, credits.rollup_status
 TO credits_reader, credits_admin;
 GRANT EXECUTE ON FUNCTION credits._utc_day(timestamptz), credits._utc_month(timestamptz),
+                          credits._report_month("char", timestamptz, jsonb), credits._rolled_through(),
                           credits.balance(text)
 TO credits_reader, credits_admin;
+GRANT EXECUTE ON PROCEDURE credits.refresh_rollups(bigint, interval) TO credits_admin;
+GRANT EXECUTE ON FUNCTION credits._refresh_rollups(bigint, interval) TO credits_admin;
+GRANT SELECT ON ALL TABLES IN SCHEMA credits TO credits_admin;
+
+-- verify() also checks the usage rollups (src/reporting/reporting.sql).
+-- verify: recompute every account's balances from the ledger and report
+-- each difference. No rows = every stored balance is what the ledger implies.
+-- Each window counter is checked against the window it says it counts
+-- (accounts.day / accounts.month), so the result does not depend on the clock.
+CREATE OR REPLACE FUNCTION verify() RETURNS TABLE (account_id text, problem text)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    WITH
+    -- The latest plan entry says the plan and the purchases carried into it.
+    last_plan AS (
+        SELECT DISTINCT ON (l.account_id) l.account_id, l.entry_id, l.metadata
+          FROM credits.ledger l
+         WHERE l.kind = 'S'
+         ORDER BY l.account_id, l.entry_id DESC
+    ),
+    -- An upgrade in the counted month restarted the monthly window at its entry.
+    epoch AS (
+        SELECT l.account_id, max(l.entry_id) AS entry_id
+          FROM credits.ledger l
+          JOIN credits.accounts a ON a.account_id = l.account_id
+         WHERE l.kind = 'S' AND (l.metadata ->> 'upgrade')::boolean
+           AND credits._utc_month(l.at) = a.month
+         GROUP BY l.account_id
+    ),
+    -- Debits count in the windows they were made in; a refund gives back to
+    -- a window only while the window of its debit is still the current one.
+    usage AS (
+        SELECT d.account_id,
+               sum(CASE WHEN credits._utc_day(d.at) = a.day
+                         AND credits._utc_day(coalesce(src.at, d.at)) = a.day
+                        THEN s.sign * d.amount ELSE 0 END) AS daily_used,
+               sum(CASE WHEN credits._utc_month(d.at) = a.month
+                         AND credits._utc_month(coalesce(src.at, d.at)) = a.month
+                         AND coalesce(src.entry_id, d.entry_id) > coalesce(e.entry_id, 0)
+                        THEN s.sign * (d.amount - coalesce(d.from_grants, 0)) ELSE 0 END) AS monthly_used
+          FROM credits.ledger d
+          JOIN credits.accounts a ON a.account_id = d.account_id
+          CROSS JOIN LATERAL (SELECT CASE d.kind WHEN 'D' THEN 1 ELSE -1 END AS sign) s
+          LEFT JOIN credits.ledger src ON d.kind = 'R' AND src.entry_id = d.ref
+          LEFT JOIN epoch e ON e.account_id = d.account_id
+         WHERE d.kind IN ('D', 'R')
+         GROUP BY d.account_id
+    ),
+    derived AS (
+        SELECT a.account_id,
+               lp.entry_id IS NOT NULL AS has_plan_entry,
+               lp.metadata ->> 'plan' AS plan,
+               (lp.metadata ->> 'purchased')::numeric
+                 + coalesce((SELECT sum(p.amount) FROM credits.ledger p
+                              WHERE p.account_id = a.account_id AND p.kind = 'P'
+                                AND p.entry_id > lp.entry_id), 0) AS purchased,
+               coalesce(u.daily_used, 0) AS daily_used,
+               coalesce(u.monthly_used, 0) AS monthly_used
+          FROM credits.accounts a
+          LEFT JOIN last_plan lp ON lp.account_id = a.account_id
+          LEFT JOIN usage u ON u.account_id = a.account_id
+    ),
+    problems AS (
+        SELECT a.account_id, 'the ledger has no plan entry for this account' AS problem
+          FROM credits.accounts a JOIN derived d USING (account_id)
+         WHERE NOT d.has_plan_entry
+        UNION ALL
+        SELECT a.account_id, format('plan is %s, the ledger says %s', a.plan, d.plan)
+          FROM credits.accounts a JOIN derived d USING (account_id)
+         WHERE d.has_plan_entry AND a.plan IS DISTINCT FROM d.plan
+        UNION ALL
+        SELECT a.account_id, format('purchased is %s, the ledger says %s', a.purchased, d.purchased)
+          FROM credits.accounts a JOIN derived d USING (account_id)
+         WHERE d.has_plan_entry AND a.purchased IS DISTINCT FROM d.purchased
+        UNION ALL
+        SELECT a.account_id, format('daily_used of %s is %s, the ledger says %s',
+                                    to_char(a.day, 'YYYY-MM-DD'), a.daily_used, d.daily_used)
+          FROM credits.accounts a JOIN derived d USING (account_id)
+         WHERE a.daily_used <> d.daily_used
+        UNION ALL
+        SELECT a.account_id, format('monthly_used of %s is %s, the ledger says %s',
+                                    to_char(a.month, 'YYYY-MM'), a.monthly_used, d.monthly_used)
+          FROM credits.accounts a JOIN derived d USING (account_id)
+         WHERE a.monthly_used <> d.monthly_used
+        UNION ALL
+        -- Holds: reserved is the sum of the open holds; each hold has its 'H'
+        -- entry, and a resolved hold points to the entry that resolved it.
+        SELECT a.account_id, format('reserved is %s, open holds sum to %s', a.reserved, coalesce(h.total, 0))
+          FROM credits.accounts a
+          LEFT JOIN (SELECT ho.account_id, sum(ho.amount) AS total FROM credits.holds ho
+                      WHERE ho.resolved_entry IS NULL GROUP BY ho.account_id) h ON h.account_id = a.account_id
+         WHERE a.reserved <> coalesce(h.total, 0)
+        UNION ALL
+        SELECT ho.account_id, format('hold %s has no matching hold entry in the ledger', ho.hold_id)
+          FROM credits.holds ho
+         WHERE NOT EXISTS (SELECT 1 FROM credits.ledger l
+                            WHERE l.entry_id = ho.hold_id AND l.kind = 'H'
+                              AND l.account_id = ho.account_id AND l.amount = ho.amount)
+        UNION ALL
+        SELECT ho.account_id, format('hold %s is resolved by entry %s, which does not resolve it',
+                                     ho.hold_id, ho.resolved_entry)
+          FROM credits.holds ho
+         WHERE ho.resolved_entry IS NOT NULL
+           AND NOT EXISTS (SELECT 1 FROM credits.ledger l
+                            WHERE l.entry_id = ho.resolved_entry AND l.ref = ho.hold_id
+                              AND l.kind IN ('D', 'X'))
+        UNION ALL
+        SELECT l.account_id, format('hold entry %s has no hold', l.entry_id)
+          FROM credits.ledger l
+         WHERE l.kind = 'H'
+           AND NOT EXISTS (SELECT 1 FROM credits.holds ho
+                            WHERE ho.account_id = l.account_id AND ho.hold_id = l.entry_id)
+        UNION ALL
+        -- Each grant: what is left = granted - drawn + given back.
+        SELECT g.account_id, format('grant %s has %s remaining, the ledger says %s', g.grant_id, g.remaining,
+                                    g.amount - coalesce(dr.drawn, 0))
+          FROM credits.grants g
+          LEFT JOIN (SELECT gd.account_id, gd.grant_id, sum(gd.amount) AS drawn
+                       FROM credits.grant_draws gd GROUP BY gd.account_id, gd.grant_id) dr
+                 ON dr.account_id = g.account_id AND dr.grant_id = g.grant_id
+         WHERE g.remaining <> g.amount - coalesce(dr.drawn, 0)
+        UNION ALL
+        SELECT g.account_id, format('grant %s has no matching grant entry in the ledger', g.grant_id)
+          FROM credits.grants g
+         WHERE NOT EXISTS (SELECT 1 FROM credits.ledger l
+                            WHERE l.entry_id = g.grant_id AND l.kind = 'G'
+                              AND l.account_id = g.account_id AND l.amount = g.amount)
+        UNION ALL
+        SELECT l.account_id, format('grant entry %s has no grant', l.entry_id)
+          FROM credits.ledger l
+         WHERE l.kind = 'G'
+           AND NOT EXISTS (SELECT 1 FROM credits.grants g
+                            WHERE g.account_id = l.account_id AND g.grant_id = l.entry_id)
+        UNION ALL
+        -- Each debit or refund: its grant part equals its grant draws.
+        SELECT l.account_id, format('entry %s has from_grants %s, its grant draws sum to %s',
+                                    l.entry_id, coalesce(l.from_grants, 0), coalesce(abs(dr.total), 0))
+          FROM credits.ledger l
+          LEFT JOIN (SELECT gd.entry_id, sum(gd.amount) AS total
+                       FROM credits.grant_draws gd GROUP BY gd.entry_id) dr ON dr.entry_id = l.entry_id
+         WHERE l.kind IN ('D', 'R') AND coalesce(l.from_grants, 0) <> coalesce(abs(dr.total), 0)
+        UNION ALL
+        SELECT d.account_id, format('debit %s of %s has %s refunded', d.entry_id, d.amount, r.total)
+          FROM credits.ledger d
+          JOIN (SELECT l.ref, sum(l.amount) AS total FROM credits.ledger l
+                 WHERE l.kind = 'R' GROUP BY l.ref) r ON r.ref = d.entry_id
+         WHERE d.kind = 'D' AND r.total > d.amount
+        UNION ALL
+        SELECT i.account_id, format('idempotency key %s points to entry %s of another account or none',
+                                    quote_literal(i.idempotency_key), i.entry_id)
+          FROM credits.idempotency i
+         WHERE NOT EXISTS (SELECT 1 FROM credits.ledger l
+                            WHERE l.entry_id = i.entry_id AND l.account_id = i.account_id)
+        UNION ALL
+        SELECT DISTINCT l.account_id, 'ledger entries for an account that does not exist'
+          FROM credits.ledger l
+         WHERE NOT EXISTS (SELECT 1 FROM credits.accounts a WHERE a.account_id = l.account_id)
+        UNION ALL
+        -- The usage rollups hold the ledger's totals up to rolled_through, exactly.
+        SELECT coalesce(r.account_id, t.account_id),
+               format('usage rollup of %s kind %s feature %s has %s (%s from grants) in %s entries, the ledger says %s (%s) in %s',
+                      to_char(coalesce(r.month, t.month), 'YYYY-MM'), coalesce(r.kind, t.kind),
+                      coalesce(r.feature_id, t.feature_id)::text, r.amount, r.from_grants, r.entries,
+                      t.amount, t.from_grants, t.entries)
+          FROM credits.usage_rollup r
+          FULL JOIN (SELECT l.account_id, credits._report_month(l.kind, l.at, l.metadata) AS month, l.kind,
+                            l.feature_id, sum(l.amount) AS amount, coalesce(sum(l.from_grants), 0) AS from_grants,
+                            count(*) AS entries
+                       FROM credits.ledger l
+                      WHERE l.entry_id <= (SELECT s.rolled_through FROM credits.rollup_state s)
+                      GROUP BY 1, 2, 3, 4) t
+            ON t.account_id = r.account_id AND t.month = r.month AND t.kind = r.kind
+           AND coalesce(t.feature_id, -1) = coalesce(r.feature_id, -1)
+         WHERE r.amount IS DISTINCT FROM t.amount OR r.from_grants IS DISTINCT FROM t.from_grants
+            OR r.entries IS DISTINCT FROM t.entries
+    )
+    SELECT p.account_id, p.problem FROM problems p ORDER BY p.account_id, p.problem;
+END;
 
 -------------------------------------------------------------------------------
 -- Keyed debits take the fast path (src/metering/metering.sql).

@@ -29,6 +29,9 @@ pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(2_000);
 /// `credits.maintenance_max_nap`: the longest the worker sleeps between checks.
 pub static MAX_NAP: GucSetting<i32> = GucSetting::<i32>::new(60);
 
+/// `credits.rollup_interval`: how often the worker refreshes the usage rollups.
+pub static ROLLUP_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(2);
+
 /// The worker's settings exist only where the worker can run: when the
 /// library is preloaded (`credits.database` is fixed at server start).
 pub fn init_worker_settings() {
@@ -55,6 +58,16 @@ pub fn init_worker_settings() {
         c"Longest sleep of the maintenance worker between checks.",
         c"The worker wakes earlier for the next UTC boundary or deadline, and on reload.",
         &MAX_NAP,
+        1,
+        86_400,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"credits.rollup_interval",
+        c"How often the maintenance worker refreshes the usage rollups.",
+        c"Reports stay exact either way; a longer interval leaves more ledger entries for them to sum.",
+        &ROLLUP_INTERVAL,
         1,
         86_400,
         GucContext::Sighup,

@@ -4,7 +4,7 @@
 //! transaction per batch. All its state is in tables, so a restart resumes
 //! where it stopped; a failing step is recorded and retried, never fatal.
 
-use crate::gucs::{BATCH_SIZE, DATABASE, MAX_NAP};
+use crate::gucs::{BATCH_SIZE, DATABASE, MAX_NAP, ROLLUP_INTERVAL};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::prelude::*;
 use std::time::Duration;
@@ -43,9 +43,19 @@ pub extern "C-unwind" fn credits_maintenance_main(_arg: pg_sys::Datum) {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
         let max_nap = Duration::from_secs(MAX_NAP.get().max(1) as u64);
+        let rollup_interval = Duration::from_secs(ROLLUP_INTERVAL.get().max(1) as u64);
         nap = match BackgroundWorker::transaction(step) {
             Some(seconds) if seconds.is_finite() && seconds > 0.0 => {
-                Duration::from_secs_f64(seconds).min(max_nap)
+                // Nothing due now: time for the rollups. A full batch means
+                // more is waiting, so come back at once.
+                let rolled = BackgroundWorker::transaction(refresh_rollups);
+                if rolled >= ROLLUP_BATCH {
+                    Duration::ZERO
+                } else {
+                    Duration::from_secs_f64(seconds)
+                        .min(max_nap)
+                        .min(rollup_interval)
+                }
             }
             Some(_) => Duration::ZERO,
             None => RETRY.min(max_nap), // no extension (yet)
@@ -77,4 +87,23 @@ fn step() -> Option<f64> {
     Spi::get_one::<f64>(&format!("SELECT credits._worker_step({batch}, {retry})"))
         .ok()
         .flatten()
+}
+
+/// Ledger entries rolled up per transaction: a few hundred milliseconds.
+const ROLLUP_BATCH: i64 = 200_000;
+
+/// One rollup transaction; returns the entries rolled up. Skipped while the
+/// installed extension is older than the rollups.
+fn refresh_rollups() -> i64 {
+    // A lost batch is lost whole (rollup rows and progress together): no need to wait for the WAL flush.
+    if Spi::run("SET LOCAL synchronous_commit = off").is_err() {
+        return 0;
+    }
+    Spi::get_one::<i64>(&format!(
+        "SELECT credits._worker_rollups({ROLLUP_BATCH}, '100 ms') \
+          WHERE pg_catalog.to_regproc('credits._worker_rollups') IS NOT NULL"
+    ))
+    .ok()
+    .flatten()
+    .unwrap_or(0)
 }

@@ -1,10 +1,16 @@
-//! Reporting: the usage display (`balance`) and the ledger audit (`verify`).
+//! Reporting: the usage display (`balance`), the ledger audit (`verify`),
+//! the usage rollups and the views analysts read.
 
 use pgrx::prelude::*;
 
-extension_sql_file!("reporting.sql", name = "reporting", requires = ["internal"]);
+extension_sql_file!(
+    "reporting.sql",
+    name = "reporting",
+    requires = ["internal", "rollups"]
+);
+extension_sql_file!("rollups.sql", name = "rollups", requires = ["internal"]);
 extension_sql_file!(
     "views.sql",
     name = "reporting_views",
-    requires = ["reporting"]
+    requires = ["reporting", "rollups"]
 );

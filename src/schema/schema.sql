@@ -240,6 +240,37 @@ CREATE TABLE idempotency (
 );
 
 -------------------------------------------------------------------------------
+-- Usage rollups (src/reporting/rollups.sql): ledger totals per account,
+-- reporting month, kind and feature for every entry up to rolled_through.
+-- The reporting views add the entries after it, so they stay exact while
+-- reading a few rows per account and month instead of the whole ledger.
+-- Derived data: not dumped; a restored database rebuilds it from the ledger.
+-------------------------------------------------------------------------------
+
+CREATE TABLE usage_rollup (
+    account_id  text NOT NULL,
+    month       date NOT NULL,      -- the reporting month (a month-end forfeit: the month it ends)
+    kind        "char" NOT NULL,
+    feature_id  smallint,           -- NULL for entries without a feature
+    amount      numeric NOT NULL,
+    from_grants numeric NOT NULL,
+    entries     bigint NOT NULL,
+    UNIQUE NULLS NOT DISTINCT (account_id, month, kind, feature_id)
+);
+CREATE INDEX usage_rollup_month_idx ON usage_rollup (month);
+
+CREATE TABLE rollup_state (
+    singleton      boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    rolled_through bigint NOT NULL DEFAULT 0,  -- every entry_id at or below is in usage_rollup
+    candidate      bigint,       -- the next rolled_through, once no older transaction is open ...
+    candidate_at   timestamptz,  -- ... than this instant (see _refresh_rollups)
+    refreshed_at   timestamptz,
+    last_error     text,
+    last_error_at  timestamptz
+);
+INSERT INTO rollup_state DEFAULT VALUES;
+
+-------------------------------------------------------------------------------
 -- The ledger refuses changes after the fact.
 -------------------------------------------------------------------------------
 

@@ -43,10 +43,11 @@ TO credits_app, credits_admin;
 -- rights, hence the read-only functions they use).
 GRANT SELECT ON credits.closed_windows, credits.events, credits.maintenance_status,
                 credits.usage_daily, credits.usage_monthly, credits.account_months,
-                credits.tenant_months, credits.usage_display
+                credits.tenant_months, credits.usage_display, credits.rollup_status
 TO credits_reader, credits_admin;
 GRANT EXECUTE ON FUNCTION credits.now(), credits._next_due(timestamptz),
                           credits._utc_day(timestamptz), credits._utc_month(timestamptz),
+                          credits._report_month("char", timestamptz, jsonb), credits._rolled_through(),
                           credits.balance(text)
 TO credits_reader, credits_admin;
 
@@ -61,6 +62,9 @@ GRANT EXECUTE ON PROCEDURE credits.run_maintenance(timestamptz) TO credits_admin
 -- SECURITY DEFINER); the two functions it calls are.
 GRANT EXECUTE ON FUNCTION credits._maintenance_step(timestamptz, integer), credits._maintenance_progress()
 TO credits_admin;
+-- likewise refresh_rollups
+GRANT EXECUTE ON PROCEDURE credits.refresh_rollups(bigint, interval) TO credits_admin;
+GRANT EXECUTE ON FUNCTION credits._refresh_rollups(bigint, interval) TO credits_admin;
 -- Catalogs are data the operator edits; everything else is read-only to them.
 GRANT SELECT ON ALL TABLES IN SCHEMA credits TO credits_admin;
 GRANT INSERT, UPDATE ON credits.plans, credits.features TO credits_admin;

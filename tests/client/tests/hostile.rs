@@ -200,6 +200,13 @@ fn every_public_function_refuses_hostile_input_with_its_sqlstate_and_writes_noth
         // maintenance
         ("CALL credits.run_maintenance('infinity')".into(), "UC009"),
         ("CALL credits.run_maintenance('-infinity')".into(), "UC009"),
+        ("CALL credits.refresh_rollups(0)".into(), "UC009"),
+        ("CALL credits.refresh_rollups(NULL)".into(), "UC009"),
+        (
+            "CALL credits.refresh_rollups(wait => '-1 s')".into(),
+            "UC009",
+        ),
+        ("CALL credits.refresh_rollups(wait => NULL)".into(), "UC009"),
     ];
 
     let before = written(&mut client);

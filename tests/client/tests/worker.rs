@@ -304,3 +304,39 @@ fn catch_up_is_exactly_once_and_a_worker_terminated_mid_run_finishes_the_same_jo
     );
     assert_verified(&mut client);
 }
+
+#[test]
+fn the_worker_keeps_the_usage_rollups_up_to_date_by_itself() {
+    let mut settings = SystemSettings(Vec::new());
+    let (_db, mut client) = fresh_worker_database(&mut settings, "2030-06-10 12:00:00+00");
+    settings.set("credits.rollup_interval", "1");
+    client.batch_execute("CREATE EXTENSION credits").unwrap();
+    subscribe(&mut client, "wr_pro", "pro");
+    let entry: i64 = client
+        .query_one("SELECT credits.debit('wr_pro', 'agent', 4)", &[])
+        .unwrap()
+        .get(0);
+    wait_until(30, "the worker to roll up the debit", || {
+        client
+            .query_one("SELECT rolled_through FROM credits.rollup_state", &[])
+            .unwrap()
+            .get::<_, i64>(0)
+            >= entry
+    });
+    let (amount, pending, error): (String, i64, Option<String>) = {
+        let row = client
+            .query_one(
+                "SELECT (SELECT amount::text FROM credits.usage_rollup
+                          WHERE account_id = 'wr_pro' AND kind = 'D'),
+                        pending_entries, last_error
+                   FROM credits.rollup_status",
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1), row.get(2))
+    };
+    assert_eq!(amount, "4");
+    assert_eq!(pending, 0);
+    assert_eq!(error, None);
+    assert_verified(&mut client);
+}

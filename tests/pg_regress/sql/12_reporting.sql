@@ -33,3 +33,47 @@ SELECT to_char(t.month, 'YYYY-MM') AS month, t.active_accounts > 0 AS has_activi
   JOIN credits.account_months m ON m.month = t.month AND m.account_id = 'rp_pro'
  ORDER BY t.month;
 SELECT * FROM credits.verify();
+
+-- Usage rollups: the monthly views read credits.usage_rollup plus the ledger
+-- entries after rolled_through; a refresh changes no figure.
+CREATE TEMP TABLE months_before AS SELECT * FROM credits.account_months;
+CREATE TEMP TABLE usage_before AS SELECT * FROM credits.usage_monthly;
+SET client_min_messages = warning;
+CALL credits.refresh_rollups();
+RESET client_min_messages;
+SELECT pending_entries, rolled_through = (SELECT max(entry_id) FROM credits.ledger) AS all_rolled,
+       last_error FROM credits.rollup_status;
+SELECT count(*) > 0 AS has_rollup_rows FROM credits.usage_rollup WHERE account_id = 'rp_pro';
+(SELECT * FROM credits.account_months EXCEPT ALL SELECT * FROM months_before)
+UNION ALL
+(SELECT * FROM months_before EXCEPT ALL SELECT * FROM credits.account_months);
+(SELECT * FROM credits.usage_monthly EXCEPT ALL SELECT * FROM usage_before)
+UNION ALL
+(SELECT * FROM usage_before EXCEPT ALL SELECT * FROM credits.usage_monthly);
+
+-- An entry after the rollups shows at once, added to the rolled-up figures.
+SET credits.clock_override = '2027-10-02 09:00:00+00';
+SELECT credits.debit('rp_pro', 'agent', 2) IS NOT NULL AS debited;
+SELECT pending_entries FROM credits.rollup_status;
+SELECT to_char(month, 'YYYY-MM') AS month, product, feature, debited, refunded, net, debits, refunds
+  FROM credits.usage_monthly WHERE account_id = 'rp_pro' AND month = '2027-10-01' ORDER BY feature;
+SELECT to_char(month, 'YYYY-MM') AS month, debited, refunded, net_usage, forfeited, granted, purchased
+  FROM credits.account_months WHERE account_id = 'rp_pro' AND month = '2027-10-01';
+
+-- verify() catches a rollup that disagrees with the ledger.
+BEGIN;
+UPDATE credits.usage_rollup SET amount = amount + 1
+ WHERE account_id = 'rp_pro' AND month = '2027-09-01' AND kind = 'D'
+   AND feature_id = (SELECT feature_id FROM credits.features WHERE feature = 'agent');
+SELECT * FROM credits.verify();
+ROLLBACK;
+SELECT * FROM credits.verify();
+
+-- Refreshing needs READ COMMITTED: an older snapshot could miss entries.
+\set VERBOSITY sqlstate
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT credits._refresh_rollups(1000);
+ROLLBACK;
+SELECT credits._refresh_rollups(0);
+CALL credits.refresh_rollups(wait => NULL);
+\set VERBOSITY default

@@ -1,0 +1,166 @@
+-- Usage rollups: the ledger summed per account, reporting month, kind and
+-- feature (credits.usage_rollup), so that reports read a few rows per account
+-- and month. The views add the entries after rolled_through from the ledger
+-- itself, so a report is exact whatever the rollups' lag.
+--
+-- The one hard part: entry ids are taken before their transaction commits,
+-- so a higher id can be visible while a lower one is still in flight.
+-- Rolling up to "the highest visible id" could skip the lower one forever.
+-- So each refresh picks a candidate (the highest visible id) and stamps it;
+-- only once every transaction that was open at the stamp has ended, which
+-- includes every one that took an id at or below the candidate, are the
+-- entries up to the candidate final and rolled up.
+
+-- The month an entry is reported in: its UTC month, except a month-end
+-- forfeit (stamped at the next month's first instant), which belongs to the
+-- month it ends.
+CREATE FUNCTION _report_month(kind "char", at timestamptz, metadata jsonb) RETURNS date
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE WHEN kind = 'F' AND metadata ->> 'reason' = 'month_end'
+            THEN make_date(substr(metadata ->> 'month', 1, 4)::integer,
+                           substr(metadata ->> 'month', 6, 2)::integer, 1)
+            ELSE credits._utc_month(at) END;
+
+-- Whether a transaction that began before `since` may still add ledger
+-- entries. (pg_stat_activity is cached per transaction, hence the clear.)
+CREATE FUNCTION _older_transactions_open(since timestamptz) RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM pg_catalog.pg_stat_clear_snapshot();
+    RETURN EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a
+                    WHERE a.datname = current_database() AND a.pid <> pg_catalog.pg_backend_pid()
+                      AND a.backend_type <> 'autovacuum worker'  -- never writes the ledger
+                      AND a.xact_start < since)
+           -- a prepared transaction may hold ids of any age
+           OR EXISTS (SELECT 1 FROM pg_catalog.pg_prepared_xacts p WHERE p.database = current_database());
+END
+$$;
+
+-- One refresh, in the caller's transaction (READ COMMITTED: the rollup
+-- statement must see what committed after the check before it). Rolls up to
+-- the stored candidate once it is final, then picks a new candidate and, if
+-- the transactions older than it end within p_wait (typically milliseconds),
+-- rolls up to it at once. At most p_max entry ids per call. Returns the
+-- entry ids rolled up (0: nothing was final).
+CREATE FUNCTION _refresh_rollups(p_max bigint, p_wait interval DEFAULT '0') RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off AS $$
+DECLARE
+    st       credits.rollup_state;
+    v_upto   bigint;
+    v_n      bigint := 0;
+    v_until  timestamptz;
+    v_picked boolean := false;
+BEGIN
+    IF p_max IS NULL OR p_max < 1 THEN
+        RAISE EXCEPTION 'invalid rollup batch size: %', coalesce(p_max::text, 'NULL') USING ERRCODE = 'UC009';
+    END IF;
+    IF p_wait IS NULL OR p_wait < interval '0' THEN
+        RAISE EXCEPTION 'invalid wait: %', coalesce(p_wait::text, 'NULL') USING ERRCODE = 'UC009';
+    END IF;
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'rollups are refreshed only at READ COMMITTED, not %',
+                        upper(current_setting('transaction_isolation'))
+            USING ERRCODE = '25000',
+                  HINT = 'A snapshot older than the refresh could miss entries committed meanwhile.';
+    END IF;
+    -- one refresh at a time
+    SELECT * INTO st FROM credits.rollup_state FOR UPDATE;
+
+    LOOP
+        IF st.candidate > st.rolled_through THEN
+            v_until := clock_timestamp() + CASE WHEN v_picked THEN p_wait ELSE interval '0' END;
+            WHILE credits._older_transactions_open(st.candidate_at) LOOP
+                EXIT WHEN clock_timestamp() >= v_until;
+                PERFORM pg_catalog.pg_sleep(0.002);
+            END LOOP;
+            EXIT WHEN credits._older_transactions_open(st.candidate_at);
+            v_upto := least(st.candidate, st.rolled_through + p_max - v_n);
+            INSERT INTO credits.usage_rollup AS r (account_id, month, kind, feature_id, amount, from_grants, entries)
+            SELECT l.account_id, credits._report_month(l.kind, l.at, l.metadata), l.kind, l.feature_id,
+                   sum(l.amount), coalesce(sum(l.from_grants), 0), count(*)
+              FROM credits.ledger l
+             WHERE l.entry_id > st.rolled_through AND l.entry_id <= v_upto
+             GROUP BY 1, 2, 3, 4
+            ON CONFLICT (account_id, month, kind, feature_id) DO UPDATE
+               SET amount = r.amount + excluded.amount,
+                   from_grants = r.from_grants + excluded.from_grants,
+                   entries = r.entries + excluded.entries;
+            v_n := v_n + v_upto - st.rolled_through;
+            st.rolled_through := v_upto;
+            st.refreshed_at := clock_timestamp();
+            EXIT WHEN st.rolled_through < st.candidate;  -- p_max reached
+        END IF;
+        -- Everything up to the candidate is in: the highest visible entry is the next one.
+        st.candidate := coalesce((SELECT max(l.entry_id) FROM credits.ledger l), 0);
+        st.candidate_at := clock_timestamp();
+        EXIT WHEN v_picked OR p_wait = interval '0' OR v_n >= p_max;
+        v_picked := true;
+    END LOOP;
+
+    UPDATE credits.rollup_state
+       SET rolled_through = st.rolled_through, candidate = st.candidate, candidate_at = st.candidate_at,
+           refreshed_at = st.refreshed_at;
+    RETURN v_n;
+END
+$$;
+
+-- The watermark, for the views: a stable function, so the planner reads its
+-- value when it estimates how many ledger entries a report must add.
+CREATE FUNCTION _rolled_through() RETURNS bigint
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+RETURN (SELECT s.rolled_through FROM credits.rollup_state s);
+
+-- The worker's rollup step: like _refresh_rollups, but an error is recorded
+-- in rollup_state (and the server log) instead of ending the worker.
+CREATE FUNCTION _worker_rollups(p_max bigint, p_wait interval) RETURNS bigint
+LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN credits._refresh_rollups(p_max, p_wait);
+EXCEPTION WHEN OTHERS THEN
+    UPDATE credits.rollup_state
+       SET last_error = format('%s (SQLSTATE %s)', SQLERRM, SQLSTATE), last_error_at = clock_timestamp();
+    RAISE WARNING 'credits rollups: % (SQLSTATE %)', SQLERRM, SQLSTATE;
+    RETURN 0;
+END
+$$;
+
+-- refresh_rollups: bring the rollups up to every entry committed before the
+-- call, committing after each batch, with a NOTICE on progress. The worker
+-- does this every credits.rollup_interval; call it by hand after a restore
+-- or a bulk load. It waits (up to `wait`) for transactions that were open
+-- when it started, since their entries may still be coming.
+CREATE PROCEDURE refresh_rollups(batch bigint DEFAULT 1000000, wait interval DEFAULT '1 minute')
+-- (No SET search_path: a procedure with one cannot COMMIT. Every name is qualified.)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_target  bigint := coalesce((SELECT max(l.entry_id) FROM credits.ledger l), 0);
+    v_start   timestamptz := clock_timestamp();
+    v_done    bigint;
+    v_batches integer := 0;
+    v_n       bigint;
+BEGIN
+    IF refresh_rollups.wait IS NULL OR refresh_rollups.wait < interval '0' THEN
+        RAISE EXCEPTION 'invalid wait: %', coalesce(refresh_rollups.wait::text, 'NULL') USING ERRCODE = 'UC009';
+    END IF;
+    LOOP
+        v_n := credits._refresh_rollups(refresh_rollups.batch, interval '10 ms');
+        SELECT s.rolled_through INTO v_done FROM credits.rollup_state s;
+        COMMIT;
+        v_batches := v_batches + sign(v_n)::integer;
+        EXIT WHEN v_done >= v_target;
+        IF v_n > 0 THEN
+            IF v_batches % 5 = 0 THEN
+                RAISE NOTICE 'credits rollups: through entry % of %', v_done, v_target;
+            END IF;
+        ELSIF clock_timestamp() - v_start > refresh_rollups.wait THEN
+            RAISE WARNING 'credits rollups: still waiting for transactions open since before %; the views stay exact meanwhile',
+                          credits._utc_text(v_start)
+                USING HINT = 'See pg_stat_activity for old transactions, pg_prepared_xacts for prepared ones.';
+            RETURN;
+        ELSE
+            PERFORM pg_catalog.pg_sleep(0.05);
+        END IF;
+    END LOOP;
+    RAISE NOTICE 'credits rollups: through entry % (% batches)', v_done, v_batches;
+END
+$$;
