@@ -19,6 +19,75 @@ END
 $$;
 
 -------------------------------------------------------------------------------
+-- Column checks as domains (src/schema/schema.sql): a table CHECK constraint
+-- is parsed and planned again by every INSERT or UPDATE statement, a
+-- domain's check once per session. The functions whose SQL bodies use the
+-- tables' row types are dropped first and created again, unchanged
+-- (verify() further down, with the rollup check).
+-------------------------------------------------------------------------------
+
+DROP FUNCTION verify();
+DROP FUNCTION _expiry_due(accounts, timestamptz);
+DROP FUNCTION _state(accounts, timestamptz);
+DROP FUNCTION _window_key(accounts, text, timestamptz);
+DROP FUNCTION _windows_passed(accounts, timestamptz);
+-- DOMAINS BEGIN
+CREATE DOMAIN nonnegative AS numeric CHECK (VALUE >= 0);
+CREATE DOMAIN ledger_kind AS "char" CHECK (VALUE IN ('S', 'F', 'P', 'G', 'D', 'R', 'H', 'X', 'E'));
+-- DOMAINS END
+ALTER TABLE ledger DROP CONSTRAINT ledger_kind_check, ALTER COLUMN kind TYPE ledger_kind;
+ALTER TABLE accounts DROP CONSTRAINT accounts_purchased_check, DROP CONSTRAINT accounts_reserved_check,
+    ALTER COLUMN purchased TYPE nonnegative, ALTER COLUMN reserved TYPE nonnegative;
+
+-- STATE BEGIN
+CREATE FUNCTION _state(a credits.accounts, p_now timestamptz) RETURNS credits._account_state
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT s.plan, s.daily_limit, s.daily_used, s.monthly_limit, s.monthly_used,
+           s.granted, s.reserved,
+           CASE WHEN s.daily_limit IS NOT NULL THEN greatest(0, s.daily_limit - s.daily_used - s.reserved) END,
+           greatest(0, s.monthly_limit - s.monthly_used - s.reserved),
+           s.granted - greatest(0, s.reserved - greatest(0, s.monthly_limit - s.monthly_used))
+      FROM (SELECT p.plan,
+                   p.daily_limit,
+                   credits._in_window(a.day, credits._utc_day(p_now), a.daily_used) AS daily_used,
+                   p.monthly_allowance + a.purchased AS monthly_limit,
+                   credits._in_window(a.month, credits._utc_month(p_now), a.monthly_used) AS monthly_used,
+                   coalesce((SELECT sum(g.remaining) FROM credits.grants g
+                              WHERE g.account_id = a.account_id AND g.remaining > 0
+                                AND (g.expires_at IS NULL OR g.expires_at > p_now)), 0) AS granted,
+                   -- holds past their deadline no longer count, even before they are freed
+                   a.reserved - CASE WHEN a.reserved = 0 THEN 0 ELSE
+                       coalesce((SELECT sum(h.amount) FROM credits.holds h
+                                  WHERE h.account_id = a.account_id AND h.resolved_entry IS NULL
+                                    AND h.expires_at <= p_now), 0) END AS reserved
+              FROM credits.plans p
+             WHERE p.plan = a.plan) s;
+END;
+
+CREATE FUNCTION _expiry_due(a credits.accounts, p_at timestamptz) RETURNS boolean
+LANGUAGE sql STABLE
+RETURN (a.reserved > 0 AND EXISTS (SELECT 1 FROM credits.holds h
+                                    WHERE h.account_id = a.account_id AND h.resolved_entry IS NULL
+                                      AND h.expires_at <= p_at))
+    OR EXISTS (SELECT 1 FROM credits.grants g
+                WHERE g.account_id = a.account_id AND g.expired_entry IS NULL AND g.expires_at <= p_at);
+
+CREATE FUNCTION _window_key(a credits.accounts, p_window text, p_now timestamptz) RETURNS text
+LANGUAGE sql STABLE
+RETURN CASE p_window
+    WHEN 'daily' THEN to_char(credits._utc_day(p_now), 'YYYY-MM-DD')
+    ELSE to_char(credits._utc_month(p_now), 'YYYY-MM')
+         || CASE WHEN a.month = credits._utc_month(p_now) AND a.monthly_epoch > 0
+                 THEN '#' || a.monthly_epoch ELSE '' END
+END;
+
+CREATE FUNCTION _windows_passed(a credits.accounts, p_at timestamptz) RETURNS boolean
+LANGUAGE sql IMMUTABLE
+RETURN (a.day < credits._utc_day(p_at) AND a.daily_used > 0) OR a.month < credits._utc_month(p_at);
+-- STATE END
+
+-------------------------------------------------------------------------------
 -- Usage rollups (tables in src/schema/schema.sql, src/reporting/rollups.sql),
 -- reporting views (src/reporting/views.sql) and their privileges
 -- (src/security/privileges.sql).
@@ -329,25 +398,13 @@ SELECT s.rolled_through,
   FROM credits.rollup_state s;
 COMMENT ON VIEW rollup_status IS 'Usage rollups: entries rolled up, entries the views still read from the ledger, last refresh.';
 
-REVOKE ALL ON ALL ROUTINES IN SCHEMA credits FROM PUBLIC;
-REVOKE ALL ON ALL TABLES IN SCHEMA credits FROM PUBLIC;
-GRANT SELECT ON credits.usage_daily, credits.usage_monthly, credits.account_months,
-                credits.tenant_months, credits.usage_display, credits.rollup_status
-TO credits_reader, credits_admin;
-GRANT EXECUTE ON FUNCTION credits._utc_day(timestamptz), credits._utc_month(timestamptz),
-                          credits._report_month("char", timestamptz, jsonb), credits._rolled_through(),
-                          credits.balance(text)
-TO credits_reader, credits_admin;
-GRANT EXECUTE ON PROCEDURE credits.refresh_rollups(bigint, interval) TO credits_admin;
-GRANT EXECUTE ON FUNCTION credits._refresh_rollups(bigint, interval) TO credits_admin;
-GRANT SELECT ON ALL TABLES IN SCHEMA credits TO credits_admin;
-
--- verify() also checks the usage rollups (src/reporting/reporting.sql).
+-- verify() (src/reporting/reporting.sql), now also checking the usage rollups.
+-- VERIFY BEGIN
 -- verify: recompute every account's balances from the ledger and report
 -- each difference. No rows = every stored balance is what the ledger implies.
 -- Each window counter is checked against the window it says it counts
 -- (accounts.day / accounts.month), so the result does not depend on the clock.
-CREATE OR REPLACE FUNCTION verify() RETURNS TABLE (account_id text, problem text)
+CREATE FUNCTION verify() RETURNS TABLE (account_id text, problem text)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
     WITH
@@ -516,6 +573,22 @@ BEGIN ATOMIC
     )
     SELECT p.account_id, p.problem FROM problems p ORDER BY p.account_id, p.problem;
 END;
+-- VERIFY END
+
+REVOKE ALL ON ALL ROUTINES IN SCHEMA credits FROM PUBLIC;
+REVOKE ALL ON ALL TABLES IN SCHEMA credits FROM PUBLIC;
+GRANT SELECT ON credits.usage_daily, credits.usage_monthly, credits.account_months,
+                credits.tenant_months, credits.usage_display, credits.rollup_status
+TO credits_reader, credits_admin;
+GRANT EXECUTE ON FUNCTION credits._utc_day(timestamptz), credits._utc_month(timestamptz),
+                          credits._report_month("char", timestamptz, jsonb), credits._rolled_through(),
+                          credits.balance(text)
+TO credits_reader, credits_admin;
+GRANT EXECUTE ON PROCEDURE credits.refresh_rollups(bigint, interval) TO credits_admin;
+GRANT EXECUTE ON FUNCTION credits._refresh_rollups(bigint, interval) TO credits_admin;
+GRANT SELECT ON ALL TABLES IN SCHEMA credits TO credits_admin;
+GRANT EXECUTE ON FUNCTION credits.verify() TO credits_admin;
+
 
 -------------------------------------------------------------------------------
 -- Keyed debits take the fast path (src/metering/metering.sql).
@@ -523,7 +596,7 @@ END;
 
 -- The fingerprint a debit's idempotency key is stored with (UC005 on a mismatch).
 CREATE OR REPLACE FUNCTION _debit_request(p_feature text, p_quantity numeric, p_metadata jsonb) RETURNS uuid
-LANGUAGE sql IMMUTABLE
+LANGUAGE sql STABLE
 RETURN credits._fingerprint('debit', p_feature, trim_scale(p_quantity)::text, p_metadata::text);
 
 -- The slow path: full validation, grants, precise errors.
@@ -775,3 +848,17 @@ BEGIN
     RETURN v_closed;
 END
 $$;
+
+-------------------------------------------------------------------------------
+-- SQL helpers declared as volatile as their bodies, so the planner inlines
+-- them (src/schema/internal.sql): declared IMMUTABLE over a STABLE body, each
+-- ran as a separately planned query on every debit.
+-------------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION _metadata_ok(value jsonb) RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE
+RETURN value IS NULL OR (jsonb_typeof(value) = 'object' AND pg_column_size(value) <= 4096);
+
+CREATE OR REPLACE FUNCTION _fingerprint(VARIADIC parts text[]) RETURNS uuid
+LANGUAGE sql STABLE PARALLEL SAFE
+RETURN md5(array_to_string(parts, chr(31), chr(30)))::uuid;

@@ -54,7 +54,7 @@ $$;
 
 -- The fingerprint a debit's idempotency key is stored with (UC005 on a mismatch).
 CREATE FUNCTION _debit_request(p_feature text, p_quantity numeric, p_metadata jsonb) RETURNS uuid
-LANGUAGE sql IMMUTABLE
+LANGUAGE sql STABLE
 RETURN credits._fingerprint('debit', p_feature, trim_scale(p_quantity)::text, p_metadata::text);
 
 -- A feature by key, UC003 if unknown.

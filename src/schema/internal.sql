@@ -61,9 +61,11 @@ $$;
 
 -- UC009: metadata is a JSON object (or NULL) of at most 4 kB: it is stored
 -- on the ledger row it comes with. The predicate is shared with the debit
--- fast path, which cannot raise.
+-- fast path, which cannot raise. STABLE like pg_column_size: a SQL function
+-- declared more strictly than its body is not inlined, and runs as a
+-- separately planned query on every call.
 CREATE FUNCTION _metadata_ok(value jsonb) RETURNS boolean
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql STABLE PARALLEL SAFE
 RETURN value IS NULL OR (jsonb_typeof(value) = 'object' AND pg_column_size(value) <= 4096);
 
 CREATE FUNCTION _check_metadata(value jsonb) RETURNS void
@@ -77,8 +79,9 @@ END
 $$;
 
 -- Fingerprint of a request, stored with its idempotency key (UC005).
+-- STABLE like array_to_string, so that it is inlined (see _metadata_ok).
 CREATE FUNCTION _fingerprint(VARIADIC parts text[]) RETURNS uuid
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql STABLE PARALLEL SAFE
 RETURN md5(array_to_string(parts, chr(31), chr(30)))::uuid;
 
 -- The replay half of idempotency: the entry a key already produced, NULL if

@@ -53,17 +53,24 @@ INSERT INTO features (feature, product, cost, unit, seeded) VALUES
 -- 00:00:00.001 UTC sees the new window whether or not the worker has run.
 -------------------------------------------------------------------------------
 
+-- Column checks on the hot tables are domains: PostgreSQL parses and plans a
+-- table CHECK constraint again for every INSERT or UPDATE statement, but
+-- caches a domain's check for the session (and checks it only on the
+-- columns a statement assigns).
+CREATE DOMAIN nonnegative AS numeric CHECK (VALUE >= 0);
+CREATE DOMAIN ledger_kind AS "char" CHECK (VALUE IN ('S', 'F', 'P', 'G', 'D', 'R', 'H', 'X', 'E'));
+
 CREATE TABLE accounts (
     account_id    text PRIMARY KEY,
     plan          text NOT NULL REFERENCES plans (plan),
     created_at    timestamptz NOT NULL,
-    purchased     numeric NOT NULL DEFAULT 0 CHECK (purchased >= 0),  -- recurring monthly extra (rule 6)
+    purchased     nonnegative NOT NULL DEFAULT 0,                     -- recurring monthly extra (rule 6)
     day           date NOT NULL,                                      -- UTC day that daily_used counts
     daily_used    numeric NOT NULL DEFAULT 0,
     month         date NOT NULL,                                      -- first day of the UTC month monthly_used counts
     monthly_used  numeric NOT NULL DEFAULT 0,                         -- allowance consumed (grants are separate)
     monthly_epoch bigint NOT NULL DEFAULT 0,                          -- ledger entry that restarted this month's window (upgrade), 0 = the 1st
-    reserved      numeric NOT NULL DEFAULT 0 CHECK (reserved >= 0)    -- credits held by open reservations
+    reserved      nonnegative NOT NULL DEFAULT 0                      -- credits held by open reservations
 ) WITH (fillfactor = 80);  -- room on each page so counter updates stay HOT (no index writes)
 COMMENT ON TABLE accounts IS 'One row per account: plan, recurring purchases and the current UTC window counters.';
 
@@ -92,7 +99,7 @@ CREATE TABLE ledger (
     entry_id    bigint NOT NULL DEFAULT nextval('ledger_entry_id_seq') PRIMARY KEY,
     account_id  text NOT NULL,
     at          timestamptz NOT NULL,
-    kind        "char" NOT NULL CHECK (kind IN ('S', 'F', 'P', 'G', 'D', 'R', 'H', 'X', 'E')),
+    kind        ledger_kind NOT NULL,
     feature_id  smallint,
     amount      numeric NOT NULL,
     from_grants numeric,
