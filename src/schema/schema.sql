@@ -53,6 +53,10 @@ INSERT INTO features (feature, product, cost, unit, seeded) VALUES
 -- 00:00:00.001 UTC sees the new window whether or not the worker has run.
 -------------------------------------------------------------------------------
 
+-- Account ids and idempotency keys are compared byte-wise (COLLATE "C"):
+-- every index lookup on them is a memcmp, not the locale's strcoll, and
+-- their order does not depend on the database's locale.
+--
 -- Column checks on the hot tables are domains: PostgreSQL parses and plans a
 -- table CHECK constraint again for every INSERT or UPDATE statement, but
 -- caches a domain's check for the session (and checks it only on the
@@ -61,7 +65,7 @@ CREATE DOMAIN nonnegative AS numeric CHECK (VALUE >= 0);
 CREATE DOMAIN ledger_kind AS "char" CHECK (VALUE IN ('S', 'F', 'P', 'G', 'D', 'R', 'H', 'X', 'E'));
 
 CREATE TABLE accounts (
-    account_id    text PRIMARY KEY,
+    account_id    text COLLATE "C" PRIMARY KEY,
     plan          text NOT NULL REFERENCES plans (plan),
     created_at    timestamptz NOT NULL,
     purchased     nonnegative NOT NULL DEFAULT 0,                     -- recurring monthly extra (rule 6)
@@ -97,7 +101,7 @@ CREATE SEQUENCE ledger_entry_id_seq AS bigint;
 
 CREATE TABLE ledger (
     entry_id    bigint NOT NULL DEFAULT nextval('ledger_entry_id_seq') PRIMARY KEY,
-    account_id  text NOT NULL,
+    account_id  text COLLATE "C" NOT NULL,
     at          timestamptz NOT NULL,
     kind        ledger_kind NOT NULL,
     feature_id  smallint,
@@ -118,7 +122,7 @@ CREATE INDEX ledger_refunds_idx ON ledger (ref) WHERE kind = 'R';
 -------------------------------------------------------------------------------
 
 CREATE TABLE grants (
-    account_id text NOT NULL,
+    account_id text COLLATE "C" NOT NULL,
     grant_id   bigint NOT NULL,
     kind       text NOT NULL CHECK (kind IN ('promotional', 'purchased', 'adjustment')),
     amount     numeric NOT NULL CHECK (amount > 0),
@@ -133,7 +137,7 @@ COMMENT ON TABLE grants IS 'One-off grants; a grant is usable while expires_at i
 
 -- What each debit drew from each grant (positive) and each refund gave back (negative).
 CREATE TABLE grant_draws (
-    account_id text NOT NULL,
+    account_id text COLLATE "C" NOT NULL,
     entry_id   bigint NOT NULL,
     grant_id   bigint NOT NULL,
     amount     numeric NOT NULL,
@@ -147,7 +151,7 @@ CREATE TABLE grant_draws (
 -------------------------------------------------------------------------------
 
 CREATE TABLE holds (
-    account_id     text NOT NULL,
+    account_id     text COLLATE "C" NOT NULL,
     hold_id        bigint NOT NULL,
     feature_id     smallint NOT NULL,
     amount         numeric NOT NULL CHECK (amount > 0),
@@ -169,7 +173,7 @@ CREATE INDEX holds_expiry_idx ON holds (expires_at) WHERE resolved_entry IS NULL
 
 CREATE TABLE events (
     event_id    bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    account_id  text NOT NULL,
+    account_id  text COLLATE "C" NOT NULL,
     at          timestamptz NOT NULL,
     kind        text NOT NULL CHECK (kind IN ('exhausted', 'threshold', 'reset')),
     window_kind text NOT NULL CHECK (window_kind IN ('daily', 'monthly')),
@@ -190,7 +194,7 @@ CREATE INDEX events_account_idx ON events (account_id, event_id);
 -------------------------------------------------------------------------------
 
 CREATE TABLE closed_windows (
-    account_id   text NOT NULL,
+    account_id   text COLLATE "C" NOT NULL,
     window_kind  text NOT NULL CHECK (window_kind IN ('daily', 'monthly')),
     window_start date NOT NULL,
     plan         text NOT NULL,
@@ -239,8 +243,8 @@ CREATE TABLE maintenance_runs (
 -------------------------------------------------------------------------------
 
 CREATE TABLE idempotency (
-    account_id      text NOT NULL,
-    idempotency_key text NOT NULL,
+    account_id      text COLLATE "C" NOT NULL,
+    idempotency_key text COLLATE "C" NOT NULL,
     entry_id        bigint NOT NULL,
     request         uuid NOT NULL,
     PRIMARY KEY (account_id, idempotency_key)
@@ -255,7 +259,7 @@ CREATE TABLE idempotency (
 -------------------------------------------------------------------------------
 
 CREATE TABLE usage_rollup (
-    account_id  text NOT NULL,
+    account_id  text COLLATE "C" NOT NULL,
     month       date NOT NULL,      -- the reporting month (a month-end forfeit: the month it ends)
     kind        "char" NOT NULL,
     feature_id  smallint,           -- NULL for entries without a feature

@@ -22,9 +22,9 @@ fn fingerprint(client: &mut Client) -> Vec<String> {
                       coalesce(obj_description(c.oid, 'pg_class'), ''))
           FROM pg_class c WHERE c.relnamespace = 'credits'::regnamespace
         UNION ALL
-        SELECT format('column %s.%s #%s %s not null %s default %s identity %s generated %s', c.relname, a.attname,
-                      row_number() OVER (PARTITION BY c.oid ORDER BY a.attnum),
-                      format_type(a.atttypid, a.atttypmod), a.attnotnull,
+        SELECT format('column %s.%s #%s %s collate %s not null %s default %s identity %s generated %s',
+                      c.relname, a.attname, row_number() OVER (PARTITION BY c.oid ORDER BY a.attnum),
+                      format_type(a.atttypid, a.atttypmod), a.attcollation::regcollation, a.attnotnull,
                       coalesce(pg_get_expr(d.adbin, d.adrelid), ''), a.attidentity, a.attgenerated)
           FROM pg_class c
           JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
@@ -48,6 +48,11 @@ fn fingerprint(client: &mut Client) -> Vec<String> {
         UNION ALL
         SELECT format('type %s', t.typname)
           FROM pg_type t WHERE t.typnamespace = 'credits'::regnamespace
+        UNION ALL
+        SELECT format('domain %s over %s: %s', t.typname, format_type(t.typbasetype, t.typtypmod),
+                      pg_get_constraintdef(k.oid))
+          FROM pg_type t JOIN pg_constraint k ON k.contypid = t.oid
+         WHERE t.typnamespace = 'credits'::regnamespace
         UNION ALL
         SELECT format('dumped %s %s', x.cfg::regclass, x.cond)
           FROM pg_extension e, unnest(e.extconfig, e.extcondition) AS x(cfg, cond)
