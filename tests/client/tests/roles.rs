@@ -75,6 +75,7 @@ fn each_role_can_do_its_job_and_nothing_else() {
             "SELECT count(*) FROM credits.ledger",
             "SELECT * FROM credits.verify()",
             "CALL credits.run_maintenance()",
+            "CALL credits.refresh_rollups()",
             "SELECT * FROM credits.balance('r_pro')",
         ],
         &[
@@ -133,10 +134,14 @@ fn each_role_can_do_its_job_and_nothing_else() {
             "SELECT * FROM credits.account_months",
             "SELECT * FROM credits.tenant_months",
             "SELECT * FROM credits.usage_display",
+            "SELECT * FROM credits.rollup_status",
             "SELECT * FROM credits.balance('r_pro')",
         ],
         &[
             "SELECT credits.debit('r_pro', 'agent', 1)",
+            "SELECT * FROM credits.usage_rollup",
+            "SELECT * FROM credits._ledger_months",
+            "CALL credits.refresh_rollups()",
             "SELECT * FROM credits.ledger",
             "SELECT * FROM credits.accounts",
             "SELECT * FROM credits.plans",
