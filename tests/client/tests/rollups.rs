@@ -134,9 +134,17 @@ fn debits_of_every_length_racing_refreshes_end_equal_to_the_ledger() {
         std::thread::spawn(move || {
             let mut c = connect();
             let mut rolled = 0u64;
+            let mut calls = 0u64;
             while !stop.load(Ordering::Relaxed) {
+                // Half the calls also wait (as the worker does) for the
+                // transactions older than their new candidate, and roll on.
+                calls += 1;
+                let wait = if calls % 2 == 0 { "0" } else { "5 ms" };
                 let n: i64 = c
-                    .query_one("SELECT credits._refresh_rollups(7)", &[])
+                    .query_one(
+                        "SELECT credits._refresh_rollups(7, $1::text::interval)",
+                        &[&wait],
+                    )
                     .unwrap()
                     .get(0);
                 rolled += n as u64;
