@@ -22,8 +22,11 @@ RETURN CASE WHEN kind = 'F' AND metadata ->> 'reason' = 'month_end'
             ELSE credits._utc_month(at) END;
 
 -- Whether a transaction that began before `since` may still add ledger
--- entries. (pg_stat_activity is cached per transaction, hence the clear.)
--- Without track_activities there is no telling: assume one is.
+-- entries. An entry's id is taken by the statement that inserts it, which
+-- also gives its transaction an xid: a transaction idle without an xid has
+-- no entry in flight (a psql session left open after a SELECT does not hold
+-- the rollups back). (pg_stat_activity is cached per transaction, hence the
+-- clear.) Without track_activities there is no telling: assume one is.
 CREATE FUNCTION _older_transactions_open(since timestamptz) RETURNS boolean
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -34,7 +37,8 @@ BEGIN
     RETURN EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a
                     WHERE a.datname = current_database() AND a.pid <> pg_catalog.pg_backend_pid()
                       AND a.backend_type <> 'autovacuum worker'  -- never writes the ledger
-                      AND a.xact_start < since)
+                      AND a.xact_start < since
+                      AND (a.backend_xid IS NOT NULL OR a.state NOT LIKE 'idle in transaction%'))
            -- a prepared transaction may hold ids of any age
            OR EXISTS (SELECT 1 FROM pg_catalog.pg_prepared_xacts p WHERE p.database = current_database());
 END
