@@ -23,6 +23,23 @@ CONF
     fi
 }
 
+# sql ARGS...: psql as postgres on the bench cluster ($PORT), stopping at the first error.
+sql() { psql_at "$PORT" -v ON_ERROR_STOP=1 -X -q "$@"; }
+
+# bench_pgbench LOG ARGS...: pgbench as postgres on the bench cluster ($PORT),
+# run in $WORK (where -l writes its logs), its output in LOG.out; on failure
+# it prints that output and fails.
+bench_pgbench() {
+    local log=$1
+    shift
+    if ! (cd "$WORK" && runuser -u postgres -- "$PG_BIN/pgbench" -h 127.0.0.1 -p "$PORT" -U postgres -n "$@") \
+            >"$log.out" 2>&1; then
+        echo "pgbench failed ($log.out):" >&2
+        cat "$log.out" >&2
+        return 1
+    fi
+}
+
 # A per-transaction pgbench log -> percentiles.
 
 # percentiles PREFIX [FROM TO]: "count p50 p99" (ms) of the transactions in

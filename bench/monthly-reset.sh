@@ -26,7 +26,6 @@ chmod 777 "$WORK"
 
 bench_cluster_up "$PORT" "$DB"
 
-sql() { psql_at "$PORT" -v ON_ERROR_STOP=1 -X -q "$@"; }
 set_cluster_clock() {
     sql -d postgres -c "ALTER SYSTEM SET credits.clock_override = '$1'"
     sql -d postgres -c "SELECT pg_reload_conf()" >/dev/null
@@ -61,8 +60,8 @@ printf '\\set aid random(1, %s)\nSELECT credits.debit(%s || :aid, %s, 1);\n' "$A
 
 # pgbench_run NAME SECONDS: debit traffic, per-transaction log in $WORK/NAME.*
 pgbench_run() {
-    (cd "$WORK" && runuser -u postgres -- "$PG_BIN/pgbench" -h 127.0.0.1 -p "$PORT" -U postgres -M prepared -n \
-        -c "$CLIENTS" -j 2 -T "$2" -f "$WORK/debit.sql" -l --log-prefix="$WORK/$1" "$DB" >"$WORK/$1.out" 2>&1)
+    bench_pgbench "$WORK/$1" -M prepared -c "$CLIENTS" -j 2 -T "$2" -f "$WORK/debit.sql" \
+        -l --log-prefix="$WORK/$1" "$DB"
 }
 
 say "debit traffic, no reset running ($CLIENTS clients, ${IDLE_SECONDS}s, in January)"

@@ -28,7 +28,6 @@ chmod 777 "$WORK"
 
 bench_cluster_up "$PORT" "$DB"
 
-sql() { psql_at "$PORT" -v ON_ERROR_STOP=1 -X -q "$@"; }
 # The worker must not refresh the rollups behind the measurements' back.
 sql -d postgres -c "ALTER SYSTEM SET credits.rollup_interval = '1d'"
 sql -d postgres -c "ALTER SYSTEM SET credits.maintenance_max_nap = '1d'"
@@ -76,8 +75,7 @@ hot_rows=$(sql -d "$DB" -Atc "SELECT count(*) FROM credits.ledger WHERE account_
 
 # The same report summed straight from the ledger: what the views cost
 # without rollups (the 0.2.0 development views read the ledger like this).
-LEDGER_MONTH="CASE WHEN l.kind = 'F' AND l.metadata ->> 'reason' = 'month_end'
-                   THEN to_date(l.metadata ->> 'month', 'YYYY-MM') ELSE credits._utc_month(l.at) END"
+LEDGER_MONTH="credits._report_month(l.kind, l.at, l.metadata)"
 ACCOUNT_FROM_LEDGER="SELECT l.account_id,
        coalesce(sum(l.amount) FILTER (WHERE l.kind = 'D'), 0) AS debited,
        coalesce(sum(l.amount) FILTER (WHERE l.kind = 'R'), 0) AS refunded,
@@ -103,9 +101,8 @@ SQL
 # run NAME ROUND SECONDS: one client, the simple protocol (each query
 # planned, as an analyst's tool would send it); per-query log in $WORK/NAME.ROUND.*
 run() {
-    (cd "$WORK" && runuser -u postgres -- "$PG_BIN/pgbench" -h 127.0.0.1 -p "$PORT" -U postgres -M simple -n \
-        -c 1 -T "$3" -f "$WORK/$1.sql" -l --log-prefix="$WORK/$1.$2" "$DB" >"$WORK/$1.$2.out" 2>&1) ||
-        { cat "$WORK/$1.$2.out"; exit 1; }
+    bench_pgbench "$WORK/$1.$2" -M simple -c 1 -T "$3" -f "$WORK/$1.sql" -l --log-prefix="$WORK/$1.$2" "$DB" ||
+        exit 1
 }
 # Alternated, so drift on a shared machine hits both sides alike.
 for round in 1 2; do

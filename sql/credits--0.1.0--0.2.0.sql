@@ -161,6 +161,21 @@ RETURN CASE WHEN kind = 'F' AND metadata ->> 'reason' = 'month_end'
                            substr(metadata ->> 'month', 6, 2)::integer, 1)
             ELSE credits._utc_month(at) END;
 
+-- The ledger's totals per account, reporting month, kind and feature for
+-- the entries after `p_after` up to `p_upto`: what usage_rollup adds up
+-- (_refresh_rollups) and what verify() checks it against.
+CREATE FUNCTION _ledger_totals(p_after bigint, p_upto bigint)
+RETURNS TABLE (account_id text, month date, kind "char", feature_id smallint,
+               amount numeric, from_grants numeric, entries bigint)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT l.account_id, credits._report_month(l.kind, l.at, l.metadata), l.kind, l.feature_id,
+           sum(l.amount), coalesce(sum(l.from_grants), 0), count(*)
+      FROM credits.ledger l
+     WHERE l.entry_id > p_after AND l.entry_id <= p_upto
+     GROUP BY 1, 2, 3, 4;
+END;
+
 -- Whether a transaction that began before `since` may still add ledger
 -- entries. An entry's id is taken by the statement that inserts it, which
 -- also gives its transaction an xid: a transaction idle without an xid has
@@ -198,6 +213,7 @@ DECLARE
     v_n      bigint := 0;
     v_until  timestamptz;
     v_picked boolean := false;
+    v_open   boolean;
 BEGIN
     IF p_max IS NULL OR p_max < 1 THEN
         RAISE EXCEPTION 'invalid rollup batch size: %', coalesce(p_max::text, 'NULL') USING ERRCODE = 'UC009';
@@ -217,18 +233,15 @@ BEGIN
     LOOP
         IF st.candidate > st.rolled_through THEN
             v_until := clock_timestamp() + CASE WHEN v_picked THEN p_wait ELSE interval '0' END;
-            WHILE credits._older_transactions_open(st.candidate_at) LOOP
-                EXIT WHEN clock_timestamp() >= v_until;
+            LOOP
+                v_open := credits._older_transactions_open(st.candidate_at);
+                EXIT WHEN NOT v_open OR clock_timestamp() >= v_until;
                 PERFORM pg_catalog.pg_sleep(0.002);
             END LOOP;
-            EXIT WHEN credits._older_transactions_open(st.candidate_at);
+            EXIT WHEN v_open;
             v_upto := least(st.candidate, st.rolled_through + p_max - v_n);
             INSERT INTO credits.usage_rollup AS r (account_id, month, kind, feature_id, amount, from_grants, entries)
-            SELECT l.account_id, credits._report_month(l.kind, l.at, l.metadata), l.kind, l.feature_id,
-                   sum(l.amount), coalesce(sum(l.from_grants), 0), count(*)
-              FROM credits.ledger l
-             WHERE l.entry_id > st.rolled_through AND l.entry_id <= v_upto
-             GROUP BY 1, 2, 3, 4
+            SELECT * FROM credits._ledger_totals(st.rolled_through, v_upto)
             ON CONFLICT (account_id, month, kind, feature_id) DO UPDATE
                SET amount = r.amount + excluded.amount,
                    from_grants = r.from_grants + excluded.from_grants,
@@ -590,12 +603,7 @@ BEGIN ATOMIC
                       coalesce(r.feature_id, t.feature_id)::text, r.amount, r.from_grants, r.entries,
                       t.amount, t.from_grants, t.entries)
           FROM credits.usage_rollup r
-          FULL JOIN (SELECT l.account_id, credits._report_month(l.kind, l.at, l.metadata) AS month, l.kind,
-                            l.feature_id, sum(l.amount) AS amount, coalesce(sum(l.from_grants), 0) AS from_grants,
-                            count(*) AS entries
-                       FROM credits.ledger l
-                      WHERE l.entry_id <= (SELECT s.rolled_through FROM credits.rollup_state s)
-                      GROUP BY 1, 2, 3, 4) t
+          FULL JOIN credits._ledger_totals(0, credits._rolled_through()) t
             ON t.account_id = r.account_id AND t.month = r.month AND t.kind = r.kind
            AND coalesce(t.feature_id, -1) = coalesce(r.feature_id, -1)
          WHERE r.amount IS DISTINCT FROM t.amount OR r.from_grants IS DISTINCT FROM t.from_grants
@@ -783,7 +791,8 @@ LANGUAGE c
 AS 'MODULE_PATHNAME', 'thresholds_wrapper';
 
 -------------------------------------------------------------------------------
--- _close_windows computes each window's end once (src/maintenance/maintenance.sql).
+-- _close_windows computes each window's end once and takes its window keys from
+-- _window_key (src/maintenance/maintenance.sql).
 -------------------------------------------------------------------------------
 
 -- Close the ended windows of locked accounts: one closed_windows row per
@@ -805,7 +814,7 @@ DECLARE
     v_acct    credits.accounts;
 BEGIN
     WITH due AS (
-        SELECT a.account_id, a.plan, a.day, a.daily_used, a.month, a.monthly_used, a.monthly_epoch,
+        SELECT a AS acct, a.account_id, a.plan, a.day, a.daily_used, a.month, a.monthly_used,
                p.daily_limit, p.monthly_allowance + a.purchased AS monthly_limit
           FROM credits.accounts a
           JOIN credits.plans p ON p.plan = a.plan
@@ -813,15 +822,14 @@ BEGIN
     ), windows AS (
         SELECT d.account_id, 'daily' AS window_kind, d.day AS window_start, d.plan,
                d.daily_limit AS window_limit, d.daily_used AS used, NULL::numeric AS forfeited,
-               to_char(d.day, 'YYYY-MM-DD') AS window_key,
+               credits._window_key(d.acct, 'daily', d.day::timestamp AT TIME ZONE 'UTC') AS window_key,
                (d.day + 1)::timestamp AT TIME ZONE 'UTC' AS closes_at
           FROM due d
          WHERE d.day < v_day AND d.daily_used > 0
         UNION ALL
         SELECT d.account_id, 'monthly', m.start::date, d.plan, d.monthly_limit, u.used,
                greatest(0, d.monthly_limit - u.used),
-               to_char(m.start, 'YYYY-MM')
-                 || CASE WHEN m.start = d.month AND d.monthly_epoch > 0 THEN '#' || d.monthly_epoch ELSE '' END,
+               credits._window_key(d.acct, 'monthly', m.start AT TIME ZONE 'UTC'),
                (m.start + interval '1 month') AT TIME ZONE 'UTC'
           FROM due d
          CROSS JOIN LATERAL generate_series(d.month::timestamp, v_month - interval '1 month',

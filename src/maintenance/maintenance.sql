@@ -32,7 +32,7 @@ DECLARE
     v_acct    credits.accounts;
 BEGIN
     WITH due AS (
-        SELECT a.account_id, a.plan, a.day, a.daily_used, a.month, a.monthly_used, a.monthly_epoch,
+        SELECT a AS acct, a.account_id, a.plan, a.day, a.daily_used, a.month, a.monthly_used,
                p.daily_limit, p.monthly_allowance + a.purchased AS monthly_limit
           FROM credits.accounts a
           JOIN credits.plans p ON p.plan = a.plan
@@ -40,15 +40,14 @@ BEGIN
     ), windows AS (
         SELECT d.account_id, 'daily' AS window_kind, d.day AS window_start, d.plan,
                d.daily_limit AS window_limit, d.daily_used AS used, NULL::numeric AS forfeited,
-               to_char(d.day, 'YYYY-MM-DD') AS window_key,
+               credits._window_key(d.acct, 'daily', d.day::timestamp AT TIME ZONE 'UTC') AS window_key,
                (d.day + 1)::timestamp AT TIME ZONE 'UTC' AS closes_at
           FROM due d
          WHERE d.day < v_day AND d.daily_used > 0
         UNION ALL
         SELECT d.account_id, 'monthly', m.start::date, d.plan, d.monthly_limit, u.used,
                greatest(0, d.monthly_limit - u.used),
-               to_char(m.start, 'YYYY-MM')
-                 || CASE WHEN m.start = d.month AND d.monthly_epoch > 0 THEN '#' || d.monthly_epoch ELSE '' END,
+               credits._window_key(d.acct, 'monthly', m.start AT TIME ZONE 'UTC'),
                (m.start + interval '1 month') AT TIME ZONE 'UTC'
           FROM due d
          CROSS JOIN LATERAL generate_series(d.month::timestamp, v_month - interval '1 month',

@@ -80,8 +80,7 @@ fn step() -> Option<f64> {
     if !installed {
         return None;
     }
-    // A batch lost in a crash is redone (closing is idempotent): no need to wait for the WAL flush.
-    Spi::run("SET LOCAL synchronous_commit = off").ok()?;
+    commit_without_flush().ok()?;
     let batch = BATCH_SIZE.get().max(1);
     let retry = RETRY.as_secs_f64();
     Spi::get_one::<f64>(&format!("SELECT credits._worker_step({batch}, {retry})"))
@@ -95,8 +94,7 @@ const ROLLUP_BATCH: i64 = 200_000;
 /// One rollup transaction; returns the entries rolled up. Skipped while the
 /// installed extension is older than the rollups.
 fn refresh_rollups() -> i64 {
-    // A lost batch is lost whole (rollup rows and progress together): no need to wait for the WAL flush.
-    if Spi::run("SET LOCAL synchronous_commit = off").is_err() {
+    if commit_without_flush().is_err() {
         return 0;
     }
     Spi::get_one::<i64>(&format!(
@@ -106,4 +104,10 @@ fn refresh_rollups() -> i64 {
     .ok()
     .flatten()
     .unwrap_or(0)
+}
+
+/// The worker's transactions do not wait for the WAL flush: a transaction lost
+/// in a crash is lost whole (its progress row with it) and simply done again.
+fn commit_without_flush() -> Result<(), pgrx::spi::Error> {
+    Spi::run("SET LOCAL synchronous_commit = off")
 }

@@ -21,6 +21,21 @@ RETURN CASE WHEN kind = 'F' AND metadata ->> 'reason' = 'month_end'
                            substr(metadata ->> 'month', 6, 2)::integer, 1)
             ELSE credits._utc_month(at) END;
 
+-- The ledger's totals per account, reporting month, kind and feature for
+-- the entries after `p_after` up to `p_upto`: what usage_rollup adds up
+-- (_refresh_rollups) and what verify() checks it against.
+CREATE FUNCTION _ledger_totals(p_after bigint, p_upto bigint)
+RETURNS TABLE (account_id text, month date, kind "char", feature_id smallint,
+               amount numeric, from_grants numeric, entries bigint)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT l.account_id, credits._report_month(l.kind, l.at, l.metadata), l.kind, l.feature_id,
+           sum(l.amount), coalesce(sum(l.from_grants), 0), count(*)
+      FROM credits.ledger l
+     WHERE l.entry_id > p_after AND l.entry_id <= p_upto
+     GROUP BY 1, 2, 3, 4;
+END;
+
 -- Whether a transaction that began before `since` may still add ledger
 -- entries. An entry's id is taken by the statement that inserts it, which
 -- also gives its transaction an xid: a transaction idle without an xid has
@@ -58,6 +73,7 @@ DECLARE
     v_n      bigint := 0;
     v_until  timestamptz;
     v_picked boolean := false;
+    v_open   boolean;
 BEGIN
     IF p_max IS NULL OR p_max < 1 THEN
         RAISE EXCEPTION 'invalid rollup batch size: %', coalesce(p_max::text, 'NULL') USING ERRCODE = 'UC009';
@@ -77,18 +93,15 @@ BEGIN
     LOOP
         IF st.candidate > st.rolled_through THEN
             v_until := clock_timestamp() + CASE WHEN v_picked THEN p_wait ELSE interval '0' END;
-            WHILE credits._older_transactions_open(st.candidate_at) LOOP
-                EXIT WHEN clock_timestamp() >= v_until;
+            LOOP
+                v_open := credits._older_transactions_open(st.candidate_at);
+                EXIT WHEN NOT v_open OR clock_timestamp() >= v_until;
                 PERFORM pg_catalog.pg_sleep(0.002);
             END LOOP;
-            EXIT WHEN credits._older_transactions_open(st.candidate_at);
+            EXIT WHEN v_open;
             v_upto := least(st.candidate, st.rolled_through + p_max - v_n);
             INSERT INTO credits.usage_rollup AS r (account_id, month, kind, feature_id, amount, from_grants, entries)
-            SELECT l.account_id, credits._report_month(l.kind, l.at, l.metadata), l.kind, l.feature_id,
-                   sum(l.amount), coalesce(sum(l.from_grants), 0), count(*)
-              FROM credits.ledger l
-             WHERE l.entry_id > st.rolled_through AND l.entry_id <= v_upto
-             GROUP BY 1, 2, 3, 4
+            SELECT * FROM credits._ledger_totals(st.rolled_through, v_upto)
             ON CONFLICT (account_id, month, kind, feature_id) DO UPDATE
                SET amount = r.amount + excluded.amount,
                    from_grants = r.from_grants + excluded.from_grants,
