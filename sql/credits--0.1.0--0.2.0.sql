@@ -762,8 +762,9 @@ BEGIN
         SELECT l.entry_id, u.committed, u.monthly_limit, u.day_full FROM l, u
           INTO v_entry, v_used, v_limit, v_day_full;
         IF v_entry IS NOT NULL THEN
-            -- Events are checked only near a threshold or a full window.
-            IF v_day_full OR v_used * 100 >= v_limit * (credits._thresholds())[1] THEN
+            -- Events are checked only near a full window or the lowest
+            -- threshold (a month used up is an event whatever the thresholds).
+            IF v_day_full OR v_used * 100 >= v_limit * least((credits._thresholds())[1], 100) THEN
                 PERFORM credits._after_write(p_account, v_now);
             END IF;
             RETURN v_entry;

@@ -57,5 +57,11 @@ SET credits.thresholds = '25,50';
 SELECT credits.subscribe('ev_cfg', 'pro');
 SELECT credits.debit('ev_cfg', 'agent', 60) IS NOT NULL AS debited;
 SELECT kind, threshold FROM credits.events WHERE account_id = 'ev_cfg' ORDER BY event_id;
+-- Whatever the thresholds (here none below 150%), spending the whole
+-- monthly allowance on the fast path still exhausts the window.
+SET credits.thresholds = '150';
+SELECT credits.subscribe('ev_high', 'pro');
+SELECT credits.debit('ev_high', 'agent', 100) IS NOT NULL AS debited;
+SELECT kind, window_kind, threshold FROM credits.events WHERE account_id = 'ev_high' ORDER BY event_id;
 RESET credits.thresholds;
 SELECT * FROM credits.verify();
