@@ -6,6 +6,8 @@
 bench_cluster_up() {
     install_prerequisites
     install_extension --release
+    # A running server keeps the library it preloaded: restart it on the new build.
+    cluster_stop bench
     cluster_start bench "$1" "$2"
     local conf
     conf=$(cluster_dir bench)/postgresql.conf

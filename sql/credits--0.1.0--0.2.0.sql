@@ -56,13 +56,16 @@ ALTER TABLE idempotency ALTER COLUMN account_id TYPE text COLLATE "C",
 
 -- STATE BEGIN
 CREATE FUNCTION _state(a credits.accounts, p_now timestamptz) RETURNS credits._account_state
-LANGUAGE sql STABLE
-BEGIN ATOMIC
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v credits._account_state;
+BEGIN
     SELECT s.plan, s.daily_limit, s.daily_used, s.monthly_limit, s.monthly_used,
            s.granted, s.reserved,
            CASE WHEN s.daily_limit IS NOT NULL THEN greatest(0, s.daily_limit - s.daily_used - s.reserved) END,
            greatest(0, s.monthly_limit - s.monthly_used - s.reserved),
            s.granted - greatest(0, s.reserved - greatest(0, s.monthly_limit - s.monthly_used))
+      INTO v
       FROM (SELECT p.plan,
                    p.daily_limit,
                    credits._in_window(a.day, credits._utc_day(p_now), a.daily_used) AS daily_used,
@@ -78,15 +81,20 @@ BEGIN ATOMIC
                                     AND h.expires_at <= p_now), 0) END AS reserved
               FROM credits.plans p
              WHERE p.plan = a.plan) s;
-END;
+    RETURN v;
+END
+$$;
 
 CREATE FUNCTION _expiry_due(a credits.accounts, p_at timestamptz) RETURNS boolean
-LANGUAGE sql STABLE
-RETURN (a.reserved > 0 AND EXISTS (SELECT 1 FROM credits.holds h
-                                    WHERE h.account_id = a.account_id AND h.resolved_entry IS NULL
-                                      AND h.expires_at <= p_at))
-    OR EXISTS (SELECT 1 FROM credits.grants g
-                WHERE g.account_id = a.account_id AND g.expired_entry IS NULL AND g.expires_at <= p_at);
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (a.reserved > 0 AND EXISTS (SELECT 1 FROM credits.holds h
+                                        WHERE h.account_id = a.account_id AND h.resolved_entry IS NULL
+                                          AND h.expires_at <= p_at))
+        OR EXISTS (SELECT 1 FROM credits.grants g
+                    WHERE g.account_id = a.account_id AND g.expired_entry IS NULL AND g.expires_at <= p_at);
+END
+$$;
 
 CREATE FUNCTION _window_key(a credits.accounts, p_window text, p_now timestamptz) RETURNS text
 LANGUAGE sql STABLE
@@ -102,11 +110,12 @@ LANGUAGE sql IMMUTABLE
 RETURN (a.day < credits._utc_day(p_at) AND a.daily_used > 0) OR a.month < credits._utc_month(p_at);
 
 CREATE FUNCTION _remember_key(p_account text, p_key text, p_entry bigint, p_request uuid) RETURNS void
-LANGUAGE sql
-BEGIN ATOMIC
+LANGUAGE plpgsql AS $$
+BEGIN
     INSERT INTO credits.idempotency (account_id, idempotency_key, entry_id, request)
     VALUES (p_account, p_key, p_entry, p_request);
-END;
+END
+$$;
 -- STATE END
 
 -------------------------------------------------------------------------------
@@ -629,13 +638,15 @@ GRANT EXECUTE ON FUNCTION credits.verify() TO credits_admin;
 
 
 -------------------------------------------------------------------------------
--- Keyed debits take the fast path (src/metering/metering.sql).
+-- debit and try_debit try a fast path below SQL first (_debit_fast,
+-- src/metering/fast_path.rs) for the common debit, keyed or not, then
+-- credits._debit. Request checks and fingerprints are C too
+-- (src/metering/requests.rs), one copy for both paths; fingerprints are
+-- computed as before, so recorded keys match.
 -------------------------------------------------------------------------------
 
--- The fingerprint a debit's idempotency key is stored with (UC005 on a mismatch).
 CREATE OR REPLACE FUNCTION _debit_request(p_feature text, p_quantity numeric, p_metadata jsonb) RETURNS uuid
-LANGUAGE sql STABLE
-RETURN credits._fingerprint('debit', p_feature, trim_scale(p_quantity)::text, p_metadata::text);
+LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'credits_debit_request';
 
 -- The slow path: full validation, grants, precise errors.
 CREATE OR REPLACE FUNCTION _debit_slow(p_account text, p_feature text, p_quantity numeric, p_key text,
@@ -690,96 +701,64 @@ BEGIN
 END
 $$;
 
+-- The fast path, below SQL (src/metering/fast_path.rs): the common debit
+-- (account up to date, allowance enough, key new, arguments valid) decided
+-- and written without executing a statement; NULL, with nothing written,
+-- for anything else.
+CREATE FUNCTION _debit_fast(p_account text, p_feature text, p_quantity numeric, p_key text,
+                            p_metadata jsonb, p_now timestamptz)
+RETURNS bigint
+LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'credits_debit_fast';
+
+-- A debit the fast path declined (debit and try_debit try it first). An
+-- account with a window to close (the first call of a day or month) or a
+-- deadline passed is brought up to date, and the fast path tried once more;
+-- anything else is the slow path's. The search_path is pinned here because
+-- debit and try_debit, in C, do not need it.
 CREATE OR REPLACE FUNCTION _debit(p_account text, p_feature text, p_quantity numeric, p_key text,
                        p_metadata jsonb, p_raise boolean)
 RETURNS bigint
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_now   timestamptz := credits.now();
-    v_day   date := credits._utc_day(v_now);
-    v_month date := credits._utc_month(v_now);
     v_entry bigint;
-    v_used  numeric;
-    v_limit numeric;
-    v_day_full boolean;
-    v_request uuid;
-    v_fast  boolean := true;
-    v_try   integer;
 BEGIN
-    IF p_key IS NOT NULL THEN
-        -- A keyed debit takes the fast path too when its key is new. The
-        -- account is locked first: every writer of keys holds that lock, so
-        -- the lookup cannot race, and locks are taken in the slow path's
-        -- order (account, then key). Replays and UC005 are the slow path's.
-        IF octet_length(p_key) BETWEEN 1 AND 255 THEN
-            PERFORM FROM credits.accounts a WHERE a.account_id = p_account FOR UPDATE;
-            v_fast := FOUND AND NOT EXISTS (SELECT FROM credits.idempotency i
-                                             WHERE i.account_id = p_account AND i.idempotency_key = p_key);
-            v_request := credits._debit_request(p_feature, p_quantity, p_metadata);
-        ELSE
-            v_fast := false;
-        END IF;
-    END IF;
-    -- Fast path: everything from the monthly allowance, no error to report.
-    -- An account with a window to close (the first call of a day or month)
-    -- or a deadline passed is brought up to date once, then tried again.
-    FOR v_try IN 1..2 LOOP
-        EXIT WHEN NOT v_fast;
-        WITH f AS (
-            SELECT f.feature_id, trim_scale(f.cost * p_quantity) AS amount
-              FROM credits.features f
-             WHERE f.feature = p_feature
-               AND p_quantity > 0 AND p_quantity < 1e15
-               AND round(f.cost * p_quantity, 4) = f.cost * p_quantity
-               AND credits._metadata_ok(p_metadata)
-        ), u AS (
-            UPDATE credits.accounts a
-               SET day = v_day,
-                   daily_used = credits._in_window(a.day, v_day, a.daily_used) + f.amount,
-                   month = v_month,
-                   monthly_used = credits._in_window(a.month, v_month, a.monthly_used) + f.amount,
-                   monthly_epoch = CASE WHEN a.month = v_month THEN a.monthly_epoch ELSE 0 END
-              FROM f, credits.plans p
-             WHERE a.account_id = p_account
-               AND p.plan = a.plan
-               AND NOT credits._windows_passed(a, v_now)  -- closing a window is the slow path's work
-               AND (p.daily_limit IS NULL
-                    OR credits._in_window(a.day, v_day, a.daily_used) + a.reserved + f.amount <= p.daily_limit)
-               AND credits._in_window(a.month, v_month, a.monthly_used) + a.reserved + f.amount
-                   <= p.monthly_allowance + a.purchased
-            RETURNING a.account_id, f.feature_id, f.amount,
-                      a.monthly_used + a.reserved AS committed,
-                      p.monthly_allowance + a.purchased AS monthly_limit,
-                      coalesce(a.daily_used + a.reserved >= p.daily_limit, false) AS day_full
-        ), l AS (
-            INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, metadata)
-            SELECT u.account_id, v_now, 'D', u.feature_id, u.amount, p_metadata FROM u
-            RETURNING entry_id, account_id
-        ), k AS (
-            INSERT INTO credits.idempotency (account_id, idempotency_key, entry_id, request)
-            SELECT l.account_id, p_key, l.entry_id, v_request FROM l WHERE p_key IS NOT NULL
-        )
-        SELECT l.entry_id, u.committed, u.monthly_limit, u.day_full FROM l, u
-          INTO v_entry, v_used, v_limit, v_day_full;
+    IF EXISTS (SELECT FROM credits.accounts a WHERE a.account_id = p_account
+                  AND (credits._windows_passed(a, v_now) OR credits._expiry_due(a, v_now))) THEN
+        PERFORM credits._lock_account(p_account, v_now);
+        v_entry := credits._debit_fast(p_account, p_feature, p_quantity, p_key, p_metadata, v_now);
         IF v_entry IS NOT NULL THEN
-            -- Events are checked only near a full window or the lowest
-            -- threshold (a month used up is an event whatever the thresholds).
-            IF v_day_full OR v_used * 100 >= v_limit * least((credits._thresholds())[1], 100) THEN
-                PERFORM credits._after_write(p_account, v_now);
-            END IF;
             RETURN v_entry;
         END IF;
-        v_fast := v_try = 1 AND EXISTS (SELECT FROM credits.accounts a WHERE a.account_id = p_account
-                                          AND (credits._windows_passed(a, v_now) OR credits._expiry_due(a, v_now)));
-        IF v_fast THEN
-            PERFORM credits._lock_account(p_account, v_now);
-        END IF;
-    END LOOP;
+    END IF;
     RETURN credits._debit_slow(p_account, p_feature, p_quantity, p_key, p_metadata, p_raise, v_now);
 END
 $$;
 
+CREATE OR REPLACE FUNCTION debit(account_id text, feature text, quantity numeric DEFAULT 1,
+                      idempotency_key text DEFAULT NULL, metadata jsonb DEFAULT NULL)
+RETURNS bigint
+LANGUAGE c VOLATILE SECURITY DEFINER AS 'MODULE_PATHNAME', 'credits_debit';
+
+CREATE OR REPLACE FUNCTION try_debit(account_id text, feature text, quantity numeric DEFAULT 1,
+                          idempotency_key text DEFAULT NULL, metadata jsonb DEFAULT NULL)
+RETURNS bigint
+LANGUAGE c VOLATILE SECURITY DEFINER AS 'MODULE_PATHNAME', 'credits_try_debit';
+
 REVOKE ALL ON FUNCTION credits._debit_request(text, numeric, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION credits._debit_fast(text, text, numeric, text, jsonb, timestamptz) FROM PUBLIC;
+
+-- Sessions cache plans and features for the debit fast path
+-- (src/metering/catalog_cache.rs); any change to either tells every session
+-- to read them again, when it commits.
+CREATE FUNCTION _catalog_changed() RETURNS trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'credits_catalog_changed';
+
+CREATE TRIGGER plans_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON plans
+    FOR EACH STATEMENT EXECUTE FUNCTION _catalog_changed();
+CREATE TRIGGER features_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON features
+    FOR EACH STATEMENT EXECUTE FUNCTION _catalog_changed();
+REVOKE ALL ON FUNCTION credits._catalog_changed() FROM PUBLIC;
 
 -------------------------------------------------------------------------------
 -- credits._thresholds() is Rust now (src/metering/thresholds.rs): the debit
@@ -889,15 +868,12 @@ END
 $$;
 
 -------------------------------------------------------------------------------
--- SQL helpers declared as volatile as their bodies, so the planner inlines
--- them (src/schema/internal.sql): declared IMMUTABLE over a STABLE body, each
--- ran as a separately planned query on every debit.
+-- The metadata check and request fingerprints are C (src/metering/requests.rs),
+-- shared with the debit fast path; a fingerprint is the same md5 as before.
 -------------------------------------------------------------------------------
 
 CREATE OR REPLACE FUNCTION _metadata_ok(value jsonb) RETURNS boolean
-LANGUAGE sql STABLE PARALLEL SAFE
-RETURN value IS NULL OR (jsonb_typeof(value) = 'object' AND pg_column_size(value) <= 4096);
+LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'credits_metadata_ok';
 
 CREATE OR REPLACE FUNCTION _fingerprint(VARIADIC parts text[]) RETURNS uuid
-LANGUAGE sql STABLE PARALLEL SAFE
-RETURN md5(array_to_string(parts, chr(31), chr(30)))::uuid;
+LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'credits_fingerprint';

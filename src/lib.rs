@@ -18,6 +18,7 @@ pgrx::pg_module_magic!();
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
+    metering::init();
     // The worker can only be registered from shared_preload_libraries;
     // without it every call still sees its windows roll on time.
     // SAFETY: a flag the postmaster sets while it loads preloaded libraries.

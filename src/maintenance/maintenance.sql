@@ -159,13 +159,18 @@ END
 $$;
 
 -- Does this account have a hold or grant whose deadline has passed unrecorded?
+-- plpgsql: a SQL function with subqueries is not inlined, and would be
+-- planned again in every transaction (see _state).
 CREATE FUNCTION _expiry_due(a credits.accounts, p_at timestamptz) RETURNS boolean
-LANGUAGE sql STABLE
-RETURN (a.reserved > 0 AND EXISTS (SELECT 1 FROM credits.holds h
-                                    WHERE h.account_id = a.account_id AND h.resolved_entry IS NULL
-                                      AND h.expires_at <= p_at))
-    OR EXISTS (SELECT 1 FROM credits.grants g
-                WHERE g.account_id = a.account_id AND g.expired_entry IS NULL AND g.expires_at <= p_at);
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (a.reserved > 0 AND EXISTS (SELECT 1 FROM credits.holds h
+                                        WHERE h.account_id = a.account_id AND h.resolved_entry IS NULL
+                                          AND h.expires_at <= p_at))
+        OR EXISTS (SELECT 1 FROM credits.grants g
+                    WHERE g.account_id = a.account_id AND g.expired_entry IS NULL AND g.expires_at <= p_at);
+END
+$$;
 
 -- Lock an account row (every write to an account goes through this lock,
 -- which also orders its ledger entries) and fail with UC002 if it is missing.

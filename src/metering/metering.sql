@@ -1,12 +1,14 @@
 -- Metering: debit, try_debit, refund.
 --
--- The debit hot path is one statement: a guarded UPDATE of the account row
--- (windows rolled inline, every limit checked in its WHERE) chained to the
--- ledger INSERT. Row locking makes it exact under any concurrency: at READ
--- COMMITTED a waiting debit re-checks the guard against the committed row;
--- at REPEATABLE READ / SERIALIZABLE it fails with 40001 and is retried.
--- Anything the fast path cannot decide alone (credits from grants, an
--- error to report, an idempotency key) goes to _debit_slow.
+-- The debit hot path is below SQL (_debit_fast, src/metering/fast_path.rs):
+-- it locks the account row, checks every window against it, and writes the
+-- counters, the ledger entry and the key as an UPDATE and INSERTs would.
+-- Row locking makes it exact under any concurrency: at READ COMMITTED a
+-- waiting debit decides on the committed row; at REPEATABLE READ /
+-- SERIALIZABLE a row changed since the snapshot fails with 40001 (from the
+-- slow path), to be retried. Anything the fast path cannot decide alone
+-- (credits from grants, an error to report, a replayed key) goes to
+-- _debit_slow.
 
 -- Charge `p_amount` to a locked account whose state `s` was checked to fit:
 -- the allowance first, then grants soonest-expiring first. Writes the 'D'
@@ -52,10 +54,10 @@ BEGIN
 END
 $$;
 
--- The fingerprint a debit's idempotency key is stored with (UC005 on a mismatch).
+-- The fingerprint a debit's idempotency key is stored with (UC005 on a
+-- mismatch): feature, quantity and metadata (src/metering/requests.rs).
 CREATE FUNCTION _debit_request(p_feature text, p_quantity numeric, p_metadata jsonb) RETURNS uuid
-LANGUAGE sql STABLE
-RETURN credits._fingerprint('debit', p_feature, trim_scale(p_quantity)::text, p_metadata::text);
+LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'credits_debit_request';
 
 -- A feature by key, UC003 if unknown.
 CREATE FUNCTION _feature(p_feature text) RETURNS credits.features
@@ -126,114 +128,52 @@ BEGIN
 END
 $$;
 
+-- The fast path, below SQL (src/metering/fast_path.rs): the common debit
+-- (account up to date, allowance enough, key new, arguments valid) decided
+-- and written without executing a statement; NULL, with nothing written,
+-- for anything else.
+CREATE FUNCTION _debit_fast(p_account text, p_feature text, p_quantity numeric, p_key text,
+                            p_metadata jsonb, p_now timestamptz)
+RETURNS bigint
+LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'credits_debit_fast';
+
+-- A debit the fast path declined (debit and try_debit try it first). An
+-- account with a window to close (the first call of a day or month) or a
+-- deadline passed is brought up to date, and the fast path tried once more;
+-- anything else is the slow path's.
 CREATE FUNCTION _debit(p_account text, p_feature text, p_quantity numeric, p_key text,
                        p_metadata jsonb, p_raise boolean)
 RETURNS bigint
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_now   timestamptz := credits.now();
-    v_day   date := credits._utc_day(v_now);
-    v_month date := credits._utc_month(v_now);
     v_entry bigint;
-    v_used  numeric;
-    v_limit numeric;
-    v_day_full boolean;
-    v_request uuid;
-    v_fast  boolean := true;
-    v_try   integer;
 BEGIN
-    IF p_key IS NOT NULL THEN
-        -- A keyed debit takes the fast path too when its key is new. The
-        -- account is locked first: every writer of keys holds that lock, so
-        -- the lookup cannot race, and locks are taken in the slow path's
-        -- order (account, then key). Replays and UC005 are the slow path's.
-        IF octet_length(p_key) BETWEEN 1 AND 255 THEN
-            PERFORM FROM credits.accounts a WHERE a.account_id = p_account FOR UPDATE;
-            v_fast := FOUND AND NOT EXISTS (SELECT FROM credits.idempotency i
-                                             WHERE i.account_id = p_account AND i.idempotency_key = p_key);
-            v_request := credits._debit_request(p_feature, p_quantity, p_metadata);
-        ELSE
-            v_fast := false;
-        END IF;
-    END IF;
-    -- Fast path: everything from the monthly allowance, no error to report.
-    -- An account with a window to close (the first call of a day or month)
-    -- or a deadline passed is brought up to date once, then tried again.
-    FOR v_try IN 1..2 LOOP
-        EXIT WHEN NOT v_fast;
-        WITH f AS (
-            SELECT f.feature_id, trim_scale(f.cost * p_quantity) AS amount
-              FROM credits.features f
-             WHERE f.feature = p_feature
-               AND p_quantity > 0 AND p_quantity < 1e15
-               AND round(f.cost * p_quantity, 4) = f.cost * p_quantity
-               AND credits._metadata_ok(p_metadata)
-        ), u AS (
-            UPDATE credits.accounts a
-               SET day = v_day,
-                   daily_used = credits._in_window(a.day, v_day, a.daily_used) + f.amount,
-                   month = v_month,
-                   monthly_used = credits._in_window(a.month, v_month, a.monthly_used) + f.amount,
-                   monthly_epoch = CASE WHEN a.month = v_month THEN a.monthly_epoch ELSE 0 END
-              FROM f, credits.plans p
-             WHERE a.account_id = p_account
-               AND p.plan = a.plan
-               AND NOT credits._windows_passed(a, v_now)  -- closing a window is the slow path's work
-               AND (p.daily_limit IS NULL
-                    OR credits._in_window(a.day, v_day, a.daily_used) + a.reserved + f.amount <= p.daily_limit)
-               AND credits._in_window(a.month, v_month, a.monthly_used) + a.reserved + f.amount
-                   <= p.monthly_allowance + a.purchased
-            RETURNING a.account_id, f.feature_id, f.amount,
-                      a.monthly_used + a.reserved AS committed,
-                      p.monthly_allowance + a.purchased AS monthly_limit,
-                      coalesce(a.daily_used + a.reserved >= p.daily_limit, false) AS day_full
-        ), l AS (
-            INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, metadata)
-            SELECT u.account_id, v_now, 'D', u.feature_id, u.amount, p_metadata FROM u
-            RETURNING entry_id, account_id
-        ), k AS (
-            INSERT INTO credits.idempotency (account_id, idempotency_key, entry_id, request)
-            SELECT l.account_id, p_key, l.entry_id, v_request FROM l WHERE p_key IS NOT NULL
-        )
-        SELECT l.entry_id, u.committed, u.monthly_limit, u.day_full FROM l, u
-          INTO v_entry, v_used, v_limit, v_day_full;
+    IF EXISTS (SELECT FROM credits.accounts a WHERE a.account_id = p_account
+                  AND (credits._windows_passed(a, v_now) OR credits._expiry_due(a, v_now))) THEN
+        PERFORM credits._lock_account(p_account, v_now);
+        v_entry := credits._debit_fast(p_account, p_feature, p_quantity, p_key, p_metadata, v_now);
         IF v_entry IS NOT NULL THEN
-            -- Events are checked only near a full window or the lowest
-            -- threshold (a month used up is an event whatever the thresholds).
-            IF v_day_full OR v_used * 100 >= v_limit * least((credits._thresholds())[1], 100) THEN
-                PERFORM credits._after_write(p_account, v_now);
-            END IF;
             RETURN v_entry;
         END IF;
-        v_fast := v_try = 1 AND EXISTS (SELECT FROM credits.accounts a WHERE a.account_id = p_account
-                                          AND (credits._windows_passed(a, v_now) OR credits._expiry_due(a, v_now)));
-        IF v_fast THEN
-            PERFORM credits._lock_account(p_account, v_now);
-        END IF;
-    END LOOP;
+    END IF;
     RETURN credits._debit_slow(p_account, p_feature, p_quantity, p_key, p_metadata, p_raise, v_now);
 END
 $$;
 
 -- debit: charge cost x quantity; UC001 when any window lacks credits.
+-- In C (src/metering/fast_path.rs): the fast path, then credits._debit,
+-- which pins the search_path (nothing before it depends on one).
 CREATE FUNCTION debit(account_id text, feature text, quantity numeric DEFAULT 1,
                       idempotency_key text DEFAULT NULL, metadata jsonb DEFAULT NULL)
 RETURNS bigint
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN credits._debit($1, $2, $3, $4, $5, true);
-END
-$$;
+LANGUAGE c VOLATILE SECURITY DEFINER AS 'MODULE_PATHNAME', 'credits_debit';
 
 -- try_debit: like debit, but NULL instead of UC001.
 CREATE FUNCTION try_debit(account_id text, feature text, quantity numeric DEFAULT 1,
                           idempotency_key text DEFAULT NULL, metadata jsonb DEFAULT NULL)
 RETURNS bigint
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN credits._debit($1, $2, $3, $4, $5, false);
-END
-$$;
+LANGUAGE c VOLATILE SECURITY DEFINER AS 'MODULE_PATHNAME', 'credits_try_debit';
 
 -- refund: give back (part of) a debit to where it came from.
 --   Grants first (they were drawn last), back to the very grants drawn;

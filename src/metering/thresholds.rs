@@ -5,11 +5,13 @@
 use crate::gucs::{DEFAULT_THRESHOLDS, THRESHOLDS};
 use pgrx::prelude::*;
 use pgrx::AnyNumeric;
+use std::cell::RefCell;
+use std::ffi::CString;
 use std::str::FromStr;
 
 #[pg_extern(stable, parallel_safe, name = "_thresholds")]
 #[allow(unreachable_code)] // ereport!(ERROR) does not return
-fn thresholds() -> Vec<AnyNumeric> {
+pub(crate) fn thresholds() -> Vec<AnyNumeric> {
     // An empty setting means the default, as an unset one does.
     let setting = THRESHOLDS
         .get()
@@ -34,4 +36,23 @@ fn thresholds() -> Vec<AnyNumeric> {
     }
     values.sort();
     values
+}
+
+/// The lowest threshold, parsed once per value of the setting: the debit
+/// fast path asks on every debit.
+pub(crate) fn lowest_threshold() -> Option<AnyNumeric> {
+    thread_local! {
+        static LAST: RefCell<Option<(Option<CString>, Option<AnyNumeric>)>> = const { RefCell::new(None) };
+    }
+    let setting = THRESHOLDS.get();
+    LAST.with(|last| {
+        if let Some((seen, lowest)) = &*last.borrow() {
+            if *seen == setting {
+                return lowest.clone();
+            }
+        }
+        let lowest = thresholds().into_iter().next();
+        *last.borrow_mut() = Some((setting, lowest.clone()));
+        lowest
+    })
 }

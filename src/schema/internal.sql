@@ -61,12 +61,9 @@ $$;
 
 -- UC009: metadata is a JSON object (or NULL) of at most 4 kB: it is stored
 -- on the ledger row it comes with. The predicate is shared with the debit
--- fast path, which cannot raise. STABLE like pg_column_size: a SQL function
--- declared more strictly than its body is not inlined, and runs as a
--- separately planned query on every call.
+-- fast path, which cannot raise (both in src/metering/requests.rs).
 CREATE FUNCTION _metadata_ok(value jsonb) RETURNS boolean
-LANGUAGE sql STABLE PARALLEL SAFE
-RETURN value IS NULL OR (jsonb_typeof(value) = 'object' AND pg_column_size(value) <= 4096);
+LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'credits_metadata_ok';
 
 CREATE FUNCTION _check_metadata(value jsonb) RETURNS void
 LANGUAGE plpgsql IMMUTABLE AS $$
@@ -78,11 +75,11 @@ BEGIN
 END
 $$;
 
--- Fingerprint of a request, stored with its idempotency key (UC005).
--- STABLE like array_to_string, so that it is inlined (see _metadata_ok).
+-- Fingerprint of a request, stored with its idempotency key (UC005):
+-- md5 of the parts joined by chr(31), NULL as chr(30), as a uuid
+-- (src/metering/requests.rs, shared with the debit fast path).
 CREATE FUNCTION _fingerprint(VARIADIC parts text[]) RETURNS uuid
-LANGUAGE sql STABLE PARALLEL SAFE
-RETURN md5(array_to_string(parts, chr(31), chr(30)))::uuid;
+LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'credits_fingerprint';
 
 -- The replay half of idempotency: the entry a key already produced, NULL if
 -- the key is new, UC005 if the key was used for a different request.
@@ -131,12 +128,16 @@ END
 $$;
 
 -- Record an idempotency key with the entry it produced (same transaction).
+-- Helpers called on every request are plpgsql, not SQL functions: PostgreSQL
+-- parses and plans a SQL function's statement again in every transaction
+-- (_state's was 75% of a reserve), a plpgsql one keeps its plan.
 CREATE FUNCTION _remember_key(p_account text, p_key text, p_entry bigint, p_request uuid) RETURNS void
-LANGUAGE sql
-BEGIN ATOMIC
+LANGUAGE plpgsql AS $$
+BEGIN
     INSERT INTO credits.idempotency (account_id, idempotency_key, entry_id, request)
     VALUES (p_account, p_key, p_entry, p_request);
-END;
+END
+$$;
 
 -- The state of one account at an instant, windows rolled: what balance()
 -- shows and what the slow debit path decides on. Holds draw on the
@@ -155,13 +156,16 @@ CREATE TYPE _account_state AS (
 );
 
 CREATE FUNCTION _state(a credits.accounts, p_now timestamptz) RETURNS credits._account_state
-LANGUAGE sql STABLE
-BEGIN ATOMIC
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v credits._account_state;
+BEGIN
     SELECT s.plan, s.daily_limit, s.daily_used, s.monthly_limit, s.monthly_used,
            s.granted, s.reserved,
            CASE WHEN s.daily_limit IS NOT NULL THEN greatest(0, s.daily_limit - s.daily_used - s.reserved) END,
            greatest(0, s.monthly_limit - s.monthly_used - s.reserved),
            s.granted - greatest(0, s.reserved - greatest(0, s.monthly_limit - s.monthly_used))
+      INTO v
       FROM (SELECT p.plan,
                    p.daily_limit,
                    credits._in_window(a.day, credits._utc_day(p_now), a.daily_used) AS daily_used,
@@ -177,7 +181,9 @@ BEGIN ATOMIC
                                     AND h.expires_at <= p_now), 0) END AS reserved
               FROM credits.plans p
              WHERE p.plan = a.plan) s;
-END;
+    RETURN v;
+END
+$$;
 
 -- UC001 when `amount` does not fit every window of `s` (NULL = it fits):
 -- the window that lacks it, raised or, for try_ variants, returned.

@@ -348,6 +348,17 @@ CREATE TRIGGER plans_replace_seed BEFORE INSERT ON plans
 CREATE TRIGGER features_replace_seed BEFORE INSERT ON features
     FOR EACH ROW EXECUTE FUNCTION _features_replace_seed();
 
+-- Sessions cache plans and features for the debit fast path
+-- (src/metering/catalog_cache.rs); any change to either tells every session
+-- to read them again, when it commits.
+CREATE FUNCTION _catalog_changed() RETURNS trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'credits_catalog_changed';
+
+CREATE TRIGGER plans_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON plans
+    FOR EACH STATEMENT EXECUTE FUNCTION _catalog_changed();
+CREATE TRIGGER features_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON features
+    FOR EACH STATEMENT EXECUTE FUNCTION _catalog_changed();
+
 SELECT pg_catalog.pg_extension_config_dump('accounts', '');
 SELECT pg_catalog.pg_extension_config_dump('ledger', '');
 SELECT pg_catalog.pg_extension_config_dump('ledger_entry_id_seq', '');

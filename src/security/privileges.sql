@@ -5,7 +5,8 @@
 --   credits_admin   operators: plans, features, subscriptions, purchases,
 --                   grants, maintenance, the audit; reads every table.
 -- No role can write a table directly: every change goes through a
--- SECURITY DEFINER function with a pinned search_path, which checks it.
+-- SECURITY DEFINER function with a pinned search_path (debit and try_debit,
+-- in Rust, resolve nothing through one), which checks it.
 -- Roles are cluster-wide, so they are created only if missing (another
 -- database may have created them) and are not dropped with the extension.
 

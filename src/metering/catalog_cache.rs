@@ -1,0 +1,157 @@
+//! Plans and features, cached in each session for the debit fast path
+//! (fast_path.rs): two of its four index lookups were catalog rows that
+//! change a few times a year.
+//!
+//! A change to either table (any statement, including TRUNCATE and a
+//! restore's COPY) fires `credits._catalog_changed()`, which queues a
+//! relcache invalidation of the table; PostgreSQL delivers it to every
+//! session when the change commits (and to the changing session at once).
+//! The fast path accepts pending invalidations before it reads the cache, so
+//! a debit sees a change as soon as a statement would.
+
+use crate::metering::requests::v1_functions;
+use pgrx::pg_sys::{self, Datum, Oid};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+/// A feature's id and cost (a numeric, as its bytes).
+pub(crate) struct Feature {
+    pub id: i16,
+    pub cost: Vec<u8>,
+}
+
+/// A plan's limits (numerics, as their bytes).
+pub(crate) struct Plan {
+    pub daily_limit: Option<Vec<u8>>,
+    pub monthly_allowance: Vec<u8>,
+}
+
+#[derive(Default)]
+struct Cache {
+    features: HashMap<Vec<u8>, Feature>,
+    plans: HashMap<Vec<u8>, Plan>,
+}
+
+thread_local! {
+    static CACHE: RefCell<Cache> = RefCell::new(Cache::default());
+}
+/// Set by the invalidation callback, which may run in the middle of a
+/// lookup; the cache is emptied at the next read, never under a reader.
+static STALE: AtomicBool = AtomicBool::new(false);
+/// The cached tables' oids (their invalidations are the ones that matter).
+static FEATURES_OID: AtomicU32 = AtomicU32::new(0);
+static PLANS_OID: AtomicU32 = AtomicU32::new(0);
+
+/// Registers the invalidation callback (once per process, from _PG_init).
+pub(crate) fn init() {
+    // SAFETY: registering a callback with a static function, at load time.
+    unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(relcache_changed), Datum::from(0)) }
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn relcache_changed(_arg: Datum, relid: Oid) {
+    let relid = relid.to_u32();
+    // InvalidOid: every relation (after a cache reset).
+    if relid == 0
+        || relid == FEATURES_OID.load(Ordering::Relaxed)
+        || relid == PLANS_OID.load(Ordering::Relaxed)
+    {
+        STALE.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Brings the cache up to date with committed changes: empty if stale.
+pub(crate) unsafe fn refresh(features: Oid, plans: Oid) {
+    FEATURES_OID.store(features.to_u32(), Ordering::Relaxed);
+    PLANS_OID.store(plans.to_u32(), Ordering::Relaxed);
+    pg_sys::AcceptInvalidationMessages();
+    if STALE.swap(false, Ordering::Relaxed) {
+        CACHE.with(|c| *c.borrow_mut() = Cache::default());
+    }
+}
+
+/// The feature named by `name` (a text datum), read by `load` on a miss:
+/// its id and cost (a datum of this call).
+pub(crate) unsafe fn feature(
+    name: Datum,
+    load: impl FnOnce() -> Option<Feature>,
+) -> Option<(i16, Datum)> {
+    let key = text_bytes(name);
+    let hit = CACHE.with(|c| {
+        c.borrow()
+            .features
+            .get(key)
+            .map(|f| (f.id, varlena_datum(&f.cost)))
+    });
+    if hit.is_some() {
+        return hit;
+    }
+    let loaded = load()?;
+    let found = (loaded.id, varlena_datum(&loaded.cost));
+    if !STALE.load(Ordering::Relaxed) {
+        CACHE.with(|c| c.borrow_mut().features.insert(key.to_vec(), loaded));
+    }
+    Some(found)
+}
+
+/// The plan named by `name` (a text datum), read by `load` on a miss: its
+/// daily limit and monthly allowance (datums of this call).
+pub(crate) unsafe fn plan(
+    name: Datum,
+    load: impl FnOnce() -> Option<Plan>,
+) -> Option<(Option<Datum>, Datum)> {
+    let limits = |p: &Plan| {
+        (
+            p.daily_limit.as_deref().map(|b| varlena_datum(b)),
+            varlena_datum(&p.monthly_allowance),
+        )
+    };
+    let key = text_bytes(name);
+    let hit = CACHE.with(|c| c.borrow().plans.get(key).map(limits));
+    if hit.is_some() {
+        return hit;
+    }
+    let loaded = load()?;
+    let found = limits(&loaded);
+    if !STALE.load(Ordering::Relaxed) {
+        CACHE.with(|c| c.borrow_mut().plans.insert(key.to_vec(), loaded));
+    }
+    Some(found)
+}
+
+/// The bytes of a varlena datum (its whole value, header included).
+pub(crate) unsafe fn varlena_bytes(value: Datum) -> Vec<u8> {
+    let ptr = pg_sys::pg_detoast_datum_packed(value.cast_mut_ptr());
+    let len = pgrx::varlena::varsize_any(ptr);
+    std::slice::from_raw_parts(ptr as *const u8, len).to_vec()
+}
+
+/// A datum in the current memory context holding `bytes` (from varlena_bytes).
+pub(crate) unsafe fn varlena_datum(bytes: &[u8]) -> Datum {
+    let copy = pg_sys::palloc(bytes.len()) as *mut u8;
+    std::ptr::copy_nonoverlapping(bytes.as_ptr(), copy, bytes.len());
+    Datum::from(copy)
+}
+
+/// A text datum's bytes, valid for this call.
+unsafe fn text_bytes<'a>(text: Datum) -> &'a [u8] {
+    let ptr = pg_sys::pg_detoast_datum_packed(text.cast_mut_ptr());
+    pgrx::varlena::varlena_to_byte_slice(ptr)
+}
+
+v1_functions!(pg_finfo_credits_catalog_changed);
+
+/// `credits._catalog_changed()`: a statement trigger on plans and features.
+#[no_mangle]
+#[pgrx::pg_guard]
+pub unsafe extern "C-unwind" fn credits_catalog_changed(fcinfo: pg_sys::FunctionCallInfo) -> Datum {
+    let context = (*fcinfo).context;
+    if context.is_null() || (*context).type_ != pg_sys::NodeTag::T_TriggerData {
+        pgrx::error!("credits._catalog_changed() is a trigger function");
+    }
+    let trigger = context as *mut pg_sys::TriggerData;
+    pg_sys::CacheInvalidateRelcache((*trigger).tg_relation);
+    // A trigger returns a (here null) pointer, never SQL NULL.
+    Datum::from(0)
+}

@@ -1,0 +1,155 @@
+//! What a request must be before it is charged, in one copy for the SQL
+//! functions and the debit fast path (fast_path.rs):
+//!   `credits._metadata_ok(jsonb)`        metadata is NULL or a JSON object of at most 4 kB;
+//!   `credits._fingerprint(VARIADIC text[])` a request's fingerprint, stored with its
+//!                                        idempotency key (UC005 on a mismatch);
+//!   `credits._debit_request(feature, quantity, metadata)` a debit's fingerprint.
+//! Fingerprints are md5(parts joined by chr(31), NULL as chr(30)) as a uuid:
+//! the keys recorded by 0.1.0 (where this was SQL) still match.
+
+use md5::{Digest, Md5};
+use pgrx::pg_sys::{self, Datum};
+
+/// Metadata is stored on the ledger row it comes with: NULL, or a JSON
+/// object whose stored size (pg_column_size) is at most 4096 bytes.
+pub(crate) unsafe fn metadata_ok(metadata: Option<Datum>) -> bool {
+    let Some(value) = metadata else { return true };
+    if pg_sys::toast_datum_size(value) > 4096 {
+        return false;
+    }
+    let jsonb = pg_sys::pg_detoast_datum(value.cast_mut_ptr()) as *const pg_sys::Jsonb;
+    (*jsonb).root.header & pg_sys::JB_FOBJECT != 0
+}
+
+/// The fingerprint (a uuid datum) of a request made of text datums.
+pub(crate) unsafe fn fingerprint(parts: &[Option<Datum>]) -> Datum {
+    let mut joined: Vec<u8> = Vec::with_capacity(64);
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            joined.push(0x1f);
+        }
+        match part {
+            None => joined.push(0x1e),
+            Some(text) => {
+                let text = pg_sys::pg_detoast_datum_packed(text.cast_mut_ptr());
+                joined.extend_from_slice(pgrx::varlena::varlena_to_byte_slice(text));
+            }
+        }
+    }
+    // md5 in Rust: PostgreSQL's md5() goes through OpenSSL, whose per-call
+    // set-up cost more than the rest of a debit's checks.
+    let digest: [u8; 16] = Md5::digest(&joined).into();
+    let uuid = pg_sys::palloc(16) as *mut u8;
+    std::ptr::copy_nonoverlapping(digest.as_ptr(), uuid, 16);
+    Datum::from(uuid)
+}
+
+/// A debit's fingerprint: feature, quantity (trailing zeros trimmed) and metadata.
+pub(crate) unsafe fn debit_request(
+    feature: Option<Datum>,
+    quantity: Option<Datum>,
+    metadata: Option<Datum>,
+) -> Datum {
+    let quantity =
+        quantity.map(|q| text_of(pg_sys::numeric_out, call(pg_sys::numeric_trim_scale, &[q])));
+    let metadata = metadata.map(|m| text_of(pg_sys::jsonb_out, m));
+    let debit = pg_sys::cstring_to_text(c"debit".as_ptr());
+    fingerprint(&[Some(Datum::from(debit)), feature, quantity, metadata])
+}
+
+/// A value as text, through its type's output function (what `::text` does).
+unsafe fn text_of(output: unsafe fn(pg_sys::FunctionCallInfo) -> Datum, value: Datum) -> Datum {
+    let cstring = call(output, &[value]);
+    Datum::from(pg_sys::cstring_to_text(
+        cstring.cast_mut_ptr::<std::ffi::c_char>() as *const _,
+    ))
+}
+
+/// A built-in function of PostgreSQL on non-null arguments.
+pub(crate) unsafe fn call(
+    f: unsafe fn(pg_sys::FunctionCallInfo) -> Datum,
+    args: &[Datum],
+) -> Datum {
+    let args: Vec<Option<Datum>> = args.iter().copied().map(Some).collect();
+    pgrx::fcinfo::direct_function_call_as_datum(f, &args).expect("a built-in function's result")
+}
+
+/// The arguments of a V1 call, NULL as None.
+pub(crate) unsafe fn args(fcinfo: pg_sys::FunctionCallInfo) -> Vec<Option<Datum>> {
+    (0..(*fcinfo).nargs as usize)
+        .map(|i| {
+            if pgrx::fcinfo::pg_arg_is_null(fcinfo, i) {
+                None
+            } else {
+                Some(pgrx::fcinfo::pg_getarg_datum_raw(fcinfo, i))
+            }
+        })
+        .collect()
+}
+
+/// Returns `value` from a V1 function, NULL as None.
+pub(crate) unsafe fn ret(fcinfo: pg_sys::FunctionCallInfo, value: Option<Datum>) -> Datum {
+    (*fcinfo).isnull = value.is_none();
+    value.unwrap_or(Datum::from(0))
+}
+
+/// Declares V1 functions callable from SQL (`LANGUAGE c`).
+macro_rules! v1_functions {
+    ($($finfo:ident),* $(,)?) => {
+        $(
+            #[no_mangle]
+            #[doc(hidden)]
+            pub extern "C" fn $finfo() -> &'static pgrx::pg_sys::Pg_finfo_record {
+                const V1: pgrx::pg_sys::Pg_finfo_record = pgrx::pg_sys::Pg_finfo_record { api_version: 1 };
+                &V1
+            }
+        )*
+    };
+}
+pub(crate) use v1_functions;
+
+v1_functions!(
+    pg_finfo_credits_metadata_ok,
+    pg_finfo_credits_fingerprint,
+    pg_finfo_credits_debit_request
+);
+
+/// `credits._metadata_ok(value jsonb) RETURNS boolean`
+#[no_mangle]
+#[pgrx::pg_guard]
+pub unsafe extern "C-unwind" fn credits_metadata_ok(fcinfo: pg_sys::FunctionCallInfo) -> Datum {
+    Datum::from(metadata_ok(args(fcinfo)[0]))
+}
+
+/// `credits._fingerprint(VARIADIC parts text[]) RETURNS uuid`
+#[no_mangle]
+#[pgrx::pg_guard]
+pub unsafe extern "C-unwind" fn credits_fingerprint(fcinfo: pg_sys::FunctionCallInfo) -> Datum {
+    let Some(array) = args(fcinfo)[0] else {
+        return ret(fcinfo, None);
+    };
+    let array = pg_sys::pg_detoast_datum(array.cast_mut_ptr()) as *mut pg_sys::ArrayType;
+    let (mut values, mut nulls, mut n) = (std::ptr::null_mut(), std::ptr::null_mut(), 0);
+    pg_sys::deconstruct_array(
+        array,
+        pg_sys::TEXTOID,
+        -1,
+        false,
+        pg_sys::TYPALIGN_INT as std::ffi::c_char,
+        &mut values,
+        &mut nulls,
+        &mut n,
+    );
+    let parts: Vec<Option<Datum>> = (0..n as usize)
+        .map(|i| (!*nulls.add(i)).then(|| *values.add(i)))
+        .collect();
+    ret(fcinfo, Some(fingerprint(&parts)))
+}
+
+/// `credits._debit_request(feature text, quantity numeric, metadata jsonb) RETURNS uuid`
+#[no_mangle]
+#[pgrx::pg_guard]
+pub unsafe extern "C-unwind" fn credits_debit_request(fcinfo: pg_sys::FunctionCallInfo) -> Datum {
+    let a = args(fcinfo);
+    ret(fcinfo, Some(debit_request(a[0], a[1], a[2])))
+}
