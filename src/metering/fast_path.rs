@@ -188,6 +188,11 @@ fn debit(req: &DebitRequest) -> Option<i64> {
         if !metadata_ok(req.metadata) {
             return None;
         }
+        // Every lookup reads the calling statement's snapshot; without one
+        // (no caller known to do that), the SQL path takes its own.
+        if !pg_sys::ActiveSnapshotSet() {
+            return None;
+        }
         let repeatable = pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32;
         let schema = Schema::find()?;
 

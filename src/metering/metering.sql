@@ -162,7 +162,7 @@ END
 $$;
 
 -- debit: charge cost x quantity; UC001 when any window lacks credits.
--- In C (src/metering/fast_path.rs): the fast path, then credits._debit,
+-- In Rust (src/metering/fast_path.rs): the fast path, then credits._debit,
 -- which pins the search_path (nothing before it depends on one).
 CREATE FUNCTION debit(account_id text, feature text, quantity numeric DEFAULT 1,
                       idempotency_key text DEFAULT NULL, metadata jsonb DEFAULT NULL)
