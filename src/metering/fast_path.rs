@@ -200,7 +200,7 @@ fn debit(req: &DebitRequest) -> Option<i64> {
         // exact to 4 places (as the slow path validates it).
         catalog_cache::refresh(schema.features, schema.plans);
         let (feature_id, cost) = catalog_cache::feature(feature, || {
-            let table = Table::open(schema.features, pg_sys::AccessShareLock)?;
+            let table = Table::open(schema.features, pg_sys::AccessShareLock);
             let row = table.lookup(schema.features_key, &[feature], pg_sys::GetActiveSnapshot())?;
             Some(Feature {
                 id: row.get(table.col(c"feature_id")?)?.value() as i16,
@@ -221,7 +221,7 @@ fn debit(req: &DebitRequest) -> Option<i64> {
         let amount = call(pg_sys::numeric_trim_scale, &[product]);
 
         // The account, locked before anything is decided.
-        let accounts = Table::open(schema.accounts, pg_sys::RowExclusiveLock)?;
+        let accounts = Table::open(schema.accounts, pg_sys::RowExclusiveLock);
         let locked = accounts.lock(schema.accounts_key, account_id, repeatable)?;
         let a = Account {
             plan: locked.get(accounts.col(c"plan")?)?,
@@ -238,18 +238,17 @@ fn debit(req: &DebitRequest) -> Option<i64> {
             return None;
         }
 
-        let idempotency = match req.key {
-            Some(key) => Some((
-                Table::open(schema.idempotency, pg_sys::RowExclusiveLock)?,
+        let idempotency = req.key.map(|key| {
+            (
+                Table::open(schema.idempotency, pg_sys::RowExclusiveLock),
                 key,
-            )),
-            None => None,
-        };
+            )
+        });
 
         // Every limit, windows rolled (credits._in_window): the daily limit
         // caps all spending, the allowance is what the fast path draws on.
         let (daily_limit, allowance) = catalog_cache::plan(a.plan, || {
-            let table = Table::open(schema.plans, pg_sys::AccessShareLock)?;
+            let table = Table::open(schema.plans, pg_sys::AccessShareLock);
             let row = table.lookup(schema.plans_key, &[a.plan], pg_sys::GetActiveSnapshot())?;
             Some(Plan {
                 daily_limit: row
@@ -299,7 +298,7 @@ fn debit(req: &DebitRequest) -> Option<i64> {
 
         // Write: the key, the account's counters, the ledger entry.
         let entry = call(pg_sys::nextval_oid, &[Datum::from(schema.ledger_seq)]);
-        let ledger = Table::open(schema.ledger, pg_sys::RowExclusiveLock)?;
+        let ledger = Table::open(schema.ledger, pg_sys::RowExclusiveLock);
         let mut ledger_row = Row::new(&ledger);
         ledger_row.set(ledger.col(c"entry_id")?, Some(entry));
         ledger_row.set(ledger.col(c"account_id")?, Some(account_id));
@@ -438,9 +437,10 @@ struct Table {
 }
 
 impl Table {
-    unsafe fn open(oid: Oid, lock: u32) -> Option<Table> {
-        let rel = pg_sys::table_open(oid, lock as pg_sys::LOCKMODE);
-        Some(Table { rel })
+    unsafe fn open(oid: Oid, lock: u32) -> Table {
+        Table {
+            rel: pg_sys::table_open(oid, lock as pg_sys::LOCKMODE),
+        }
     }
 
     /// The attribute number of a column, by name.
