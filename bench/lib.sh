@@ -28,6 +28,22 @@ CONF
 # sql ARGS...: psql as postgres on the bench cluster ($PORT), stopping at the first error.
 sql() { psql_at "$PORT" -v ON_ERROR_STOP=1 -X -q "$@"; }
 
+# bench_setting NAME [VALUE]: set a server setting of the bench cluster (or,
+# without VALUE, back to its default) and reload, so the worker sees it too.
+bench_setting() {
+    if [ $# -ge 2 ]; then
+        sql -d postgres -c "ALTER SYSTEM SET $1 = '$2'"
+    else
+        sql -d postgres -c "ALTER SYSTEM RESET $1"
+    fi
+    sql -d postgres -c "SELECT pg_reload_conf()" >/dev/null
+}
+
+# bench_fresh_db DB: an empty database DB on the bench cluster.
+bench_fresh_db() {
+    sql -d postgres -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" -c "CREATE DATABASE $1"
+}
+
 # bench_pgbench LOG ARGS...: pgbench as postgres on the bench cluster ($PORT),
 # run in $WORK (where -l writes its logs), its output in LOG.out; on failure
 # it prints that output and fails.

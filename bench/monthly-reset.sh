@@ -26,14 +26,9 @@ chmod 777 "$WORK"
 
 bench_cluster_up "$PORT" "$DB"
 
-set_cluster_clock() {
-    sql -d postgres -c "ALTER SYSTEM SET credits.clock_override = '$1'"
-    sql -d postgres -c "SELECT pg_reload_conf()" >/dev/null
-}
-
 say "loading $ACCOUNTS pro accounts at $BEFORE (each has used some of January)"
-set_cluster_clock "$BEFORE"
-sql -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
+bench_setting credits.clock_override "$BEFORE"
+bench_fresh_db "$DB"
 start=$(date +%s.%N)
 # Fixture rows written in bulk, as the API would have written them (a plan
 # entry and one debit per account), so verify() holds.
@@ -72,7 +67,7 @@ say "monthly reset by the worker, with debit traffic running"
 pgbench_run during "$DURING_SECONDS" &
 bench_pid=$!
 sleep 2
-set_cluster_clock "$AFTER"
+bench_setting credits.clock_override "$AFTER"
 until [ "$(sql -d "$DB" -Atc "SELECT done_through = '$AFTER' FROM credits.maintenance_state")" = t ]; do sleep 0.2; done
 read -r reset_from reset_to reset_seconds accounts windows batches < <(sql -d "$DB" -AtF ' ' -c "
     SELECT extract(epoch FROM started_at), extract(epoch FROM finished_at),
@@ -94,14 +89,13 @@ read -r n_after p50_after p99_after < <(percentiles "$WORK/idle_after")
 forfeits=$(sql -d "$DB" -Atc "SELECT count(*) FROM credits.ledger WHERE kind = 'F'")
 
 say "the next monthly reset (end of February) with no debit traffic, for comparison"
-set_cluster_clock "$MARCH"
+bench_setting credits.clock_override "$MARCH"
 until [ "$(sql -d "$DB" -Atc "SELECT done_through = '$MARCH' FROM credits.maintenance_state")" = t ]; do sleep 0.2; done
 read -r quiet_seconds quiet_accounts quiet_windows < <(sql -d "$DB" -AtF ' ' -c "
     SELECT round(extract(epoch FROM finished_at - started_at)::numeric, 2), accounts, windows
       FROM credits.maintenance_runs WHERE run_at = '$MARCH'")
 batch_size=$(sql -d "$DB" -Atc "SHOW credits.maintenance_batch_size")
-sql -d postgres -c "ALTER SYSTEM RESET credits.clock_override"
-sql -d postgres -c "SELECT pg_reload_conf()" >/dev/null
+bench_setting credits.clock_override
 
 ratio=$(echo "scale=2; $p99_during / $p99_after" | bc)
 table="| measure | value |

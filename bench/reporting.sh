@@ -29,9 +29,8 @@ chmod 777 "$WORK"
 bench_cluster_up "$PORT" "$DB"
 
 # The worker must not refresh the rollups behind the measurements' back.
-sql -d postgres -c "ALTER SYSTEM SET credits.rollup_interval = '1d'"
-sql -d postgres -c "ALTER SYSTEM SET credits.maintenance_max_nap = '1d'"
-sql -d postgres -c "SELECT pg_reload_conf()" >/dev/null
+bench_setting credits.rollup_interval 1d
+bench_setting credits.maintenance_max_nap 1d
 
 # ledger_rows N: N debits (one in 30 a refund) in $MONTH, accounts log-uniform.
 ledger_rows() {
@@ -48,7 +47,7 @@ SQL
 }
 
 say "loading $ACCOUNTS accounts and $ENTRIES ledger entries in ${MONTH%-01}"
-sql -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
+bench_fresh_db "$DB"
 start=$(date +%s.%N)
 sql -d "$DB" <<SQL
 CREATE EXTENSION credits;
@@ -150,7 +149,7 @@ echo "$setup"
     echo
     echo "$setup"
 } >>"$ROOT/BENCHMARKS.md"
-sql -d postgres -c "ALTER SYSTEM RESET credits.rollup_interval" -c "ALTER SYSTEM RESET credits.maintenance_max_nap"
-sql -d postgres -c "SELECT pg_reload_conf()" >/dev/null
+bench_setting credits.rollup_interval
+bench_setting credits.maintenance_max_nap
 echo
 echo "appended to BENCHMARKS.md; pgbench logs in $WORK"

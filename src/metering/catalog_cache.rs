@@ -77,22 +77,12 @@ pub(crate) unsafe fn feature(
     name: Datum,
     load: impl FnOnce() -> Option<Feature>,
 ) -> Option<(i16, Datum)> {
-    let key = text_bytes(name);
-    let hit = CACHE.with(|c| {
-        c.borrow()
-            .features
-            .get(key)
-            .map(|f| (f.id, varlena_datum(&f.cost)))
-    });
-    if hit.is_some() {
-        return hit;
-    }
-    let loaded = load()?;
-    let found = (loaded.id, varlena_datum(&loaded.cost));
-    if !STALE.load(Ordering::Relaxed) {
-        CACHE.with(|c| c.borrow_mut().features.insert(key.to_vec(), loaded));
-    }
-    Some(found)
+    cached(
+        |c| &mut c.features,
+        name,
+        load,
+        |f| (f.id, varlena_datum(&f.cost)),
+    )
 }
 
 /// The plan named by `name` (a text datum), read by `load` on a miss: its
@@ -101,21 +91,37 @@ pub(crate) unsafe fn plan(
     name: Datum,
     load: impl FnOnce() -> Option<Plan>,
 ) -> Option<(Option<Datum>, Datum)> {
-    let limits = |p: &Plan| {
-        (
-            p.daily_limit.as_deref().map(|b| varlena_datum(b)),
-            varlena_datum(&p.monthly_allowance),
-        )
-    };
+    cached(
+        |c| &mut c.plans,
+        name,
+        load,
+        |p| {
+            (
+                p.daily_limit.as_deref().map(|b| varlena_datum(b)),
+                varlena_datum(&p.monthly_allowance),
+            )
+        },
+    )
+}
+
+/// The row of one cached table named by `name`, loaded on a miss, as `view`
+/// makes it for this call. Nothing is stored if an invalidation came in
+/// while loading (the next read starts afresh).
+unsafe fn cached<V, R>(
+    table: fn(&mut Cache) -> &mut HashMap<Vec<u8>, V>,
+    name: Datum,
+    load: impl FnOnce() -> Option<V>,
+    view: impl Fn(&V) -> R,
+) -> Option<R> {
     let key = text_bytes(name);
-    let hit = CACHE.with(|c| c.borrow().plans.get(key).map(limits));
+    let hit = CACHE.with(|c| table(&mut c.borrow_mut()).get(key).map(&view));
     if hit.is_some() {
         return hit;
     }
     let loaded = load()?;
-    let found = limits(&loaded);
+    let found = view(&loaded);
     if !STALE.load(Ordering::Relaxed) {
-        CACHE.with(|c| c.borrow_mut().plans.insert(key.to_vec(), loaded));
+        CACHE.with(|c| table(&mut c.borrow_mut()).insert(key.to_vec(), loaded));
     }
     Some(found)
 }

@@ -201,7 +201,7 @@ fn debit(req: &DebitRequest) -> Option<i64> {
         catalog_cache::refresh(schema.features, schema.plans);
         let (feature_id, cost) = catalog_cache::feature(feature, || {
             let table = Table::open(schema.features, pg_sys::AccessShareLock);
-            let row = table.lookup(schema.features_key, &[feature], pg_sys::GetActiveSnapshot())?;
+            let row = table.lookup(schema.features_key, feature)?;
             Some(Feature {
                 id: row.get(table.col(c"feature_id")?)?.value() as i16,
                 cost: varlena_bytes(row.get(table.col(c"cost")?)?),
@@ -249,7 +249,7 @@ fn debit(req: &DebitRequest) -> Option<i64> {
         // caps all spending, the allowance is what the fast path draws on.
         let (daily_limit, allowance) = catalog_cache::plan(a.plan, || {
             let table = Table::open(schema.plans, pg_sys::AccessShareLock);
-            let row = table.lookup(schema.plans_key, &[a.plan], pg_sys::GetActiveSnapshot())?;
+            let row = table.lookup(schema.plans_key, a.plan)?;
             Some(Plan {
                 daily_limit: row
                     .get(table.col(c"daily_limit")?)
@@ -265,33 +265,28 @@ fn debit(req: &DebitRequest) -> Option<i64> {
         };
         let new_daily = numeric(pg_sys::numeric_add, daily_used, amount);
         let new_monthly = numeric(pg_sys::numeric_add, monthly_used, amount);
+        let monthly_limit = numeric(pg_sys::numeric_add, allowance, a.purchased);
+        let committed = numeric(pg_sys::numeric_add, new_monthly, a.reserved);
+        // The fast path takes only a debit that leaves every window short of
+        // an event: the daily window not full, monthly usage below the lowest
+        // threshold (a month used up is an event whatever the thresholds).
+        // That also keeps it within every limit; a debit over a limit, or
+        // one that makes an event due, is the SQL path's, which draws on
+        // grants, raises UC001 or emits the event.
         if let Some(limit) = daily_limit {
-            if numeric_cmp(numeric(pg_sys::numeric_add, new_daily, a.reserved), limit) > 0 {
+            if numeric_cmp(numeric(pg_sys::numeric_add, new_daily, a.reserved), limit) >= 0 {
                 return None;
             }
         }
-        let monthly_limit = numeric(pg_sys::numeric_add, allowance, a.purchased);
-        let committed = numeric(pg_sys::numeric_add, new_monthly, a.reserved);
-        if numeric_cmp(committed, monthly_limit) > 0 {
-            return None;
-        }
-        // A debit that makes an event due (a window full, a threshold
-        // reached) is the SQL path's, which emits it: only debits near the
-        // lowest threshold or a full window are (a month used up is an event
-        // whatever the thresholds).
         let hundred = numeric_from_i64(100);
         let lowest = lowest_threshold()
             .and_then(|t| t.into_datum())
             .filter(|t| numeric_cmp(*t, hundred) < 0)
             .unwrap_or(hundred);
-        let day_full = daily_limit.is_some_and(|limit| {
-            numeric_cmp(numeric(pg_sys::numeric_add, new_daily, a.reserved), limit) >= 0
-        });
-        if day_full
-            || numeric_cmp(
-                numeric(pg_sys::numeric_mul, committed, hundred),
-                numeric(pg_sys::numeric_mul, monthly_limit, lowest),
-            ) >= 0
+        if numeric_cmp(
+            numeric(pg_sys::numeric_mul, committed, hundred),
+            numeric(pg_sys::numeric_mul, monthly_limit, lowest),
+        ) >= 0
         {
             return None;
         }
@@ -453,38 +448,23 @@ impl Table {
             .map(|a| a.attnum as i32)
     }
 
-    /// The row whose unique index `index` matches `keys` (equality on text
-    /// columns), visible to `snapshot`.
-    unsafe fn lookup(
-        &self,
-        index: Oid,
-        keys: &[Datum],
-        snapshot: pg_sys::Snapshot,
-    ) -> Option<Found> {
+    /// The row whose unique index `index` (on one text column) holds `key`,
+    /// as the calling statement's snapshot sees it.
+    unsafe fn lookup(&self, index: Oid, key: Datum) -> Option<Found> {
         let index_rel = pg_sys::index_open(index, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-        let mut scankeys: Vec<pg_sys::ScanKeyData> = Vec::with_capacity(keys.len());
-        for (i, key) in keys.iter().enumerate() {
-            let mut sk = pg_sys::ScanKeyData::default();
-            pg_sys::ScanKeyInit(
-                &mut sk,
-                (i + 1) as pg_sys::AttrNumber,
-                pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
-                pg_sys::Oid::from(pg_sys::F_TEXTEQ),
-                *key,
-            );
-            // Compare in the index's collation, whatever it is.
-            sk.sk_collation = *(*index_rel).rd_indcollation.add(i);
-            scankeys.push(sk);
-        }
-        let slot = pg_sys::table_slot_create(self.rel, ptr::null_mut());
-        let scan = pg_sys::index_beginscan(self.rel, index_rel, snapshot, keys.len() as i32, 0);
-        pg_sys::index_rescan(
-            scan,
-            scankeys.as_mut_ptr(),
-            keys.len() as i32,
-            ptr::null_mut(),
-            0,
+        let mut scankey = pg_sys::ScanKeyData::default();
+        pg_sys::ScanKeyInit(
+            &mut scankey,
+            1,
+            pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
+            pg_sys::Oid::from(pg_sys::F_TEXTEQ),
+            key,
         );
+        // Compare in the index's collation, whatever it is.
+        scankey.sk_collation = *(*index_rel).rd_indcollation;
+        let slot = pg_sys::table_slot_create(self.rel, ptr::null_mut());
+        let scan = pg_sys::index_beginscan(self.rel, index_rel, pg_sys::GetActiveSnapshot(), 1, 0);
+        pg_sys::index_rescan(scan, &mut scankey, 1, ptr::null_mut(), 0);
         let found =
             pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot);
         pg_sys::index_endscan(scan);
@@ -501,7 +481,7 @@ impl Table {
     /// version; None if there is none, it was deleted, or (REPEATABLE READ
     /// and up) it changed since the snapshot.
     unsafe fn lock(&self, index: Oid, key: Datum, repeatable: bool) -> Option<Found> {
-        let found = self.lookup(index, &[key], pg_sys::GetActiveSnapshot())?;
+        let found = self.lookup(index, key)?;
         let mut failure = pg_sys::TM_FailureData::default();
         let flags = if repeatable {
             0
@@ -555,7 +535,7 @@ impl Drop for Row {
 /// Its slot is freed when it goes out of scope, written or not.
 struct Row {
     slot: *mut pg_sys::TupleTableSlot,
-    natts: usize,
+    /// Per column: given yet?
     set: Vec<bool>,
 }
 
@@ -571,21 +551,19 @@ impl Row {
         }
         Row {
             slot,
-            natts,
             set: vec![false; natts],
         }
     }
 
     /// A copy of `from`'s row, to be changed column by column.
     unsafe fn copy_of(table: &Table, from: *mut pg_sys::TupleTableSlot) -> Row {
-        let row = Row::new(table);
+        let mut row = Row::new(table);
         pg_sys::slot_getallattrs(from);
-        for i in 0..row.natts {
+        for i in 0..row.set.len() {
             *(*row.slot).tts_isnull.add(i) = *(*from).tts_isnull.add(i);
             *(*row.slot).tts_values.add(i) = *(*from).tts_values.add(i);
+            row.set[i] = true;
         }
-        let mut row = row;
-        row.set.iter_mut().for_each(|s| *s = true);
         row
     }
 
@@ -601,7 +579,7 @@ impl Row {
     /// knows its default.
     unsafe fn complete(&self) -> Option<*mut pg_sys::TupleTableSlot> {
         let desc = (*self.slot).tts_tupleDescriptor;
-        let attrs = (*desc).attrs.as_slice(self.natts);
+        let attrs = (*desc).attrs.as_slice(self.set.len());
         if attrs
             .iter()
             .zip(&self.set)
