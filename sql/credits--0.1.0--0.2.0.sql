@@ -711,8 +711,9 @@ RETURNS bigint
 LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'credits_debit_fast';
 
 -- A debit the fast path declined (debit and try_debit try it first). An
--- account with a window to close (the first call of a day or month) or a
--- deadline passed is brought up to date, and the fast path tried once more;
+-- account with a hold or grant past its deadline, or a window to close that
+-- had run out (whose reset event is emitted in SQL), is brought up to date,
+-- and the fast path tried once more;
 -- anything else is the slow path's. The search_path is pinned here because
 -- debit and try_debit, in C, do not need it.
 CREATE OR REPLACE FUNCTION _debit(p_account text, p_feature text, p_quantity numeric, p_key text,
@@ -771,99 +772,110 @@ LANGUAGE c
 AS 'MODULE_PATHNAME', 'thresholds_wrapper';
 
 -------------------------------------------------------------------------------
--- _close_windows computes each window's end once and takes its window keys from
--- _window_key (src/maintenance/maintenance.sql).
+-- _close_windows is Rust (src/maintenance/close.rs), one copy with the debit
+-- fast path, which closes an account's windows in the same writes as its
+-- debit.
 -------------------------------------------------------------------------------
 
 -- Close the ended windows of locked accounts: one closed_windows row per
 -- window (every missed month, in order, each once), an 'F' entry for the
 -- monthly allowance it forfeits, a reset event where the window had run out,
 -- and the counters moved to the window of `at`. Returns the windows closed.
+-- In Rust (src/maintenance/close.rs), one copy with the debit fast path,
+-- which closes an account's windows in the same writes as its debit.
 CREATE OR REPLACE FUNCTION _close_windows(p_accounts text[], p_at timestamptz) RETURNS integer
--- A generic plan, planned once per session: the statement is large and the
--- lazy path runs it for one account, where planning it each time would cost
--- more than running it (likewise JIT, which generate_series's estimates
--- would otherwise trigger for big batches).
-LANGUAGE plpgsql SET jit = off SET plan_cache_mode = force_generic_plan AS $$
-DECLARE
-    v_day     date := credits._utc_day(p_at);
-    v_month   date := credits._utc_month(p_at);
-    v_closed  integer;
-    v_resets  jsonb;
-    r         record;
-    v_acct    credits.accounts;
-BEGIN
-    WITH due AS (
-        SELECT a AS acct, a.account_id, a.plan, a.day, a.daily_used, a.month, a.monthly_used,
-               p.daily_limit, p.monthly_allowance + a.purchased AS monthly_limit
-          FROM credits.accounts a
-          JOIN credits.plans p ON p.plan = a.plan
-         WHERE a.account_id = ANY (p_accounts) AND credits._windows_passed(a, p_at)
-    ), windows AS (
-        SELECT d.account_id, 'daily' AS window_kind, d.day AS window_start, d.plan,
-               d.daily_limit AS window_limit, d.daily_used AS used, NULL::numeric AS forfeited,
-               credits._window_key(d.acct, 'daily', d.day::timestamp AT TIME ZONE 'UTC') AS window_key,
-               (d.day + 1)::timestamp AT TIME ZONE 'UTC' AS closes_at
-          FROM due d
-         WHERE d.day < v_day AND d.daily_used > 0
-        UNION ALL
-        SELECT d.account_id, 'monthly', m.start::date, d.plan, d.monthly_limit, u.used,
-               greatest(0, d.monthly_limit - u.used),
-               credits._window_key(d.acct, 'monthly', m.start AT TIME ZONE 'UTC'),
-               (m.start + interval '1 month') AT TIME ZONE 'UTC'
-          FROM due d
-         CROSS JOIN LATERAL generate_series(d.month::timestamp, v_month - interval '1 month',
-                                            interval '1 month') AS m(start)
-         CROSS JOIN LATERAL (SELECT CASE WHEN m.start = d.month THEN d.monthly_used ELSE 0 END AS used) u
-    ), closing AS (
-        -- joined, not probed per row: most batches have few exhausted windows
-        SELECT w.*, e.account_id IS NOT NULL AS exhausted
-          FROM windows w
-          LEFT JOIN (SELECT DISTINCT ev.account_id, ev.window_kind, ev.window_key
-                       FROM credits.events ev
-                      WHERE ev.account_id = ANY (p_accounts) AND ev.kind = 'exhausted') e
-                 ON e.account_id = w.account_id AND e.window_kind = w.window_kind
-                AND e.window_key = w.window_key
-    ), closed AS (
-        INSERT INTO credits.closed_windows AS c
-               (account_id, window_kind, window_start, plan, window_limit, used, forfeited, closed_at)
-        SELECT w.account_id, w.window_kind, w.window_start, w.plan, w.window_limit, w.used, w.forfeited,
-               w.closes_at
-          FROM closing w
-        ON CONFLICT DO NOTHING
-        RETURNING c.account_id, c.window_kind, c.window_start, c.forfeited, c.closed_at
-    ), forfeits AS (
-        INSERT INTO credits.ledger (account_id, at, kind, amount, metadata)
-        SELECT c.account_id, c.closed_at, 'F', c.forfeited,
-               jsonb_build_object('reason', 'month_end', 'month', to_char(c.window_start, 'YYYY-MM'))
-          FROM closed c
-         WHERE c.window_kind = 'monthly' AND c.forfeited > 0
-         ORDER BY c.account_id, c.window_start
-    ), rolled AS (
-        UPDATE credits.accounts a
-           SET day = CASE WHEN a.day < v_day THEN v_day ELSE a.day END,
-               daily_used = CASE WHEN a.day < v_day THEN 0 ELSE a.daily_used END,
-               month = CASE WHEN a.month < v_month THEN v_month ELSE a.month END,
-               monthly_used = CASE WHEN a.month < v_month THEN 0 ELSE a.monthly_used END,
-               monthly_epoch = CASE WHEN a.month < v_month THEN 0 ELSE a.monthly_epoch END
-         WHERE a.account_id = ANY (p_accounts) AND credits._windows_passed(a, p_at)
-    )
-    -- A window that had run out opens again: a reset event, stamped at the
-    -- boundary (the events table keeps it to one per window).
-    SELECT (SELECT count(*) FROM closed),
-           (SELECT jsonb_agg(jsonb_build_object('account_id', w.account_id, 'window', w.window_kind,
-                                                'at', w.closes_at))
-              FROM closing w WHERE w.exhausted)
-      INTO v_closed, v_resets;
+LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'credits_close_windows';
 
-    FOR r IN SELECT x.account_id, x."window", x.at
-               FROM jsonb_to_recordset(coalesce(v_resets, '[]')) AS x(account_id text, "window" text, at timestamptz)
-              ORDER BY x.at, x.account_id
-    LOOP
-        SELECT * INTO v_acct FROM credits.accounts ac WHERE ac.account_id = r.account_id;
-        PERFORM credits._emit(v_acct, 'reset', r."window", NULL, r.at, credits._state(v_acct, r.at));
-    END LOOP;
-    RETURN v_closed;
+-------------------------------------------------------------------------------
+-- Maintenance batches close windows in Rust too: one scan that locks each
+-- account as it reaches it, instead of a locking query and a lookup each.
+-------------------------------------------------------------------------------
+
+-- A maintenance batch: the ended windows of up to `p_accounts` accounts that
+-- have one, the first after `p_after` in key order (NULL: from the first),
+-- each locked as the scan reaches it, so locks are taken in key order.
+-- Returns the last account closed (NULL: none was left), how many, and the
+-- windows recorded. Rust (src/maintenance/close.rs), as _close_windows.
+CREATE FUNCTION _close_windows_after(p_after text, p_at timestamptz, p_accounts integer,
+                                     OUT last_account text, OUT accounts integer, OUT windows integer)
+LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'credits_close_windows_after';
+REVOKE ALL ON FUNCTION credits._close_windows_after(text, timestamptz, integer) FROM PUBLIC;
+
+-- One step of maintenance at instant `p_at`, in the caller's transaction:
+-- starts a run if something is due, or does one batch of the run in
+-- progress (which keeps its own instant, so a run cut short resumes as it
+-- began). Returns the seconds until more is due: 0 = call again now.
+CREATE OR REPLACE FUNCTION _maintenance_step(p_at timestamptz, p_batch integer) RETURNS double precision
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off AS $$
+DECLARE
+    st       credits.maintenance_state;
+    run      credits.maintenance_runs;
+    v_done   record;
+    v_ids    text[];
+    v_n      integer;
+BEGIN
+    IF p_at IS NULL OR NOT isfinite(p_at) THEN
+        RAISE EXCEPTION 'invalid maintenance instant: %', coalesce(p_at::text, 'NULL') USING ERRCODE = 'UC009';
+    END IF;
+    IF p_batch IS NULL OR p_batch < 1 THEN
+        RAISE EXCEPTION 'invalid batch size: %', coalesce(p_batch::text, 'NULL') USING ERRCODE = 'UC009';
+    END IF;
+    -- One maintenance step at a time: the worker and a manual run interleave safely.
+    SELECT * INTO st FROM credits.maintenance_state FOR UPDATE;
+
+    IF st.run_id IS NULL THEN
+        IF credits._next_due(st.done_through) > p_at THEN
+            RETURN greatest(0, extract(epoch FROM credits._next_due(greatest(st.done_through, p_at)) - p_at));
+        END IF;
+        INSERT INTO credits.maintenance_runs (run_at, previous, phase)
+        VALUES (p_at, st.done_through,
+                CASE WHEN st.done_through IS NULL OR credits._utc_day(st.done_through) < credits._utc_day(p_at)
+                     THEN 'windows' ELSE 'expiries' END)
+        RETURNING * INTO run;
+        UPDATE credits.maintenance_state SET run_id = run.run_id;
+    ELSE
+        SELECT * INTO run FROM credits.maintenance_runs r WHERE r.run_id = st.run_id;
+    END IF;
+
+    IF run.phase = 'windows' THEN
+        -- One batch per transaction, locks taken in key order.
+        SELECT * INTO v_done FROM credits._close_windows_after(run.cursor, run.run_at, p_batch);
+        IF v_done.last_account IS NULL THEN
+            UPDATE credits.maintenance_runs r SET phase = 'expiries' WHERE r.run_id = run.run_id;
+        ELSE
+            UPDATE credits.maintenance_runs r
+               SET cursor = v_done.last_account, batches = r.batches + 1,
+                   accounts = r.accounts + v_done.accounts, windows = r.windows + v_done.windows
+             WHERE r.run_id = run.run_id;
+        END IF;
+        RETURN 0;
+    END IF;
+
+    -- Expiries: the accounts with a hold or grant past its deadline, a batch at a time.
+    SELECT array_agg(x.account_id ORDER BY x.account_id) INTO v_ids
+      FROM (SELECT a.account_id FROM credits.accounts a
+             WHERE a.account_id IN (
+                   (SELECT h.account_id FROM credits.holds h
+                     WHERE h.resolved_entry IS NULL AND h.expires_at <= run.run_at
+                     ORDER BY h.expires_at LIMIT p_batch)
+                   UNION
+                   (SELECT g.account_id FROM credits.grants g
+                     WHERE g.expired_entry IS NULL AND g.expires_at <= run.run_at
+                     ORDER BY g.expires_at LIMIT p_batch))
+             ORDER BY a.account_id
+               FOR UPDATE) x;
+    IF v_ids IS NOT NULL THEN
+        v_n := credits._expire_due(v_ids, run.run_at);
+        UPDATE credits.maintenance_runs r SET batches = r.batches + 1, expired = r.expired + v_n
+         WHERE r.run_id = run.run_id;
+        RETURN 0;
+    END IF;
+
+    UPDATE credits.maintenance_runs r SET phase = 'done', finished_at = clock_timestamp()
+     WHERE r.run_id = run.run_id;
+    UPDATE credits.maintenance_state
+       SET run_id = NULL, done_through = greatest(done_through, run.run_at);
+    RETURN greatest(0, extract(epoch FROM credits._next_due(greatest(st.done_through, run.run_at)) - p_at));
 END
 $$;
 

@@ -9,6 +9,7 @@ mod clock;
 mod gucs;
 mod maintenance;
 mod metering;
+mod pg;
 mod reporting;
 mod schema;
 mod security;
@@ -18,7 +19,7 @@ pgrx::pg_module_magic!();
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
-    metering::init();
+    schema::init();
     // The worker can only be registered from shared_preload_libraries;
     // without it every call still sees its windows roll on time.
     // SAFETY: a flag the postmaster sets while it loads preloaded libraries.

@@ -2,4 +2,6 @@
 
 use pgrx::prelude::*;
 
+pub(crate) mod row;
+
 extension_sql_file!("accounts.sql", name = "accounts", requires = ["internal"]);

@@ -5,6 +5,7 @@
 
 use pgrx::prelude::*;
 
+pub(crate) mod close;
 pub mod worker;
 
 extension_sql_file!(

@@ -60,6 +60,12 @@ pub extern "C-unwind" fn credits_maintenance_main(_arg: pg_sys::Datum) {
             Some(_) => Duration::ZERO,
             None => RETRY.min(max_nap), // no extension (yet)
         };
+        // A backend reports its table and WAL statistics when it goes idle;
+        // a worker must do it itself, or autovacuum never learns of the
+        // rows a reset updated (at most once a second while busy, and
+        // before every nap).
+        // SAFETY: called between transactions, as PostgreSQL requires.
+        unsafe { pg_sys::pgstat_report_stat(!nap.is_zero()) };
     }
     // Exit code 1 so the postmaster restarts the worker after a
     // pg_terminate_backend; at shutdown it is not restarted anyway.

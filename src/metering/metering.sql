@@ -138,8 +138,9 @@ RETURNS bigint
 LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'credits_debit_fast';
 
 -- A debit the fast path declined (debit and try_debit try it first). An
--- account with a window to close (the first call of a day or month) or a
--- deadline passed is brought up to date, and the fast path tried once more;
+-- account with a hold or grant past its deadline, or a window to close that
+-- had run out (whose reset event is emitted in SQL), is brought up to date,
+-- and the fast path tried once more;
 -- anything else is the slow path's.
 CREATE FUNCTION _debit(p_account text, p_feature text, p_quantity numeric, p_key text,
                        p_metadata jsonb, p_raise boolean)

@@ -3,15 +3,9 @@
 
 use pgrx::prelude::*;
 
-mod catalog_cache;
 mod fast_path;
 mod requests;
 mod thresholds;
-
-/// Per-process setup, from _PG_init.
-pub fn init() {
-    catalog_cache::init();
-}
 
 extension_sql_file!("events.sql", name = "events", requires = ["internal"]);
 extension_sql_file!("metering.sql", name = "metering", requires = ["events"]);

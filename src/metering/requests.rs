@@ -7,6 +7,7 @@
 //! Fingerprints are md5(parts joined by chr(31), NULL as chr(30)) as a uuid:
 //! the keys recorded by 0.1.0 (where this was SQL) still match.
 
+use crate::pg::fmgr::{args, call, ret, text_array, v1_functions};
 use md5::{Digest, Md5};
 use pgrx::pg_sys::{self, Datum};
 
@@ -65,49 +66,6 @@ unsafe fn text_of(output: unsafe fn(pg_sys::FunctionCallInfo) -> Datum, value: D
     ))
 }
 
-/// A built-in function of PostgreSQL on non-null arguments.
-pub(crate) unsafe fn call(
-    f: unsafe fn(pg_sys::FunctionCallInfo) -> Datum,
-    args: &[Datum],
-) -> Datum {
-    let args: Vec<Option<Datum>> = args.iter().copied().map(Some).collect();
-    pgrx::fcinfo::direct_function_call_as_datum(f, &args).expect("a built-in function's result")
-}
-
-/// The arguments of a V1 call, NULL as None.
-pub(crate) unsafe fn args(fcinfo: pg_sys::FunctionCallInfo) -> Vec<Option<Datum>> {
-    (0..(*fcinfo).nargs as usize)
-        .map(|i| {
-            if pgrx::fcinfo::pg_arg_is_null(fcinfo, i) {
-                None
-            } else {
-                Some(pgrx::fcinfo::pg_getarg_datum_raw(fcinfo, i))
-            }
-        })
-        .collect()
-}
-
-/// Returns `value` from a V1 function, NULL as None.
-pub(crate) unsafe fn ret(fcinfo: pg_sys::FunctionCallInfo, value: Option<Datum>) -> Datum {
-    (*fcinfo).isnull = value.is_none();
-    value.unwrap_or(Datum::from(0))
-}
-
-/// Declares V1 functions callable from SQL (`LANGUAGE c`).
-macro_rules! v1_functions {
-    ($($finfo:ident),* $(,)?) => {
-        $(
-            #[no_mangle]
-            #[doc(hidden)]
-            pub extern "C" fn $finfo() -> &'static pgrx::pg_sys::Pg_finfo_record {
-                const V1: pgrx::pg_sys::Pg_finfo_record = pgrx::pg_sys::Pg_finfo_record { api_version: 1 };
-                &V1
-            }
-        )*
-    };
-}
-pub(crate) use v1_functions;
-
 v1_functions!(
     pg_finfo_credits_metadata_ok,
     pg_finfo_credits_fingerprint,
@@ -128,21 +86,7 @@ pub unsafe extern "C-unwind" fn credits_fingerprint(fcinfo: pg_sys::FunctionCall
     let Some(array) = args(fcinfo)[0] else {
         return ret(fcinfo, None);
     };
-    let array = pg_sys::pg_detoast_datum(array.cast_mut_ptr()) as *mut pg_sys::ArrayType;
-    let (mut values, mut nulls, mut n) = (std::ptr::null_mut(), std::ptr::null_mut(), 0);
-    pg_sys::deconstruct_array(
-        array,
-        pg_sys::TEXTOID,
-        -1,
-        false,
-        pg_sys::TYPALIGN_INT as std::ffi::c_char,
-        &mut values,
-        &mut nulls,
-        &mut n,
-    );
-    let parts: Vec<Option<Datum>> = (0..n as usize)
-        .map(|i| (!*nulls.add(i)).then(|| *values.add(i)))
-        .collect();
+    let parts = text_array(array);
     ret(fcinfo, Some(fingerprint(&parts)))
 }
 

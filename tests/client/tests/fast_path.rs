@@ -8,6 +8,7 @@
 mod common;
 
 use common::*;
+use postgres::types::ToSql;
 use postgres::Client;
 
 const AT: &str = "2027-03-10 12:00:00+00";
@@ -45,16 +46,23 @@ fn fast_debit(
         .get(0)
 }
 
-fn ledger_debits(client: &mut Client, account: &str) -> Vec<String> {
+/// The first column of a query's rows, a text.
+fn column(client: &mut Client, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Vec<String> {
     client
-        .query(
-            "SELECT amount::text FROM credits.ledger WHERE account_id = $1 AND kind = 'D' ORDER BY entry_id",
-            &[&account],
-        )
+        .query(sql, params)
         .unwrap()
         .iter()
         .map(|r| r.get(0))
         .collect()
+}
+
+fn rows(client: &mut Client, sql: &str) -> Vec<String> {
+    column(client, sql, &[])
+}
+
+fn ledger_debits(client: &mut Client, account: &str) -> Vec<String> {
+    let sql = "SELECT amount::text FROM credits.ledger WHERE account_id = $1 AND kind = 'D' ORDER BY entry_id";
+    column(client, sql, &[&account])
 }
 
 #[test]
@@ -203,5 +211,138 @@ fn the_same_key_twice_in_one_statement_charges_once() {
         )
         .unwrap();
     assert_eq!(balance_of(&mut client, "twice", "monthly_used"), "5");
+    assert_verified(&mut client);
+}
+
+#[test]
+fn the_first_debit_after_a_boundary_closes_the_windows_on_the_fast_path() {
+    let db = "credits_fast_path_closing";
+    let mut client = fresh(db);
+    // A free account that used 7 of its 10 a day on 2027-03-10; a pro one
+    // that used 30 in March. Then nothing until 2027-05-02: March and April
+    // (nobody called) end, with the day.
+    subscribe(&mut client, "fc_free", "free");
+    subscribe(&mut client, "fc_pro", "pro");
+    client
+        .batch_execute(
+            "SELECT credits.debit('fc_free', 'agent', 7), credits.debit('fc_pro', 'agent', 30);
+             CREATE TABLE public.windows_seen (account_id text, window_kind text, window_start date);
+             CREATE FUNCTION public.see_window() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 INSERT INTO public.windows_seen VALUES (NEW.account_id, NEW.window_kind, NEW.window_start);
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER see_window AFTER INSERT ON credits.closed_windows
+                 FOR EACH ROW EXECUTE FUNCTION public.see_window();",
+        )
+        .unwrap();
+    set_clock(&mut client, "2027-05-02 08:00:00+00");
+
+    let entry = fast_debit(&mut client, "fc_free", "2", Some("after-the-gap"))
+        .expect("the fast path closes ended windows itself");
+    let expected_windows = vec![
+        "monthly 2027-03-01 free limit 25 used 7 forfeited 18 closed 2027-04-01 00:00:00+00",
+        "daily 2027-03-10 free limit 10 used 7 forfeited - closed 2027-03-11 00:00:00+00",
+        "monthly 2027-04-01 free limit 25 used 0 forfeited 25 closed 2027-05-01 00:00:00+00",
+    ];
+    let windows_sql = "SELECT format('%s %s %s limit %s used %s forfeited %s closed %s', window_kind,
+                              window_start, plan, window_limit, used, coalesce(forfeited::text, '-'),
+                              closed_at AT TIME ZONE 'UTC' || '+00')
+                         FROM credits.closed_windows WHERE account_id = 'fc_free'
+                        ORDER BY window_start, window_kind";
+    assert_eq!(rows(&mut client, windows_sql), expected_windows);
+    // The forfeits come before the debit, at the boundaries they record.
+    let entries_sql = "SELECT format('%s %s %s %s', kind, amount, at AT TIME ZONE 'UTC', coalesce(metadata::text, ''))
+                         FROM credits.ledger WHERE account_id = 'fc_free' AND kind <> 'S' ORDER BY entry_id";
+    assert_eq!(
+        rows(&mut client, entries_sql),
+        vec![
+            "D 7 2027-03-10 12:00:00 ",
+            "F 18 2027-04-01 00:00:00 {\"month\": \"2027-03\", \"reason\": \"month_end\"}",
+            "F 25 2027-05-01 00:00:00 {\"month\": \"2027-04\", \"reason\": \"month_end\"}",
+            "D 2 2027-05-02 08:00:00 ",
+        ]
+    );
+    let last: i64 = client
+        .query_one("SELECT max(entry_id) FROM credits.ledger WHERE account_id = 'fc_free'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(last, entry);
+    assert_eq!(balance_of(&mut client, "fc_free", "daily_used"), "2");
+    assert_eq!(balance_of(&mut client, "fc_free", "monthly_used"), "2");
+    assert_eq!(
+        rows(&mut client, "SELECT format('%s %s', window_kind, window_start) FROM public.windows_seen ORDER BY 1"),
+        vec!["daily 2027-03-10", "monthly 2027-03-01", "monthly 2027-04-01"],
+        "row triggers on closed_windows fire as for an INSERT"
+    );
+
+    // A replay of the key closes nothing more and charges nothing.
+    let replay: i64 = client
+        .query_one("SELECT credits.debit('fc_free', 'agent', 2, 'after-the-gap')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(replay, entry);
+    assert_eq!(rows(&mut client, windows_sql), expected_windows);
+
+    // Maintenance (the same Rust, in a batch) records the same for the pro
+    // account as a fast-path debit would have: no daily window (pro has no
+    // daily limit, but it used 30 on 2027-03-10: recorded with a NULL limit).
+    client
+        .batch_execute("CALL credits.run_maintenance()")
+        .unwrap();
+    assert_eq!(
+        rows(
+            &mut client,
+            "SELECT format('%s %s limit %s used %s forfeited %s', window_kind, window_start,
+                           coalesce(window_limit::text, '-'), used, coalesce(forfeited::text, '-'))
+               FROM credits.closed_windows WHERE account_id = 'fc_pro' ORDER BY window_start, window_kind"
+        ),
+        vec![
+            "monthly 2027-03-01 limit 100 used 30 forfeited 70",
+            "daily 2027-03-10 limit - used 30 forfeited -",
+            "monthly 2027-04-01 limit 100 used 0 forfeited 100",
+        ]
+    );
+    assert_eq!(balance_of(&mut client, "fc_pro", "monthly_used"), "0");
+    client
+        .batch_execute("DROP TRIGGER see_window ON credits.closed_windows")
+        .unwrap();
+    assert_verified(&mut client);
+}
+
+#[test]
+fn a_window_that_ran_out_reopens_with_its_reset_event() {
+    let db = "credits_fast_path_reset";
+    let mut client = fresh(db);
+    subscribe(&mut client, "fr", "free");
+    // The free plan's 10 a day, used up: an exhausted event for the day.
+    client
+        .batch_execute("SELECT credits.debit('fr', 'agent', 10)")
+        .unwrap();
+    set_clock(&mut client, "2027-03-11 09:00:00+00");
+    assert_eq!(
+        fast_debit(&mut client, "fr", "1", None),
+        None,
+        "the reset event is the SQL path's: the fast path declines, writing nothing"
+    );
+    assert_eq!(
+        rows(&mut client, "SELECT count(*)::text FROM credits.closed_windows WHERE account_id = 'fr'"),
+        vec!["0"]
+    );
+    client
+        .batch_execute("SELECT credits.debit('fr', 'agent', 1)")
+        .unwrap();
+    assert_eq!(
+        rows(
+            &mut client,
+            "SELECT format('%s %s %s', kind, window_key, at AT TIME ZONE 'UTC')
+               FROM credits.events WHERE account_id = 'fr' ORDER BY event_id"
+        ),
+        vec![
+            "exhausted 2027-03-10 2027-03-10 12:00:00",
+            "reset 2027-03-11 2027-03-11 00:00:00", // (keyed by the window it opens)
+        ]
+    );
+    assert_eq!(balance_of(&mut client, "fr", "daily_used"), "1");
     assert_verified(&mut client);
 }

@@ -180,6 +180,18 @@ fn the_worker_runs_maintenance_when_the_cluster_clock_crosses_a_boundary() {
             "w_pro monthly 2030-01-01 used=30 limit=100 forfeited=70",
         ]
     );
+    // Its writes reach the statistics autovacuum works from (only the
+    // worker wrote closed windows in this database).
+    wait_until(30, "the worker's statistics", || {
+        client
+            .query_one(
+                "SELECT n_tup_ins FROM pg_stat_user_tables WHERE relid = 'credits.closed_windows'::regclass",
+                &[],
+            )
+            .unwrap()
+            .get::<_, i64>(0)
+            == 4
+    });
     let status = client
         .query_one(
             "SELECT worker_pid, running, last_error, extract(epoch FROM lag)::float8 FROM credits.maintenance_status",

@@ -1,6 +1,6 @@
-//! Plans and features, cached in each session for the debit fast path
-//! (fast_path.rs): two of its four index lookups were catalog rows that
-//! change a few times a year.
+//! Plans and features, cached in each session for the code below SQL (the
+//! debit fast path, window closing): two of a debit's four index lookups
+//! were catalog rows that change a few times a year.
 //!
 //! A change to either table (any statement, including TRUNCATE and a
 //! restore's COPY) fires `credits._catalog_changed()`, which queues a
@@ -9,22 +9,23 @@
 //! The fast path accepts pending invalidations before it reads the cache, so
 //! a debit sees a change as soon as a statement would.
 
-use crate::metering::requests::v1_functions;
+use crate::pg::fmgr::v1_functions;
+use crate::pg::rows::{Schema, Table};
 use pgrx::pg_sys::{self, Datum, Oid};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 /// A feature's id and cost (a numeric, as its bytes).
-pub(crate) struct Feature {
-    pub id: i16,
-    pub cost: Vec<u8>,
+struct Feature {
+    id: i16,
+    cost: Vec<u8>,
 }
 
 /// A plan's limits (numerics, as their bytes).
-pub(crate) struct Plan {
-    pub daily_limit: Option<Vec<u8>>,
-    pub monthly_allowance: Vec<u8>,
+struct Plan {
+    daily_limit: Option<Vec<u8>>,
+    monthly_allowance: Vec<u8>,
 }
 
 #[derive(Default)]
@@ -62,46 +63,48 @@ unsafe extern "C-unwind" fn relcache_changed(_arg: Datum, relid: Oid) {
 }
 
 /// Brings the cache up to date with committed changes: empty if stale.
-pub(crate) unsafe fn refresh(features: Oid, plans: Oid) {
-    FEATURES_OID.store(features.to_u32(), Ordering::Relaxed);
-    PLANS_OID.store(plans.to_u32(), Ordering::Relaxed);
+/// Called once per call below SQL, before the lookups.
+pub(crate) unsafe fn refresh(schema: &Schema) {
+    FEATURES_OID.store(schema.features.to_u32(), Ordering::Relaxed);
+    PLANS_OID.store(schema.plans.to_u32(), Ordering::Relaxed);
     pg_sys::AcceptInvalidationMessages();
     if STALE.swap(false, Ordering::Relaxed) {
         CACHE.with(|c| *c.borrow_mut() = Cache::default());
     }
 }
 
-/// The feature named by `name` (a text datum), read by `load` on a miss:
-/// its id and cost (a datum of this call).
-pub(crate) unsafe fn feature(
-    name: Datum,
-    load: impl FnOnce() -> Option<Feature>,
-) -> Option<(i16, Datum)> {
-    cached(
-        |c| &mut c.features,
-        name,
-        load,
-        |f| (f.id, varlena_datum(&f.cost)),
-    )
+/// The feature named by `name` (a text datum): its id and cost (a datum
+/// of this call); None if there is none.
+pub(crate) unsafe fn feature(schema: &Schema, name: Datum) -> Option<(i16, Datum)> {
+    let load = || {
+        let table = Table::open(schema.features, pg_sys::AccessShareLock);
+        let row = table.lookup(schema.features_key, name)?;
+        Some(Feature {
+            id: row.get(table.col(c"feature_id")?)?.value() as i16,
+            cost: varlena_bytes(row.get(table.col(c"cost")?)?),
+        })
+    };
+    cached(|c| &mut c.features, name, load, |f| (f.id, varlena_datum(&f.cost)))
 }
 
-/// The plan named by `name` (a text datum), read by `load` on a miss: its
-/// daily limit and monthly allowance (datums of this call).
-pub(crate) unsafe fn plan(
-    name: Datum,
-    load: impl FnOnce() -> Option<Plan>,
-) -> Option<(Option<Datum>, Datum)> {
-    cached(
-        |c| &mut c.plans,
-        name,
-        load,
-        |p| {
-            (
-                p.daily_limit.as_deref().map(|b| varlena_datum(b)),
-                varlena_datum(&p.monthly_allowance),
-            )
-        },
-    )
+/// The plan named by `name` (a text datum): its daily limit and monthly
+/// allowance (datums of this call); None if there is none.
+pub(crate) unsafe fn plan(schema: &Schema, name: Datum) -> Option<(Option<Datum>, Datum)> {
+    let load = || {
+        let table = Table::open(schema.plans, pg_sys::AccessShareLock);
+        let row = table.lookup(schema.plans_key, name)?;
+        Some(Plan {
+            daily_limit: row.get(table.col(c"daily_limit")?).map(|d| varlena_bytes(d)),
+            monthly_allowance: varlena_bytes(row.get(table.col(c"monthly_allowance")?)?),
+        })
+    };
+    let view = |p: &Plan| {
+        (
+            p.daily_limit.as_deref().map(|b| varlena_datum(b)),
+            varlena_datum(&p.monthly_allowance),
+        )
+    };
+    cached(|c| &mut c.plans, name, load, view)
 }
 
 /// The row of one cached table named by `name`, loaded on a miss, as `view`
@@ -127,14 +130,14 @@ unsafe fn cached<V, R>(
 }
 
 /// The bytes of a varlena datum (its whole value, header included).
-pub(crate) unsafe fn varlena_bytes(value: Datum) -> Vec<u8> {
+unsafe fn varlena_bytes(value: Datum) -> Vec<u8> {
     let ptr = pg_sys::pg_detoast_datum_packed(value.cast_mut_ptr());
     let len = pgrx::varlena::varsize_any(ptr);
     std::slice::from_raw_parts(ptr as *const u8, len).to_vec()
 }
 
 /// A datum in the current memory context holding `bytes` (from varlena_bytes).
-pub(crate) unsafe fn varlena_datum(bytes: &[u8]) -> Datum {
+unsafe fn varlena_datum(bytes: &[u8]) -> Datum {
     let copy = pg_sys::palloc(bytes.len()) as *mut u8;
     std::ptr::copy_nonoverlapping(bytes.as_ptr(), copy, bytes.len());
     Datum::from(copy)

@@ -1,0 +1,476 @@
+//! Closing an account's ended windows (SPEC rule 3): a `closed_windows` row
+//! for each window that ended — the daily window if something was used in
+//! it, every monthly window up to the month of `at`, each once and in order
+//! — an 'F' ledger entry for the allowance a monthly window forfeits, the
+//! counters moved to the windows of `at`, and a reset event for a window
+//! that had run out.
+//!
+//! One copy, two callers: `credits._close_windows(accounts, at)` below (a
+//! maintenance batch, or one account in `_lock_account`), and the debit fast
+//! path, which writes an account's closing in the same writes as its debit.
+//! Both hold the account's row lock, which every writer of its windows,
+//! events and counters takes first.
+
+use crate::accounts::row::Account;
+use crate::clock;
+use crate::pg::fmgr::{args, call, ret, text, text_array, text_string, v1_functions};
+use crate::pg::numeric;
+use crate::pg::rows::{Found, Row, Schema, Table, Writes};
+use crate::schema::catalog_cache;
+use pgrx::datum::{DatumWithOid, TimestampWithTimeZone};
+use pgrx::pg_sys::{self, Datum};
+use pgrx::prelude::*;
+
+/// An ended window, as its closed_windows row records it.
+struct Window {
+    monthly: bool,
+    start: i32,
+    limit: Option<Datum>,
+    used: Datum,
+    forfeited: Option<Datum>,
+    closes_at: i64,
+    /// Its name in events (credits._window_key).
+    key: String,
+}
+
+impl Window {
+    fn kind(&self) -> &'static str {
+        if self.monthly {
+            "monthly"
+        } else {
+            "daily"
+        }
+    }
+}
+
+/// The windows of an account that end before `today` / `this_month`.
+pub(crate) struct Closing {
+    windows: Vec<Window>,
+}
+
+/// Has a window of `a` ended, with something to record (credits._windows_passed)?
+/// A daily window with nothing used has nothing to close.
+pub(crate) unsafe fn passed(a: &Account, today: i32, this_month: i32) -> bool {
+    (a.day < today && numeric::cmp(a.daily_used, numeric::from_i64(0)) > 0) || a.month < this_month
+}
+
+/// What closing `a`'s ended windows records, given its plan's daily limit
+/// and monthly allowance; None if no window ended.
+pub(crate) unsafe fn closing(
+    a: &Account,
+    daily_limit: Option<Datum>,
+    allowance: Datum,
+    today: i32,
+    this_month: i32,
+) -> Option<Closing> {
+    if !passed(a, today, this_month) {
+        return None;
+    }
+    let zero = numeric::from_i64(0);
+    let mut windows = Vec::new();
+    if a.day < today && numeric::cmp(a.daily_used, zero) > 0 {
+        let (y, m, d) = clock::ymd(a.day);
+        windows.push(Window {
+            monthly: false,
+            start: a.day,
+            limit: daily_limit,
+            used: a.daily_used,
+            forfeited: None,
+            closes_at: clock::day_start(a.day + 1),
+            key: format!("{y:04}-{m:02}-{d:02}"),
+        });
+    }
+    // Every month from the account's to the one before `this_month`: months
+    // nobody called in are recorded too, with nothing used.
+    let limit = numeric::add(allowance, a.purchased);
+    let mut month = a.month;
+    while month < this_month {
+        let used = if month == a.month { a.monthly_used } else { zero };
+        let left = numeric::sub(limit, used);
+        let next = clock::next_month(month);
+        let mut key = month_text(month);
+        if month == a.month && a.monthly_epoch > 0 {
+            key.push_str(&format!("#{}", a.monthly_epoch));
+        }
+        windows.push(Window {
+            monthly: true,
+            start: month,
+            limit: Some(limit),
+            used,
+            forfeited: Some(if numeric::cmp(left, zero) > 0 { left } else { zero }),
+            closes_at: clock::day_start(next),
+            key,
+        });
+        month = next;
+    }
+    Some(Closing { windows })
+}
+
+/// 'YYYY-MM' of a month (to_char(month, 'YYYY-MM')).
+fn month_text(month: i32) -> String {
+    let (y, m, _) = clock::ymd(month);
+    format!("{y:04}-{m:02}")
+}
+
+thread_local! {
+    /// The last month_end metadata made (a batch closes one month for all).
+    static METADATA: std::cell::RefCell<Option<(i32, Vec<u8>)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The 'F' entry's metadata for the end of `month`, a jsonb datum:
+/// {"reason": "month_end", "month": "YYYY-MM"}.
+unsafe fn month_end_metadata(month: i32) -> Datum {
+    let bytes = METADATA.with(|m| match &*m.borrow() {
+        Some((cached, bytes)) if *cached == month => Some(bytes.clone()),
+        _ => None,
+    });
+    let bytes = bytes.unwrap_or_else(|| {
+        let json = format!("{{\"reason\": \"month_end\", \"month\": \"{}\"}}\0", month_text(month));
+        let jsonb = call(pg_sys::jsonb_in, &[Datum::from(json.as_ptr())]);
+        let ptr = jsonb.cast_mut_ptr::<pg_sys::varlena>();
+        let bytes = std::slice::from_raw_parts(ptr as *const u8, pgrx::varlena::varsize_any(ptr)).to_vec();
+        METADATA.with(|m| *m.borrow_mut() = Some((month, bytes.clone())));
+        bytes
+    });
+    let copy = pg_sys::palloc(bytes.len()) as *mut u8;
+    std::ptr::copy_nonoverlapping(bytes.as_ptr(), copy, bytes.len());
+    Datum::from(copy)
+}
+
+impl Closing {
+    /// The closing windows that had run out (an 'exhausted' event): each
+    /// opens again with a reset event, as (window kind, instant). Read as
+    /// last committed: the caller holds the account lock, so every writer
+    /// of its events has finished, even one this snapshot predates.
+    pub(crate) unsafe fn resets(
+        &self,
+        schema: &Schema,
+        events: &Table,
+        account_id: Datum,
+    ) -> Option<Vec<(&'static str, i64)>> {
+        let (kind_col, key_col) = (events.col(c"window_kind")?, events.col(c"window_key")?);
+        let mut resets = Vec::new();
+        let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot());
+        events.find(
+            schema.events_key,
+            &[account_id, text("exhausted")],
+            snapshot,
+            |event| {
+                if let (Some(kind), Some(key)) = (event.get(kind_col), event.get(key_col)) {
+                    let (kind, key) = (text_string(kind), text_string(key));
+                    resets.extend(
+                        self.windows
+                            .iter()
+                            .filter(|w| w.kind() == kind && w.key == key)
+                            .map(|w| (w.kind(), w.closes_at)),
+                    );
+                }
+                false // every one
+            },
+        );
+        pg_sys::UnregisterSnapshot(snapshot);
+        Some(resets)
+    }
+
+    /// The rows to write, with the 'F' entries' ids taken now (before the
+    /// id of anything the caller writes after them). None if a table has a
+    /// column this code does not know.
+    pub(crate) unsafe fn prepare(
+        &self,
+        schema: &Schema,
+        closed: &Table,
+        ledger: &Table,
+        account_id: Datum,
+        plan: Datum,
+    ) -> Option<Prepared> {
+        let mut rows = Vec::with_capacity(self.windows.len());
+        for w in &self.windows {
+            let mut row = Row::new(closed);
+            row.set(closed.col(c"account_id")?, Some(account_id));
+            row.set(closed.col(c"window_kind")?, Some(text(w.kind())));
+            row.set(closed.col(c"window_start")?, Some(Datum::from(w.start)));
+            row.set(closed.col(c"plan")?, Some(plan));
+            row.set(closed.col(c"window_limit")?, w.limit);
+            row.set(closed.col(c"used")?, Some(w.used));
+            row.set(closed.col(c"forfeited")?, w.forfeited);
+            row.set(closed.col(c"closed_at")?, Some(Datum::from(w.closes_at)));
+            row.complete()?;
+            let forfeit = match w.forfeited {
+                Some(amount) if numeric::cmp(amount, numeric::from_i64(0)) > 0 => {
+                    let entry = call(pg_sys::nextval_oid, &[Datum::from(schema.ledger_seq)]);
+                    let metadata = month_end_metadata(w.start);
+                    let mut f = Row::new(ledger);
+                    f.set(ledger.col(c"entry_id")?, Some(entry));
+                    f.set(ledger.col(c"account_id")?, Some(account_id));
+                    f.set(ledger.col(c"at")?, Some(Datum::from(w.closes_at)));
+                    f.set(ledger.col(c"kind")?, Some(Datum::from(b'F' as i8)));
+                    f.set(ledger.col(c"feature_id")?, None);
+                    f.set(ledger.col(c"amount")?, Some(amount));
+                    f.set(ledger.col(c"from_grants")?, None);
+                    f.set(ledger.col(c"ref")?, None);
+                    f.set(ledger.col(c"metadata")?, Some(metadata));
+                    f.complete()?;
+                    Some(f)
+                }
+                _ => None,
+            };
+            rows.push((row, forfeit));
+        }
+        Some(Prepared { rows })
+    }
+}
+
+/// A closing's rows, ready to write.
+pub(crate) struct Prepared {
+    rows: Vec<(Row, Option<Row>)>,
+}
+
+impl Prepared {
+    /// Writes them: a window already recorded (closed_windows' key) is
+    /// skipped with its 'F' entry, as INSERT ... ON CONFLICT DO NOTHING
+    /// would. Returns the windows recorded.
+    pub(crate) unsafe fn write(&self, writes: &mut Writes, closed: &Table, ledger: &Table) -> i32 {
+        let mut recorded = 0;
+        for (row, forfeit) in &self.rows {
+            if writes.insert_unless_exists(closed, row.slot()) {
+                recorded += 1;
+                if let Some(f) = forfeit {
+                    writes.insert(ledger, f.slot());
+                }
+            }
+        }
+        recorded
+    }
+}
+
+v1_functions!(
+    pg_finfo_credits_close_windows,
+    pg_finfo_credits_close_windows_after
+);
+
+/// `credits._close_windows(accounts text[], at timestamptz) RETURNS integer`:
+/// closes the ended windows of the given accounts (each locked by the
+/// caller, in key order) and returns the windows recorded.
+#[no_mangle]
+#[pg_guard]
+pub unsafe extern "C-unwind" fn credits_close_windows(fcinfo: pg_sys::FunctionCallInfo) -> Datum {
+    let a = args(fcinfo);
+    let (Some(ids), Some(at)) = (a[0], a[1]) else {
+        return ret(fcinfo, Some(Datum::from(0i32)));
+    };
+    let mut closer = Closer::begin(at);
+    for id in text_array(ids).into_iter().flatten() {
+        let key = closer.schema.accounts_key;
+        // (already locked by the caller: this finds the row it locked)
+        closer.close(|accounts, repeatable| accounts.lock(key, id, repeatable));
+    }
+    let (_, recorded) = closer.finish();
+    ret(fcinfo, Some(Datum::from(recorded)))
+}
+
+/// `credits._close_windows_after(after text, at timestamptz, accounts integer,
+/// OUT last_account text, OUT accounts integer, OUT windows integer)`: a
+/// maintenance batch. Closes the ended windows of up to `accounts` accounts
+/// that have one, the first after `after` in key order (NULL: from the
+/// first), locking each as it comes to it. Returns the last account closed
+/// (NULL when none was left), how many, and the windows recorded.
+#[no_mangle]
+#[pg_guard]
+pub unsafe extern "C-unwind" fn credits_close_windows_after(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> Datum {
+    let a = args(fcinfo);
+    let (Some(at), Some(limit)) = (a[1], a[2]) else {
+        error!("credits._close_windows_after: NULL instant or batch size");
+    };
+    let limit = limit.value() as i32;
+    let mut closer = Closer::begin(at);
+    let mut last = None;
+    {
+        let mut scan = closer.accounts.scan_after(closer.schema.accounts_key, a[0]);
+        let id_col = closer.accounts.col(c"account_id").unwrap_or_else(|| incomplete());
+        let (today, this_month) = (closer.today, closer.this_month);
+        while closer.closed_accounts < limit && scan.next() {
+            let row = &scan.row;
+            let closed = closer.close(|accounts, repeatable| {
+                // Nothing to close: skipped without a lock. (One a debit
+                // closed since this statement began is found so once locked.)
+                let seen = Account::read(accounts, row).unwrap_or_else(|| incomplete());
+                if !passed(&seen, today, this_month) {
+                    return None;
+                }
+                accounts.lock_seen(row, repeatable)
+            });
+            if closed {
+                last = Some(text_string(scan.row.get(id_col).unwrap_or_else(|| incomplete())));
+            }
+        }
+    }
+    let (accounts, recorded) = closer.finish();
+
+    let mut desc = std::ptr::null_mut();
+    if pg_sys::get_call_result_type(fcinfo, std::ptr::null_mut(), &mut desc)
+        != pg_sys::TypeFuncClass::TYPEFUNC_COMPOSITE
+    {
+        error!("credits._close_windows_after must return a record");
+    }
+    let desc = pg_sys::BlessTupleDesc(desc);
+    let mut values = [
+        last.as_deref().map(|l| text(l)).unwrap_or(Datum::from(0)),
+        Datum::from(accounts),
+        Datum::from(recorded),
+    ];
+    let mut nulls = [last.is_none(), false, false];
+    let tuple = pg_sys::heap_form_tuple(desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+    pg_sys::HeapTupleHeaderGetDatum((*tuple).t_data)
+}
+
+/// A library older than the schema it runs against.
+fn incomplete() -> ! {
+    error!("credits: a table has a column this library does not know")
+}
+
+/// Closes the windows of accounts one after another, in one set of writes;
+/// reset events are emitted at the end, in time order.
+struct Closer {
+    schema: Schema,
+    today: i32,
+    this_month: i32,
+    repeatable: bool,
+    accounts: Table,
+    ledger: Table,
+    closed: Table,
+    events: Table,
+    writes: Writes,
+    /// Freed after each account: a batch of thousands stays in a few kB.
+    per_account: pg_sys::MemoryContext,
+    closed_accounts: i32,
+    recorded: i32,
+    resets: Vec<(i64, String, &'static str)>,
+}
+
+impl Closer {
+    unsafe fn begin(at: Datum) -> Closer {
+        let at = at.value() as i64;
+        if at == i64::MIN || at == i64::MAX {
+            ereport!(
+                ERROR,
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                "invalid instant for closing windows: infinity"
+            );
+        }
+        let Some(schema) = Schema::find() else {
+            error!("credits: the credits schema is incomplete");
+        };
+        if !pg_sys::ActiveSnapshotSet() {
+            error!("credits: closing windows needs a snapshot");
+        }
+        catalog_cache::refresh(&schema);
+        let today = clock::utc_day(at);
+        let accounts = Table::open(schema.accounts, pg_sys::RowExclusiveLock);
+        let ledger = Table::open(schema.ledger, pg_sys::RowExclusiveLock);
+        let closed = Table::open(schema.closed_windows, pg_sys::RowExclusiveLock);
+        let events = Table::open(schema.events, pg_sys::AccessShareLock);
+        let writes = Writes::begin(&[&accounts, &ledger, &closed]);
+        Closer {
+            today,
+            this_month: clock::utc_month_start(today),
+            repeatable: pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32,
+            per_account: pg_sys::AllocSetContextCreateExtended(
+                pg_sys::CurrentMemoryContext,
+                c"credits closing".as_ptr(),
+                pg_sys::ALLOCSET_DEFAULT_MINSIZE as usize,
+                pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
+                pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
+            ),
+            schema,
+            accounts,
+            ledger,
+            closed,
+            events,
+            writes,
+            closed_accounts: 0,
+            recorded: 0,
+            resets: Vec::new(),
+        }
+    }
+
+    /// Closes the ended windows of the account `lock` locks (None: gone);
+    /// false if it had none.
+    unsafe fn close(&mut self, lock: impl FnOnce(&Table, bool) -> Option<Found>) -> bool {
+        let caller = pg_sys::MemoryContextSwitchTo(self.per_account);
+        let closed = self.close_locked(lock);
+        pg_sys::MemoryContextSwitchTo(caller);
+        self.writes.next_row();
+        pg_sys::MemoryContextReset(self.per_account);
+        closed
+    }
+
+    unsafe fn close_locked(&mut self, lock: impl FnOnce(&Table, bool) -> Option<Found>) -> bool {
+        let Some(locked) = lock(&self.accounts, self.repeatable) else {
+            return false;
+        };
+        let (accounts, today, this_month) = (&self.accounts, self.today, self.this_month);
+        let account = Account::read(accounts, &locked).unwrap_or_else(|| incomplete());
+        let Some((daily_limit, allowance)) = catalog_cache::plan(&self.schema, account.plan) else {
+            return false; // (the plan foreign key makes this impossible)
+        };
+        let Some(closing) = closing(&account, daily_limit, allowance, today, this_month) else {
+            return false;
+        };
+        let id = locked
+            .get(accounts.col(c"account_id").unwrap_or_else(|| incomplete()))
+            .unwrap_or_else(|| incomplete());
+        let resets = closing
+            .resets(&self.schema, &self.events, id)
+            .unwrap_or_else(|| incomplete());
+        self.resets
+            .extend(resets.into_iter().map(|(w, at)| (at, text_string(id), w)));
+        let prepared = closing
+            .prepare(&self.schema, &self.closed, &self.ledger, id, account.plan)
+            .unwrap_or_else(|| incomplete());
+        self.recorded += prepared.write(&mut self.writes, &self.closed, &self.ledger);
+
+        // The counters, moved to the windows of `at`.
+        let col = |name| accounts.col(name).unwrap_or_else(|| incomplete());
+        let zero = numeric::from_i64(0);
+        let mut rolled = Row::copy_of(accounts, locked.slot);
+        if account.day < today {
+            rolled.set(col(c"day"), Some(Datum::from(today)));
+            rolled.set(col(c"daily_used"), Some(zero));
+        }
+        if account.month < this_month {
+            rolled.set(col(c"month"), Some(Datum::from(this_month)));
+            rolled.set(col(c"monthly_used"), Some(zero));
+            rolled.set(col(c"monthly_epoch"), Some(Datum::from(0i64)));
+        }
+        let rolled_slot = rolled.complete().unwrap_or_else(|| incomplete());
+        self.writes.update(accounts, locked.slot, rolled_slot);
+        self.closed_accounts += 1;
+        true
+    }
+
+    /// Ends the writes and emits the reset events: (accounts, windows) closed.
+    unsafe fn finish(self) -> (i32, i32) {
+        self.writes.finish();
+        pg_sys::CommandCounterIncrement();
+        // A window that had run out opens again: a reset event, stamped at
+        // the boundary (the events table keeps it to one per window).
+        let mut resets = self.resets;
+        resets.sort();
+        for (at, account_id, window) in resets {
+            let at = TimestampWithTimeZone::try_from(at).expect("a finite instant");
+            Spi::run_with_args(
+                "SELECT credits._emit(a, 'reset', $2, NULL, $3, credits._state(a, $3))
+                   FROM credits.accounts a WHERE a.account_id = $1",
+                &[
+                    DatumWithOid::from(account_id),
+                    DatumWithOid::from(window),
+                    DatumWithOid::from(at),
+                ],
+            )
+            .expect("a reset event");
+        }
+        (self.closed_accounts, self.recorded)
+    }
+}

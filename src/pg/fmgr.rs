@@ -1,0 +1,81 @@
+//! The V1 calling convention (`LANGUAGE c` functions) and calls of
+//! PostgreSQL's built-in functions.
+
+use pgrx::pg_sys::{self, Datum};
+
+/// A built-in function of PostgreSQL on non-null arguments.
+pub(crate) unsafe fn call(
+    f: unsafe fn(pg_sys::FunctionCallInfo) -> Datum,
+    args: &[Datum],
+) -> Datum {
+    let args: Vec<Option<Datum>> = args.iter().copied().map(Some).collect();
+    pgrx::fcinfo::direct_function_call_as_datum(f, &args).expect("a built-in function's result")
+}
+
+/// The arguments of a V1 call, NULL as None.
+pub(crate) unsafe fn args(fcinfo: pg_sys::FunctionCallInfo) -> Vec<Option<Datum>> {
+    (0..(*fcinfo).nargs as usize)
+        .map(|i| {
+            if pgrx::fcinfo::pg_arg_is_null(fcinfo, i) {
+                None
+            } else {
+                Some(pgrx::fcinfo::pg_getarg_datum_raw(fcinfo, i))
+            }
+        })
+        .collect()
+}
+
+/// Returns `value` from a V1 function, NULL as None.
+pub(crate) unsafe fn ret(fcinfo: pg_sys::FunctionCallInfo, value: Option<Datum>) -> Datum {
+    (*fcinfo).isnull = value.is_none();
+    value.unwrap_or(Datum::from(0))
+}
+
+/// Declares V1 functions callable from SQL (`LANGUAGE c`).
+macro_rules! v1_functions {
+    ($($finfo:ident),* $(,)?) => {
+        $(
+            #[no_mangle]
+            #[doc(hidden)]
+            pub extern "C" fn $finfo() -> &'static pgrx::pg_sys::Pg_finfo_record {
+                const V1: pgrx::pg_sys::Pg_finfo_record = pgrx::pg_sys::Pg_finfo_record { api_version: 1 };
+                &V1
+            }
+        )*
+    };
+}
+pub(crate) use v1_functions;
+
+
+/// The elements of a text[] datum, NULL as None.
+pub(crate) unsafe fn text_array(array: Datum) -> Vec<Option<Datum>> {
+    let array = pg_sys::pg_detoast_datum(array.cast_mut_ptr()) as *mut pg_sys::ArrayType;
+    let (mut values, mut nulls, mut n) = (std::ptr::null_mut(), std::ptr::null_mut(), 0);
+    pg_sys::deconstruct_array(
+        array,
+        pg_sys::TEXTOID,
+        -1,
+        false,
+        pg_sys::TYPALIGN_INT as std::ffi::c_char,
+        &mut values,
+        &mut nulls,
+        &mut n,
+    );
+    (0..n as usize)
+        .map(|i| (!*nulls.add(i)).then(|| *values.add(i)))
+        .collect()
+}
+
+/// A text datum of `value`.
+pub(crate) unsafe fn text(value: &str) -> Datum {
+    Datum::from(pg_sys::cstring_to_text_with_len(
+        value.as_ptr() as *const std::ffi::c_char,
+        value.len() as i32,
+    ))
+}
+
+/// A text datum's contents (invalid UTF-8 replaced).
+pub(crate) unsafe fn text_string(value: Datum) -> String {
+    let text = pg_sys::pg_detoast_datum_packed(value.cast_mut_ptr());
+    String::from_utf8_lossy(pgrx::varlena::varlena_to_byte_slice(text)).into_owned()
+}

@@ -1,0 +1,505 @@
+//! Rows read and written without executing a statement, through the access
+//! methods PostgreSQL's own logical replication apply uses: index lookups,
+//! tuple locks, and `ExecSimpleRelationInsert` / `ExecSimpleRelationUpdate`,
+//! which keep indexes, NOT NULL and CHECK constraints and row triggers as an
+//! INSERT or UPDATE would.
+//!
+//! Nothing here depends on the caller's search_path: relations are found by
+//! name in schema credits.
+
+use pgrx::pg_sys::{self, Datum, Oid};
+use pgrx::prelude::*;
+use std::ffi::CStr;
+use std::ptr;
+
+/// The extension's relations, found by name in schema credits.
+pub(crate) struct Schema {
+    pub accounts: Oid,
+    pub accounts_key: Oid,
+    pub plans: Oid,
+    pub plans_key: Oid,
+    pub features: Oid,
+    pub features_key: Oid,
+    pub ledger: Oid,
+    pub ledger_seq: Oid,
+    pub idempotency: Oid,
+    pub closed_windows: Oid,
+    pub events: Oid,
+    /// (account_id, kind, window_kind, window_key, threshold)
+    pub events_key: Oid,
+}
+
+impl Schema {
+    pub(crate) unsafe fn find() -> Option<Schema> {
+        let ns = pg_sys::get_namespace_oid(c"credits".as_ptr(), true);
+        if ns == pg_sys::InvalidOid {
+            return None;
+        }
+        let rel = |name: &CStr| -> Option<Oid> {
+            // SAFETY: a syscache lookup by name.
+            let oid = unsafe { pg_sys::get_relname_relid(name.as_ptr(), ns) };
+            (oid != pg_sys::InvalidOid).then_some(oid)
+        };
+        Some(Schema {
+            accounts: rel(c"accounts")?,
+            accounts_key: rel(c"accounts_pkey")?,
+            plans: rel(c"plans")?,
+            plans_key: rel(c"plans_pkey")?,
+            features: rel(c"features")?,
+            features_key: rel(c"features_feature_key")?,
+            ledger: rel(c"ledger")?,
+            ledger_seq: rel(c"ledger_entry_id_seq")?,
+            idempotency: rel(c"idempotency")?,
+            closed_windows: rel(c"closed_windows")?,
+            events: rel(c"events")?,
+            events_key: rel(c"events_account_id_kind_window_kind_window_key_threshold_key")?,
+        })
+    }
+}
+
+/// An open table; its lock is kept to the end of the transaction.
+pub(crate) struct Table {
+    rel: pg_sys::Relation,
+}
+
+impl Table {
+    pub(crate) unsafe fn open(oid: Oid, lock: u32) -> Table {
+        Table {
+            rel: pg_sys::table_open(oid, lock as pg_sys::LOCKMODE),
+        }
+    }
+
+    /// The attribute number of a column, by name.
+    pub(crate) unsafe fn col(&self, name: &CStr) -> Option<i32> {
+        let desc = (*self.rel).rd_att;
+        let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
+        attrs
+            .iter()
+            .find(|a| !a.attisdropped && CStr::from_ptr(a.attname.data.as_ptr()) == name)
+            .map(|a| a.attnum as i32)
+    }
+
+    /// The row whose unique index `index` (on one text column) holds `key`,
+    /// as the calling statement's snapshot sees it.
+    pub(crate) unsafe fn lookup(&self, index: Oid, key: Datum) -> Option<Found> {
+        self.find(index, &[key], pg_sys::GetActiveSnapshot(), |_| true)
+    }
+
+    /// The first row, in the order of `index`, whose leading (text) columns
+    /// equal `keys` and which `matches`, as `snapshot` sees it.
+    pub(crate) unsafe fn find(
+        &self,
+        index: Oid,
+        keys: &[Datum],
+        snapshot: pg_sys::Snapshot,
+        mut matches: impl FnMut(&Found) -> bool,
+    ) -> Option<Found> {
+        let index_rel = pg_sys::index_open(index, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        let mut scankeys = vec![pg_sys::ScanKeyData::default(); keys.len()];
+        for (i, (scankey, key)) in scankeys.iter_mut().zip(keys).enumerate() {
+            pg_sys::ScanKeyInit(
+                scankey,
+                (i + 1) as pg_sys::AttrNumber,
+                pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
+                pg_sys::Oid::from(pg_sys::F_TEXTEQ),
+                *key,
+            );
+            // Compare in the index's collation, whatever it is.
+            scankey.sk_collation = *(*index_rel).rd_indcollation.add(i);
+        }
+        let found = Found {
+            slot: pg_sys::table_slot_create(self.rel, ptr::null_mut()),
+        };
+        let scan = pg_sys::index_beginscan(self.rel, index_rel, snapshot, keys.len() as i32, 0);
+        pg_sys::index_rescan(scan, scankeys.as_mut_ptr(), keys.len() as i32, ptr::null_mut(), 0);
+        let mut hit = false;
+        while pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, found.slot) {
+            if matches(&found) {
+                hit = true;
+                break;
+            }
+        }
+        pg_sys::index_endscan(scan);
+        pg_sys::index_close(index_rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+        hit.then_some(found)
+    }
+
+    /// The row of `index` = `key`, locked FOR NO KEY UPDATE in its newest
+    /// version; None if there is none, it was deleted, or (REPEATABLE READ
+    /// and up) it changed since the snapshot.
+    pub(crate) unsafe fn lock(&self, index: Oid, key: Datum, repeatable: bool) -> Option<Found> {
+        let found = self.lookup(index, key)?;
+        let tid = (*found.slot).tts_tid;
+        self.lock_into(tid, found, repeatable)
+    }
+
+    /// The row `seen` (by a scan of this statement), locked as lock() locks.
+    pub(crate) unsafe fn lock_seen(&self, seen: &Found, repeatable: bool) -> Option<Found> {
+        let found = Found {
+            slot: pg_sys::table_slot_create(self.rel, ptr::null_mut()),
+        };
+        self.lock_into((*seen.slot).tts_tid, found, repeatable)
+    }
+
+    /// Locks the row at `tid`, reading the version locked into `into`.
+    unsafe fn lock_into(
+        &self,
+        mut tid: pg_sys::ItemPointerData,
+        into: Found,
+        repeatable: bool,
+    ) -> Option<Found> {
+        let mut failure = pg_sys::TM_FailureData::default();
+        let flags = if repeatable {
+            0
+        } else {
+            pg_sys::TUPLE_LOCK_FLAG_FIND_LAST_VERSION
+        };
+        let result = pg_sys::table_tuple_lock(
+            self.rel,
+            &mut tid,
+            pg_sys::GetActiveSnapshot(),
+            into.slot,
+            pg_sys::GetCurrentCommandId(true),
+            pg_sys::LockTupleMode::LockTupleNoKeyExclusive,
+            pg_sys::LockWaitPolicy::LockWaitBlock,
+            flags as u8,
+            &mut failure,
+        );
+        (result == pg_sys::TM_Result::TM_Ok).then_some(into)
+    }
+
+    /// The rows in the order of `index` (on one text column) after the key
+    /// `after` (from the first without one), as the calling statement's
+    /// snapshot sees them.
+    pub(crate) unsafe fn scan_after(&self, index: Oid, after: Option<Datum>) -> OrderedScan {
+        let index_rel = pg_sys::index_open(index, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        let mut scankey = pg_sys::ScanKeyData::default();
+        let nkeys = i32::from(after.is_some());
+        if let Some(after) = after {
+            pg_sys::ScanKeyInit(
+                &mut scankey,
+                1,
+                pg_sys::BTGreaterStrategyNumber as pg_sys::StrategyNumber,
+                pg_sys::Oid::from(pg_sys::F_TEXT_GT),
+                after,
+            );
+            scankey.sk_collation = *(*index_rel).rd_indcollation;
+        }
+        let scan = pg_sys::index_beginscan(self.rel, index_rel, pg_sys::GetActiveSnapshot(), nkeys, 0);
+        pg_sys::index_rescan(scan, &mut scankey, nkeys, ptr::null_mut(), 0);
+        OrderedScan {
+            index_rel,
+            scan,
+            row: Found {
+                slot: pg_sys::table_slot_create(self.rel, ptr::null_mut()),
+            },
+        }
+    }
+}
+
+/// A scan in index order (Table::scan_after).
+pub(crate) struct OrderedScan {
+    index_rel: pg_sys::Relation,
+    scan: pg_sys::IndexScanDesc,
+    /// The current row, after next() returned true.
+    pub row: Found,
+}
+
+impl OrderedScan {
+    pub(crate) unsafe fn next(&mut self) -> bool {
+        pg_sys::index_getnext_slot(
+            self.scan,
+            pg_sys::ScanDirection::ForwardScanDirection,
+            self.row.slot,
+        )
+    }
+}
+
+impl Drop for OrderedScan {
+    fn drop(&mut self) {
+        // SAFETY: opened by scan_after, ended once.
+        unsafe {
+            pg_sys::index_endscan(self.scan);
+            pg_sys::index_close(self.index_rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+        }
+    }
+}
+
+/// A row found by a lookup, in a slot of its table.
+pub(crate) struct Found {
+    pub slot: *mut pg_sys::TupleTableSlot,
+}
+
+impl Found {
+    pub(crate) unsafe fn get(&self, attnum: i32) -> Option<Datum> {
+        let mut isnull = false;
+        let value = pg_sys::slot_getattr(self.slot, attnum, &mut isnull);
+        (!isnull).then_some(value)
+    }
+}
+
+impl Drop for Found {
+    fn drop(&mut self) {
+        // SAFETY: the slot was made by table_slot_create and is dropped once.
+        unsafe { pg_sys::ExecDropSingleTupleTableSlot(self.slot) }
+    }
+}
+
+impl Drop for Row {
+    fn drop(&mut self) {
+        // SAFETY: the slot was made by MakeSingleTupleTableSlot and is dropped once.
+        unsafe { pg_sys::ExecDropSingleTupleTableSlot(self.slot) }
+    }
+}
+
+/// A new row for a table, every column given (NULL unless set).
+/// Its slot is freed when it goes out of scope, written or not.
+pub(crate) struct Row {
+    slot: *mut pg_sys::TupleTableSlot,
+    /// Per column: given yet?
+    set: Vec<bool>,
+}
+
+impl Row {
+    pub(crate) unsafe fn new(table: &Table) -> Row {
+        let desc = (*table.rel).rd_att;
+        let slot = pg_sys::MakeSingleTupleTableSlot(desc, &pg_sys::TTSOpsVirtual);
+        pg_sys::ExecClearTuple(slot);
+        let natts = (*desc).natts as usize;
+        for i in 0..natts {
+            *(*slot).tts_isnull.add(i) = true;
+            *(*slot).tts_values.add(i) = Datum::from(0);
+        }
+        Row {
+            slot,
+            set: vec![false; natts],
+        }
+    }
+
+    /// A copy of `from`'s row, to be changed column by column.
+    pub(crate) unsafe fn copy_of(table: &Table, from: *mut pg_sys::TupleTableSlot) -> Row {
+        let mut row = Row::new(table);
+        pg_sys::slot_getallattrs(from);
+        for i in 0..row.set.len() {
+            *(*row.slot).tts_isnull.add(i) = *(*from).tts_isnull.add(i);
+            *(*row.slot).tts_values.add(i) = *(*from).tts_values.add(i);
+            row.set[i] = true;
+        }
+        row
+    }
+
+    pub(crate) unsafe fn set(&mut self, attnum: i32, value: Option<Datum>) {
+        let i = (attnum - 1) as usize;
+        *(*self.slot).tts_isnull.add(i) = value.is_none();
+        *(*self.slot).tts_values.add(i) = value.unwrap_or(Datum::from(0));
+        self.set[i] = true;
+    }
+
+    /// The slot, once every live column was given; None for a column this
+    /// code does not know (a later version's): the SQL path knows its
+    /// default.
+    pub(crate) unsafe fn complete(&self) -> Option<*mut pg_sys::TupleTableSlot> {
+        let desc = (*self.slot).tts_tupleDescriptor;
+        let attrs = (*desc).attrs.as_slice(self.set.len());
+        if attrs
+            .iter()
+            .zip(&self.set)
+            .any(|(a, set)| !a.attisdropped && !set)
+        {
+            return None;
+        }
+        pg_sys::ExecStoreVirtualTuple(self.slot);
+        Some(self.slot)
+    }
+
+    /// The slot of a row that complete() accepted.
+    pub(crate) fn slot(&self) -> *mut pg_sys::TupleTableSlot {
+        self.slot
+    }
+}
+
+/// The writes of one call, made as INSERT and UPDATE statements make
+/// them: one executor state, result relations with their indexes, AFTER
+/// row triggers queued and fired at the end.
+pub(crate) struct Writes {
+    estate: *mut pg_sys::EState,
+    relinfos: Vec<*mut pg_sys::ResultRelInfo>,
+    epq: pg_sys::EPQState,
+}
+
+impl Writes {
+    pub(crate) unsafe fn begin(tables: &[&Table]) -> Writes {
+        let estate = pg_sys::CreateExecutorState();
+        let mut rtable = ptr::null_mut();
+        for table in tables {
+            let rte = PgBox::<pg_sys::RangeTblEntry>::alloc_node(pg_sys::NodeTag::T_RangeTblEntry)
+                .into_pg();
+            (*rte).rtekind = pg_sys::RTEKind::RTE_RELATION;
+            (*rte).relid = (*(*table.rel).rd_rel).oid;
+            (*rte).relkind = (*(*table.rel).rd_rel).relkind;
+            (*rte).rellockmode = pg_sys::RowExclusiveLock as i32;
+            rtable = pg_sys::lappend(rtable, rte.cast());
+        }
+        pg_sys::ExecInitRangeTable(estate, rtable);
+        (*estate).es_output_cid = pg_sys::GetCurrentCommandId(true);
+        (*estate).es_snapshot = pg_sys::GetActiveSnapshot();
+        let relinfos = tables
+            .iter()
+            .enumerate()
+            .map(|(i, table)| {
+                let relinfo =
+                    PgBox::<pg_sys::ResultRelInfo>::alloc_node(pg_sys::NodeTag::T_ResultRelInfo)
+                        .into_pg();
+                // SAFETY: a fresh ResultRelInfo for an open table of this range table.
+                unsafe {
+                    pg_sys::InitResultRelInfo(
+                        relinfo,
+                        table.rel,
+                        (i + 1) as pg_sys::Index,
+                        ptr::null_mut(),
+                        0,
+                    );
+                    pg_sys::ExecOpenIndices(relinfo, false);
+                }
+                relinfo
+            })
+            .collect::<Vec<_>>();
+        // Registered as the statement's result relations, so the AFTER
+        // triggers fired at the end (the plan foreign key re-checked when
+        // this transaction wrote the account row before) find them open.
+        for relinfo in &relinfos {
+            (*estate).es_opened_result_relations =
+                pg_sys::lappend((*estate).es_opened_result_relations, relinfo.cast());
+        }
+        let mut writes = Writes {
+            estate,
+            relinfos,
+            epq: std::mem::zeroed(),
+        };
+        pg_sys::EvalPlanQualInit(
+            &mut writes.epq,
+            estate,
+            ptr::null_mut(),
+            ptr::null_mut(),
+            -1,
+        );
+        pg_sys::AfterTriggerBeginQuery();
+        writes
+    }
+
+    /// The result relation of `table`, one of those the writes began with.
+    fn relinfo(&self, table: &Table) -> *mut pg_sys::ResultRelInfo {
+        *self
+            .relinfos
+            .iter()
+            // SAFETY: result relations made by begin, alive until finish.
+            .find(|r| unsafe { (***r).ri_RelationDesc } == table.rel)
+            .expect("a table the writes began with")
+    }
+
+    pub(crate) unsafe fn insert(&mut self, table: &Table, slot: *mut pg_sys::TupleTableSlot) {
+        pg_sys::ExecSimpleRelationInsert(self.relinfo(table), self.estate, slot);
+    }
+
+    /// INSERT ... ON CONFLICT DO NOTHING for one row: false, nothing
+    /// written, if a unique index already holds its key (committed, or this
+    /// transaction's). Callers hold the lock that orders every writer of
+    /// these keys, so nobody inserts one between check and write.
+    ///
+    /// Without row triggers on INSERT (the extension's own tables), the row
+    /// is inserted first and its unique index tells of a conflict in the
+    /// same descent that inserts the key; the row is then deleted again.
+    /// With them, the keys are checked first, so that triggers fire only for
+    /// a row that stays, as for an INSERT.
+    pub(crate) unsafe fn insert_unless_exists(
+        &mut self,
+        table: &Table,
+        slot: *mut pg_sys::TupleTableSlot,
+    ) -> bool {
+        let relinfo = self.relinfo(table);
+        let triggers = (*table.rel).trigdesc;
+        if !triggers.is_null()
+            && ((*triggers).trig_insert_before_row || (*triggers).trig_insert_after_row)
+        {
+            // The unique checks need each index's equality operators, which
+            // ExecOpenIndices only looks up for an INSERT ... ON CONFLICT.
+            // (kept with the executor state, for the next row)
+            let caller = pg_sys::MemoryContextSwitchTo((*self.estate).es_query_cxt);
+            for i in 0..(*relinfo).ri_NumIndices as usize {
+                let info = *(*relinfo).ri_IndexRelationInfo.add(i);
+                if (*info).ii_Unique && (*info).ii_UniqueOps.is_null() {
+                    pg_sys::BuildSpeculativeIndexInfo(*(*relinfo).ri_IndexRelationDescs.add(i), info);
+                }
+            }
+            pg_sys::MemoryContextSwitchTo(caller);
+            let mut conflict_tid = pg_sys::ItemPointerData::default();
+            if !pg_sys::ExecCheckIndexConstraints(
+                relinfo,
+                slot,
+                self.estate,
+                &mut conflict_tid,
+                ptr::null_mut(),
+            ) {
+                return false;
+            }
+            self.insert(table, slot);
+            return true;
+        }
+        if !(*(*table.rel).rd_att).constr.is_null() {
+            pg_sys::ExecConstraints(relinfo, slot, self.estate);
+        }
+        pg_sys::simple_table_tuple_insert(table.rel, slot);
+        let mut conflict = false;
+        let conflicts = pg_sys::ExecInsertIndexTuples(
+            relinfo,
+            slot,
+            self.estate,
+            false,
+            true,
+            &mut conflict,
+            ptr::null_mut(),
+        );
+        let mut tid = (*slot).tts_tid;
+        if conflicts.is_null() {
+            return true;
+        }
+        // Deleting a row inserted by this very command needs the next one.
+        pg_sys::CommandCounterIncrement();
+        pg_sys::simple_table_tuple_delete(table.rel, &mut tid, pg_sys::GetActiveSnapshot());
+        false
+    }
+
+    pub(crate) unsafe fn update(
+        &mut self,
+        table: &Table,
+        old: *mut pg_sys::TupleTableSlot,
+        new: *mut pg_sys::TupleTableSlot,
+    ) {
+        pg_sys::ExecSimpleRelationUpdate(self.relinfo(table), self.estate, &mut self.epq, old, new);
+    }
+
+    /// Frees what the last row's writes allocated per row (index entries,
+    /// constraint checks), before the next row of a long batch.
+    pub(crate) unsafe fn next_row(&mut self) {
+        let context = (*self.estate).es_per_tuple_exprcontext;
+        if !context.is_null() {
+            pg_sys::MemoryContextReset((*context).ecxt_per_tuple_memory);
+        }
+    }
+
+    pub(crate) unsafe fn finish(mut self) {
+        pg_sys::AfterTriggerEndQuery(self.estate);
+        // Their indexes, and any relation a trigger opened.
+        pg_sys::ExecCloseResultRelations(self.estate);
+        pg_sys::EvalPlanQualEnd(&mut self.epq);
+        pg_sys::ExecResetTupleTable((*self.estate).es_tupleTable, false);
+        pg_sys::FreeExecutorState(self.estate);
+    }
+}
+
+impl Drop for Table {
+    fn drop(&mut self) {
+        // SAFETY: opened by table_open; the lock stays to the transaction's end.
+        unsafe { pg_sys::table_close(self.rel, pg_sys::NoLock as pg_sys::LOCKMODE) }
+    }
+}
