@@ -299,7 +299,17 @@ pub unsafe extern "C-unwind" fn credits_close_windows_after(
                 if !passed(&seen, today, this_month) {
                     return None;
                 }
-                accounts.lock_seen(row, repeatable)
+                let locked = accounts.lock_seen(row, repeatable);
+                if locked.is_none() && repeatable {
+                    // As SELECT ... FOR UPDATE would: the batch is retried,
+                    // rather than the account skipped until its next call.
+                    ereport!(
+                        ERROR,
+                        PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+                        "could not serialize access due to concurrent update"
+                    );
+                }
+                locked
             });
             if closed {
                 last = Some(text_string(scan.row.get(id_col).unwrap_or_else(|| incomplete())));

@@ -77,6 +77,11 @@ pub extern "C-unwind" fn credits_maintenance_main(_arg: pg_sys::Datum) {
 /// One transaction: `None` while the extension is missing, else the seconds
 /// until the next step is due (0 = now).
 fn step() -> Option<f64> {
+    // Each batch locks accounts as it reaches them, following concurrent
+    // debits to the newest row version: READ COMMITTED, whatever the
+    // cluster's default_transaction_isolation (at REPEATABLE READ a batch
+    // would fail whenever a debit touched one of its accounts first).
+    Spi::run("SET TRANSACTION ISOLATION LEVEL READ COMMITTED").ok()?;
     let installed = Spi::get_one::<bool>(
         "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'credits')",
     )
