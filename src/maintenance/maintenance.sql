@@ -3,9 +3,10 @@
 -- account up to date first (_lock_account). Maintenance does the same work
 -- for every account, at the boundary, in batches.
 --
--- One piece of logic, two callers: _close_windows and _expire_due take an
--- array of accounts, so a batch of thousands costs one call, and the lazy
--- path calls them with one account.
+-- One piece of logic per job, shared by the lazy path and the batches:
+-- window closing is Rust (src/maintenance/close.rs; the debit fast path
+-- closes its own account's windows with it, a batch is one scan), and
+-- _expire_due takes an array of accounts, one for the lazy path.
 
 -- Has a window of this account ended by `at` with something left to record?
 -- A daily window with nothing used has nothing to close.

@@ -1,7 +1,8 @@
 //! Maintenance: durable window resets, expiries and the background worker
-//! that runs them at UTC boundaries. The logic is SQL (`maintenance.sql`),
-//! callable by hand as `CALL credits.run_maintenance()`; the worker is a thin
-//! loop around it.
+//! that runs them at UTC boundaries. The runs are SQL (`maintenance.sql`),
+//! callable by hand as `CALL credits.run_maintenance()`; closing an
+//! account's windows is Rust (`close.rs`), shared with the debit fast path;
+//! the worker is a thin loop around the SQL.
 
 use pgrx::prelude::*;
 
