@@ -52,7 +52,14 @@ pub(crate) fn day_start(day: i32) -> i64 {
 pub(crate) fn ymd(day: i32) -> (i32, i32, i32) {
     let (mut y, mut m, mut d) = (0, 0, 0);
     // SAFETY: plain arithmetic on integers.
-    unsafe { pg_sys::j2date(day + pg_sys::POSTGRES_EPOCH_JDATE as i32, &mut y, &mut m, &mut d) };
+    unsafe {
+        pg_sys::j2date(
+            day + pg_sys::POSTGRES_EPOCH_JDATE as i32,
+            &mut y,
+            &mut m,
+            &mut d,
+        )
+    };
     (y, m, d)
 }
 

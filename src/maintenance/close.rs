@@ -85,7 +85,11 @@ pub(crate) unsafe fn closing(
     let limit = numeric::add(allowance, a.purchased);
     let mut month = a.month;
     while month < this_month {
-        let used = if month == a.month { a.monthly_used } else { zero };
+        let used = if month == a.month {
+            a.monthly_used
+        } else {
+            zero
+        };
         let left = numeric::sub(limit, used);
         let next = clock::next_month(month);
         let mut key = month_text(month);
@@ -97,7 +101,11 @@ pub(crate) unsafe fn closing(
             start: month,
             limit: Some(limit),
             used,
-            forfeited: Some(if numeric::cmp(left, zero) > 0 { left } else { zero }),
+            forfeited: Some(if numeric::cmp(left, zero) > 0 {
+                left
+            } else {
+                zero
+            }),
             closes_at: clock::day_start(next),
             key,
         });
@@ -125,10 +133,14 @@ unsafe fn month_end_metadata(month: i32) -> Datum {
         _ => None,
     });
     let bytes = bytes.unwrap_or_else(|| {
-        let json = format!("{{\"reason\": \"month_end\", \"month\": \"{}\"}}\0", month_text(month));
+        let json = format!(
+            "{{\"reason\": \"month_end\", \"month\": \"{}\"}}\0",
+            month_text(month)
+        );
         let jsonb = call(pg_sys::jsonb_in, &[Datum::from(json.as_ptr())]);
         let ptr = jsonb.cast_mut_ptr::<pg_sys::varlena>();
-        let bytes = std::slice::from_raw_parts(ptr as *const u8, pgrx::varlena::varsize_any(ptr)).to_vec();
+        let bytes =
+            std::slice::from_raw_parts(ptr as *const u8, pgrx::varlena::varsize_any(ptr)).to_vec();
         METADATA.with(|m| *m.borrow_mut() = Some((month, bytes.clone())));
         bytes
     });
@@ -288,7 +300,10 @@ pub unsafe extern "C-unwind" fn credits_close_windows_after(
     let mut last = None;
     {
         let mut scan = closer.accounts.scan_after(closer.schema.accounts_key, a[0]);
-        let id_col = closer.accounts.col(c"account_id").unwrap_or_else(|| incomplete());
+        let id_col = closer
+            .accounts
+            .col(c"account_id")
+            .unwrap_or_else(|| incomplete());
         let (today, this_month) = (closer.today, closer.this_month);
         while closer.closed_accounts < limit && scan.next() {
             let row = &scan.row;
@@ -312,7 +327,9 @@ pub unsafe extern "C-unwind" fn credits_close_windows_after(
                 locked
             });
             if closed {
-                last = Some(text_string(scan.row.get(id_col).unwrap_or_else(|| incomplete())));
+                last = Some(text_string(
+                    scan.row.get(id_col).unwrap_or_else(|| incomplete()),
+                ));
             }
         }
     }

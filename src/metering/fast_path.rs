@@ -350,4 +350,3 @@ fn debit(req: &DebitRequest) -> Option<i64> {
         Some(entry.value() as i64)
     }
 }
-

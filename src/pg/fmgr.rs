@@ -46,7 +46,6 @@ macro_rules! v1_functions {
 }
 pub(crate) use v1_functions;
 
-
 /// The elements of a text[] datum, NULL as None.
 pub(crate) unsafe fn text_array(array: Datum) -> Vec<Option<Datum>> {
     let array = pg_sys::pg_detoast_datum(array.cast_mut_ptr()) as *mut pg_sys::ArrayType;

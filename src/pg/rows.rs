@@ -111,9 +111,19 @@ impl Table {
             slot: pg_sys::table_slot_create(self.rel, ptr::null_mut()),
         };
         let scan = pg_sys::index_beginscan(self.rel, index_rel, snapshot, keys.len() as i32, 0);
-        pg_sys::index_rescan(scan, scankeys.as_mut_ptr(), keys.len() as i32, ptr::null_mut(), 0);
+        pg_sys::index_rescan(
+            scan,
+            scankeys.as_mut_ptr(),
+            keys.len() as i32,
+            ptr::null_mut(),
+            0,
+        );
         let mut hit = false;
-        while pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, found.slot) {
+        while pg_sys::index_getnext_slot(
+            scan,
+            pg_sys::ScanDirection::ForwardScanDirection,
+            found.slot,
+        ) {
             if matches(&found) {
                 hit = true;
                 break;
@@ -185,7 +195,8 @@ impl Table {
             );
             scankey.sk_collation = *(*index_rel).rd_indcollation;
         }
-        let scan = pg_sys::index_beginscan(self.rel, index_rel, pg_sys::GetActiveSnapshot(), nkeys, 0);
+        let scan =
+            pg_sys::index_beginscan(self.rel, index_rel, pg_sys::GetActiveSnapshot(), nkeys, 0);
         pg_sys::index_rescan(scan, &mut scankey, nkeys, ptr::null_mut(), 0);
         OrderedScan {
             index_rel,
@@ -428,7 +439,10 @@ impl Writes {
             for i in 0..(*relinfo).ri_NumIndices as usize {
                 let info = *(*relinfo).ri_IndexRelationInfo.add(i);
                 if (*info).ii_Unique && (*info).ii_UniqueOps.is_null() {
-                    pg_sys::BuildSpeculativeIndexInfo(*(*relinfo).ri_IndexRelationDescs.add(i), info);
+                    pg_sys::BuildSpeculativeIndexInfo(
+                        *(*relinfo).ri_IndexRelationDescs.add(i),
+                        info,
+                    );
                 }
             }
             pg_sys::MemoryContextSwitchTo(caller);

@@ -84,7 +84,12 @@ pub(crate) unsafe fn feature(schema: &Schema, name: Datum) -> Option<(i16, Datum
             cost: varlena_bytes(row.get(table.col(c"cost")?)?),
         })
     };
-    cached(|c| &mut c.features, name, load, |f| (f.id, varlena_datum(&f.cost)))
+    cached(
+        |c| &mut c.features,
+        name,
+        load,
+        |f| (f.id, varlena_datum(&f.cost)),
+    )
 }
 
 /// The plan named by `name` (a text datum): its daily limit and monthly
@@ -94,7 +99,9 @@ pub(crate) unsafe fn plan(schema: &Schema, name: Datum) -> Option<(Option<Datum>
         let table = Table::open(schema.plans, pg_sys::AccessShareLock);
         let row = table.lookup(schema.plans_key, name)?;
         Some(Plan {
-            daily_limit: row.get(table.col(c"daily_limit")?).map(|d| varlena_bytes(d)),
+            daily_limit: row
+                .get(table.col(c"daily_limit")?)
+                .map(|d| varlena_bytes(d)),
             monthly_allowance: varlena_bytes(row.get(table.col(c"monthly_allowance")?)?),
         })
     };

@@ -264,21 +264,34 @@ fn the_first_debit_after_a_boundary_closes_the_windows_on_the_fast_path() {
         ]
     );
     let last: i64 = client
-        .query_one("SELECT max(entry_id) FROM credits.ledger WHERE account_id = 'fc_free'", &[])
+        .query_one(
+            "SELECT max(entry_id) FROM credits.ledger WHERE account_id = 'fc_free'",
+            &[],
+        )
         .unwrap()
         .get(0);
     assert_eq!(last, entry);
     assert_eq!(balance_of(&mut client, "fc_free", "daily_used"), "2");
     assert_eq!(balance_of(&mut client, "fc_free", "monthly_used"), "2");
     assert_eq!(
-        rows(&mut client, "SELECT format('%s %s', window_kind, window_start) FROM public.windows_seen ORDER BY 1"),
-        vec!["daily 2027-03-10", "monthly 2027-03-01", "monthly 2027-04-01"],
+        rows(
+            &mut client,
+            "SELECT format('%s %s', window_kind, window_start) FROM public.windows_seen ORDER BY 1"
+        ),
+        vec![
+            "daily 2027-03-10",
+            "monthly 2027-03-01",
+            "monthly 2027-04-01"
+        ],
         "row triggers on closed_windows fire as for an INSERT"
     );
 
     // A replay of the key closes nothing more and charges nothing.
     let replay: i64 = client
-        .query_one("SELECT credits.debit('fc_free', 'agent', 2, 'after-the-gap')", &[])
+        .query_one(
+            "SELECT credits.debit('fc_free', 'agent', 2, 'after-the-gap')",
+            &[],
+        )
         .unwrap()
         .get(0);
     assert_eq!(replay, entry);
@@ -326,7 +339,10 @@ fn a_window_that_ran_out_reopens_with_its_reset_event() {
         "the reset event is the SQL path's: the fast path declines, writing nothing"
     );
     assert_eq!(
-        rows(&mut client, "SELECT count(*)::text FROM credits.closed_windows WHERE account_id = 'fr'"),
+        rows(
+            &mut client,
+            "SELECT count(*)::text FROM credits.closed_windows WHERE account_id = 'fr'"
+        ),
         vec!["0"]
     );
     client
