@@ -702,9 +702,9 @@ END
 $$;
 
 -- The fast path, below SQL (src/metering/fast_path.rs): the common debit
--- (account up to date, allowance enough, key new, arguments valid) decided
--- and written without executing a statement; NULL, with nothing written,
--- for anything else.
+-- (allowance enough, key new, arguments valid; windows that ended are
+-- closed in the same writes) decided and written without executing a
+-- statement; NULL, with nothing written, for anything else.
 CREATE FUNCTION _debit_fast(p_account text, p_feature text, p_quantity numeric, p_key text,
                             p_metadata jsonb, p_now timestamptz)
 RETURNS bigint

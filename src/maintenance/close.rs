@@ -13,9 +13,12 @@
 
 use crate::accounts::row::Account;
 use crate::clock;
-use crate::pg::fmgr::{args, call, ret, text, text_array, text_string, v1_functions};
+use crate::pg::fmgr::{
+    args, call, ret, text, text_array, text_bytes, text_string, v1_functions, varlena_bytes,
+    varlena_datum,
+};
 use crate::pg::numeric;
-use crate::pg::rows::{Found, Row, Schema, Table, Writes};
+use crate::pg::rows::{ClosingSchema, Found, Row, Schema, Table, Writes};
 use crate::schema::catalog_cache;
 use pgrx::datum::{DatumWithOid, TimestampWithTimeZone};
 use pgrx::pg_sys::{self, Datum};
@@ -49,9 +52,14 @@ pub(crate) struct Closing {
 }
 
 /// Has a window of `a` ended, with something to record (credits._windows_passed)?
-/// A daily window with nothing used has nothing to close.
 pub(crate) unsafe fn passed(a: &Account, today: i32, this_month: i32) -> bool {
-    (a.day < today && numeric::cmp(a.daily_used, numeric::from_i64(0)) > 0) || a.month < this_month
+    day_ended(a, today) || a.month < this_month
+}
+
+/// Has `a`'s day ended with something used in it? (A daily window with
+/// nothing used has nothing to close.)
+unsafe fn day_ended(a: &Account, today: i32) -> bool {
+    a.day < today && numeric::cmp(a.daily_used, numeric::from_i64(0)) > 0
 }
 
 /// What closing `a`'s ended windows records, given its plan's daily limit
@@ -63,12 +71,9 @@ pub(crate) unsafe fn closing(
     today: i32,
     this_month: i32,
 ) -> Option<Closing> {
-    if !passed(a, today, this_month) {
-        return None;
-    }
     let zero = numeric::from_i64(0);
     let mut windows = Vec::new();
-    if a.day < today && numeric::cmp(a.daily_used, zero) > 0 {
+    if day_ended(a, today) {
         let (y, m, d) = clock::ymd(a.day);
         windows.push(Window {
             monthly: false,
@@ -111,7 +116,7 @@ pub(crate) unsafe fn closing(
         });
         month = next;
     }
-    Some(Closing { windows })
+    (!windows.is_empty()).then_some(Closing { windows })
 }
 
 /// 'YYYY-MM' of a month (to_char(month, 'YYYY-MM')).
@@ -137,16 +142,11 @@ unsafe fn month_end_metadata(month: i32) -> Datum {
             "{{\"reason\": \"month_end\", \"month\": \"{}\"}}\0",
             month_text(month)
         );
-        let jsonb = call(pg_sys::jsonb_in, &[Datum::from(json.as_ptr())]);
-        let ptr = jsonb.cast_mut_ptr::<pg_sys::varlena>();
-        let bytes =
-            std::slice::from_raw_parts(ptr as *const u8, pgrx::varlena::varsize_any(ptr)).to_vec();
+        let bytes = varlena_bytes(call(pg_sys::jsonb_in, &[Datum::from(json.as_ptr())]));
         METADATA.with(|m| *m.borrow_mut() = Some((month, bytes.clone())));
         bytes
     });
-    let copy = pg_sys::palloc(bytes.len()) as *mut u8;
-    std::ptr::copy_nonoverlapping(bytes.as_ptr(), copy, bytes.len());
-    Datum::from(copy)
+    varlena_datum(&bytes)
 }
 
 impl Closing {
@@ -156,7 +156,7 @@ impl Closing {
     /// of its events has finished, even one this snapshot predates.
     pub(crate) unsafe fn resets(
         &self,
-        schema: &Schema,
+        schema: &ClosingSchema,
         events: &Table,
         account_id: Datum,
     ) -> Option<Vec<(&'static str, i64)>> {
@@ -169,11 +169,11 @@ impl Closing {
             snapshot,
             |event| {
                 if let (Some(kind), Some(key)) = (event.get(kind_col), event.get(key_col)) {
-                    let (kind, key) = (text_string(kind), text_string(key));
+                    let (kind, key) = (text_bytes(kind), text_bytes(key));
                     resets.extend(
                         self.windows
                             .iter()
-                            .filter(|w| w.kind() == kind && w.key == key)
+                            .filter(|w| w.kind().as_bytes() == kind && w.key.as_bytes() == key)
                             .map(|w| (w.kind(), w.closes_at)),
                     );
                 }
@@ -274,7 +274,7 @@ pub unsafe extern "C-unwind" fn credits_close_windows(fcinfo: pg_sys::FunctionCa
     for id in text_array(ids).into_iter().flatten() {
         let key = closer.schema.accounts_key;
         // (already locked by the caller: this finds the row it locked)
-        closer.close(|accounts, repeatable| accounts.lock(key, id, repeatable));
+        closer.close(|accounts| accounts.lock(key, id));
     }
     let (_, recorded) = closer.finish();
     ret(fcinfo, Some(Datum::from(recorded)))
@@ -307,24 +307,14 @@ pub unsafe extern "C-unwind" fn credits_close_windows_after(
         let (today, this_month) = (closer.today, closer.this_month);
         while closer.closed_accounts < limit && scan.next() {
             let row = &scan.row;
-            let closed = closer.close(|accounts, repeatable| {
+            let closed = closer.close(|accounts| {
                 // Nothing to close: skipped without a lock. (One a debit
                 // closed since this statement began is found so once locked.)
                 let seen = Account::read(accounts, row).unwrap_or_else(|| incomplete());
                 if !passed(&seen, today, this_month) {
                     return None;
                 }
-                let locked = accounts.lock_seen(row, repeatable);
-                if locked.is_none() && repeatable {
-                    // As SELECT ... FOR UPDATE would: the batch is retried,
-                    // rather than the account skipped until its next call.
-                    ereport!(
-                        ERROR,
-                        PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
-                        "could not serialize access due to concurrent update"
-                    );
-                }
-                locked
+                accounts.lock_seen(row)
             });
             if closed {
                 last = Some(text_string(
@@ -361,9 +351,9 @@ fn incomplete() -> ! {
 /// reset events are emitted at the end, in time order.
 struct Closer {
     schema: Schema,
+    closing_schema: ClosingSchema,
     today: i32,
     this_month: i32,
-    repeatable: bool,
     accounts: Table,
     ledger: Table,
     closed: Table,
@@ -386,7 +376,8 @@ impl Closer {
                 "invalid instant for closing windows: infinity"
             );
         }
-        let Some(schema) = Schema::find() else {
+        let found = Schema::find().and_then(|schema| Some((schema.closing()?, schema)));
+        let Some((closing_schema, schema)) = found else {
             error!("credits: the credits schema is incomplete");
         };
         if !pg_sys::ActiveSnapshotSet() {
@@ -396,13 +387,12 @@ impl Closer {
         let today = clock::utc_day(at);
         let accounts = Table::open(schema.accounts, pg_sys::RowExclusiveLock);
         let ledger = Table::open(schema.ledger, pg_sys::RowExclusiveLock);
-        let closed = Table::open(schema.closed_windows, pg_sys::RowExclusiveLock);
-        let events = Table::open(schema.events, pg_sys::AccessShareLock);
+        let closed = Table::open(closing_schema.closed_windows, pg_sys::RowExclusiveLock);
+        let events = Table::open(closing_schema.events, pg_sys::AccessShareLock);
         let writes = Writes::begin(&[&accounts, &ledger, &closed]);
         Closer {
             today,
             this_month: clock::utc_month_start(today),
-            repeatable: pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32,
             per_account: pg_sys::AllocSetContextCreateExtended(
                 pg_sys::CurrentMemoryContext,
                 c"credits closing".as_ptr(),
@@ -411,6 +401,7 @@ impl Closer {
                 pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
             ),
             schema,
+            closing_schema,
             accounts,
             ledger,
             closed,
@@ -424,7 +415,7 @@ impl Closer {
 
     /// Closes the ended windows of the account `lock` locks (None: gone);
     /// false if it had none.
-    unsafe fn close(&mut self, lock: impl FnOnce(&Table, bool) -> Option<Found>) -> bool {
+    unsafe fn close(&mut self, lock: impl FnOnce(&Table) -> Option<Found>) -> bool {
         let caller = pg_sys::MemoryContextSwitchTo(self.per_account);
         let closed = self.close_locked(lock);
         pg_sys::MemoryContextSwitchTo(caller);
@@ -433,8 +424,8 @@ impl Closer {
         closed
     }
 
-    unsafe fn close_locked(&mut self, lock: impl FnOnce(&Table, bool) -> Option<Found>) -> bool {
-        let Some(locked) = lock(&self.accounts, self.repeatable) else {
+    unsafe fn close_locked(&mut self, lock: impl FnOnce(&Table) -> Option<Found>) -> bool {
+        let Some(locked) = lock(&self.accounts) else {
             return false;
         };
         let (accounts, today, this_month) = (&self.accounts, self.today, self.this_month);
@@ -449,7 +440,7 @@ impl Closer {
             .get(accounts.col(c"account_id").unwrap_or_else(|| incomplete()))
             .unwrap_or_else(|| incomplete());
         let resets = closing
-            .resets(&self.schema, &self.events, id)
+            .resets(&self.closing_schema, &self.events, id)
             .unwrap_or_else(|| incomplete());
         self.resets
             .extend(resets.into_iter().map(|(w, at)| (at, text_string(id), w)));

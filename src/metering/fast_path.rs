@@ -2,11 +2,9 @@
 //!
 //! Every AI request calls `debit`, and executing SQL statements was most of
 //! its cost (executor start-up of each statement, not the row work). The
-//! fast path does the same row work through the access methods PostgreSQL's
-//! own logical replication apply uses: index lookups, a tuple lock, and
-//! `ExecSimpleRelationInsert` / `ExecSimpleRelationUpdate`, which keep
-//! indexes, NOT NULL constraints and row triggers (the plan foreign key) as
-//! an INSERT or UPDATE would.
+//! fast path does the same row work below SQL (src/pg/rows.rs): an index
+//! lookup, a tuple lock, and inserts and an update that keep indexes,
+//! constraints and row triggers (the plan foreign key) as statements would.
 //!
 //! It decides only the common case: the account exists, the charge fits the
 //! allowance (no grants) and makes no event due, the key, if any, is new,
@@ -20,8 +18,8 @@
 //! Exactness is the SQL path's: the account row is locked before anything is
 //! decided (at READ COMMITTED the lock follows the row to its newest version,
 //! as an UPDATE's re-check would; at REPEATABLE READ or SERIALIZABLE a row
-//! changed since the snapshot declines, and the slow path fails with 40001),
-//! and every writer of an account's keys holds that lock.
+//! changed since the snapshot fails with 40001, as SELECT ... FOR UPDATE
+//! does), and every writer of an account's keys holds that lock.
 //!
 //! Nothing here depends on the caller's search_path: relations and functions
 //! are found by name in schema credits, built-ins are called directly.
@@ -189,7 +187,6 @@ fn debit(req: &DebitRequest) -> Option<i64> {
         if !pg_sys::ActiveSnapshotSet() {
             return None;
         }
-        let repeatable = pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32;
         let schema = Schema::find()?;
 
         // The feature and the amount: cost x quantity, positive, below 10^15,
@@ -211,21 +208,22 @@ fn debit(req: &DebitRequest) -> Option<i64> {
 
         // The account, locked before anything is decided.
         let accounts = Table::open(schema.accounts, pg_sys::RowExclusiveLock);
-        let locked = accounts.lock(schema.accounts_key, account_id, repeatable)?;
+        let locked = accounts.lock(schema.accounts_key, account_id)?;
         let a = Account::read(&accounts, &locked)?;
         let (daily_limit, allowance) = catalog_cache::plan(&schema, a.plan)?;
 
         // Ended windows (the account's first call of a day or month) are
         // closed in the same writes as the debit; one that had run out opens
         // with a reset event, which is the SQL path's to emit.
-        let closing = close::closing(&a, daily_limit, allowance, today, this_month);
-        let closed_windows = match &closing {
+        let closing = match close::closing(&a, daily_limit, allowance, today, this_month) {
             Some(closing) => {
-                let events = Table::open(schema.events, pg_sys::AccessShareLock);
-                if !closing.resets(&schema, &events, account_id)?.is_empty() {
+                let relations = schema.closing()?;
+                let events = Table::open(relations.events, pg_sys::AccessShareLock);
+                if !closing.resets(&relations, &events, account_id)?.is_empty() {
                     return None;
                 }
-                Some(Table::open(schema.closed_windows, pg_sys::RowExclusiveLock))
+                let closed = Table::open(relations.closed_windows, pg_sys::RowExclusiveLock);
+                Some((closing, closed))
             }
             None => None,
         };
@@ -277,11 +275,12 @@ fn debit(req: &DebitRequest) -> Option<i64> {
         // Write: the key, the closed windows, the account's counters, the
         // ledger entry (after the closing's 'F' entries, as it is later).
         let ledger = Table::open(schema.ledger, pg_sys::RowExclusiveLock);
-        let closing = match (&closing, &closed_windows) {
-            (Some(closing), Some(closed)) => {
-                Some(closing.prepare(&schema, closed, &ledger, account_id, a.plan)?)
-            }
-            _ => None,
+        let closing = match &closing {
+            Some((closing, closed)) => Some((
+                closing.prepare(&schema, closed, &ledger, account_id, a.plan)?,
+                closed,
+            )),
+            None => None,
         };
         let entry = call(pg_sys::nextval_oid, &[Datum::from(schema.ledger_seq)]);
         let mut ledger_row = Row::new(&ledger);
@@ -324,7 +323,7 @@ fn debit(req: &DebitRequest) -> Option<i64> {
         if let Some((table, _)) = &idempotency {
             tables.push(table);
         }
-        if let Some(table) = &closed_windows {
+        if let Some((_, table)) = &closing {
             tables.push(table);
         }
         let mut writes = Writes::begin(&tables);
@@ -337,8 +336,8 @@ fn debit(req: &DebitRequest) -> Option<i64> {
                 return None;
             }
         }
-        if let (Some(closing), Some(table)) = (&closing, &closed_windows) {
-            closing.write(&mut writes, table, &ledger);
+        if let Some((prepared, table)) = &closing {
+            prepared.write(&mut writes, table, &ledger);
         }
         writes.update(&accounts, locked.slot, account_slot);
         writes.insert(&ledger, ledger_slot);

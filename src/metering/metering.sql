@@ -5,10 +5,9 @@
 -- counters, the ledger entry and the key as an UPDATE and INSERTs would.
 -- Row locking makes it exact under any concurrency: at READ COMMITTED a
 -- waiting debit decides on the committed row; at REPEATABLE READ /
--- SERIALIZABLE a row changed since the snapshot fails with 40001 (from the
--- slow path), to be retried. Anything the fast path cannot decide alone
--- (credits from grants, an error to report, a replayed key) goes to
--- _debit_slow.
+-- SERIALIZABLE a row changed since the snapshot fails with 40001, to be
+-- retried. Anything the fast path cannot decide alone (credits from
+-- grants, an error to report, a replayed key) goes to _debit_slow.
 
 -- Charge `p_amount` to a locked account whose state `s` was checked to fit:
 -- the allowance first, then grants soonest-expiring first. Writes the 'D'
@@ -129,9 +128,9 @@ END
 $$;
 
 -- The fast path, below SQL (src/metering/fast_path.rs): the common debit
--- (account up to date, allowance enough, key new, arguments valid) decided
--- and written without executing a statement; NULL, with nothing written,
--- for anything else.
+-- (allowance enough, key new, arguments valid; windows that ended are
+-- closed in the same writes) decided and written without executing a
+-- statement; NULL, with nothing written, for anything else.
 CREATE FUNCTION _debit_fast(p_account text, p_feature text, p_quantity numeric, p_key text,
                             p_metadata jsonb, p_now timestamptz)
 RETURNS bigint

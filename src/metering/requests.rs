@@ -7,7 +7,7 @@
 //! Fingerprints are md5(parts joined by chr(31), NULL as chr(30)) as a uuid:
 //! the keys recorded by 0.1.0 (where this was SQL) still match.
 
-use crate::pg::fmgr::{args, call, ret, text_array, v1_functions};
+use crate::pg::fmgr::{args, call, ret, text_array, text_bytes, v1_functions};
 use md5::{Digest, Md5};
 use pgrx::pg_sys::{self, Datum};
 
@@ -31,10 +31,7 @@ pub(crate) unsafe fn fingerprint(parts: &[Option<Datum>]) -> Datum {
         }
         match part {
             None => joined.push(0x1e),
-            Some(text) => {
-                let text = pg_sys::pg_detoast_datum_packed(text.cast_mut_ptr());
-                joined.extend_from_slice(pgrx::varlena::varlena_to_byte_slice(text));
-            }
+            Some(text) => joined.extend_from_slice(text_bytes(*text)),
         }
     }
     // md5 in Rust: PostgreSQL's md5() goes through OpenSSL, whose per-call

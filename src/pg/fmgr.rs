@@ -73,8 +73,27 @@ pub(crate) unsafe fn text(value: &str) -> Datum {
     ))
 }
 
+/// A text datum's bytes, valid for this call.
+pub(crate) unsafe fn text_bytes<'a>(value: Datum) -> &'a [u8] {
+    let text = pg_sys::pg_detoast_datum_packed(value.cast_mut_ptr());
+    pgrx::varlena::varlena_to_byte_slice(text)
+}
+
 /// A text datum's contents (invalid UTF-8 replaced).
 pub(crate) unsafe fn text_string(value: Datum) -> String {
-    let text = pg_sys::pg_detoast_datum_packed(value.cast_mut_ptr());
-    String::from_utf8_lossy(pgrx::varlena::varlena_to_byte_slice(text)).into_owned()
+    String::from_utf8_lossy(text_bytes(value)).into_owned()
+}
+
+/// The bytes of a varlena datum (its whole value, header included).
+pub(crate) unsafe fn varlena_bytes(value: Datum) -> Vec<u8> {
+    let ptr = pg_sys::pg_detoast_datum_packed(value.cast_mut_ptr());
+    let len = pgrx::varlena::varsize_any(ptr);
+    std::slice::from_raw_parts(ptr as *const u8, len).to_vec()
+}
+
+/// A datum in the current memory context holding `bytes` (from varlena_bytes).
+pub(crate) unsafe fn varlena_datum(bytes: &[u8]) -> Datum {
+    let copy = pg_sys::palloc(bytes.len()) as *mut u8;
+    std::ptr::copy_nonoverlapping(bytes.as_ptr(), copy, bytes.len());
+    Datum::from(copy)
 }

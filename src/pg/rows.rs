@@ -14,6 +14,7 @@ use std::ptr;
 
 /// The extension's relations, found by name in schema credits.
 pub(crate) struct Schema {
+    namespace: Oid,
     pub accounts: Oid,
     pub accounts_key: Oid,
     pub plans: Oid,
@@ -23,6 +24,11 @@ pub(crate) struct Schema {
     pub ledger: Oid,
     pub ledger_seq: Oid,
     pub idempotency: Oid,
+}
+
+/// The relations closing windows writes and reads besides those of every
+/// debit, looked up only when a window is to close.
+pub(crate) struct ClosingSchema {
     pub closed_windows: Oid,
     pub events: Oid,
     /// (account_id, kind, window_kind, window_key, threshold)
@@ -31,16 +37,13 @@ pub(crate) struct Schema {
 
 impl Schema {
     pub(crate) unsafe fn find() -> Option<Schema> {
-        let ns = pg_sys::get_namespace_oid(c"credits".as_ptr(), true);
-        if ns == pg_sys::InvalidOid {
+        let namespace = pg_sys::get_namespace_oid(c"credits".as_ptr(), true);
+        if namespace == pg_sys::InvalidOid {
             return None;
         }
-        let rel = |name: &CStr| -> Option<Oid> {
-            // SAFETY: a syscache lookup by name.
-            let oid = unsafe { pg_sys::get_relname_relid(name.as_ptr(), ns) };
-            (oid != pg_sys::InvalidOid).then_some(oid)
-        };
+        let rel = |name| relation(namespace, name);
         Some(Schema {
+            namespace,
             accounts: rel(c"accounts")?,
             accounts_key: rel(c"accounts_pkey")?,
             plans: rel(c"plans")?,
@@ -50,11 +53,24 @@ impl Schema {
             ledger: rel(c"ledger")?,
             ledger_seq: rel(c"ledger_entry_id_seq")?,
             idempotency: rel(c"idempotency")?,
+        })
+    }
+
+    pub(crate) unsafe fn closing(&self) -> Option<ClosingSchema> {
+        let rel = |name| relation(self.namespace, name);
+        Some(ClosingSchema {
             closed_windows: rel(c"closed_windows")?,
             events: rel(c"events")?,
             events_key: rel(c"events_account_id_kind_window_kind_window_key_threshold_key")?,
         })
     }
+}
+
+/// A relation of a schema by name (a syscache lookup).
+fn relation(namespace: Oid, name: &CStr) -> Option<Oid> {
+    // SAFETY: a syscache lookup by name.
+    let oid = unsafe { pg_sys::get_relname_relid(name.as_ptr(), namespace) };
+    (oid != pg_sys::InvalidOid).then_some(oid)
 }
 
 /// An open table; its lock is kept to the end of the transaction.
@@ -73,9 +89,17 @@ impl Table {
     pub(crate) unsafe fn col(&self, name: &CStr) -> Option<i32> {
         let desc = (*self.rel).rd_att;
         let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
+        // The name with its terminating NUL against the start of each
+        // fixed-size attname: one comparison, no strlen (a debit looks up
+        // a score of columns).
+        let name = name.to_bytes_with_nul();
         attrs
             .iter()
-            .find(|a| !a.attisdropped && CStr::from_ptr(a.attname.data.as_ptr()) == name)
+            .find(|a| {
+                !a.attisdropped
+                    && std::slice::from_raw_parts(a.attname.data.as_ptr() as *const u8, name.len())
+                        == name
+            })
             .map(|a| a.attnum as i32)
     }
 
@@ -94,70 +118,89 @@ impl Table {
         snapshot: pg_sys::Snapshot,
         mut matches: impl FnMut(&Found) -> bool,
     ) -> Option<Found> {
-        let index_rel = pg_sys::index_open(index, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-        let mut scankeys = vec![pg_sys::ScanKeyData::default(); keys.len()];
-        for (i, (scankey, key)) in scankeys.iter_mut().zip(keys).enumerate() {
-            pg_sys::ScanKeyInit(
-                scankey,
-                (i + 1) as pg_sys::AttrNumber,
-                pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
-                pg_sys::Oid::from(pg_sys::F_TEXTEQ),
-                *key,
-            );
-            // Compare in the index's collation, whatever it is.
-            scankey.sk_collation = *(*index_rel).rd_indcollation.add(i);
-        }
-        let found = Found {
-            slot: pg_sys::table_slot_create(self.rel, ptr::null_mut()),
-        };
-        let scan = pg_sys::index_beginscan(self.rel, index_rel, snapshot, keys.len() as i32, 0);
-        pg_sys::index_rescan(
-            scan,
-            scankeys.as_mut_ptr(),
-            keys.len() as i32,
-            ptr::null_mut(),
-            0,
-        );
-        let mut hit = false;
-        while pg_sys::index_getnext_slot(
-            scan,
-            pg_sys::ScanDirection::ForwardScanDirection,
-            found.slot,
-        ) {
-            if matches(&found) {
-                hit = true;
-                break;
+        let equal = keys
+            .iter()
+            .map(|key| (pg_sys::BTEqualStrategyNumber, pg_sys::F_TEXTEQ, *key));
+        let mut scan = self.scan(index, equal, snapshot);
+        while scan.next() {
+            if matches(&scan.row) {
+                return Some(scan.into_row());
             }
         }
-        pg_sys::index_endscan(scan);
-        pg_sys::index_close(index_rel, pg_sys::NoLock as pg_sys::LOCKMODE);
-        hit.then_some(found)
+        None
+    }
+
+    /// The rows in the order of `index` (on one text column) after the key
+    /// `after` (from the first without one), as the calling statement's
+    /// snapshot sees them.
+    pub(crate) unsafe fn scan_after(&self, index: Oid, after: Option<Datum>) -> IndexScan {
+        let greater = after.map(|key| (pg_sys::BTGreaterStrategyNumber, pg_sys::F_TEXT_GT, key));
+        self.scan(index, greater.into_iter(), pg_sys::GetActiveSnapshot())
+    }
+
+    /// A scan of `index` with one (strategy, comparison, text value) key per
+    /// leading column, compared in the index's collation.
+    unsafe fn scan(
+        &self,
+        index: Oid,
+        keys: impl Iterator<Item = (u32, u32, Datum)>,
+        snapshot: pg_sys::Snapshot,
+    ) -> IndexScan {
+        let index_rel = pg_sys::index_open(index, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        let mut scankeys: Vec<pg_sys::ScanKeyData> = keys
+            .enumerate()
+            .map(|(i, (strategy, procedure, value))| {
+                let mut scankey = pg_sys::ScanKeyData::default();
+                // SAFETY: fills a local scan key for an open index.
+                unsafe {
+                    pg_sys::ScanKeyInit(
+                        &mut scankey,
+                        (i + 1) as pg_sys::AttrNumber,
+                        strategy as pg_sys::StrategyNumber,
+                        pg_sys::Oid::from(procedure),
+                        value,
+                    );
+                    scankey.sk_collation = *(*index_rel).rd_indcollation.add(i);
+                }
+                scankey
+            })
+            .collect();
+        let nkeys = scankeys.len() as i32;
+        let scan = pg_sys::index_beginscan(self.rel, index_rel, snapshot, nkeys, 0);
+        pg_sys::index_rescan(scan, scankeys.as_mut_ptr(), nkeys, ptr::null_mut(), 0);
+        IndexScan {
+            index_rel,
+            scan,
+            row: Found {
+                slot: pg_sys::table_slot_create(self.rel, ptr::null_mut()),
+            },
+        }
     }
 
     /// The row of `index` = `key`, locked FOR NO KEY UPDATE in its newest
-    /// version; None if there is none, it was deleted, or (REPEATABLE READ
-    /// and up) it changed since the snapshot.
-    pub(crate) unsafe fn lock(&self, index: Oid, key: Datum, repeatable: bool) -> Option<Found> {
+    /// version (see lock_into); None if there is none.
+    pub(crate) unsafe fn lock(&self, index: Oid, key: Datum) -> Option<Found> {
         let found = self.lookup(index, key)?;
         let tid = (*found.slot).tts_tid;
-        self.lock_into(tid, found, repeatable)
+        self.lock_into(tid, found)
     }
 
     /// The row `seen` (by a scan of this statement), locked as lock() locks.
-    pub(crate) unsafe fn lock_seen(&self, seen: &Found, repeatable: bool) -> Option<Found> {
+    pub(crate) unsafe fn lock_seen(&self, seen: &Found) -> Option<Found> {
         let found = Found {
             slot: pg_sys::table_slot_create(self.rel, ptr::null_mut()),
         };
-        self.lock_into((*seen.slot).tts_tid, found, repeatable)
+        self.lock_into((*seen.slot).tts_tid, found)
     }
 
-    /// Locks the row at `tid`, reading the version locked into `into`.
-    unsafe fn lock_into(
-        &self,
-        mut tid: pg_sys::ItemPointerData,
-        into: Found,
-        repeatable: bool,
-    ) -> Option<Found> {
+    /// Locks the row at `tid` as SELECT ... FOR NO KEY UPDATE does, reading
+    /// the version locked into `into`: at READ COMMITTED the lock follows
+    /// the row to its newest version (None if it was deleted); at
+    /// REPEATABLE READ and up a row changed since the snapshot is a
+    /// serialization failure (40001), to be retried.
+    #[allow(unreachable_code)] // ereport!(ERROR) does not return
+    unsafe fn lock_into(&self, mut tid: pg_sys::ItemPointerData, into: Found) -> Option<Found> {
+        let repeatable = pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32;
         let mut failure = pg_sys::TM_FailureData::default();
         let flags = if repeatable {
             0
@@ -175,48 +218,30 @@ impl Table {
             flags as u8,
             &mut failure,
         );
-        (result == pg_sys::TM_Result::TM_Ok).then_some(into)
-    }
-
-    /// The rows in the order of `index` (on one text column) after the key
-    /// `after` (from the first without one), as the calling statement's
-    /// snapshot sees them.
-    pub(crate) unsafe fn scan_after(&self, index: Oid, after: Option<Datum>) -> OrderedScan {
-        let index_rel = pg_sys::index_open(index, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-        let mut scankey = pg_sys::ScanKeyData::default();
-        let nkeys = i32::from(after.is_some());
-        if let Some(after) = after {
-            pg_sys::ScanKeyInit(
-                &mut scankey,
-                1,
-                pg_sys::BTGreaterStrategyNumber as pg_sys::StrategyNumber,
-                pg_sys::Oid::from(pg_sys::F_TEXT_GT),
-                after,
-            );
-            scankey.sk_collation = *(*index_rel).rd_indcollation;
-        }
-        let scan =
-            pg_sys::index_beginscan(self.rel, index_rel, pg_sys::GetActiveSnapshot(), nkeys, 0);
-        pg_sys::index_rescan(scan, &mut scankey, nkeys, ptr::null_mut(), 0);
-        OrderedScan {
-            index_rel,
-            scan,
-            row: Found {
-                slot: pg_sys::table_slot_create(self.rel, ptr::null_mut()),
-            },
+        match result {
+            pg_sys::TM_Result::TM_Ok => Some(into),
+            pg_sys::TM_Result::TM_Updated | pg_sys::TM_Result::TM_Deleted if repeatable => {
+                ereport!(
+                    ERROR,
+                    PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+                    "could not serialize access due to concurrent update"
+                );
+                unreachable!("ereport(ERROR) does not return")
+            }
+            _ => None,
         }
     }
 }
 
-/// A scan in index order (Table::scan_after).
-pub(crate) struct OrderedScan {
+/// A scan in index order (Table::find, Table::scan_after).
+pub(crate) struct IndexScan {
     index_rel: pg_sys::Relation,
     scan: pg_sys::IndexScanDesc,
     /// The current row, after next() returned true.
     pub row: Found,
 }
 
-impl OrderedScan {
+impl IndexScan {
     pub(crate) unsafe fn next(&mut self) -> bool {
         pg_sys::index_getnext_slot(
             self.scan,
@@ -224,15 +249,28 @@ impl OrderedScan {
             self.row.slot,
         )
     }
+
+    /// The current row, kept after the scan ends.
+    unsafe fn into_row(self) -> Found {
+        let row = Found {
+            slot: self.row.slot,
+        };
+        self.end();
+        std::mem::forget(self);
+        row
+    }
+
+    unsafe fn end(&self) {
+        pg_sys::index_endscan(self.scan);
+        pg_sys::index_close(self.index_rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+    }
 }
 
-impl Drop for OrderedScan {
+impl Drop for IndexScan {
     fn drop(&mut self) {
-        // SAFETY: opened by scan_after, ended once.
-        unsafe {
-            pg_sys::index_endscan(self.scan);
-            pg_sys::index_close(self.index_rel, pg_sys::NoLock as pg_sys::LOCKMODE);
-        }
+        // SAFETY: begun by Table::scan, ended once (into_row forgets it).
+        unsafe { self.end() }
+        // (then `row` drops its slot)
     }
 }
 
@@ -252,13 +290,6 @@ impl Found {
 impl Drop for Found {
     fn drop(&mut self) {
         // SAFETY: the slot was made by table_slot_create and is dropped once.
-        unsafe { pg_sys::ExecDropSingleTupleTableSlot(self.slot) }
-    }
-}
-
-impl Drop for Row {
-    fn drop(&mut self) {
-        // SAFETY: the slot was made by MakeSingleTupleTableSlot and is dropped once.
         unsafe { pg_sys::ExecDropSingleTupleTableSlot(self.slot) }
     }
 }
@@ -326,6 +357,13 @@ impl Row {
     /// The slot of a row that complete() accepted.
     pub(crate) fn slot(&self) -> *mut pg_sys::TupleTableSlot {
         self.slot
+    }
+}
+
+impl Drop for Row {
+    fn drop(&mut self) {
+        // SAFETY: the slot was made by MakeSingleTupleTableSlot and is dropped once.
+        unsafe { pg_sys::ExecDropSingleTupleTableSlot(self.slot) }
     }
 }
 

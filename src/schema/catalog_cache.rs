@@ -9,7 +9,7 @@
 //! The fast path accepts pending invalidations before it reads the cache, so
 //! a debit sees a change as soon as a statement would.
 
-use crate::pg::fmgr::v1_functions;
+use crate::pg::fmgr::{text_bytes, v1_functions, varlena_bytes, varlena_datum};
 use crate::pg::rows::{Schema, Table};
 use pgrx::pg_sys::{self, Datum, Oid};
 use std::cell::RefCell;
@@ -134,26 +134,6 @@ unsafe fn cached<V, R>(
         CACHE.with(|c| table(&mut c.borrow_mut()).insert(key.to_vec(), loaded));
     }
     Some(found)
-}
-
-/// The bytes of a varlena datum (its whole value, header included).
-unsafe fn varlena_bytes(value: Datum) -> Vec<u8> {
-    let ptr = pg_sys::pg_detoast_datum_packed(value.cast_mut_ptr());
-    let len = pgrx::varlena::varsize_any(ptr);
-    std::slice::from_raw_parts(ptr as *const u8, len).to_vec()
-}
-
-/// A datum in the current memory context holding `bytes` (from varlena_bytes).
-unsafe fn varlena_datum(bytes: &[u8]) -> Datum {
-    let copy = pg_sys::palloc(bytes.len()) as *mut u8;
-    std::ptr::copy_nonoverlapping(bytes.as_ptr(), copy, bytes.len());
-    Datum::from(copy)
-}
-
-/// A text datum's bytes, valid for this call.
-unsafe fn text_bytes<'a>(text: Datum) -> &'a [u8] {
-    let ptr = pg_sys::pg_detoast_datum_packed(text.cast_mut_ptr());
-    pgrx::varlena::varlena_to_byte_slice(ptr)
 }
 
 v1_functions!(pg_finfo_credits_catalog_changed);
