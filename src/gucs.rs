@@ -24,7 +24,11 @@ pub static DATABASE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"postgres"));
 
 /// `credits.maintenance_batch_size`: accounts per maintenance transaction.
-pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(2_000);
+pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(500);
+
+/// `credits.maintenance_nice`: the worker's CPU priority (a nice value).
+pub static MAINTENANCE_NICE: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_MAINTENANCE_NICE);
+pub const DEFAULT_MAINTENANCE_NICE: i32 = 10;
 
 /// `credits.maintenance_max_nap`: the longest the worker sleeps between checks.
 pub static MAX_NAP: GucSetting<i32> = GucSetting::<i32>::new(60);
@@ -50,6 +54,16 @@ pub fn init_worker_settings() {
         &BATCH_SIZE,
         1,
         1_000_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"credits.maintenance_nice",
+        c"CPU priority of the maintenance worker, as a nice value (0 = as other backends).",
+        c"Higher leaves more CPU to debits while a reset runs. Lowering it takes a worker restart.",
+        &MAINTENANCE_NICE,
+        0,
+        19,
         GucContext::Sighup,
         GucFlags::default(),
     );

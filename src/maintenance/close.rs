@@ -18,7 +18,7 @@ use crate::pg::fmgr::{
     varlena_datum,
 };
 use crate::pg::numeric;
-use crate::pg::rows::{ClosingSchema, Found, Row, Schema, Table, Writes};
+use crate::pg::rows::{Found, IndexScan, Row, Schema, Table, Writes};
 use crate::schema::catalog_cache;
 use pgrx::datum::{DatumWithOid, TimestampWithTimeZone};
 use pgrx::pg_sys::{self, Datum};
@@ -32,8 +32,8 @@ struct Window {
     used: Datum,
     forfeited: Option<Datum>,
     closes_at: i64,
-    /// Its name in events (credits._window_key).
-    key: String,
+    /// The ledger entry that restarted the month (an upgrade), 0 = none.
+    epoch: i64,
 }
 
 impl Window {
@@ -42,6 +42,19 @@ impl Window {
             "monthly"
         } else {
             "daily"
+        }
+    }
+
+    /// Its name in events (credits._window_key). Made only when an event is
+    /// found: most accounts have none.
+    fn key(&self) -> String {
+        if !self.monthly {
+            let (y, m, d) = clock::ymd(self.start);
+            return format!("{y:04}-{m:02}-{d:02}");
+        }
+        match self.epoch {
+            0 => month_text(self.start),
+            epoch => format!("{}#{epoch}", month_text(self.start)),
         }
     }
 }
@@ -74,7 +87,6 @@ pub(crate) unsafe fn closing(
     let zero = numeric::from_i64(0);
     let mut windows = Vec::new();
     if day_ended(a, today) {
-        let (y, m, d) = clock::ymd(a.day);
         windows.push(Window {
             monthly: false,
             start: a.day,
@@ -82,7 +94,7 @@ pub(crate) unsafe fn closing(
             used: a.daily_used,
             forfeited: None,
             closes_at: clock::day_start(a.day + 1),
-            key: format!("{y:04}-{m:02}-{d:02}"),
+            epoch: 0,
         });
     }
     // Every month from the account's to the one before `this_month`: months
@@ -97,10 +109,6 @@ pub(crate) unsafe fn closing(
         };
         let left = numeric::sub(limit, used);
         let next = clock::next_month(month);
-        let mut key = month_text(month);
-        if month == a.month && a.monthly_epoch > 0 {
-            key.push_str(&format!("#{}", a.monthly_epoch));
-        }
         windows.push(Window {
             monthly: true,
             start: month,
@@ -112,7 +120,7 @@ pub(crate) unsafe fn closing(
                 zero
             }),
             closes_at: clock::day_start(next),
-            key,
+            epoch: if month == a.month { a.monthly_epoch } else { 0 },
         });
         month = next;
     }
@@ -151,35 +159,31 @@ unsafe fn month_end_metadata(month: i32) -> Datum {
 
 impl Closing {
     /// The closing windows that had run out (an 'exhausted' event): each
-    /// opens again with a reset event, as (window kind, instant). Read as
-    /// last committed: the caller holds the account lock, so every writer
-    /// of its events has finished, even one this snapshot predates.
+    /// opens again with a reset event, as (window kind, instant). `scan` is
+    /// of the events' unique key (`ClosingSchema::events_key`). Read as last
+    /// committed: the caller holds the account lock, so every writer of its
+    /// events has finished, even one this snapshot predates.
     pub(crate) unsafe fn resets(
         &self,
-        schema: &ClosingSchema,
         events: &Table,
+        scan: &mut IndexScan,
         account_id: Datum,
     ) -> Option<Vec<(&'static str, i64)>> {
         let (kind_col, key_col) = (events.col(c"window_kind")?, events.col(c"window_key")?);
         let mut resets = Vec::new();
         let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot());
-        events.find(
-            schema.events_key,
-            &[account_id, text("exhausted")],
-            snapshot,
-            |event| {
-                if let (Some(kind), Some(key)) = (event.get(kind_col), event.get(key_col)) {
-                    let (kind, key) = (text_bytes(kind), text_bytes(key));
-                    resets.extend(
-                        self.windows
-                            .iter()
-                            .filter(|w| w.kind().as_bytes() == kind && w.key.as_bytes() == key)
-                            .map(|w| (w.kind(), w.closes_at)),
-                    );
-                }
-                false // every one
-            },
-        );
+        scan.rescan_equal(&[account_id, text("exhausted")], snapshot);
+        while scan.next() {
+            if let (Some(kind), Some(key)) = (scan.row.get(kind_col), scan.row.get(key_col)) {
+                let (kind, key) = (text_bytes(kind), text_bytes(key));
+                resets.extend(
+                    self.windows
+                        .iter()
+                        .filter(|w| w.kind().as_bytes() == kind && w.key().as_bytes() == key)
+                        .map(|w| (w.kind(), w.closes_at)),
+                );
+            }
+        }
         pg_sys::UnregisterSnapshot(snapshot);
         Some(resets)
     }
@@ -351,12 +355,13 @@ fn incomplete() -> ! {
 /// reset events are emitted at the end, in time order.
 struct Closer {
     schema: Schema,
-    closing_schema: ClosingSchema,
     today: i32,
     this_month: i32,
     accounts: Table,
     ledger: Table,
     closed: Table,
+    /// (declared before `events`, so it ends before its table closes)
+    events_key: IndexScan,
     events: Table,
     writes: Writes,
     /// Freed after each account: a batch of thousands stays in a few kB.
@@ -389,6 +394,8 @@ impl Closer {
         let ledger = Table::open(schema.ledger, pg_sys::RowExclusiveLock);
         let closed = Table::open(closing_schema.closed_windows, pg_sys::RowExclusiveLock);
         let events = Table::open(closing_schema.events, pg_sys::AccessShareLock);
+        let events_key =
+            events.equal_scan(closing_schema.events_key, 2, pg_sys::GetActiveSnapshot());
         let writes = Writes::begin(&[&accounts, &ledger, &closed]);
         Closer {
             today,
@@ -401,10 +408,10 @@ impl Closer {
                 pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
             ),
             schema,
-            closing_schema,
             accounts,
             ledger,
             closed,
+            events_key,
             events,
             writes,
             closed_accounts: 0,
@@ -440,7 +447,7 @@ impl Closer {
             .get(accounts.col(c"account_id").unwrap_or_else(|| incomplete()))
             .unwrap_or_else(|| incomplete());
         let resets = closing
-            .resets(&self.closing_schema, &self.events, id)
+            .resets(&self.events, &mut self.events_key, id)
             .unwrap_or_else(|| incomplete());
         self.resets
             .extend(resets.into_iter().map(|(w, at)| (at, text_string(id), w)));

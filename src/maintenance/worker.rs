@@ -4,7 +4,7 @@
 //! transaction per batch. All its state is in tables, so a restart resumes
 //! where it stopped; a failing step is recorded and retried, never fatal.
 
-use crate::gucs::{BATCH_SIZE, DATABASE, MAX_NAP, ROLLUP_INTERVAL};
+use crate::gucs::{BATCH_SIZE, DATABASE, MAINTENANCE_NICE, MAX_NAP, ROLLUP_INTERVAL};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::prelude::*;
 use std::time::Duration;
@@ -35,12 +35,15 @@ pub extern "C-unwind" fn credits_maintenance_main(_arg: pg_sys::Datum) {
         .unwrap_or_else(|| "postgres".to_owned());
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
     log!("credits maintenance worker started in database {database:?}");
+    let mut nice = 0;
+    set_nice(&mut nice);
 
     let mut nap = Duration::ZERO;
     while BackgroundWorker::wait_latch(Some(nap)) {
         if BackgroundWorker::sighup_received() {
             // SAFETY: the documented way for a background worker to reload its settings.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+            set_nice(&mut nice);
         }
         let max_nap = Duration::from_secs(MAX_NAP.get().max(1) as u64);
         let rollup_interval = Duration::from_secs(ROLLUP_INTERVAL.get().max(1) as u64);
@@ -72,6 +75,46 @@ pub extern "C-unwind" fn credits_maintenance_main(_arg: pg_sys::Datum) {
     log!("credits maintenance worker stopping");
     // SAFETY: ends this background worker process, as PostgreSQL's own workers do.
     unsafe { pg_sys::proc_exit(1) };
+}
+
+/// Gives the worker the CPU priority `credits.maintenance_nice` asks for
+/// (`current` is the one it has). A reset is CPU work that competes with the
+/// debits' backends; a higher nice value lets a debit that wakes up run first.
+///
+/// Every backend leads its own session, and where the kernel groups tasks by
+/// session ("autogroup": Linux without systemd-style cgroups), a nice value
+/// only ranks a task within its session: the session's own nice is what
+/// competes with other backends. So both are set (the second is a no-op
+/// where autogroups are not used).
+fn set_nice(current: &mut i32) {
+    let wanted = MAINTENANCE_NICE.get();
+    if wanted == *current {
+        return;
+    }
+    // SAFETY: plain system call on this process.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, wanted) } != 0 {
+        // Lowering a nice value needs a privilege the server does not have.
+        warning!(
+            "credits.maintenance_nice: cannot change the worker's nice value from {current} to {wanted} ({}); \
+             lowering it takes a worker restart",
+            std::io::Error::last_os_error()
+        );
+        return;
+    }
+    // (The kernel takes one such write per 100 ms system-wide: EAGAIN.)
+    let mut tries = 0;
+    while let Err(e) = std::fs::write("/proc/self/autogroup", wanted.to_string()) {
+        tries += 1;
+        if e.raw_os_error() == Some(libc::EAGAIN) && tries < 5 {
+            std::thread::sleep(Duration::from_millis(120));
+            continue;
+        }
+        if e.kind() != std::io::ErrorKind::NotFound {
+            warning!("credits.maintenance_nice: cannot set the worker's autogroup nice value to {wanted} ({e})");
+        }
+        break;
+    }
+    *current = wanted;
 }
 
 /// One transaction: `None` while the extension is missing, else the seconds

@@ -219,7 +219,12 @@ fn debit(req: &DebitRequest) -> Option<i64> {
             Some(closing) => {
                 let relations = schema.closing()?;
                 let events = Table::open(relations.events, pg_sys::AccessShareLock);
-                if !closing.resets(&relations, &events, account_id)?.is_empty() {
+                let mut events_key =
+                    events.equal_scan(relations.events_key, 2, pg_sys::GetActiveSnapshot());
+                if !closing
+                    .resets(&events, &mut events_key, account_id)?
+                    .is_empty()
+                {
                     return None;
                 }
                 let closed = Table::open(relations.closed_windows, pg_sys::RowExclusiveLock);

@@ -21,6 +21,19 @@ pub(crate) unsafe fn cmp(a: Datum, b: Datum) -> i32 {
     call(pg_sys::numeric_cmp, &[a, b]).value() as i32
 }
 
+/// The numeric `v`. Made once per session and kept (callers pass constants,
+/// and PostgreSQL's numeric functions never modify their arguments): the
+/// month-end reset asks for zero several times per account.
 pub(crate) unsafe fn from_i64(v: i64) -> Datum {
-    call(pg_sys::int8_numeric, &[Datum::from(v)])
+    thread_local! {
+        static MADE: std::cell::RefCell<Vec<(i64, Datum)>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    if let Some(made) = MADE.with(|m| m.borrow().iter().find(|(n, _)| *n == v).map(|(_, d)| *d)) {
+        return made;
+    }
+    let caller = pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
+    let made = call(pg_sys::int8_numeric, &[Datum::from(v)]);
+    pg_sys::MemoryContextSwitchTo(caller);
+    MADE.with(|m| m.borrow_mut().push((v, made)));
+    made
 }

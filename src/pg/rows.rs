@@ -106,28 +106,9 @@ impl Table {
     /// The row whose unique index `index` (on one text column) holds `key`,
     /// as the calling statement's snapshot sees it.
     pub(crate) unsafe fn lookup(&self, index: Oid, key: Datum) -> Option<Found> {
-        self.find(index, &[key], pg_sys::GetActiveSnapshot(), |_| true)
-    }
-
-    /// The first row, in the order of `index`, whose leading (text) columns
-    /// equal `keys` and which `matches`, as `snapshot` sees it.
-    pub(crate) unsafe fn find(
-        &self,
-        index: Oid,
-        keys: &[Datum],
-        snapshot: pg_sys::Snapshot,
-        mut matches: impl FnMut(&Found) -> bool,
-    ) -> Option<Found> {
-        let equal = keys
-            .iter()
-            .map(|key| (pg_sys::BTEqualStrategyNumber, pg_sys::F_TEXTEQ, *key));
-        let mut scan = self.scan(index, equal, snapshot);
-        while scan.next() {
-            if matches(&scan.row) {
-                return Some(scan.into_row());
-            }
-        }
-        None
+        let equal = (pg_sys::BTEqualStrategyNumber, pg_sys::F_TEXTEQ, key);
+        let mut scan = self.scan(index, [equal].into_iter(), pg_sys::GetActiveSnapshot());
+        scan.next().then(|| scan.into_row())
     }
 
     /// The rows in the order of `index` (on one text column) after the key
@@ -146,31 +127,27 @@ impl Table {
         keys: impl Iterator<Item = (u32, u32, Datum)>,
         snapshot: pg_sys::Snapshot,
     ) -> IndexScan {
+        let keys: Vec<_> = keys.collect();
+        let mut scan = self.equal_scan(index, keys.len(), snapshot);
+        scan.restart(&keys);
+        scan
+    }
+
+    /// A scan of `index` on `nkeys` leading text columns, not started: each
+    /// IndexScan::rescan_equal runs it for one key (a batch looks up account
+    /// after account without setting up a scan for each).
+    pub(crate) unsafe fn equal_scan(
+        &self,
+        index: Oid,
+        nkeys: usize,
+        snapshot: pg_sys::Snapshot,
+    ) -> IndexScan {
         let index_rel = pg_sys::index_open(index, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-        let mut scankeys: Vec<pg_sys::ScanKeyData> = keys
-            .enumerate()
-            .map(|(i, (strategy, procedure, value))| {
-                let mut scankey = pg_sys::ScanKeyData::default();
-                // SAFETY: fills a local scan key for an open index.
-                unsafe {
-                    pg_sys::ScanKeyInit(
-                        &mut scankey,
-                        (i + 1) as pg_sys::AttrNumber,
-                        strategy as pg_sys::StrategyNumber,
-                        pg_sys::Oid::from(procedure),
-                        value,
-                    );
-                    scankey.sk_collation = *(*index_rel).rd_indcollation.add(i);
-                }
-                scankey
-            })
-            .collect();
-        let nkeys = scankeys.len() as i32;
-        let scan = pg_sys::index_beginscan(self.rel, index_rel, snapshot, nkeys, 0);
-        pg_sys::index_rescan(scan, scankeys.as_mut_ptr(), nkeys, ptr::null_mut(), 0);
+        let scan = pg_sys::index_beginscan(self.rel, index_rel, snapshot, nkeys as i32, 0);
         IndexScan {
             index_rel,
             scan,
+            context: pg_sys::CurrentMemoryContext,
             row: Found {
                 slot: pg_sys::table_slot_create(self.rel, ptr::null_mut()),
             },
@@ -233,21 +210,68 @@ impl Table {
     }
 }
 
-/// A scan in index order (Table::find, Table::scan_after).
+/// A scan in index order (Table::lookup, Table::equal_scan, Table::scan_after).
 pub(crate) struct IndexScan {
     index_rel: pg_sys::Relation,
     scan: pg_sys::IndexScanDesc,
+    /// Where it began: the index AM allocates scan state as it goes, which
+    /// must live as long as the scan (a batch resets its per-account memory
+    /// between rescans).
+    context: pg_sys::MemoryContext,
     /// The current row, after next() returned true.
     pub row: Found,
 }
 
 impl IndexScan {
+    /// (Re)starts the scan with one (strategy, comparison, text value) key
+    /// per leading column, compared in the index's collation.
+    unsafe fn restart(&mut self, keys: &[(u32, u32, Datum)]) {
+        let mut scankeys: Vec<pg_sys::ScanKeyData> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, &(strategy, procedure, value))| {
+                let mut scankey = pg_sys::ScanKeyData::default();
+                // SAFETY: fills a local scan key for an open index.
+                unsafe {
+                    pg_sys::ScanKeyInit(
+                        &mut scankey,
+                        (i + 1) as pg_sys::AttrNumber,
+                        strategy as pg_sys::StrategyNumber,
+                        pg_sys::Oid::from(procedure),
+                        value,
+                    );
+                    scankey.sk_collation = *(*self.index_rel).rd_indcollation.add(i);
+                }
+                scankey
+            })
+            .collect();
+        let nkeys = scankeys.len() as i32;
+        let caller = pg_sys::MemoryContextSwitchTo(self.context);
+        pg_sys::index_rescan(self.scan, scankeys.as_mut_ptr(), nkeys, ptr::null_mut(), 0);
+        pg_sys::MemoryContextSwitchTo(caller);
+    }
+
+    /// Runs the scan (Table::equal_scan) again for the rows whose leading
+    /// columns equal `keys`, as `snapshot` sees them (the caller keeps it
+    /// registered while it reads them).
+    pub(crate) unsafe fn rescan_equal(&mut self, keys: &[Datum], snapshot: pg_sys::Snapshot) {
+        (*self.scan).xs_snapshot = snapshot;
+        let equal: Vec<_> = keys
+            .iter()
+            .map(|key| (pg_sys::BTEqualStrategyNumber, pg_sys::F_TEXTEQ, *key))
+            .collect();
+        self.restart(&equal);
+    }
+
     pub(crate) unsafe fn next(&mut self) -> bool {
-        pg_sys::index_getnext_slot(
+        let caller = pg_sys::MemoryContextSwitchTo(self.context);
+        let found = pg_sys::index_getnext_slot(
             self.scan,
             pg_sys::ScanDirection::ForwardScanDirection,
             self.row.slot,
-        )
+        );
+        pg_sys::MemoryContextSwitchTo(caller);
+        found
     }
 
     /// The current row, kept after the scan ends.

@@ -352,3 +352,52 @@ fn the_worker_keeps_the_usage_rollups_up_to_date_by_itself() {
     assert_eq!(error, None);
     assert_verified(&mut client);
 }
+
+/// The worker's nice value (field 19 of /proc/PID/stat; the command name
+/// before it is in parentheses and may hold spaces).
+fn nice_of(pid: i32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    after_name.split(' ').nth(16).unwrap().parse().unwrap()
+}
+
+#[test]
+fn the_worker_runs_at_the_cpu_priority_its_setting_asks_for() {
+    let mut settings = SystemSettings(Vec::new());
+    let (db, mut client) = fresh_worker_database(&mut settings, "2030-06-10 12:00:00+00");
+    let pid = worker_pid(&mut client, &db).unwrap();
+    let default: i32 = client
+        .query_one(
+            "SELECT current_setting('credits.maintenance_nice')::int",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(default, 10, "documented default");
+    assert_eq!(nice_of(pid), default);
+
+    // Raised on reload, the task and (where the kernel groups tasks by
+    // session) its session's group both.
+    settings.set("credits.maintenance_nice", "15");
+    let group_nice = || {
+        std::fs::read_to_string(format!("/proc/{pid}/autogroup"))
+            .map(|group| group.trim_end().ends_with("nice 15"))
+            .unwrap_or(true) // (no autogroups in this kernel)
+    };
+    wait_until(10, "the worker to take nice 15", || {
+        nice_of(pid) == 15 && group_nice()
+    });
+
+    // Lowered: a process may not lower its own nice value, so the worker
+    // keeps 15 (and says so) until it restarts, then takes the setting.
+    drop(settings);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(nice_of(pid), 15);
+    connect_db("postgres")
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .unwrap();
+    wait_until(30, "the worker to restart", || {
+        worker_pid(&mut client, &db).is_some_and(|p| p != pid)
+    });
+    assert_eq!(nice_of(worker_pid(&mut client, &db).unwrap()), default);
+}
