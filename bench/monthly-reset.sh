@@ -106,8 +106,8 @@ for clients in $LOADS; do
     read -r n_after p50_after p99_after < <(percentiles "$WORK/idle_after_$clients")
 
     # Against both idle runs: one run's p99 alone moves by 2x from run to run.
-    ratio_before=$(echo "scale=2; $p99_during / $p99_before" | bc)
-    ratio_after=$(echo "scale=2; $p99_during / $p99_after" | bc)
+    ratio_before=$(awk -v a="$p99_during" -v b="$p99_before" 'BEGIN { printf "%.2f", a / b }')
+    ratio_after=$(awk -v a="$p99_during" -v b="$p99_after" 'BEGIN { printf "%.2f", a / b }')
     rows+="| $clients | **$reset_seconds s** ($accounts accounts in $batches batches, $windows windows) | $p50_before / $p99_before ($n_before) | $p50_during / $p99_during ($n_during) | $p50_after / $p99_after ($n_after) | **${ratio_before}x; ${ratio_after}x** |
 "
     month=$(( month + 1 ))

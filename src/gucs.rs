@@ -28,7 +28,7 @@ pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(500);
 
 /// `credits.maintenance_nice`: the worker's CPU priority (a nice value).
 pub static MAINTENANCE_NICE: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_MAINTENANCE_NICE);
-pub const DEFAULT_MAINTENANCE_NICE: i32 = 10;
+pub const DEFAULT_MAINTENANCE_NICE: i32 = 5;
 
 /// `credits.maintenance_max_nap`: the longest the worker sleeps between checks.
 pub static MAX_NAP: GucSetting<i32> = GucSetting::<i32>::new(60);

@@ -373,7 +373,7 @@ fn the_worker_runs_at_the_cpu_priority_its_setting_asks_for() {
         )
         .unwrap()
         .get(0);
-    assert_eq!(default, 10, "documented default");
+    assert_eq!(default, 5, "documented default");
     assert_eq!(nice_of(pid), default);
 
     // Raised on reload, the task and (where the kernel groups tasks by
