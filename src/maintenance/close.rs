@@ -395,7 +395,7 @@ impl Closer {
         let closed = Table::open(closing_schema.closed_windows, pg_sys::RowExclusiveLock);
         let events = Table::open(closing_schema.events, pg_sys::AccessShareLock);
         let events_key =
-            events.equal_scan(closing_schema.events_key, 2, pg_sys::GetActiveSnapshot());
+            events.open_scan(closing_schema.events_key, 2, pg_sys::GetActiveSnapshot());
         let writes = Writes::begin(&[&accounts, &ledger, &closed]);
         Closer {
             today,

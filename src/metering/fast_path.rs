@@ -220,7 +220,7 @@ fn debit(req: &DebitRequest) -> Option<i64> {
                 let relations = schema.closing()?;
                 let events = Table::open(relations.events, pg_sys::AccessShareLock);
                 let mut events_key =
-                    events.equal_scan(relations.events_key, 2, pg_sys::GetActiveSnapshot());
+                    events.open_scan(relations.events_key, 2, pg_sys::GetActiveSnapshot());
                 if !closing
                     .resets(&events, &mut events_key, account_id)?
                     .is_empty()

@@ -128,15 +128,16 @@ impl Table {
         snapshot: pg_sys::Snapshot,
     ) -> IndexScan {
         let keys: Vec<_> = keys.collect();
-        let mut scan = self.equal_scan(index, keys.len(), snapshot);
+        let mut scan = self.open_scan(index, keys.len(), snapshot);
         scan.restart(&keys);
         scan
     }
 
-    /// A scan of `index` on `nkeys` leading text columns, not started: each
-    /// IndexScan::rescan_equal runs it for one key (a batch looks up account
-    /// after account without setting up a scan for each).
-    pub(crate) unsafe fn equal_scan(
+    /// A scan of `index` on `nkeys` leading text columns, opened but not
+    /// started: IndexScan::rescan_equal runs it for one key after another (a
+    /// batch looks up account after account without setting up a scan for
+    /// each).
+    pub(crate) unsafe fn open_scan(
         &self,
         index: Oid,
         nkeys: usize,
@@ -210,7 +211,7 @@ impl Table {
     }
 }
 
-/// A scan in index order (Table::lookup, Table::equal_scan, Table::scan_after).
+/// A scan in index order (Table::lookup, Table::open_scan, Table::scan_after).
 pub(crate) struct IndexScan {
     index_rel: pg_sys::Relation,
     scan: pg_sys::IndexScanDesc,
@@ -251,7 +252,7 @@ impl IndexScan {
         pg_sys::MemoryContextSwitchTo(caller);
     }
 
-    /// Runs the scan (Table::equal_scan) again for the rows whose leading
+    /// Runs the scan (Table::open_scan) again for the rows whose leading
     /// columns equal `keys`, as `snapshot` sees them (the caller keeps it
     /// registered while it reads them).
     pub(crate) unsafe fn rescan_equal(&mut self, keys: &[Datum], snapshot: pg_sys::Snapshot) {
