@@ -14,8 +14,7 @@
 use crate::accounts::row::Account;
 use crate::clock;
 use crate::pg::fmgr::{
-    args, call, ret, text, text_array, text_bytes, text_string, v1_functions, varlena_bytes,
-    varlena_datum,
+    args, call, ret, text, text_array, text_bytes, text_string, v1_functions, SessionDatums,
 };
 use crate::pg::numeric;
 use crate::pg::rows::{Found, IndexScan, Row, Schema, Table, Writes};
@@ -84,7 +83,6 @@ pub(crate) unsafe fn closing(
     today: i32,
     this_month: i32,
 ) -> Option<Closing> {
-    let zero = numeric::from_i64(0);
     let mut windows = Vec::new();
     if day_ended(a, today) {
         windows.push(Window {
@@ -98,31 +96,35 @@ pub(crate) unsafe fn closing(
         });
     }
     // Every month from the account's to the one before `this_month`: months
-    // nobody called in are recorded too, with nothing used.
-    let limit = numeric::add(allowance, a.purchased);
-    let mut month = a.month;
-    while month < this_month {
-        let used = if month == a.month {
-            a.monthly_used
-        } else {
-            zero
-        };
-        let left = numeric::sub(limit, used);
-        let next = clock::next_month(month);
-        windows.push(Window {
-            monthly: true,
-            start: month,
-            limit: Some(limit),
-            used,
-            forfeited: Some(if numeric::cmp(left, zero) > 0 {
-                left
+    // nobody called in are recorded too, with nothing used. (The common
+    // debit's month has not ended: nothing to compute.)
+    if a.month < this_month {
+        let zero = numeric::from_i64(0);
+        let limit = numeric::add(allowance, a.purchased);
+        let mut month = a.month;
+        while month < this_month {
+            let used = if month == a.month {
+                a.monthly_used
             } else {
                 zero
-            }),
-            closes_at: clock::day_start(next),
-            epoch: if month == a.month { a.monthly_epoch } else { 0 },
-        });
-        month = next;
+            };
+            let left = numeric::sub(limit, used);
+            let next = clock::next_month(month);
+            windows.push(Window {
+                monthly: true,
+                start: month,
+                limit: Some(limit),
+                used,
+                forfeited: Some(if numeric::cmp(left, zero) > 0 {
+                    left
+                } else {
+                    zero
+                }),
+                closes_at: clock::day_start(next),
+                epoch: if month == a.month { a.monthly_epoch } else { 0 },
+            });
+            month = next;
+        }
     }
     (!windows.is_empty()).then_some(Closing { windows })
 }
@@ -133,28 +135,22 @@ fn month_text(month: i32) -> String {
     format!("{y:04}-{m:02}")
 }
 
-thread_local! {
-    /// The last month_end metadata made (a batch closes one month for all).
-    static METADATA: std::cell::RefCell<Option<(i32, Vec<u8>)>> = const { std::cell::RefCell::new(None) };
-}
-
 /// The 'F' entry's metadata for the end of `month`, a jsonb datum:
-/// {"reason": "month_end", "month": "YYYY-MM"}.
+/// {"reason": "month_end", "month": "YYYY-MM"}, made once per month (a
+/// batch writes the same for every account).
 unsafe fn month_end_metadata(month: i32) -> Datum {
-    let bytes = METADATA.with(|m| match &*m.borrow() {
-        Some((cached, bytes)) if *cached == month => Some(bytes.clone()),
-        _ => None,
-    });
-    let bytes = bytes.unwrap_or_else(|| {
-        let json = format!(
-            "{{\"reason\": \"month_end\", \"month\": \"{}\"}}\0",
-            month_text(month)
-        );
-        let bytes = varlena_bytes(call(pg_sys::jsonb_in, &[Datum::from(json.as_ptr())]));
-        METADATA.with(|m| *m.borrow_mut() = Some((month, bytes.clone())));
-        bytes
-    });
-    varlena_datum(&bytes)
+    thread_local! {
+        static MADE: SessionDatums<i32> = const { SessionDatums::new() };
+    }
+    MADE.with(|made| {
+        made.get(month, || {
+            let json = format!(
+                "{{\"reason\": \"month_end\", \"month\": \"{}\"}}\0",
+                month_text(month)
+            );
+            call(pg_sys::jsonb_in, &[Datum::from(json.as_ptr())])
+        })
+    })
 }
 
 impl Closing {

@@ -35,15 +35,14 @@ pub extern "C-unwind" fn credits_maintenance_main(_arg: pg_sys::Datum) {
         .unwrap_or_else(|| "postgres".to_owned());
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
     log!("credits maintenance worker started in database {database:?}");
-    let mut nice = 0;
-    set_nice(&mut nice);
+    set_nice();
 
     let mut nap = Duration::ZERO;
     while BackgroundWorker::wait_latch(Some(nap)) {
         if BackgroundWorker::sighup_received() {
             // SAFETY: the documented way for a background worker to reload its settings.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
-            set_nice(&mut nice);
+            set_nice();
         }
         let max_nap = Duration::from_secs(MAX_NAP.get().max(1) as u64);
         let rollup_interval = Duration::from_secs(ROLLUP_INTERVAL.get().max(1) as u64);
@@ -77,8 +76,8 @@ pub extern "C-unwind" fn credits_maintenance_main(_arg: pg_sys::Datum) {
     unsafe { pg_sys::proc_exit(1) };
 }
 
-/// Gives the worker the CPU priority `credits.maintenance_nice` asks for
-/// (`current` is the one it has). A reset is CPU work that competes with the
+/// Gives the worker the CPU priority `credits.maintenance_nice` asks for,
+/// if it has another. A reset is CPU work that competes with the
 /// debits' backends; a higher nice value lets a debit that wakes up run first.
 ///
 /// Every backend leads its own session, and where the kernel groups tasks by
@@ -86,9 +85,12 @@ pub extern "C-unwind" fn credits_maintenance_main(_arg: pg_sys::Datum) {
 /// only ranks a task within its session: the session's own nice is what
 /// competes with other backends. So both are set (the second is a no-op
 /// where autogroups are not used).
-fn set_nice(current: &mut i32) {
+fn set_nice() {
     let wanted = MAINTENANCE_NICE.get();
-    if wanted == *current {
+    // SAFETY: plain system call on this process (a worker's nice is never
+    // negative, so -1 is not an ambiguous result here).
+    let current = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+    if wanted == current {
         return;
     }
     // SAFETY: plain system call on this process.
@@ -114,7 +116,6 @@ fn set_nice(current: &mut i32) {
         }
         break;
     }
-    *current = wanted;
 }
 
 /// One transaction: `None` while the extension is missing, else the seconds

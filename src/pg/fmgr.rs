@@ -91,6 +91,37 @@ pub(crate) unsafe fn varlena_bytes(value: Datum) -> Vec<u8> {
     std::slice::from_raw_parts(ptr as *const u8, len).to_vec()
 }
 
+/// Varlena datums made once per session and kept for its lifetime (copied
+/// into TopMemoryContext), by key: values that never change, handed to any
+/// number of calls (functions and tuple forming copy what they keep).
+pub(crate) struct SessionDatums<K>(std::cell::RefCell<Vec<(K, Datum)>>);
+
+impl<K: PartialEq + Copy> SessionDatums<K> {
+    pub(crate) const fn new() -> Self {
+        SessionDatums(std::cell::RefCell::new(Vec::new()))
+    }
+
+    /// The datum kept for `key`; made by `make` (in the caller's memory
+    /// context) the first time.
+    pub(crate) unsafe fn get(&self, key: K, make: impl FnOnce() -> Datum) -> Datum {
+        let kept = self
+            .0
+            .borrow()
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|&(_, d)| d);
+        if let Some(datum) = kept {
+            return datum;
+        }
+        let made = make();
+        let caller = pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
+        let kept = varlena_datum(&varlena_bytes(made));
+        pg_sys::MemoryContextSwitchTo(caller);
+        self.0.borrow_mut().push((key, kept));
+        kept
+    }
+}
+
 /// A datum in the current memory context holding `bytes` (from varlena_bytes).
 pub(crate) unsafe fn varlena_datum(bytes: &[u8]) -> Datum {
     let copy = pg_sys::palloc(bytes.len()) as *mut u8;

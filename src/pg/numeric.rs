@@ -1,7 +1,7 @@
 //! Numeric arithmetic on datums, through PostgreSQL's own functions (the
 //! SQL path's arithmetic, so both paths round and compare alike).
 
-use crate::pg::fmgr::call;
+use crate::pg::fmgr::{call, SessionDatums};
 use pgrx::pg_sys::{self, Datum};
 
 pub(crate) unsafe fn add(a: Datum, b: Datum) -> Datum {
@@ -21,19 +21,12 @@ pub(crate) unsafe fn cmp(a: Datum, b: Datum) -> i32 {
     call(pg_sys::numeric_cmp, &[a, b]).value() as i32
 }
 
-/// The numeric `v`. Made once per session and kept (callers pass constants,
-/// and PostgreSQL's numeric functions never modify their arguments): the
+/// The numeric `v`, made once per session (callers pass constants, and
+/// PostgreSQL's numeric functions never modify their arguments): the
 /// month-end reset asks for zero several times per account.
 pub(crate) unsafe fn from_i64(v: i64) -> Datum {
     thread_local! {
-        static MADE: std::cell::RefCell<Vec<(i64, Datum)>> = const { std::cell::RefCell::new(Vec::new()) };
+        static MADE: SessionDatums<i64> = const { SessionDatums::new() };
     }
-    if let Some(made) = MADE.with(|m| m.borrow().iter().find(|(n, _)| *n == v).map(|(_, d)| *d)) {
-        return made;
-    }
-    let caller = pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
-    let made = call(pg_sys::int8_numeric, &[Datum::from(v)]);
-    pg_sys::MemoryContextSwitchTo(caller);
-    MADE.with(|m| m.borrow_mut().push((v, made)));
-    made
+    MADE.with(|made| made.get(v, || call(pg_sys::int8_numeric, &[Datum::from(v)])))
 }

@@ -107,7 +107,7 @@ impl Table {
     /// as the calling statement's snapshot sees it.
     pub(crate) unsafe fn lookup(&self, index: Oid, key: Datum) -> Option<Found> {
         let equal = (pg_sys::BTEqualStrategyNumber, pg_sys::F_TEXTEQ, key);
-        let mut scan = self.scan(index, [equal].into_iter(), pg_sys::GetActiveSnapshot());
+        let mut scan = self.scan(index, &[equal], pg_sys::GetActiveSnapshot());
         scan.next().then(|| scan.into_row())
     }
 
@@ -116,7 +116,7 @@ impl Table {
     /// snapshot sees them.
     pub(crate) unsafe fn scan_after(&self, index: Oid, after: Option<Datum>) -> IndexScan {
         let greater = after.map(|key| (pg_sys::BTGreaterStrategyNumber, pg_sys::F_TEXT_GT, key));
-        self.scan(index, greater.into_iter(), pg_sys::GetActiveSnapshot())
+        self.scan(index, greater.as_slice(), pg_sys::GetActiveSnapshot())
     }
 
     /// A scan of `index` with one (strategy, comparison, text value) key per
@@ -124,12 +124,11 @@ impl Table {
     unsafe fn scan(
         &self,
         index: Oid,
-        keys: impl Iterator<Item = (u32, u32, Datum)>,
+        keys: &[(u32, u32, Datum)],
         snapshot: pg_sys::Snapshot,
     ) -> IndexScan {
-        let keys: Vec<_> = keys.collect();
         let mut scan = self.open_scan(index, keys.len(), snapshot);
-        scan.restart(&keys);
+        scan.restart(keys);
         scan
     }
 
