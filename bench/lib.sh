@@ -50,7 +50,8 @@ bench_fresh_db() {
 bench_pgbench() {
     local log=$1
     shift
-    if ! (cd "$WORK" && runuser -u postgres -- "$PG_BIN/pgbench" -h 127.0.0.1 -p "$PORT" -U postgres -n "$@") \
+    if ! (cd "$WORK" && taskset -c "${BENCH_CPUS:-0-$(( $(nproc) - 1 ))}" \
+              runuser -u postgres -- "$PG_BIN/pgbench" -h 127.0.0.1 -p "$PORT" -U postgres -n "$@") \
             >"$log.out" 2>&1; then
         echo "pgbench failed ($log.out):" >&2
         cat "$log.out" >&2
@@ -58,7 +59,17 @@ bench_pgbench() {
     fi
 }
 
-# A per-transaction pgbench log -> percentiles.
+# bench_pin CPUS: the bench cluster's processes, the backends it starts from
+# now on, and bench_pgbench's pgbench on CPUS (a taskset list: 0, or 0-1).
+bench_pin() {
+    BENCH_CPUS=$1
+    local postmaster child
+    postmaster=$(head -n 1 "$(cluster_dir bench)/postmaster.pid")
+    for child in "$postmaster" $(pgrep -P "$postmaster"); do
+        taskset -pc "$1" "$child" >/dev/null 2>&1 || true  # (a child may just have exited)
+    done
+}
+
 
 # percentiles PREFIX [FROM TO]: "count p50 p99" (ms) of the transactions in
 # the pgbench logs PREFIX.<pid>[.<thread>] that ended between FROM and TO

@@ -13,7 +13,8 @@ say() { printf '\n==> [%s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 # apt packages, cargo-pgrx, pgrx init against the system PostgreSQL 15.
 install_prerequisites() {
     local missing=()
-    for pkg in postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo; do
+    # (procps: pgrep, for the benches)
+    for pkg in postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo procps; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
     done
     if [ ${#missing[@]} -gt 0 ]; then

@@ -377,14 +377,13 @@ impl Closer {
                 "invalid instant for closing windows: infinity"
             );
         }
-        let found = Schema::find().and_then(|schema| Some((schema.closing()?, schema)));
+        let found = catalog_cache::schema().and_then(|schema| Some((schema.closing()?, schema)));
         let Some((closing_schema, schema)) = found else {
             error!("credits: the credits schema is incomplete");
         };
         if !pg_sys::ActiveSnapshotSet() {
             error!("credits: closing windows needs a snapshot");
         }
-        catalog_cache::refresh(&schema);
         let today = clock::utc_day(at);
         let accounts = Table::open(schema.accounts, pg_sys::RowExclusiveLock);
         let ledger = Table::open(schema.ledger, pg_sys::RowExclusiveLock);

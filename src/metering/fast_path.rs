@@ -29,9 +29,9 @@ use crate::clock;
 use crate::maintenance::close;
 use crate::metering::requests::{debit_request, metadata_ok};
 use crate::metering::thresholds::lowest_threshold;
+use crate::pg::decimal::Decimal;
 use crate::pg::fmgr::{args, call, ret, v1_functions};
-use crate::pg::numeric;
-use crate::pg::rows::{Row, Schema, Table, Writes};
+use crate::pg::rows::{Row, Table, Writes};
 use crate::schema::catalog_cache;
 use pgrx::pg_sys::{self, Datum};
 use pgrx::prelude::*;
@@ -187,24 +187,23 @@ fn debit(req: &DebitRequest) -> Option<i64> {
         if !pg_sys::ActiveSnapshotSet() {
             return None;
         }
-        let schema = Schema::find()?;
+        let schema = catalog_cache::schema()?;
 
         // The feature and the amount: cost x quantity, positive, below 10^15,
         // exact to 4 places (as the slow path validates it).
-        catalog_cache::refresh(&schema);
         let (feature_id, cost) = catalog_cache::feature(&schema, feature)?;
         let feature_id = Datum::from(feature_id);
-        if numeric::cmp(quantity, numeric::from_i64(0)) <= 0
-            || numeric::cmp(quantity, numeric::from_i64(1_000_000_000_000_000)) >= 0
+        let quantity_value = Decimal::from_datum(quantity)?;
+        if quantity_value <= Decimal::ZERO
+            || quantity_value >= Decimal::from_i64(1_000_000_000_000_000)
         {
             return None;
         }
-        let product = numeric::mul(cost, quantity);
-        let rounded = call(pg_sys::numeric_round, &[product, Datum::from(4i32)]);
-        if numeric::cmp(rounded, product) != 0 {
+        let product = Decimal::from_datum(cost)?.mul(quantity_value)?;
+        if !product.is_exact_to(4) {
             return None;
         }
-        let amount = call(pg_sys::numeric_trim_scale, &[product]);
+        let amount = product.trim_scale();
 
         // The account, locked before anything is decided.
         let accounts = Table::open(schema.accounts, pg_sys::RowExclusiveLock);
@@ -242,17 +241,22 @@ fn debit(req: &DebitRequest) -> Option<i64> {
 
         // Every limit, windows rolled (credits._in_window): the daily limit
         // caps all spending, the allowance is what the fast path draws on.
-        let zero = numeric::from_i64(0);
-        let daily_used = if a.day == today { a.daily_used } else { zero };
-        let monthly_used = if a.month == this_month {
-            a.monthly_used
+        let value = |datum| Decimal::from_datum(datum);
+        let daily_used = if a.day == today {
+            value(a.daily_used)?
         } else {
-            zero
+            Decimal::ZERO
         };
-        let new_daily = numeric::add(daily_used, amount);
-        let new_monthly = numeric::add(monthly_used, amount);
-        let monthly_limit = numeric::add(allowance, a.purchased);
-        let committed = numeric::add(new_monthly, a.reserved);
+        let monthly_used = if a.month == this_month {
+            value(a.monthly_used)?
+        } else {
+            Decimal::ZERO
+        };
+        let reserved = value(a.reserved)?;
+        let new_daily = daily_used.add(amount)?;
+        let new_monthly = monthly_used.add(amount)?;
+        let monthly_limit = value(allowance)?.add(value(a.purchased)?)?;
+        let committed = new_monthly.add(reserved)?;
         // The fast path takes only a debit that leaves every window short of
         // an event: the daily window not full, monthly usage below the lowest
         // threshold (a month used up is an event whatever the thresholds).
@@ -260,20 +264,17 @@ fn debit(req: &DebitRequest) -> Option<i64> {
         // one that makes an event due, is the SQL path's, which draws on
         // grants, raises UC001 or emits the event.
         if let Some(limit) = daily_limit {
-            if numeric::cmp(numeric::add(new_daily, a.reserved), limit) >= 0 {
+            if new_daily.add(reserved)? >= value(limit)? {
                 return None;
             }
         }
-        let hundred = numeric::from_i64(100);
+        let hundred = Decimal::from_i64(100);
         let lowest = lowest_threshold()
             .and_then(|t| t.into_datum())
-            .filter(|t| numeric::cmp(*t, hundred) < 0)
+            .and_then(|t| value(t))
+            .filter(|t| *t < hundred)
             .unwrap_or(hundred);
-        if numeric::cmp(
-            numeric::mul(committed, hundred),
-            numeric::mul(monthly_limit, lowest),
-        ) >= 0
-        {
+        if committed.mul(hundred)? >= monthly_limit.mul(lowest)? {
             return None;
         }
 
@@ -294,7 +295,7 @@ fn debit(req: &DebitRequest) -> Option<i64> {
         ledger_row.set(ledger.col(c"at")?, Some(now));
         ledger_row.set(ledger.col(c"kind")?, Some(Datum::from(b'D' as i8)));
         ledger_row.set(ledger.col(c"feature_id")?, Some(feature_id));
-        ledger_row.set(ledger.col(c"amount")?, Some(amount));
+        ledger_row.set(ledger.col(c"amount")?, Some(amount.to_datum()));
         ledger_row.set(ledger.col(c"from_grants")?, None);
         ledger_row.set(ledger.col(c"ref")?, None);
         ledger_row.set(ledger.col(c"metadata")?, req.metadata);
@@ -316,9 +317,9 @@ fn debit(req: &DebitRequest) -> Option<i64> {
 
         let mut account_row = Row::copy_of(&accounts, locked.slot);
         account_row.set(accounts.col(c"day")?, Some(Datum::from(today)));
-        account_row.set(accounts.col(c"daily_used")?, Some(new_daily));
+        account_row.set(accounts.col(c"daily_used")?, Some(new_daily.to_datum()));
         account_row.set(accounts.col(c"month")?, Some(Datum::from(this_month)));
-        account_row.set(accounts.col(c"monthly_used")?, Some(new_monthly));
+        account_row.set(accounts.col(c"monthly_used")?, Some(new_monthly.to_datum()));
         if a.month != this_month {
             account_row.set(accounts.col(c"monthly_epoch")?, Some(Datum::from(0i64)));
         }

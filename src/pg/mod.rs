@@ -1,8 +1,10 @@
 //! PostgreSQL's C API as the code below SQL uses it: the V1 calling
-//! convention and built-in functions (`fmgr`), numerics (`numeric`), and
+//! convention and built-in functions (`fmgr`), numerics (`numeric`; exact
+//! fixed-point arithmetic on their values in `decimal`), and
 //! rows read and written without executing a statement (`rows`). Used by the
 //! debit fast path (metering) and by window closing (maintenance).
 
+pub(crate) mod decimal;
 pub(crate) mod fmgr;
 pub(crate) mod numeric;
 pub(crate) mod rows;

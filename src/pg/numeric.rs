@@ -12,10 +12,6 @@ pub(crate) unsafe fn sub(a: Datum, b: Datum) -> Datum {
     call(pg_sys::numeric_sub, &[a, b])
 }
 
-pub(crate) unsafe fn mul(a: Datum, b: Datum) -> Datum {
-    call(pg_sys::numeric_mul, &[a, b])
-}
-
 /// -1, 0 or 1, as `a` is below, equal to or above `b`.
 pub(crate) unsafe fn cmp(a: Datum, b: Datum) -> i32 {
     call(pg_sys::numeric_cmp, &[a, b]).value() as i32

@@ -12,7 +12,9 @@ use pgrx::prelude::*;
 use std::ffi::CStr;
 use std::ptr;
 
-/// The extension's relations, found by name in schema credits.
+/// The extension's relations, found by name in schema credits (kept for
+/// the session by schema::catalog_cache).
+#[derive(Clone, Copy)]
 pub(crate) struct Schema {
     namespace: Oid,
     pub accounts: Oid,
@@ -54,6 +56,23 @@ impl Schema {
             ledger_seq: rel(c"ledger_entry_id_seq")?,
             idempotency: rel(c"idempotency")?,
         })
+    }
+
+    /// Is `oid` the schema or one of its relations?
+    pub(crate) fn holds(&self, oid: Oid) -> bool {
+        [
+            self.namespace,
+            self.accounts,
+            self.accounts_key,
+            self.plans,
+            self.plans_key,
+            self.features,
+            self.features_key,
+            self.ledger,
+            self.ledger_seq,
+            self.idempotency,
+        ]
+        .contains(&oid)
     }
 
     pub(crate) unsafe fn closing(&self) -> Option<ClosingSchema> {

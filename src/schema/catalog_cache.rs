@@ -1,20 +1,23 @@
-//! Plans and features, cached in each session for the code below SQL (the
-//! debit fast path, window closing): two of a debit's four index lookups
-//! were catalog rows that change a few times a year.
+//! The catalog, cached in each session for the code below SQL (the debit
+//! fast path, window closing): the extension's relations (ten syscache
+//! lookups by name), and the rows of plans and features (two of a debit's
+//! four index lookups were catalog rows that change a few times a year).
 //!
-//! A change to either table (any statement, including TRUNCATE and a
+//! A change to plans or features (any statement, including TRUNCATE and a
 //! restore's COPY) fires `credits._catalog_changed()`, which queues a
 //! relcache invalidation of the table; PostgreSQL delivers it to every
 //! session when the change commits (and to the changing session at once).
-//! The fast path accepts pending invalidations before it reads the cache, so
-//! a debit sees a change as soon as a statement would.
+//! The relations are found again after an invalidation of any of them (DDL,
+//! DROP EXTENSION, a VACUUM's statistics) or of a schema. Every call below
+//! SQL accepts pending invalidations before it reads the cache, so it sees a
+//! change as soon as a statement would.
 
 use crate::pg::fmgr::{text_bytes, v1_functions, varlena_bytes, varlena_datum};
 use crate::pg::rows::{Schema, Table};
 use pgrx::pg_sys::{self, Datum, Oid};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// A feature's id and cost (a numeric, as its bytes).
 struct Feature {
@@ -36,41 +39,66 @@ struct Cache {
 
 thread_local! {
     static CACHE: RefCell<Cache> = RefCell::new(Cache::default());
+    /// The relations last found (kept while stale: the invalidation
+    /// callback matches oids against them).
+    static SCHEMA: Cell<Option<Schema>> = const { Cell::new(None) };
 }
-/// Set by the invalidation callback, which may run in the middle of a
-/// lookup; the cache is emptied at the next read, never under a reader.
-static STALE: AtomicBool = AtomicBool::new(false);
-/// The cached tables' oids (their invalidations are the ones that matter).
-static FEATURES_OID: AtomicU32 = AtomicU32::new(0);
-static PLANS_OID: AtomicU32 = AtomicU32::new(0);
+/// Set by the invalidation callbacks, which may run in the middle of a
+/// lookup; the cache is emptied (the relations found again) at the next
+/// read, never under a reader.
+static ROWS_STALE: AtomicBool = AtomicBool::new(false);
+static SCHEMA_STALE: AtomicBool = AtomicBool::new(false);
 
-/// Registers the invalidation callback (once per process, from _PG_init).
+/// Registers the invalidation callbacks (once per process, from _PG_init).
 pub(crate) fn init() {
-    // SAFETY: registering a callback with a static function, at load time.
-    unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(relcache_changed), Datum::from(0)) }
+    // SAFETY: registering callbacks with static functions, at load time.
+    unsafe {
+        pg_sys::CacheRegisterRelcacheCallback(Some(relcache_changed), Datum::from(0));
+        pg_sys::CacheRegisterSyscacheCallback(
+            pg_sys::SysCacheIdentifier::NAMESPACEOID as i32,
+            Some(namespace_changed),
+            Datum::from(0),
+        );
+    }
 }
 
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn relcache_changed(_arg: Datum, relid: Oid) {
-    let relid = relid.to_u32();
     // InvalidOid: every relation (after a cache reset).
-    if relid == 0
-        || relid == FEATURES_OID.load(Ordering::Relaxed)
-        || relid == PLANS_OID.load(Ordering::Relaxed)
-    {
-        STALE.store(true, Ordering::Relaxed);
+    let every = relid == pg_sys::InvalidOid;
+    let known = SCHEMA.with(Cell::get);
+    if every || known.is_some_and(|s| relid == s.features || relid == s.plans) {
+        ROWS_STALE.store(true, Ordering::Relaxed);
+    }
+    if every || known.is_some_and(|s| s.holds(relid)) {
+        SCHEMA_STALE.store(true, Ordering::Relaxed);
     }
 }
 
-/// Brings the cache up to date with committed changes: empty if stale.
-/// Called once per call below SQL, before the lookups.
-pub(crate) unsafe fn refresh(schema: &Schema) {
-    FEATURES_OID.store(schema.features.to_u32(), Ordering::Relaxed);
-    PLANS_OID.store(schema.plans.to_u32(), Ordering::Relaxed);
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn namespace_changed(_arg: Datum, _cache: i32, _hash: u32) {
+    SCHEMA_STALE.store(true, Ordering::Relaxed);
+}
+
+/// The extension's relations, the cache brought up to date with committed
+/// changes first; None if the schema is missing or incomplete. Called once
+/// per call below SQL, before any lookup.
+pub(crate) unsafe fn schema() -> Option<Schema> {
     pg_sys::AcceptInvalidationMessages();
-    if STALE.swap(false, Ordering::Relaxed) {
+    if ROWS_STALE.swap(false, Ordering::Relaxed) {
         CACHE.with(|c| *c.borrow_mut() = Cache::default());
     }
+    let known = SCHEMA.with(Cell::get);
+    if !SCHEMA_STALE.swap(false, Ordering::Relaxed) && known.is_some() {
+        return known;
+    }
+    let found = Schema::find()?;
+    // Found again: rows cached under other relations are not theirs.
+    if known.is_some_and(|k| k.features != found.features || k.plans != found.plans) {
+        CACHE.with(|c| *c.borrow_mut() = Cache::default());
+    }
+    SCHEMA.with(|s| s.set(Some(found)));
+    Some(found)
 }
 
 /// The feature named by `name` (a text datum): its id and cost (a datum
@@ -130,7 +158,7 @@ unsafe fn cached<V, R>(
     }
     let loaded = load()?;
     let found = view(&loaded);
-    if !STALE.load(Ordering::Relaxed) {
+    if !ROWS_STALE.load(Ordering::Relaxed) {
         CACHE.with(|c| table(&mut c.borrow_mut()).insert(key.to_vec(), loaded));
     }
     Some(found)

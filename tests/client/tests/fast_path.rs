@@ -2,8 +2,9 @@
 //! show it behaves as the statements it replaced: row triggers on the ledger
 //! fire and a failing one leaves nothing written; a plan or feature changed
 //! by another session (or rolled back in this one) applies to the very next
-//! debit, although sessions cache them; the same key twice in one statement
-//! charges once. Each runs in its own database (one adds a trigger).
+//! debit, although sessions cache them, and so do the relations themselves
+//! when they are renamed or the extension is recreated; the same key twice
+//! in one statement charges once. Each runs in its own database (one adds a trigger).
 
 mod common;
 
@@ -179,6 +180,49 @@ fn catalog_changes_apply_to_the_next_debit_of_every_session() {
     .unwrap();
     assert!(fast_debit(&mut a, "cat", "1", None).is_some());
     assert_eq!(ledger_debits(&mut a, "cat"), vec!["1", "3", "3", "0.5"]);
+    assert_verified(&mut a);
+}
+
+#[test]
+fn sessions_find_the_relations_again_after_ddl() {
+    let db = "credits_fast_path_relations";
+    let mut a = fresh(db);
+    subscribe(&mut a, "rel", "pro");
+    let mut b = session(db);
+
+    // Session a has found (and kept) the relations.
+    assert!(fast_debit(&mut a, "rel", "1", Some("k1")).is_some());
+    // A renamed table still exists under its old oid: a must not write to it.
+    b.batch_execute("ALTER TABLE credits.idempotency RENAME TO idempotency_moved")
+        .unwrap();
+    assert_eq!(
+        fast_debit(&mut a, "rel", "1", Some("k2")),
+        None,
+        "no idempotency table by that name: the fast path declines"
+    );
+    b.batch_execute("ALTER TABLE credits.idempotency_moved RENAME TO idempotency")
+        .unwrap();
+    assert!(fast_debit(&mut a, "rel", "1", Some("k2")).is_some());
+    assert_eq!(
+        rows(
+            &mut b,
+            "SELECT idempotency_key FROM credits.idempotency ORDER BY 1"
+        ),
+        vec!["k1", "k2"]
+    );
+
+    // The extension recreated by another session, then by this one: new
+    // relations under the same names.
+    b.batch_execute("DROP EXTENSION credits CASCADE; CREATE EXTENSION credits")
+        .unwrap();
+    subscribe(&mut b, "rel", "pro");
+    assert!(fast_debit(&mut a, "rel", "2", Some("k1")).is_some());
+    assert_eq!(ledger_debits(&mut b, "rel"), vec!["2"]);
+    a.batch_execute("DROP EXTENSION credits CASCADE; CREATE EXTENSION credits")
+        .unwrap();
+    subscribe(&mut a, "rel", "pro");
+    assert!(fast_debit(&mut a, "rel", "3", None).is_some());
+    assert_eq!(ledger_debits(&mut b, "rel"), vec!["3"]);
     assert_verified(&mut a);
 }
 
