@@ -323,10 +323,17 @@ pub(crate) struct Found {
 }
 
 impl Found {
+    /// Column `attnum` (from Table::col). The row is deformed once, for
+    /// every column, at the first read: callers read rows column by column.
     pub(crate) unsafe fn get(&self, attnum: i32) -> Option<Datum> {
-        let mut isnull = false;
-        let value = pg_sys::slot_getattr(self.slot, attnum, &mut isnull);
-        (!isnull).then_some(value)
+        let slot = self.slot;
+        let natts = (*(*slot).tts_tupleDescriptor).natts as i32;
+        assert!((1..=natts).contains(&attnum), "column {attnum} of {natts}");
+        if attnum > (*slot).tts_nvalid as i32 {
+            pg_sys::slot_getallattrs(slot);
+        }
+        let i = (attnum - 1) as usize;
+        (!*(*slot).tts_isnull.add(i)).then(|| *(*slot).tts_values.add(i))
     }
 }
 
