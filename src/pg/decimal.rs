@@ -140,7 +140,7 @@ impl Decimal {
     }
 
     /// As numeric_mul: the sum of both display scales; None if the product
-    /// has more than 8 decimal places.
+    /// has more than 8 decimal places (or a scale numeric would round).
     pub(crate) fn mul(self, other: Decimal) -> Option<Decimal> {
         let product = self.units.checked_mul(other.units)?;
         if product % ONE != 0 {
@@ -148,7 +148,7 @@ impl Decimal {
         }
         Some(Decimal {
             units: product / ONE,
-            dscale: self.dscale.checked_add(other.dscale)?,
+            dscale: Some(self.dscale + other.dscale).filter(|&d| d <= DSCALE_MASK)?,
         })
     }
 

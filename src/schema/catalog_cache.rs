@@ -92,7 +92,13 @@ pub(crate) unsafe fn schema() -> Option<Schema> {
     if !SCHEMA_STALE.swap(false, Ordering::Relaxed) && known.is_some() {
         return known;
     }
-    let found = Schema::find()?;
+    let Some(found) = Schema::find() else {
+        // Nothing kept: the next call looks again (and no rows are cached
+        // for relations this session no longer knows).
+        SCHEMA.with(|s| s.set(None));
+        CACHE.with(|c| *c.borrow_mut() = Cache::default());
+        return None;
+    };
     // Found again: rows cached under other relations are not theirs.
     if known.is_some_and(|k| k.features != found.features || k.plans != found.plans) {
         CACHE.with(|c| *c.borrow_mut() = Cache::default());
