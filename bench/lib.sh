@@ -50,7 +50,7 @@ bench_fresh_db() {
 bench_pgbench() {
     local log=$1
     shift
-    if ! (cd "$WORK" && taskset -c "${BENCH_CPUS:-0-$(( $(nproc) - 1 ))}" \
+    if ! (cd "$WORK" && taskset -c "$BENCH_CPUS" \
               runuser -u postgres -- "$PG_BIN/pgbench" -h 127.0.0.1 -p "$PORT" -U postgres -n "$@") \
             >"$log.out" 2>&1; then
         echo "pgbench failed ($log.out):" >&2
@@ -59,8 +59,12 @@ bench_pgbench() {
     fi
 }
 
+# Where bench_pgbench runs pgbench (a taskset list): every CPU unless bench_pin says otherwise.
+ALL_CPUS="0-$(( $(nproc) - 1 ))"
+BENCH_CPUS=$ALL_CPUS
+
 # bench_pin CPUS: the bench cluster's processes, the backends it starts from
-# now on, and bench_pgbench's pgbench on CPUS (a taskset list: 0, or 0-1).
+# now on, and bench_pgbench's pgbench on CPUS (0, or $ALL_CPUS).
 bench_pin() {
     BENCH_CPUS=$1
     local postmaster child
@@ -70,6 +74,7 @@ bench_pin() {
     done
 }
 
+# A per-transaction pgbench log -> percentiles.
 
 # percentiles PREFIX [FROM TO]: "count p50 p99" (ms) of the transactions in
 # the pgbench logs PREFIX.<pid>[.<thread>] that ended between FROM and TO

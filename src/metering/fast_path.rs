@@ -268,12 +268,12 @@ fn debit(req: &DebitRequest) -> Option<i64> {
                 return None;
             }
         }
+        // (A threshold this arithmetic cannot hold is the SQL path's too.)
         let hundred = Decimal::from_i64(100);
-        let lowest = lowest_threshold()
-            .and_then(|t| t.into_datum())
-            .and_then(|t| value(t))
-            .filter(|t| *t < hundred)
-            .unwrap_or(hundred);
+        let lowest = match lowest_threshold() {
+            Some(threshold) => value(threshold.into_datum()?)?.min(hundred),
+            None => hundred,
+        };
         if committed.mul(hundred)? >= monthly_limit.mul(lowest)? {
             return None;
         }

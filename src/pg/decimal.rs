@@ -29,6 +29,10 @@ const ONE: i128 = 10i128.pow(PLACES);
 const NBASE: u64 = 10_000;
 /// Base-10,000 digits after the point that PLACES covers.
 const FRACTION_DIGITS: i32 = (PLACES / 4) as i32;
+/// Base-10,000 digits of the largest value (i128::MAX units: 39 decimal
+/// digits), and the bytes of its numeric with a long header.
+const MAX_DIGITS: usize = 10;
+const MAX_NUMERIC_BYTES: usize = 4 + 4 + 2 * MAX_DIGITS;
 
 // numeric.c's header bits.
 const SIGN_MASK: u16 = 0xC000;
@@ -175,39 +179,47 @@ impl Decimal {
     /// A numeric datum (palloc'd in the current memory context), laid out
     /// as numeric.c's make_result lays out the same value and scale.
     pub(crate) unsafe fn to_datum(self) -> Datum {
-        let bytes = self.to_numeric();
-        let copy = pg_sys::palloc(bytes.len()) as *mut u8;
-        std::ptr::copy_nonoverlapping(bytes.as_ptr(), copy, bytes.len());
+        let mut bytes = [0u8; MAX_NUMERIC_BYTES];
+        let len = self.write_numeric(&mut bytes);
+        let copy = pg_sys::palloc(len) as *mut u8;
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), copy, len);
         Datum::from(copy)
     }
 
-    /// The numeric's bytes, its 4-byte varlena header included.
-    fn to_numeric(self) -> Vec<u8> {
+    /// Writes the numeric's bytes, its 4-byte varlena header included, at
+    /// the start of `out` (no allocation: a debit writes three); their length.
+    fn write_numeric(self, out: &mut [u8; MAX_NUMERIC_BYTES]) -> usize {
         let magnitude = self.units.unsigned_abs();
         // Base-10,000 digits, least significant first: two after the point,
         // then the integer part's.
-        let mut groups: Vec<u16> = Vec::with_capacity(12);
+        let mut groups = [0u16; MAX_DIGITS];
         let fraction = (magnitude % ONE as u128) as u64;
-        groups.push((fraction % NBASE) as u16);
-        groups.push((fraction / NBASE) as u16);
+        groups[0] = (fraction % NBASE) as u16;
+        groups[1] = (fraction / NBASE) as u16;
+        let mut count = 2;
         let mut integer = magnitude / ONE as u128;
         while integer > 0 {
-            groups.push((integer % NBASE as u128) as u16);
+            groups[count] = (integer % NBASE as u128) as u16;
             integer /= NBASE as u128;
+            count += 1;
         }
         // Without zero digits at either end; zero has none at all.
-        while groups.last() == Some(&0) {
-            groups.pop();
+        while count > 0 && groups[count - 1] == 0 {
+            count -= 1;
         }
-        let mut weight = groups.len() as i32 - 1 - FRACTION_DIGITS;
-        let trailing = groups.iter().take_while(|&&d| d == 0).count();
-        let digits = &groups[trailing..];
+        let trailing = groups[..count].iter().take_while(|&&d| d == 0).count();
+        let digits = &groups[trailing..count];
         let negative = self.units < 0 && !digits.is_empty();
-        if digits.is_empty() {
-            weight = 0;
-        }
-        let mut out = Vec::with_capacity(8 + 2 * digits.len());
-        out.extend_from_slice(&[0; 4]);
+        let weight = if digits.is_empty() {
+            0
+        } else {
+            count as i32 - 1 - FRACTION_DIGITS
+        };
+        let mut len = 4;
+        let mut put = |bytes: [u8; 2]| {
+            out[len..len + 2].copy_from_slice(&bytes);
+            len += 2;
+        };
         if self.dscale <= SHORT_DSCALE_MAX && (-64..=63).contains(&weight) {
             let mut header = SHORT | (self.dscale << SHORT_DSCALE_SHIFT);
             if negative {
@@ -217,18 +229,17 @@ impl Decimal {
                 header |= SHORT_WEIGHT_SIGN;
             }
             header |= (weight as u16) & SHORT_WEIGHT_MASK;
-            out.extend_from_slice(&header.to_le_bytes());
+            put(header.to_le_bytes());
         } else {
             let sign = if negative { NEG } else { 0 };
-            out.extend_from_slice(&(sign | (self.dscale & DSCALE_MASK)).to_le_bytes());
-            out.extend_from_slice(&(weight as i16).to_le_bytes());
+            put((sign | (self.dscale & DSCALE_MASK)).to_le_bytes());
+            put((weight as i16).to_le_bytes());
         }
         for digit in digits.iter().rev() {
-            out.extend_from_slice(&digit.to_le_bytes());
+            put(digit.to_le_bytes());
         }
-        let len = out.len() as u32;
-        out[..4].copy_from_slice(&(len << 2).to_le_bytes());
-        out
+        out[..4].copy_from_slice(&((len as u32) << 2).to_le_bytes());
+        len
     }
 }
 
@@ -323,6 +334,15 @@ mod tests {
         let mut out = vec![((len << 1) | 1) as u8];
         out.extend_from_slice(&bytes[4..]);
         out
+    }
+
+    impl Decimal {
+        /// The bytes to_datum writes.
+        fn to_numeric(self) -> Vec<u8> {
+            let mut out = [0; super::MAX_NUMERIC_BYTES];
+            let len = self.write_numeric(&mut out);
+            out[..len].to_vec()
+        }
     }
 
     unsafe fn held(datum: Datum) -> Option<Decimal> {

@@ -229,6 +229,9 @@ impl Table {
     }
 }
 
+/// Leading columns a scan compares, at most (the events' key: account, kind).
+const MAX_SCAN_KEYS: usize = 2;
+
 /// A scan in index order (Table::lookup, Table::open_scan, Table::scan_after).
 pub(crate) struct IndexScan {
     index_rel: pg_sys::Relation,
@@ -245,27 +248,26 @@ impl IndexScan {
     /// (Re)starts the scan with one (strategy, comparison, text value) key
     /// per leading column, compared in the index's collation.
     unsafe fn restart(&mut self, keys: &[(u32, u32, Datum)]) {
-        let mut scankeys: Vec<pg_sys::ScanKeyData> = keys
-            .iter()
-            .enumerate()
-            .map(|(i, &(strategy, procedure, value))| {
-                let mut scankey = pg_sys::ScanKeyData::default();
-                // SAFETY: fills a local scan key for an open index.
-                unsafe {
-                    pg_sys::ScanKeyInit(
-                        &mut scankey,
-                        (i + 1) as pg_sys::AttrNumber,
-                        strategy as pg_sys::StrategyNumber,
-                        pg_sys::Oid::from(procedure),
-                        value,
-                    );
-                    scankey.sk_collation = *(*self.index_rel).rd_indcollation.add(i);
-                }
-                scankey
-            })
-            .collect();
-        let nkeys = scankeys.len() as i32;
+        assert!(
+            keys.len() <= MAX_SCAN_KEYS,
+            "at most {MAX_SCAN_KEYS} scan keys"
+        );
+        // On the stack: every debit's account lookup starts a scan.
+        let mut scankeys = [pg_sys::ScanKeyData::default(); MAX_SCAN_KEYS];
+        for (i, (scankey, &(strategy, procedure, value))) in
+            scankeys.iter_mut().zip(keys).enumerate()
+        {
+            pg_sys::ScanKeyInit(
+                scankey,
+                (i + 1) as pg_sys::AttrNumber,
+                strategy as pg_sys::StrategyNumber,
+                pg_sys::Oid::from(procedure),
+                value,
+            );
+            scankey.sk_collation = *(*self.index_rel).rd_indcollation.add(i);
+        }
         let caller = pg_sys::MemoryContextSwitchTo(self.context);
+        let nkeys = keys.len() as i32;
         pg_sys::index_rescan(self.scan, scankeys.as_mut_ptr(), nkeys, ptr::null_mut(), 0);
         pg_sys::MemoryContextSwitchTo(caller);
     }
@@ -275,11 +277,11 @@ impl IndexScan {
     /// registered while it reads them).
     pub(crate) unsafe fn rescan_equal(&mut self, keys: &[Datum], snapshot: pg_sys::Snapshot) {
         (*self.scan).xs_snapshot = snapshot;
-        let equal: Vec<_> = keys
-            .iter()
-            .map(|key| (pg_sys::BTEqualStrategyNumber, pg_sys::F_TEXTEQ, *key))
-            .collect();
-        self.restart(&equal);
+        let mut equal = [(0, 0, Datum::from(0)); MAX_SCAN_KEYS];
+        for (slot, &key) in equal.iter_mut().zip(keys) {
+            *slot = (pg_sys::BTEqualStrategyNumber, pg_sys::F_TEXTEQ, key);
+        }
+        self.restart(&equal[..keys.len()]);
     }
 
     pub(crate) unsafe fn next(&mut self) -> bool {

@@ -3,8 +3,9 @@
 //! fire and a failing one leaves nothing written; a plan or feature changed
 //! by another session (or rolled back in this one) applies to the very next
 //! debit, although sessions cache them, and so do the relations themselves
-//! when they are renamed or the extension is recreated; the same key twice
-//! in one statement charges once. Each runs in its own database (one adds a trigger).
+//! when they are renamed or the extension is recreated; a threshold finer
+//! than the fast path's arithmetic is left to the SQL path; the same key
+//! twice in one statement charges once. Each runs in its own database (one adds a trigger).
 
 mod common;
 
@@ -226,6 +227,21 @@ fn sessions_find_the_relations_again_after_ddl() {
     assert!(fast_debit(&mut a, "rel", "3", None).is_some());
     assert_eq!(ledger_debits(&mut b, "rel"), vec!["3"]);
     assert_verified(&mut a);
+}
+
+#[test]
+fn a_threshold_finer_than_the_fast_path_holds_is_left_to_the_sql_path() {
+    let db = "credits_fast_path_threshold";
+    let mut a = fresh(db);
+    a.batch_execute("SET credits.thresholds = '50.000000001,100'")
+        .unwrap();
+    subscribe(&mut a, "thr", "pro");
+    // 51 of pro's 100 crosses 50.000000001%: an event the fast path does not emit.
+    assert_eq!(fast_debit(&mut a, "thr", "51", None), None);
+    a.query_one("SELECT credits.debit('thr', 'agent', 51)", &[])
+        .unwrap();
+    let sql = "SELECT threshold::text FROM credits.events WHERE account_id = 'thr' AND kind = 'threshold'";
+    assert_eq!(rows(&mut a, sql), vec!["50.000000001"]);
 }
 
 #[test]
