@@ -69,7 +69,8 @@ BEGIN
            s.granted, s.reserved,
            CASE WHEN s.daily_limit IS NOT NULL THEN greatest(0, s.daily_limit - s.daily_used - s.reserved) END,
            greatest(0, s.monthly_limit - s.monthly_used - s.reserved),
-           s.granted - greatest(0, s.reserved - greatest(0, s.monthly_limit - s.monthly_used))
+           -- never negative: holds larger than a smaller new limit keep what they reserved
+           greatest(0, s.granted - greatest(0, s.reserved - greatest(0, s.monthly_limit - s.monthly_used)))
       INTO v
       FROM (SELECT p.plan,
                    p.daily_limit,
@@ -472,14 +473,18 @@ BEGIN ATOMIC
          WHERE l.kind = 'S'
          ORDER BY l.account_id, l.entry_id DESC
     ),
-    -- An upgrade in the counted month restarted the monthly window at its entry.
+    -- The monthly window restarted in the counted month at its latest plan
+    -- change (an upgrade from 0, any other move from the usage it recorded)
+    -- or at a purchase that set its usage to the old limit (SPEC §4.1, §4.2).
     epoch AS (
-        SELECT l.account_id, max(l.entry_id) AS entry_id
+        SELECT DISTINCT ON (l.account_id) l.account_id, l.entry_id,
+               coalesce((l.metadata ->> 'monthly_used')::numeric, 0) AS used
           FROM credits.ledger l
           JOIN credits.accounts a ON a.account_id = l.account_id
-         WHERE l.kind = 'S' AND (l.metadata ->> 'upgrade')::boolean
+         WHERE ((l.kind = 'S' AND ((l.metadata ->> 'upgrade')::boolean OR l.metadata ? 'monthly_used'))
+                OR (l.kind = 'P' AND l.metadata ? 'monthly_used'))
            AND credits._utc_month(l.at) = a.month
-         GROUP BY l.account_id
+         ORDER BY l.account_id, l.entry_id DESC
     ),
     -- Debits count in the windows they were made in; a refund gives back to
     -- a window only while the window of its debit is still the current one.
@@ -509,10 +514,11 @@ BEGIN ATOMIC
                               WHERE p.account_id = a.account_id AND p.kind = 'P'
                                 AND p.entry_id > lp.entry_id), 0) AS purchased,
                coalesce(u.daily_used, 0) AS daily_used,
-               coalesce(u.monthly_used, 0) AS monthly_used
+               coalesce(e.used, 0) + coalesce(u.monthly_used, 0) AS monthly_used
           FROM credits.accounts a
           LEFT JOIN last_plan lp ON lp.account_id = a.account_id
           LEFT JOIN usage u ON u.account_id = a.account_id
+          LEFT JOIN epoch e ON e.account_id = a.account_id
     ),
     problems AS (
         SELECT a.account_id, 'the ledger has no plan entry for this account' AS problem
@@ -573,6 +579,21 @@ BEGIN ATOMIC
                        FROM credits.grant_draws gd GROUP BY gd.account_id, gd.grant_id) dr
                  ON dr.account_id = g.account_id AND dr.grant_id = g.grant_id
          WHERE g.remaining <> g.amount - coalesce(dr.drawn, 0)
+        UNION ALL
+        -- The ledger alone: granted - drawn + given back - expired is what the
+        -- grants not yet expired hold (SPEC §4.5: nothing goes back to an
+        -- expired grant).
+        SELECT a.account_id, format('grants not yet expired hold %s, the ledger says %s',
+                                    coalesce(g.held, 0), coalesce(l.held, 0))
+          FROM credits.accounts a
+          LEFT JOIN (SELECT gr.account_id, sum(gr.remaining) AS held FROM credits.grants gr
+                      WHERE gr.expired_entry IS NULL GROUP BY gr.account_id) g ON g.account_id = a.account_id
+          LEFT JOIN (SELECT le.account_id,
+                            sum(CASE le.kind WHEN 'G' THEN le.amount WHEN 'D' THEN -coalesce(le.from_grants, 0)
+                                             WHEN 'R' THEN coalesce(le.from_grants, 0) WHEN 'E' THEN -le.amount END) AS held
+                       FROM credits.ledger le WHERE le.kind IN ('G', 'D', 'R', 'E')
+                      GROUP BY le.account_id) l ON l.account_id = a.account_id
+         WHERE coalesce(g.held, 0) <> coalesce(l.held, 0)
         UNION ALL
         SELECT g.account_id, format('grant %s has no matching grant entry in the ledger', g.grant_id)
           FROM credits.grants g
@@ -680,6 +701,7 @@ BEGIN
     END IF;
 
     v_acct := credits._lock_account(p_account, p_now);
+    p_now := credits._account_now(v_acct, p_now);
     IF p_key IS NOT NULL THEN
         v_request := credits._debit_request(p_feature, p_quantity, p_metadata);
         v_entry := credits._replay(p_account, p_key, v_request);
@@ -697,7 +719,7 @@ BEGIN
         PERFORM credits._raise_insufficient(p_account, v_amount, p_feature, v_state, p_now);
     END IF;
     v_entry := credits._charge(p_account, v_state, v_feature.feature_id, v_amount, p_metadata, NULL, p_now);
-    PERFORM credits._after_write(p_account, p_now);
+    PERFORM credits._after_write(p_account, p_now, v_entry, v_state);
 
     IF p_key IS NOT NULL THEN
         PERFORM credits._remember_key(p_account, p_key, v_entry, v_request);
@@ -894,3 +916,645 @@ LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'credits_metadata_ok';
 
 CREATE OR REPLACE FUNCTION _fingerprint(VARIADIC parts text[]) RETURNS uuid
 LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'credits_fingerprint';
+
+-------------------------------------------------------------------------------
+-- Trustworthy money (SPEC §4, revision 2): plan changes within a month,
+-- purchases after a downgrade, refunds of expired grant draws, time that only
+-- moves forward per account, events for every window that runs out.
+-------------------------------------------------------------------------------
+
+CREATE TABLE month_allowances (
+    account_id  text COLLATE "C" PRIMARY KEY,
+    month       date NOT NULL,
+    peak_limit  numeric NOT NULL,
+    used_before numeric NOT NULL
+);
+COMMENT ON TABLE month_allowances IS 'Per account: the largest monthly limit held this month and the allowance used before the current window (plan changes, SPEC 4.1).';
+SELECT pg_catalog.pg_extension_config_dump('month_allowances', '');
+GRANT SELECT ON month_allowances TO credits_admin;
+
+ALTER TABLE events ADD COLUMN cause_entry bigint NOT NULL DEFAULT 0,
+    DROP CONSTRAINT events_kind_check,
+    ADD CONSTRAINT events_kind_check CHECK (kind IN ('exhausted', 'threshold', 'reset', 'denied')),
+    DROP CONSTRAINT events_account_id_kind_window_kind_window_key_threshold_key,
+    ADD CONSTRAINT events_once UNIQUE NULLS NOT DISTINCT (account_id, kind, window_kind, window_key, threshold, cause_entry);
+
+DROP FUNCTION subscribe(text, text);
+DROP FUNCTION _emit(accounts, text, text, numeric, timestamptz, _account_state);
+DROP FUNCTION _after_write(text, timestamptz);
+
+CREATE OR REPLACE FUNCTION _in_window(stored_window date, current_window date, used numeric)
+RETURNS numeric LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE WHEN stored_window >= current_window THEN used ELSE 0 END;
+
+CREATE OR REPLACE FUNCTION _account_now(a credits.accounts, p_now timestamptz) RETURNS timestamptz
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN greatest(p_now, a.day::timestamp AT TIME ZONE 'UTC', a.month::timestamp AT TIME ZONE 'UTC');
+
+CREATE OR REPLACE FUNCTION _check_metadata(value jsonb) RETURNS void
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF NOT credits._metadata_ok(value) THEN
+        RAISE EXCEPTION 'invalid metadata: a JSON % of % bytes', jsonb_typeof(value), octet_length(value::text)
+            USING ERRCODE = 'UC009', DETAIL = 'metadata must be a JSON object of at most 4096 bytes, or NULL';
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION subscribe(account_id text, plan text, fresh_allowance boolean DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p_account   text := subscribe.account_id;
+    p_plan      text := subscribe.plan;
+    p_fresh     boolean := subscribe.fresh_allowance;
+    v_now       timestamptz := credits.now();
+    v_month     date;
+    v_new       credits.plans;
+    v_acct      credits.accounts;
+    v_old       credits._account_state;
+    v_held      credits.month_allowances;
+    v_purchased numeric;
+    v_new_limit numeric;
+    v_peak      numeric;
+    v_before    numeric;
+    v_upgrade   boolean;
+    v_used      numeric;
+    v_forfeit   numeric;
+    v_entry     bigint;
+BEGIN
+    PERFORM credits._check_text(p_account, 'account_id');
+    PERFORM credits._check_text(p_plan, 'plan');
+    SELECT * INTO v_new FROM credits.plans p WHERE p.plan = p_plan;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'unknown plan: %', quote_literal(p_plan) USING ERRCODE = 'UC003',
+            HINT = 'Plans are listed in credits.plans.';
+    END IF;
+
+    INSERT INTO credits.accounts AS a (account_id, plan, created_at, day, month)
+    VALUES (p_account, p_plan, v_now, credits._utc_day(v_now), credits._utc_month(v_now))
+    ON CONFLICT DO NOTHING;
+    IF FOUND THEN
+        INSERT INTO credits.ledger (account_id, at, kind, amount, metadata)
+        VALUES (p_account, v_now, 'S', 0,
+                jsonb_build_object('plan', p_plan, 'purchased', 0, 'limit', v_new.monthly_allowance));
+        RETURN;
+    END IF;
+
+    v_acct := credits._lock_account(p_account, v_now);
+    v_now := credits._account_now(v_acct, v_now);
+    v_month := credits._utc_month(v_now);
+    IF v_acct.plan = p_plan THEN
+        RETURN;
+    END IF;
+    v_old := credits._state(v_acct, v_now);
+    v_purchased := CASE WHEN v_new.may_purchase THEN v_acct.purchased ELSE 0 END;
+    v_new_limit := v_new.monthly_allowance + v_purchased;
+    -- Every limit held this month: the current one, and the largest recorded.
+    SELECT * INTO v_held FROM credits.month_allowances m
+     WHERE m.account_id = p_account AND m.month = v_month;
+    v_peak := greatest(v_old.monthly_limit, v_held.peak_limit);
+    v_before := coalesce(v_held.used_before, 0);
+    v_upgrade := coalesce(p_fresh, v_new_limit > v_peak);
+
+    IF v_upgrade THEN
+        v_forfeit := greatest(0, v_old.monthly_limit - v_old.monthly_used);
+        IF v_forfeit > 0 THEN
+            INSERT INTO credits.ledger (account_id, at, kind, amount, metadata)
+            VALUES (p_account, v_now, 'F', v_forfeit,
+                    jsonb_build_object('reason', 'upgrade', 'plan', v_acct.plan));
+        END IF;
+    END IF;
+    v_used := CASE WHEN v_upgrade THEN 0 ELSE v_before + v_old.monthly_used END;
+
+    INSERT INTO credits.ledger (account_id, at, kind, amount, metadata)
+    VALUES (p_account, v_now, 'S', 0,
+            jsonb_strip_nulls(jsonb_build_object(
+                'plan', p_plan, 'from', v_acct.plan, 'upgrade', v_upgrade, 'purchased', v_purchased,
+                'limit', v_new_limit, 'monthly_used', v_used, 'fresh_allowance', p_fresh)))
+    RETURNING entry_id INTO v_entry;
+
+    UPDATE credits.accounts a
+       SET plan = p_plan,
+           purchased = v_purchased,
+           month = v_month,
+           monthly_used = v_used,
+           monthly_epoch = v_entry
+     WHERE a.account_id = p_account;
+    INSERT INTO credits.month_allowances AS m (account_id, month, peak_limit, used_before)
+    VALUES (p_account, v_month, greatest(v_peak, v_new_limit),
+            CASE WHEN v_upgrade THEN v_before + v_old.monthly_used ELSE 0 END)
+    ON CONFLICT ON CONSTRAINT month_allowances_pkey DO UPDATE
+       SET month = excluded.month, peak_limit = excluded.peak_limit, used_before = excluded.used_before;
+    PERFORM credits._after_write(p_account, v_now, v_entry, v_old);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION purchase(account_id text, credits numeric) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p_account text := purchase.account_id;
+    p_credits numeric := purchase.credits;
+    v_now     timestamptz := credits.now();
+    v_acct    credits.accounts;
+    v_state   credits._account_state;
+    v_may     boolean;
+    v_capped  boolean;
+    v_entry   bigint;
+BEGIN
+    PERFORM credits._check_text(p_account, 'account_id');
+    PERFORM credits._check_amount(p_credits, 'credits');
+    p_credits := trim_scale(p_credits);
+    v_acct := credits._lock_account(p_account, v_now);
+    v_now := credits._account_now(v_acct, v_now);
+    SELECT p.may_purchase INTO v_may FROM credits.plans p WHERE p.plan = v_acct.plan;
+    IF NOT v_may THEN
+        RAISE EXCEPTION 'plan % may not buy credits (account %)', quote_literal(v_acct.plan), quote_literal(p_account)
+            USING ERRCODE = 'UC006', HINT = 'Upgrade to a plan that allows purchases first.';
+    END IF;
+    v_state := credits._state(v_acct, v_now);
+    v_capped := v_state.monthly_used > v_state.monthly_limit;
+    INSERT INTO credits.ledger (account_id, at, kind, amount, metadata)
+    VALUES (p_account, v_now, 'P', p_credits,
+            CASE WHEN v_capped THEN jsonb_build_object('monthly_used', v_state.monthly_limit) END)
+    RETURNING entry_id INTO v_entry;
+    UPDATE credits.accounts a
+       SET purchased = a.purchased + p_credits,
+           monthly_used = CASE WHEN v_capped THEN v_state.monthly_limit ELSE a.monthly_used END,
+           monthly_epoch = CASE WHEN v_capped THEN v_entry ELSE a.monthly_epoch END
+     WHERE a.account_id = p_account;
+    -- The new limit is one the account held this month.
+    INSERT INTO credits.month_allowances AS m (account_id, month, peak_limit, used_before)
+    VALUES (p_account, credits._utc_month(v_now), v_state.monthly_limit + p_credits, 0)
+    ON CONFLICT ON CONSTRAINT month_allowances_pkey DO UPDATE
+       SET peak_limit = CASE WHEN m.month = excluded.month THEN greatest(m.peak_limit, excluded.peak_limit)
+                             ELSE excluded.peak_limit END,
+           used_before = CASE WHEN m.month = excluded.month THEN m.used_before ELSE 0 END,
+           month = excluded.month;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION "grant"(account_id text, amount numeric, kind text DEFAULT 'promotional',
+                        expires_at timestamptz DEFAULT NULL, idempotency_key text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p_account text := "grant".account_id;
+    p_amount  numeric := "grant".amount;
+    p_kind    text := "grant".kind;
+    p_expires timestamptz := "grant".expires_at;
+    p_key     text := "grant".idempotency_key;
+    v_now     timestamptz := credits.now();
+    v_request uuid;
+    v_entry   bigint;
+BEGIN
+    PERFORM credits._check_text(p_account, 'account_id');
+    PERFORM credits._check_amount(p_amount, 'amount');
+    p_amount := trim_scale(p_amount);
+    IF p_kind IS NULL OR p_kind NOT IN ('promotional', 'purchased', 'adjustment') THEN
+        RAISE EXCEPTION 'invalid grant kind: %', coalesce(quote_literal(p_kind), 'NULL')
+            USING ERRCODE = 'UC009', DETAIL = 'kind must be promotional, purchased or adjustment';
+    END IF;
+    IF p_expires IS NOT NULL AND (p_expires <= v_now OR NOT isfinite(p_expires)) THEN
+        RAISE EXCEPTION 'invalid expires_at: %', credits._utc_text(p_expires)
+            USING ERRCODE = 'UC009',
+                  DETAIL = format('expires_at must be a finite time after now (%s)', credits._utc_text(v_now));
+    END IF;
+    IF p_key IS NOT NULL THEN
+        PERFORM credits._check_text(p_key, 'idempotency_key');
+    END IF;
+
+    v_now := credits._account_now(credits._lock_account(p_account, v_now), v_now);
+    IF p_key IS NOT NULL THEN
+        v_request := credits._fingerprint('grant', trim_scale(p_amount)::text, p_kind,
+                                          extract(epoch FROM p_expires)::text);
+        v_entry := credits._replay(p_account, p_key, v_request);
+        IF v_entry IS NOT NULL THEN
+            RETURN v_entry;
+        END IF;
+    END IF;
+
+    INSERT INTO credits.ledger (account_id, at, kind, amount, metadata)
+    VALUES (p_account, v_now, 'G', p_amount,
+            jsonb_strip_nulls(jsonb_build_object('kind', p_kind, 'expires_at', p_expires)))
+    RETURNING entry_id INTO v_entry;
+    INSERT INTO credits.grants (account_id, grant_id, kind, amount, remaining, expires_at)
+    VALUES (p_account, v_entry, p_kind, p_amount, p_amount, p_expires);
+    IF p_key IS NOT NULL THEN
+        PERFORM credits._remember_key(p_account, p_key, v_entry, v_request);
+    END IF;
+    RETURN v_entry;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION refund(entry_id bigint, amount numeric DEFAULT NULL, reason text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p_entry   bigint := refund.entry_id;
+    p_amount  numeric := refund.amount;
+    p_reason  text := refund.reason;
+    v_now     timestamptz := credits.now();
+    v_debit   credits.ledger;
+    v_acct    credits.accounts;
+    v_done    numeric;
+    v_grants_done numeric;
+    v_left    numeric;
+    v_last    bigint;
+    v_to_grants numeric;
+    v_need    numeric;
+    v_take    numeric;
+    v_entry   bigint;
+    g         record;
+BEGIN
+    IF p_entry IS NULL THEN
+        RAISE EXCEPTION 'invalid entry_id: NULL' USING ERRCODE = 'UC009';
+    END IF;
+    IF p_amount IS NOT NULL THEN
+        PERFORM credits._check_amount(p_amount, 'amount');
+        p_amount := trim_scale(p_amount);
+    END IF;
+    IF p_reason IS NOT NULL THEN
+        PERFORM credits._check_text(p_reason, 'reason');
+    END IF;
+    SELECT * INTO v_debit FROM credits.ledger l WHERE l.entry_id = p_entry;
+    IF NOT FOUND OR v_debit.kind <> 'D' THEN
+        RAISE EXCEPTION 'entry % is not a debit', p_entry USING ERRCODE = 'UC011',
+            DETAIL = CASE WHEN FOUND THEN format('entry %s is of kind %s', p_entry, v_debit.kind)
+                          ELSE 'no ledger entry has that id' END;
+    END IF;
+    v_acct := credits._lock_account(v_debit.account_id, v_now);
+    v_now := credits._account_now(v_acct, v_now);
+
+    SELECT coalesce(sum(r.amount), 0), coalesce(sum(r.from_grants), 0), max(r.entry_id)
+      INTO v_done, v_grants_done, v_last
+      FROM credits.ledger r WHERE r.ref = p_entry AND r.kind = 'R';
+    v_left := v_debit.amount - v_done;
+    IF p_amount IS NULL THEN
+        IF v_left = 0 THEN
+            RETURN v_last;
+        END IF;
+        p_amount := v_left;
+    ELSIF p_amount > v_left THEN
+        RAISE EXCEPTION 'refund of % exceeds what is left of debit %: %', p_amount, p_entry, trim_scale(v_left)
+            USING ERRCODE = 'UC007',
+                  DETAIL = format('debited %s, already refunded %s', v_debit.amount, trim_scale(v_done));
+    END IF;
+
+    v_to_grants := least(p_amount, coalesce(v_debit.from_grants, 0) - v_grants_done);
+    INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, from_grants, ref, metadata)
+    VALUES (v_debit.account_id, v_now, 'R', v_debit.feature_id, p_amount, nullif(v_to_grants, 0), p_entry,
+            CASE WHEN p_reason IS NOT NULL THEN jsonb_build_object('reason', p_reason) END)
+    RETURNING ledger.entry_id INTO v_entry;
+
+    -- Give back to the grants this debit drew from, latest-expiring first.
+    -- (_lock_account recorded every grant past its deadline as expired.)
+    v_need := v_to_grants;
+    FOR g IN SELECT d.grant_id, sum(d.amount) AS net, gr.kind,
+                    gr.expired_entry IS NOT NULL OR gr.expires_at <= v_now AS expired
+               FROM credits.grant_draws d
+               JOIN credits.grants gr ON gr.account_id = d.account_id AND gr.grant_id = d.grant_id
+              WHERE d.account_id = v_debit.account_id
+                AND (d.entry_id = p_entry
+                     OR d.entry_id IN (SELECT r.entry_id FROM credits.ledger r WHERE r.ref = p_entry AND r.kind = 'R'))
+              GROUP BY d.grant_id, gr.expires_at, gr.kind, gr.expired_entry
+             HAVING sum(d.amount) > 0
+              ORDER BY gr.expires_at DESC NULLS FIRST, d.grant_id DESC
+    LOOP
+        EXIT WHEN v_need = 0;
+        v_take := least(v_need, g.net);
+        INSERT INTO credits.grant_draws (account_id, entry_id, grant_id, amount)
+        VALUES (v_debit.account_id, v_entry, g.grant_id, -v_take);
+        IF g.expired THEN
+            -- Given back and expired at once: the grant stays as it expired.
+            INSERT INTO credits.ledger (account_id, at, kind, amount, ref, metadata)
+            VALUES (v_debit.account_id, v_now, 'E', v_take, g.grant_id,
+                    jsonb_build_object('grant_kind', g.kind, 'refund', v_entry))
+            RETURNING ledger.entry_id INTO v_last;
+            INSERT INTO credits.grant_draws (account_id, entry_id, grant_id, amount)
+            VALUES (v_debit.account_id, v_last, g.grant_id, v_take);
+        ELSE
+            UPDATE credits.grants gr SET remaining = gr.remaining + v_take
+             WHERE gr.account_id = v_debit.account_id AND gr.grant_id = g.grant_id;
+        END IF;
+        v_need := v_need - v_take;
+    END LOOP;
+
+    UPDATE credits.accounts a
+       SET daily_used = CASE WHEN a.day = credits._utc_day(v_debit.at) AND a.day = credits._utc_day(v_now)
+                             THEN a.daily_used - p_amount ELSE a.daily_used END,
+           monthly_used = CASE WHEN a.month = credits._utc_month(v_debit.at) AND a.month = credits._utc_month(v_now)
+                                    AND p_entry > a.monthly_epoch
+                               THEN a.monthly_used - (p_amount - v_to_grants) ELSE a.monthly_used END
+     WHERE a.account_id = v_debit.account_id;
+    RETURN v_entry;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION _reserve(p_account text, p_feature text, p_amount numeric, p_ttl interval,
+                         p_key text, p_raise boolean)
+RETURNS bigint
+LANGUAGE plpgsql SET IntervalStyle = postgres AS $$
+DECLARE
+    v_now     timestamptz := credits.now();
+    v_feature credits.features;
+    v_acct    credits.accounts;
+    v_state   credits._account_state;
+    v_request uuid;
+    v_entry   bigint;
+    v_expires timestamptz;
+BEGIN
+    PERFORM credits._check_text(p_account, 'account_id');
+    v_feature := credits._feature(p_feature);
+    PERFORM credits._check_amount(p_amount, 'amount');
+    p_amount := trim_scale(p_amount);
+    IF p_ttl IS NULL OR p_ttl <= interval '0' OR p_ttl > interval '31 days' THEN
+        RAISE EXCEPTION 'invalid ttl: %', coalesce(trim_scale(extract(epoch FROM p_ttl)) || ' seconds', 'NULL')
+            USING ERRCODE = 'UC009', DETAIL = 'ttl must be more than 0 and at most 31 days';
+    END IF;
+    IF p_key IS NOT NULL THEN
+        PERFORM credits._check_text(p_key, 'idempotency_key');
+    END IF;
+
+    v_acct := credits._lock_account(p_account, v_now);
+    v_now := credits._account_now(v_acct, v_now);
+    IF p_key IS NOT NULL THEN
+        v_request := credits._fingerprint('reserve', p_feature, p_amount::text, p_ttl::text);
+        v_entry := credits._replay(p_account, p_key, v_request);
+        IF v_entry IS NOT NULL THEN
+            RETURN v_entry;
+        END IF;
+    END IF;
+    v_state := credits._state(v_acct, v_now);
+    IF credits._lacking_window(v_state, p_amount) IS NOT NULL THEN
+        IF NOT p_raise THEN
+            PERFORM credits._denied(p_account, p_amount, v_now);
+            RETURN NULL;
+        END IF;
+        PERFORM credits._raise_insufficient(p_account, p_amount, p_feature, v_state, v_now);
+    END IF;
+
+    -- (in UTC: a day of ttl is 24 hours whatever the session's TimeZone)
+    v_expires := (v_now AT TIME ZONE 'UTC' + p_ttl) AT TIME ZONE 'UTC';
+    INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, metadata)
+    VALUES (p_account, v_now, 'H', v_feature.feature_id, p_amount,
+            jsonb_build_object('expires_at', v_expires))
+    RETURNING entry_id INTO v_entry;
+    INSERT INTO credits.holds (account_id, hold_id, feature_id, amount, expires_at)
+    VALUES (p_account, v_entry, v_feature.feature_id, p_amount, v_expires);
+    UPDATE credits.accounts a SET reserved = a.reserved + p_amount WHERE a.account_id = p_account;
+    PERFORM credits._after_write(p_account, v_now, v_entry, v_state);
+    IF p_key IS NOT NULL THEN
+        PERFORM credits._remember_key(p_account, p_key, v_entry, v_request);
+    END IF;
+    RETURN v_entry;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION settle(hold_id bigint, amount numeric) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p_amount numeric := settle.amount;
+    v_now    timestamptz := credits.now();
+    v_hold   credits.holds;
+    v_acct   credits.accounts;
+    v_state  credits._account_state;
+    v_entry  bigint;
+BEGIN
+    PERFORM credits._check_amount(p_amount, 'amount');
+    p_amount := trim_scale(p_amount);
+    v_hold := credits._take_hold(settle.hold_id, v_now);
+    SELECT * INTO v_acct FROM credits.accounts a WHERE a.account_id = v_hold.account_id;
+    v_now := credits._account_now(v_acct, v_now);
+    v_state := credits._state(v_acct, v_now);
+    IF credits._lacking_window(v_state, p_amount) IS NOT NULL THEN
+        PERFORM credits._raise_insufficient(v_hold.account_id, p_amount,
+                                            format('hold %s', v_hold.hold_id), v_state, v_now);
+    END IF;
+    v_entry := credits._charge(v_hold.account_id, v_state, v_hold.feature_id, p_amount, NULL, v_hold.hold_id, v_now);
+    UPDATE credits.holds h SET resolved_entry = v_entry
+     WHERE h.account_id = v_hold.account_id AND h.hold_id = v_hold.hold_id;
+    PERFORM credits._after_write(v_hold.account_id, v_now, v_entry, v_state);
+    RETURN v_entry;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION release(hold_id bigint) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_now   timestamptz := credits.now();
+    v_hold  credits.holds;
+    v_entry bigint;
+BEGIN
+    v_hold := credits._take_hold(release.hold_id, v_now);
+    v_now := (SELECT credits._account_now(a, v_now) FROM credits.accounts a WHERE a.account_id = v_hold.account_id);
+    INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, ref, metadata)
+    VALUES (v_hold.account_id, v_now, 'X', v_hold.feature_id, v_hold.amount, v_hold.hold_id, '{"reason": "release"}')
+    RETURNING entry_id INTO v_entry;
+    UPDATE credits.holds h SET resolved_entry = v_entry
+     WHERE h.account_id = v_hold.account_id AND h.hold_id = v_hold.hold_id;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION _emit(a credits.accounts, p_kind text, p_window text, p_threshold numeric,
+                      p_now timestamptz, s credits._account_state, p_cause bigint DEFAULT 0)
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_key       text := credits._window_key(a, p_window, p_now);
+    v_available numeric := least(coalesce(s.daily_available, s.allowance_available + s.grants_available),
+                                 s.allowance_available + s.grants_available);
+    v_id        bigint;
+    v_event     jsonb;
+BEGIN
+    IF p_kind = 'reset' AND v_available = 0 THEN
+        RETURN;
+    END IF;
+    v_event := jsonb_strip_nulls(jsonb_build_object(
+        'account_id', a.account_id, 'kind', p_kind, 'window', p_window, 'window_key', v_key,
+        'threshold', p_threshold, 'at', credits._utc_text(p_now), 'plan', s.plan,
+        'monthly_limit', s.monthly_limit, 'monthly_used', s.monthly_used,
+        'daily_limit', s.daily_limit, 'daily_used', CASE WHEN s.daily_limit IS NOT NULL THEN s.daily_used END,
+        'available', v_available));
+    INSERT INTO credits.events (account_id, at, kind, window_kind, window_key, threshold, payload, cause_entry)
+    VALUES (a.account_id, p_now, p_kind, p_window, v_key, p_threshold, v_event, p_cause)
+    ON CONFLICT DO NOTHING
+    RETURNING event_id INTO v_id;
+    IF v_id IS NOT NULL THEN
+        PERFORM pg_notify('credits', (v_event || jsonb_build_object('event_id', v_id))::text);
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION _after_write(p_account text, p_now timestamptz, p_entry bigint,
+                             p_before credits._account_state)
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    a credits.accounts;
+    s credits._account_state;
+    t numeric;
+BEGIN
+    SELECT * INTO a FROM credits.accounts ac WHERE ac.account_id = p_account;
+    s := credits._state(a, p_now);
+    IF s.monthly_limit > 0 THEN
+        FOREACH t IN ARRAY credits._thresholds() LOOP
+            EXIT WHEN s.monthly_used * 100 < s.monthly_limit * t;
+            PERFORM credits._emit(a, 'threshold', 'monthly', t, p_now, s);
+        END LOOP;
+    END IF;
+    IF s.daily_available = 0 AND p_before.daily_available > 0 THEN
+        PERFORM credits._emit(a, 'exhausted', 'daily', NULL, p_now, s, p_entry);
+    END IF;
+    IF s.allowance_available + s.grants_available = 0
+       AND p_before.allowance_available + p_before.grants_available > 0 THEN
+        PERFORM credits._emit(a, 'exhausted', 'monthly', NULL, p_now, s, p_entry);
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION _denied(p_account text, p_amount numeric, p_now timestamptz) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    a        credits.accounts;
+    s        credits._account_state;
+    v_window text;
+    v_left   numeric;
+BEGIN
+    SELECT * INTO a FROM credits.accounts ac WHERE ac.account_id = p_account;
+    s := credits._state(a, p_now);
+    v_window := credits._lacking_window(s, p_amount);
+    v_left := CASE v_window WHEN 'daily' THEN s.daily_available ELSE s.allowance_available + s.grants_available END;
+    IF v_left > 0 THEN
+        PERFORM credits._emit(a, 'denied', v_window, NULL, p_now, s);
+    ELSIF NOT EXISTS (SELECT FROM credits.events e
+                       WHERE e.account_id = p_account AND e.kind = 'exhausted' AND e.window_kind = v_window
+                         AND e.window_key = credits._window_key(a, v_window, p_now)) THEN
+        PERFORM credits._emit(a, 'exhausted', v_window, NULL, p_now, s);
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION _expire_due(p_accounts text[], p_at timestamptz) RETURNS integer
+LANGUAGE plpgsql SET jit = off SET plan_cache_mode = force_generic_plan AS $$
+DECLARE
+    v_holds    integer;
+    v_grants   integer;
+    v_accounts text[];
+    v_entries  bigint[];
+    v_acct     credits.accounts;
+    v_state    credits._account_state;
+BEGIN
+    WITH due AS (
+        SELECT h.account_id, h.hold_id, h.feature_id, h.amount, h.expires_at
+          FROM credits.holds h
+         WHERE h.account_id = ANY (p_accounts) AND h.resolved_entry IS NULL AND h.expires_at <= p_at
+    ), freed AS (
+        INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, ref, metadata)
+        SELECT d.account_id, d.expires_at, 'X', d.feature_id, d.amount, d.hold_id, '{"reason": "expired"}'
+          FROM due d
+         ORDER BY d.account_id, d.hold_id
+        RETURNING entry_id, account_id, ref, amount
+    ), resolved AS (
+        UPDATE credits.holds h SET resolved_entry = f.entry_id
+          FROM freed f
+         WHERE h.account_id = f.account_id AND h.hold_id = f.ref
+    ), unreserved AS (
+        UPDATE credits.accounts a SET reserved = a.reserved - f.total
+          FROM (SELECT account_id, sum(amount) AS total FROM freed GROUP BY account_id) f
+         WHERE a.account_id = f.account_id
+    )
+    SELECT count(*) INTO v_holds FROM freed;
+
+    WITH due AS (
+        SELECT g.account_id, g.grant_id, g.kind, g.remaining, g.expires_at
+          FROM credits.grants g
+         WHERE g.account_id = ANY (p_accounts) AND g.expired_entry IS NULL AND g.expires_at <= p_at
+    ), expired AS (
+        INSERT INTO credits.ledger (account_id, at, kind, amount, ref, metadata)
+        SELECT d.account_id, d.expires_at, 'E', d.remaining, d.grant_id, jsonb_build_object('grant_kind', d.kind)
+          FROM due d
+         WHERE d.remaining > 0
+         ORDER BY d.account_id, d.expires_at, d.grant_id
+        RETURNING entry_id, account_id, ref
+    ), marked AS (
+        UPDATE credits.grants g SET expired_entry = coalesce(e.entry_id, 0)
+          FROM due d
+          LEFT JOIN expired e ON e.account_id = d.account_id AND e.ref = d.grant_id
+         WHERE g.account_id = d.account_id AND g.grant_id = d.grant_id
+    )
+    SELECT (SELECT count(*) FROM due),
+           (SELECT array_agg(l.account_id ORDER BY l.account_id)
+              FROM (SELECT e.account_id, max(e.entry_id) AS entry_id FROM expired e GROUP BY e.account_id) l),
+           (SELECT array_agg(l.entry_id ORDER BY l.account_id)
+              FROM (SELECT e.account_id, max(e.entry_id) AS entry_id FROM expired e GROUP BY e.account_id) l)
+      INTO v_grants, v_accounts, v_entries;
+    FOR i IN 1 .. coalesce(array_length(v_accounts, 1), 0) LOOP
+        SELECT * INTO v_acct FROM credits.accounts ac WHERE ac.account_id = v_accounts[i];
+        v_state := credits._state(v_acct, p_at);
+        IF v_state.allowance_available + v_state.grants_available = 0 THEN
+            PERFORM credits._emit(v_acct, 'exhausted', 'monthly', NULL, p_at, v_state, v_entries[i]);
+        END IF;
+    END LOOP;
+    RETURN v_holds + v_grants;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION balance(account_id text)
+RETURNS TABLE (plan text, daily_limit numeric, daily_used numeric, daily_remaining numeric,
+               monthly_limit numeric, monthly_used numeric, monthly_remaining numeric,
+               granted_remaining numeric, reserved numeric, available numeric,
+               next_daily_reset timestamptz, next_monthly_reset timestamptz)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_now   timestamptz := credits.now();
+    v_acct  credits.accounts;
+    s       credits._account_state;
+    v_total numeric;
+BEGIN
+    v_acct := credits._account($1);
+    v_now := credits._account_now(v_acct, v_now);
+    s := credits._state(v_acct, v_now);
+    v_total := s.allowance_available + s.grants_available;
+    plan := s.plan;
+    daily_limit := trim_scale(s.daily_limit);
+    daily_used := CASE WHEN s.daily_limit IS NOT NULL THEN trim_scale(s.daily_used) END;
+    daily_remaining := CASE WHEN s.daily_limit IS NOT NULL
+                            THEN trim_scale(greatest(0, s.daily_limit - s.daily_used)) END;
+    monthly_limit := trim_scale(s.monthly_limit);
+    monthly_used := trim_scale(s.monthly_used);
+    monthly_remaining := trim_scale(greatest(0, s.monthly_limit - s.monthly_used));
+    granted_remaining := trim_scale(s.granted_remaining);
+    reserved := trim_scale(s.reserved);
+    available := trim_scale(least(coalesce(s.daily_available, v_total), v_total));
+    next_daily_reset := (credits._utc_day(v_now) + 1)::timestamp AT TIME ZONE 'UTC';
+    next_monthly_reset := (credits._utc_month(v_now) + interval '1 month') AT TIME ZONE 'UTC';
+    RETURN NEXT;
+END
+$$;
+
+REVOKE ALL ON FUNCTION credits.subscribe(text, text, boolean), credits._account_now(accounts, timestamptz),
+    credits._emit(accounts, text, text, numeric, timestamptz, _account_state, bigint),
+    credits._after_write(text, timestamptz, bigint, _account_state) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION credits.subscribe(text, text, boolean) TO credits_admin;
+
+CREATE OR REPLACE FUNCTION _lock_account(p_account text, p_now timestamptz) RETURNS credits.accounts
+LANGUAGE plpgsql AS $$
+DECLARE
+    v credits.accounts;
+BEGIN
+    SELECT * INTO v FROM credits.accounts a WHERE a.account_id = p_account FOR UPDATE;
+    IF NOT FOUND THEN
+        PERFORM credits._raise_unknown_account(p_account);
+    END IF;
+    p_now := credits._account_now(v, p_now);
+    IF credits._windows_passed(v, p_now) THEN
+        PERFORM credits._close_windows(ARRAY[p_account], p_now);
+        SELECT * INTO v FROM credits.accounts a WHERE a.account_id = p_account;
+    END IF;
+    IF credits._expiry_due(v, p_now) THEN
+        PERFORM credits._expire_due(ARRAY[p_account], p_now);
+        SELECT * INTO v FROM credits.accounts a WHERE a.account_id = p_account;
+    END IF;
+    RETURN v;
+END
+$$;

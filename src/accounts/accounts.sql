@@ -1,28 +1,41 @@
 -- Accounts: subscribing and changing plans (rules 4, 5), buying more
 -- (rule 6) and one-off grants.
 
--- subscribe: create the account on a plan, or change its plan.
+-- subscribe: create the account on a plan, or change its plan (SPEC rule 5, §4.1).
 --   New account: the plan's full allowance whatever the day (rule 4, no proration).
---   Upgrade (the new monthly limit is larger): a fresh window of the new
---     plan's full allowance starts now; what was left of the old one is
---     forfeited and recorded in the ledger ('F'), never added.
---   Otherwise (downgrade or same-size plan): the month's usage is kept,
+--   Upgrade (a monthly limit larger than every limit the account held this
+--     calendar month): a fresh window of the new plan's full allowance starts
+--     now; what was left of the old one is forfeited and recorded in the
+--     ledger ('F'), never added.
+--   Any other move (a downgrade, a lateral move, a return to a level already
+--     held this month) grants nothing: the window's usage becomes everything
+--     the account used from allowances this month, so free -> pro -> free or
+--     pro -> free -> pro never yields a second allowance;
 --     remaining = max(0, new limit - used).
+--   fresh_allowance overrides the choice: true when the caller's billing
+--     system charged the change as a new period, false when it did not.
+--   Every change restarts the window's refunds (a refund of a debit made
+--     before it does not go back to the allowance) and its events.
 --   Purchased credits carry over to plans that may buy, and lapse otherwise.
 --   Subscribing to the current plan changes nothing.
-CREATE FUNCTION subscribe(account_id text, plan text) RETURNS void
+CREATE FUNCTION subscribe(account_id text, plan text, fresh_allowance boolean DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     p_account   text := subscribe.account_id;
     p_plan      text := subscribe.plan;
+    p_fresh     boolean := subscribe.fresh_allowance;
     v_now       timestamptz := credits.now();
-    v_month     date := credits._utc_month(v_now);
+    v_month     date;
     v_new       credits.plans;
     v_acct      credits.accounts;
     v_old       credits._account_state;
+    v_held      credits.month_allowances;
     v_purchased numeric;
     v_new_limit numeric;
+    v_peak      numeric;
+    v_before    numeric;
     v_upgrade   boolean;
+    v_used      numeric;
     v_forfeit   numeric;
     v_entry     bigint;
 BEGIN
@@ -35,22 +48,30 @@ BEGIN
     END IF;
 
     INSERT INTO credits.accounts AS a (account_id, plan, created_at, day, month)
-    VALUES (p_account, p_plan, v_now, credits._utc_day(v_now), v_month)
+    VALUES (p_account, p_plan, v_now, credits._utc_day(v_now), credits._utc_month(v_now))
     ON CONFLICT DO NOTHING;
     IF FOUND THEN
         INSERT INTO credits.ledger (account_id, at, kind, amount, metadata)
-        VALUES (p_account, v_now, 'S', 0, jsonb_build_object('plan', p_plan, 'purchased', 0));
+        VALUES (p_account, v_now, 'S', 0,
+                jsonb_build_object('plan', p_plan, 'purchased', 0, 'limit', v_new.monthly_allowance));
         RETURN;
     END IF;
 
     v_acct := credits._lock_account(p_account, v_now);
+    v_now := credits._account_now(v_acct, v_now);
+    v_month := credits._utc_month(v_now);
     IF v_acct.plan = p_plan THEN
         RETURN;
     END IF;
     v_old := credits._state(v_acct, v_now);
     v_purchased := CASE WHEN v_new.may_purchase THEN v_acct.purchased ELSE 0 END;
     v_new_limit := v_new.monthly_allowance + v_purchased;
-    v_upgrade := v_new_limit > v_old.monthly_limit;
+    -- Every limit held this month: the current one, and the largest recorded.
+    SELECT * INTO v_held FROM credits.month_allowances m
+     WHERE m.account_id = p_account AND m.month = v_month;
+    v_peak := greatest(v_old.monthly_limit, v_held.peak_limit);
+    v_before := coalesce(v_held.used_before, 0);
+    v_upgrade := coalesce(p_fresh, v_new_limit > v_peak);
 
     IF v_upgrade THEN
         v_forfeit := greatest(0, v_old.monthly_limit - v_old.monthly_used);
@@ -60,45 +81,76 @@ BEGIN
                     jsonb_build_object('reason', 'upgrade', 'plan', v_acct.plan));
         END IF;
     END IF;
+    v_used := CASE WHEN v_upgrade THEN 0 ELSE v_before + v_old.monthly_used END;
 
     INSERT INTO credits.ledger (account_id, at, kind, amount, metadata)
     VALUES (p_account, v_now, 'S', 0,
-            jsonb_build_object('plan', p_plan, 'from', v_acct.plan,
-                               'upgrade', v_upgrade, 'purchased', v_purchased))
+            jsonb_strip_nulls(jsonb_build_object(
+                'plan', p_plan, 'from', v_acct.plan, 'upgrade', v_upgrade, 'purchased', v_purchased,
+                'limit', v_new_limit, 'monthly_used', v_used, 'fresh_allowance', p_fresh)))
     RETURNING entry_id INTO v_entry;
 
     UPDATE credits.accounts a
        SET plan = p_plan,
            purchased = v_purchased,
            month = v_month,
-           monthly_used = CASE WHEN v_upgrade THEN 0 ELSE v_old.monthly_used END,
-           monthly_epoch = CASE WHEN v_upgrade THEN v_entry ELSE a.monthly_epoch END
+           monthly_used = v_used,
+           monthly_epoch = v_entry
      WHERE a.account_id = p_account;
+    INSERT INTO credits.month_allowances AS m (account_id, month, peak_limit, used_before)
+    VALUES (p_account, v_month, greatest(v_peak, v_new_limit),
+            CASE WHEN v_upgrade THEN v_before + v_old.monthly_used ELSE 0 END)
+    ON CONFLICT ON CONSTRAINT month_allowances_pkey DO UPDATE
+       SET month = excluded.month, peak_limit = excluded.peak_limit, used_before = excluded.used_before;
+    PERFORM credits._after_write(p_account, v_now, v_entry, v_old);
 END
 $$;
 
--- purchase: raise the recurring monthly limit by `credits`, at once and in
--- full, every month until the plan changes to one that may not buy.
+-- purchase: raise the recurring monthly limit by `credits`, every month
+-- until the plan changes to one that may not buy. Available at once and in
+-- full (SPEC §4.2): when the month's usage already exceeds the old limit
+-- (after a downgrade), the excess is not charged against what was bought.
 CREATE FUNCTION purchase(account_id text, credits numeric) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     p_account text := purchase.account_id;
     p_credits numeric := purchase.credits;
+    v_now     timestamptz := credits.now();
     v_acct    credits.accounts;
+    v_state   credits._account_state;
     v_may     boolean;
+    v_capped  boolean;
+    v_entry   bigint;
 BEGIN
     PERFORM credits._check_text(p_account, 'account_id');
     PERFORM credits._check_amount(p_credits, 'credits');
     p_credits := trim_scale(p_credits);
-    v_acct := credits._lock_account(p_account, credits.now());
+    v_acct := credits._lock_account(p_account, v_now);
+    v_now := credits._account_now(v_acct, v_now);
     SELECT p.may_purchase INTO v_may FROM credits.plans p WHERE p.plan = v_acct.plan;
     IF NOT v_may THEN
         RAISE EXCEPTION 'plan % may not buy credits (account %)', quote_literal(v_acct.plan), quote_literal(p_account)
             USING ERRCODE = 'UC006', HINT = 'Upgrade to a plan that allows purchases first.';
     END IF;
-    INSERT INTO credits.ledger (account_id, at, kind, amount)
-    VALUES (p_account, credits.now(), 'P', p_credits);
-    UPDATE credits.accounts a SET purchased = a.purchased + p_credits WHERE a.account_id = p_account;
+    v_state := credits._state(v_acct, v_now);
+    v_capped := v_state.monthly_used > v_state.monthly_limit;
+    INSERT INTO credits.ledger (account_id, at, kind, amount, metadata)
+    VALUES (p_account, v_now, 'P', p_credits,
+            CASE WHEN v_capped THEN jsonb_build_object('monthly_used', v_state.monthly_limit) END)
+    RETURNING entry_id INTO v_entry;
+    UPDATE credits.accounts a
+       SET purchased = a.purchased + p_credits,
+           monthly_used = CASE WHEN v_capped THEN v_state.monthly_limit ELSE a.monthly_used END,
+           monthly_epoch = CASE WHEN v_capped THEN v_entry ELSE a.monthly_epoch END
+     WHERE a.account_id = p_account;
+    -- The new limit is one the account held this month.
+    INSERT INTO credits.month_allowances AS m (account_id, month, peak_limit, used_before)
+    VALUES (p_account, credits._utc_month(v_now), v_state.monthly_limit + p_credits, 0)
+    ON CONFLICT ON CONSTRAINT month_allowances_pkey DO UPDATE
+       SET peak_limit = CASE WHEN m.month = excluded.month THEN greatest(m.peak_limit, excluded.peak_limit)
+                             ELSE excluded.peak_limit END,
+           used_before = CASE WHEN m.month = excluded.month THEN m.used_before ELSE 0 END,
+           month = excluded.month;
 END
 $$;
 
@@ -134,7 +186,7 @@ BEGIN
         PERFORM credits._check_text(p_key, 'idempotency_key');
     END IF;
 
-    PERFORM credits._lock_account(p_account, v_now);
+    v_now := credits._account_now(credits._lock_account(p_account, v_now), v_now);
     IF p_key IS NOT NULL THEN
         v_request := credits._fingerprint('grant', trim_scale(p_amount)::text, p_kind,
                                           extract(epoch FROM p_expires)::text);

@@ -35,12 +35,17 @@ LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'credits_close_windows_after';
 -- Expire, for locked accounts, the holds and grants whose deadline is at or
 -- before `at`: holds are freed ('X', reason expired), grants with credits
 -- left are closed by an 'E' entry, both stamped at their deadline whoever
--- sees it first. Each resolves once. Returns how many.
+-- sees it first. Each resolves once. An account a grant's expiry leaves
+-- with nothing available gets an exhausted event. Returns how many.
 CREATE FUNCTION _expire_due(p_accounts text[], p_at timestamptz) RETURNS integer
 LANGUAGE plpgsql SET jit = off SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
-    v_holds  integer;
-    v_grants integer;
+    v_holds    integer;
+    v_grants   integer;
+    v_accounts text[];
+    v_entries  bigint[];
+    v_acct     credits.accounts;
+    v_state    credits._account_state;
 BEGIN
     WITH due AS (
         SELECT h.account_id, h.hold_id, h.feature_id, h.amount, h.expires_at
@@ -80,7 +85,19 @@ BEGIN
           LEFT JOIN expired e ON e.account_id = d.account_id AND e.ref = d.grant_id
          WHERE g.account_id = d.account_id AND g.grant_id = d.grant_id
     )
-    SELECT count(*) INTO v_grants FROM due;
+    SELECT (SELECT count(*) FROM due),
+           (SELECT array_agg(l.account_id ORDER BY l.account_id)
+              FROM (SELECT e.account_id, max(e.entry_id) AS entry_id FROM expired e GROUP BY e.account_id) l),
+           (SELECT array_agg(l.entry_id ORDER BY l.account_id)
+              FROM (SELECT e.account_id, max(e.entry_id) AS entry_id FROM expired e GROUP BY e.account_id) l)
+      INTO v_grants, v_accounts, v_entries;
+    FOR i IN 1 .. coalesce(array_length(v_accounts, 1), 0) LOOP
+        SELECT * INTO v_acct FROM credits.accounts ac WHERE ac.account_id = v_accounts[i];
+        v_state := credits._state(v_acct, p_at);
+        IF v_state.allowance_available + v_state.grants_available = 0 THEN
+            PERFORM credits._emit(v_acct, 'exhausted', 'monthly', NULL, p_at, v_state, v_entries[i]);
+        END IF;
+    END LOOP;
     RETURN v_holds + v_grants;
 END
 $$;
@@ -101,8 +118,10 @@ $$;
 
 -- Lock an account row (every write to an account goes through this lock,
 -- which also orders its ledger entries) and fail with UC002 if it is missing.
--- The account is brought up to `p_now` before anyone decides: ended windows
--- closed, holds and grants past their deadline expired.
+-- The account is brought up to `p_now` (or its own time, if that is later:
+-- _account_now) before anyone decides: ended windows closed, holds and
+-- grants past their deadline expired. Callers then decide at
+-- _account_now(the row returned, p_now).
 CREATE FUNCTION _lock_account(p_account text, p_now timestamptz) RETURNS credits.accounts
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -112,6 +131,7 @@ BEGIN
     IF NOT FOUND THEN
         PERFORM credits._raise_unknown_account(p_account);
     END IF;
+    p_now := credits._account_now(v, p_now);
     IF credits._windows_passed(v, p_now) THEN
         PERFORM credits._close_windows(ARRAY[p_account], p_now);
         SELECT * INTO v FROM credits.accounts a WHERE a.account_id = p_account;

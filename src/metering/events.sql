@@ -1,6 +1,10 @@
 -- Events (rule 9): running out notifies.
---   exhausted  a committed operation left nothing available in a window, or
---              a try_debit / try_reserve was denied; once per account and window;
+--   exhausted  a committed operation left nothing available in a window that
+--              had credits (each window that ran out), or a try_debit /
+--              try_reserve was denied by a window with nothing left; again
+--              after new credits ran out once more;
+--   denied     a try_debit / try_reserve was denied by a window with credits
+--              left, but too few; once per account and window;
 --   threshold  monthly usage reached a percentage of the monthly limit
 --              (credits.thresholds, default '80,100'); once per window and threshold.
 -- Each event is a row in credits.events and a NOTIFY on channel credits;
@@ -19,24 +23,31 @@ RETURN CASE p_window
                  THEN '#' || a.monthly_epoch ELSE '' END
 END;
 
+-- Emit one event (once: the events' unique key). `p_cause` is the ledger
+-- entry that ran an exhausted window out (0 for the other kinds). A reset
+-- is sent only when the new window has credits (SPEC §4.7).
 CREATE FUNCTION _emit(a credits.accounts, p_kind text, p_window text, p_threshold numeric,
-                      p_now timestamptz, s credits._account_state)
+                      p_now timestamptz, s credits._account_state, p_cause bigint DEFAULT 0)
 RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_key   text := credits._window_key(a, p_window, p_now);
-    v_id    bigint;
-    v_event jsonb;
+    v_key       text := credits._window_key(a, p_window, p_now);
+    v_available numeric := least(coalesce(s.daily_available, s.allowance_available + s.grants_available),
+                                 s.allowance_available + s.grants_available);
+    v_id        bigint;
+    v_event     jsonb;
 BEGIN
+    IF p_kind = 'reset' AND v_available = 0 THEN
+        RETURN;
+    END IF;
     v_event := jsonb_strip_nulls(jsonb_build_object(
         'account_id', a.account_id, 'kind', p_kind, 'window', p_window, 'window_key', v_key,
         'threshold', p_threshold, 'at', credits._utc_text(p_now), 'plan', s.plan,
         'monthly_limit', s.monthly_limit, 'monthly_used', s.monthly_used,
         'daily_limit', s.daily_limit, 'daily_used', CASE WHEN s.daily_limit IS NOT NULL THEN s.daily_used END,
-        'available', least(coalesce(s.daily_available, s.allowance_available + s.grants_available),
-                           s.allowance_available + s.grants_available)));
-    INSERT INTO credits.events (account_id, at, kind, window_kind, window_key, threshold, payload)
-    VALUES (a.account_id, p_now, p_kind, p_window, v_key, p_threshold, v_event)
+        'available', v_available));
+    INSERT INTO credits.events (account_id, at, kind, window_kind, window_key, threshold, payload, cause_entry)
+    VALUES (a.account_id, p_now, p_kind, p_window, v_key, p_threshold, v_event, p_cause)
     ON CONFLICT DO NOTHING
     RETURNING event_id INTO v_id;
     IF v_id IS NOT NULL THEN
@@ -45,8 +56,14 @@ BEGIN
 END
 $$;
 
--- After a write to a locked account: the events its new state is due.
-CREATE FUNCTION _after_write(p_account text, p_now timestamptz) RETURNS void
+-- After entry `p_entry` changed a locked account whose state before was
+-- `p_before`: the events its new state is due. A window that had credits
+-- before and has none now ran out: an exhausted event for each window that
+-- did (the daily and the monthly in one debit: two), again after new
+-- credits ran out once more.
+CREATE FUNCTION _after_write(p_account text, p_now timestamptz, p_entry bigint,
+                             p_before credits._account_state)
+RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     a credits.accounts;
@@ -61,23 +78,37 @@ BEGIN
             PERFORM credits._emit(a, 'threshold', 'monthly', t, p_now, s);
         END LOOP;
     END IF;
-    IF s.daily_available = 0 THEN
-        PERFORM credits._emit(a, 'exhausted', 'daily', NULL, p_now, s);
-    ELSIF s.allowance_available + s.grants_available = 0 THEN
-        PERFORM credits._emit(a, 'exhausted', 'monthly', NULL, p_now, s);
+    IF s.daily_available = 0 AND p_before.daily_available > 0 THEN
+        PERFORM credits._emit(a, 'exhausted', 'daily', NULL, p_now, s, p_entry);
+    END IF;
+    IF s.allowance_available + s.grants_available = 0
+       AND p_before.allowance_available + p_before.grants_available > 0 THEN
+        PERFORM credits._emit(a, 'exhausted', 'monthly', NULL, p_now, s, p_entry);
     END IF;
 END
 $$;
 
--- A denied try_debit: the window that lacked credits is exhausted for it.
+-- A denied try_debit or try_reserve: a window with nothing left is
+-- exhausted (once per window, if nothing recorded it running out); one with
+-- credits left but too few is a denied event (SPEC §4.7), once per window.
 CREATE FUNCTION _denied(p_account text, p_amount numeric, p_now timestamptz) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
-    a credits.accounts;
-    s credits._account_state;
+    a        credits.accounts;
+    s        credits._account_state;
+    v_window text;
+    v_left   numeric;
 BEGIN
     SELECT * INTO a FROM credits.accounts ac WHERE ac.account_id = p_account;
     s := credits._state(a, p_now);
-    PERFORM credits._emit(a, 'exhausted', credits._lacking_window(s, p_amount), NULL, p_now, s);
+    v_window := credits._lacking_window(s, p_amount);
+    v_left := CASE v_window WHEN 'daily' THEN s.daily_available ELSE s.allowance_available + s.grants_available END;
+    IF v_left > 0 THEN
+        PERFORM credits._emit(a, 'denied', v_window, NULL, p_now, s);
+    ELSIF NOT EXISTS (SELECT FROM credits.events e
+                       WHERE e.account_id = p_account AND e.kind = 'exhausted' AND e.window_kind = v_window
+                         AND e.window_key = credits._window_key(a, v_window, p_now)) THEN
+        PERFORM credits._emit(a, 'exhausted', v_window, NULL, p_now, s);
+    END IF;
 END
 $$;

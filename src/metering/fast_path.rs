@@ -209,6 +209,13 @@ fn debit(req: &DebitRequest) -> Option<i64> {
         let accounts = Table::open(schema.accounts, pg_sys::RowExclusiveLock);
         let locked = accounts.lock(schema.accounts_key, account_id)?;
         let a = Account::read(&accounts, &locked)?;
+        // A clock behind the account's windows (a transaction that began
+        // before a boundary another session already crossed for this
+        // account) counts in the account's windows: the SQL path's
+        // (credits._account_now).
+        if a.day > today || a.month > this_month {
+            return None;
+        }
         let (daily_limit, allowance) = catalog_cache::plan(&schema, a.plan)?;
 
         // Ended windows (the account's first call of a day or month) are

@@ -11,10 +11,12 @@
 -- freed at the next call on its account or by maintenance, whichever comes
 -- first (ledger 'X', reason expired, stamped at the deadline).
 
+-- (IntervalStyle pinned: the ttl is part of the key's fingerprint, which
+-- must not depend on session settings, SPEC §4.8.)
 CREATE FUNCTION _reserve(p_account text, p_feature text, p_amount numeric, p_ttl interval,
                          p_key text, p_raise boolean)
 RETURNS bigint
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET IntervalStyle = postgres AS $$
 DECLARE
     v_now     timestamptz := credits.now();
     v_feature credits.features;
@@ -22,6 +24,7 @@ DECLARE
     v_state   credits._account_state;
     v_request uuid;
     v_entry   bigint;
+    v_expires timestamptz;
 BEGIN
     PERFORM credits._check_text(p_account, 'account_id');
     v_feature := credits._feature(p_feature);
@@ -36,6 +39,7 @@ BEGIN
     END IF;
 
     v_acct := credits._lock_account(p_account, v_now);
+    v_now := credits._account_now(v_acct, v_now);
     IF p_key IS NOT NULL THEN
         v_request := credits._fingerprint('reserve', p_feature, p_amount::text, p_ttl::text);
         v_entry := credits._replay(p_account, p_key, v_request);
@@ -52,14 +56,16 @@ BEGIN
         PERFORM credits._raise_insufficient(p_account, p_amount, p_feature, v_state, v_now);
     END IF;
 
+    -- (in UTC: a day of ttl is 24 hours whatever the session's TimeZone)
+    v_expires := (v_now AT TIME ZONE 'UTC' + p_ttl) AT TIME ZONE 'UTC';
     INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, metadata)
     VALUES (p_account, v_now, 'H', v_feature.feature_id, p_amount,
-            jsonb_build_object('expires_at', v_now + p_ttl))
+            jsonb_build_object('expires_at', v_expires))
     RETURNING entry_id INTO v_entry;
     INSERT INTO credits.holds (account_id, hold_id, feature_id, amount, expires_at)
-    VALUES (p_account, v_entry, v_feature.feature_id, p_amount, v_now + p_ttl);
+    VALUES (p_account, v_entry, v_feature.feature_id, p_amount, v_expires);
     UPDATE credits.accounts a SET reserved = a.reserved + p_amount WHERE a.account_id = p_account;
-    PERFORM credits._after_write(p_account, v_now);
+    PERFORM credits._after_write(p_account, v_now, v_entry, v_state);
     IF p_key IS NOT NULL THEN
         PERFORM credits._remember_key(p_account, p_key, v_entry, v_request);
     END IF;
@@ -132,6 +138,7 @@ BEGIN
     p_amount := trim_scale(p_amount);
     v_hold := credits._take_hold(settle.hold_id, v_now);
     SELECT * INTO v_acct FROM credits.accounts a WHERE a.account_id = v_hold.account_id;
+    v_now := credits._account_now(v_acct, v_now);
     v_state := credits._state(v_acct, v_now);
     IF credits._lacking_window(v_state, p_amount) IS NOT NULL THEN
         PERFORM credits._raise_insufficient(v_hold.account_id, p_amount,
@@ -140,7 +147,7 @@ BEGIN
     v_entry := credits._charge(v_hold.account_id, v_state, v_hold.feature_id, p_amount, NULL, v_hold.hold_id, v_now);
     UPDATE credits.holds h SET resolved_entry = v_entry
      WHERE h.account_id = v_hold.account_id AND h.hold_id = v_hold.hold_id;
-    PERFORM credits._after_write(v_hold.account_id, v_now);
+    PERFORM credits._after_write(v_hold.account_id, v_now, v_entry, v_state);
     RETURN v_entry;
 END
 $$;
@@ -153,6 +160,7 @@ DECLARE
     v_entry bigint;
 BEGIN
     v_hold := credits._take_hold(release.hold_id, v_now);
+    v_now := (SELECT credits._account_now(a, v_now) FROM credits.accounts a WHERE a.account_id = v_hold.account_id);
     INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, ref, metadata)
     VALUES (v_hold.account_id, v_now, 'X', v_hold.feature_id, v_hold.amount, v_hold.hold_id, '{"reason": "release"}')
     RETURNING entry_id INTO v_entry;

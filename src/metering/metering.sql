@@ -101,6 +101,7 @@ BEGIN
     END IF;
 
     v_acct := credits._lock_account(p_account, p_now);
+    p_now := credits._account_now(v_acct, p_now);
     IF p_key IS NOT NULL THEN
         v_request := credits._debit_request(p_feature, p_quantity, p_metadata);
         v_entry := credits._replay(p_account, p_key, v_request);
@@ -118,7 +119,7 @@ BEGIN
         PERFORM credits._raise_insufficient(p_account, v_amount, p_feature, v_state, p_now);
     END IF;
     v_entry := credits._charge(p_account, v_state, v_feature.feature_id, v_amount, p_metadata, NULL, p_now);
-    PERFORM credits._after_write(p_account, p_now);
+    PERFORM credits._after_write(p_account, p_now, v_entry, v_state);
 
     IF p_key IS NOT NULL THEN
         PERFORM credits._remember_key(p_account, p_key, v_entry, v_request);
@@ -176,7 +177,9 @@ RETURNS bigint
 LANGUAGE c VOLATILE SECURITY DEFINER AS 'MODULE_PATHNAME', 'credits_try_debit';
 
 -- refund: give back (part of) a debit to where it came from.
---   Grants first (they were drawn last), back to the very grants drawn;
+--   Grants first (they were drawn last), back to the very grants drawn
+--   while they are still valid: a draw from a grant that has expired since
+--   is recorded as expired at once ('E', SPEC §4.5), not restored;
 --   then the allowance, back to the window of the debit: today's daily
 --   window if the debit was today, this month's monthly window if the debit
 --   was in it. A window that has since closed stays closed (no rollover):
@@ -219,6 +222,7 @@ BEGIN
                           ELSE 'no ledger entry has that id' END;
     END IF;
     v_acct := credits._lock_account(v_debit.account_id, v_now);
+    v_now := credits._account_now(v_acct, v_now);
 
     SELECT coalesce(sum(r.amount), 0), coalesce(sum(r.from_grants), 0), max(r.entry_id)
       INTO v_done, v_grants_done, v_last
@@ -242,23 +246,35 @@ BEGIN
     RETURNING ledger.entry_id INTO v_entry;
 
     -- Give back to the grants this debit drew from, latest-expiring first.
+    -- (_lock_account recorded every grant past its deadline as expired.)
     v_need := v_to_grants;
-    FOR g IN SELECT d.grant_id, sum(d.amount) AS net
+    FOR g IN SELECT d.grant_id, sum(d.amount) AS net, gr.kind,
+                    gr.expired_entry IS NOT NULL OR gr.expires_at <= v_now AS expired
                FROM credits.grant_draws d
                JOIN credits.grants gr ON gr.account_id = d.account_id AND gr.grant_id = d.grant_id
               WHERE d.account_id = v_debit.account_id
                 AND (d.entry_id = p_entry
                      OR d.entry_id IN (SELECT r.entry_id FROM credits.ledger r WHERE r.ref = p_entry AND r.kind = 'R'))
-              GROUP BY d.grant_id, gr.expires_at
+              GROUP BY d.grant_id, gr.expires_at, gr.kind, gr.expired_entry
              HAVING sum(d.amount) > 0
               ORDER BY gr.expires_at DESC NULLS FIRST, d.grant_id DESC
     LOOP
         EXIT WHEN v_need = 0;
         v_take := least(v_need, g.net);
-        UPDATE credits.grants gr SET remaining = gr.remaining + v_take
-         WHERE gr.account_id = v_debit.account_id AND gr.grant_id = g.grant_id;
         INSERT INTO credits.grant_draws (account_id, entry_id, grant_id, amount)
         VALUES (v_debit.account_id, v_entry, g.grant_id, -v_take);
+        IF g.expired THEN
+            -- Given back and expired at once: the grant stays as it expired.
+            INSERT INTO credits.ledger (account_id, at, kind, amount, ref, metadata)
+            VALUES (v_debit.account_id, v_now, 'E', v_take, g.grant_id,
+                    jsonb_build_object('grant_kind', g.kind, 'refund', v_entry))
+            RETURNING ledger.entry_id INTO v_last;
+            INSERT INTO credits.grant_draws (account_id, entry_id, grant_id, amount)
+            VALUES (v_debit.account_id, v_last, g.grant_id, v_take);
+        ELSE
+            UPDATE credits.grants gr SET remaining = gr.remaining + v_take
+             WHERE gr.account_id = v_debit.account_id AND gr.grant_id = g.grant_id;
+        END IF;
         v_need := v_need - v_take;
     END LOOP;
 

@@ -12,14 +12,21 @@ use md5::{Digest, Md5};
 use pgrx::pg_sys::{self, Datum};
 
 /// Metadata is stored on the ledger row it comes with: NULL, or a JSON
-/// object whose stored size (pg_column_size) is at most 4096 bytes.
+/// object of at most 4096 bytes as JSON text (SPEC §4.8: the limit does not
+/// depend on how the value is stored; a compressed 1 MB value is 1 MB).
 pub(crate) unsafe fn metadata_ok(metadata: Option<Datum>) -> bool {
     let Some(value) = metadata else { return true };
-    if pg_sys::toast_datum_size(value) > 4096 {
+    // Its binary form, uncompressed, is no bigger than a few times its text:
+    // far larger values are refused before they are printed.
+    if pg_sys::toast_raw_datum_size(value) > 64 * 4096 {
         return false;
     }
     let jsonb = pg_sys::pg_detoast_datum(value.cast_mut_ptr()) as *const pg_sys::Jsonb;
-    (*jsonb).root.header & pg_sys::JB_FOBJECT != 0
+    if (*jsonb).root.header & pg_sys::JB_FOBJECT == 0 {
+        return false;
+    }
+    let text = call(pg_sys::jsonb_out, &[Datum::from(jsonb)]);
+    libc::strlen(text.cast_mut_ptr::<std::ffi::c_char>()) <= 4096
 }
 
 /// The fingerprint (a uuid datum) of a request made of text datums.

@@ -80,7 +80,7 @@ impl Schema {
         Some(ClosingSchema {
             closed_windows: rel(c"closed_windows")?,
             events: rel(c"events")?,
-            events_key: rel(c"events_account_id_kind_window_kind_window_key_threshold_key")?,
+            events_key: rel(c"events_once")?,
         })
     }
 }

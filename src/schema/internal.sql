@@ -2,10 +2,12 @@
 -- (names start with an underscore); kept here so each rule has one copy.
 
 -- A window counter counts only while its window is the current one: a counter
--- stored for an earlier day or month reads as zero. Inlined by the planner.
+-- stored for an earlier day or month reads as zero. (One stored for a later
+-- window than `current_window` is the current one: see _account_now.)
+-- Inlined by the planner.
 CREATE FUNCTION _in_window(stored_window date, current_window date, used numeric)
 RETURNS numeric LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN CASE WHEN stored_window = current_window THEN used ELSE 0 END;
+RETURN CASE WHEN stored_window >= current_window THEN used ELSE 0 END;
 
 -- UTC calendar windows. AT TIME ZONE 'UTC' makes them independent of the
 -- session's TimeZone.
@@ -18,6 +20,16 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN date_trunc('month', at AT TIME ZONE 'UTC')::date;
 
 -- Instants in messages: UTC, whatever the session's TimeZone and DateStyle.
+-- Time only moves forward per account (SPEC §4.6): a call whose clock is
+-- behind the windows the account is already in (a transaction that began
+-- before 00:00 UTC and reaches an account another session already rolled
+-- over, a clock set back) is counted at the start of the account's windows,
+-- and its ledger entry is stamped there. So no call reopens a closed window,
+-- and an account's entries are in time order.
+CREATE FUNCTION _account_now(a credits.accounts, p_now timestamptz) RETURNS timestamptz
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN greatest(p_now, a.day::timestamp AT TIME ZONE 'UTC', a.month::timestamp AT TIME ZONE 'UTC');
+
 CREATE FUNCTION _utc_text(at timestamptz) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN CASE WHEN isfinite(at) THEN to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.MS "UTC"') ELSE at::text END;
@@ -59,8 +71,8 @@ BEGIN
 END
 $$;
 
--- UC009: metadata is a JSON object (or NULL) of at most 4 kB: it is stored
--- on the ledger row it comes with. The predicate is shared with the debit
+-- UC009: metadata is a JSON object (or NULL) of at most 4 kB as JSON text,
+-- however it is stored or compressed: it is stored on the ledger row it comes with. The predicate is shared with the debit
 -- fast path, which cannot raise (both in src/metering/requests.rs).
 CREATE FUNCTION _metadata_ok(value jsonb) RETURNS boolean
 LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'credits_metadata_ok';
@@ -69,7 +81,7 @@ CREATE FUNCTION _check_metadata(value jsonb) RETURNS void
 LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
     IF NOT credits._metadata_ok(value) THEN
-        RAISE EXCEPTION 'invalid metadata: a JSON % of % bytes', jsonb_typeof(value), pg_column_size(value)
+        RAISE EXCEPTION 'invalid metadata: a JSON % of % bytes', jsonb_typeof(value), octet_length(value::text)
             USING ERRCODE = 'UC009', DETAIL = 'metadata must be a JSON object of at most 4096 bytes, or NULL';
     END IF;
 END
@@ -164,7 +176,8 @@ BEGIN
            s.granted, s.reserved,
            CASE WHEN s.daily_limit IS NOT NULL THEN greatest(0, s.daily_limit - s.daily_used - s.reserved) END,
            greatest(0, s.monthly_limit - s.monthly_used - s.reserved),
-           s.granted - greatest(0, s.reserved - greatest(0, s.monthly_limit - s.monthly_used))
+           -- never negative: holds larger than a smaller new limit keep what they reserved
+           greatest(0, s.granted - greatest(0, s.reserved - greatest(0, s.monthly_limit - s.monthly_used)))
       INTO v
       FROM (SELECT p.plan,
                    p.daily_limit,

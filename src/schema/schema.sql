@@ -149,6 +149,21 @@ CREATE TABLE grant_draws (
 );
 
 -------------------------------------------------------------------------------
+-- Plan changes within a month (SPEC §4.1): the largest monthly limit the
+-- account held in `month`, and the allowance it used in that month before
+-- its current window began (an upgrade restarts the window). Written by
+-- subscribe and purchase only; a row for an earlier month reads as none.
+-------------------------------------------------------------------------------
+
+CREATE TABLE month_allowances (
+    account_id  text COLLATE "C" PRIMARY KEY,
+    month       date NOT NULL,
+    peak_limit  numeric NOT NULL,
+    used_before numeric NOT NULL
+);
+COMMENT ON TABLE month_allowances IS 'Per account: the largest monthly limit held this month and the allowance used before the current window (plan changes, SPEC 4.1).';
+
+-------------------------------------------------------------------------------
 -- Holds (reservations): credits set aside for work whose cost is known only
 -- at the end. accounts.reserved is the sum of the open holds; a hold
 -- resolves at most once (resolved_entry: the settling 'D' or freeing 'X').
@@ -170,7 +185,7 @@ CREATE INDEX holds_expiry_idx ON holds (expires_at) WHERE resolved_entry IS NULL
 -------------------------------------------------------------------------------
 -- Events, kept for consumers that were not listening; each one is also sent
 -- as NOTIFY credits (delivered on commit only). At most one per account,
--- kind, window and threshold: the unique key makes emission idempotent.
+-- kind, window, threshold and cause: the unique key makes emission idempotent.
 --   window_key: '2026-12-07' (daily), '2026-12' (monthly), '2026-12#<entry>'
 --   (a monthly window restarted by an upgrade at ledger entry <entry>).
 -------------------------------------------------------------------------------
@@ -179,12 +194,15 @@ CREATE TABLE events (
     event_id    bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     account_id  text COLLATE "C" NOT NULL,
     at          timestamptz NOT NULL,
-    kind        text NOT NULL CHECK (kind IN ('exhausted', 'threshold', 'reset')),
+    kind        text NOT NULL CHECK (kind IN ('exhausted', 'threshold', 'reset', 'denied')),
     window_kind text NOT NULL CHECK (window_kind IN ('daily', 'monthly')),
     window_key  text NOT NULL,
     threshold   numeric,
     payload     jsonb NOT NULL,
-    UNIQUE NULLS NOT DISTINCT (account_id, kind, window_kind, window_key, threshold)
+    -- exhausted: the ledger entry that ran the window out (a window refilled
+    -- by a purchase, grant or refund can run out again); 0 for the others
+    cause_entry bigint NOT NULL DEFAULT 0,
+    CONSTRAINT events_once UNIQUE NULLS NOT DISTINCT (account_id, kind, window_kind, window_key, threshold, cause_entry)
 );
 CREATE INDEX events_account_idx ON events (account_id, event_id);
 
@@ -370,6 +388,7 @@ SELECT pg_catalog.pg_extension_config_dump('grants', '');
 SELECT pg_catalog.pg_extension_config_dump('grant_draws', '');
 SELECT pg_catalog.pg_extension_config_dump('idempotency', '');
 SELECT pg_catalog.pg_extension_config_dump('holds', '');
+SELECT pg_catalog.pg_extension_config_dump('month_allowances', '');
 SELECT pg_catalog.pg_extension_config_dump('events', '');
 SELECT pg_catalog.pg_extension_config_dump('events_event_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('closed_windows', '');

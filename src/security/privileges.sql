@@ -53,7 +53,7 @@ GRANT EXECUTE ON FUNCTION credits.now(), credits._next_due(timestamptz),
 TO credits_reader, credits_admin;
 
 GRANT EXECUTE ON FUNCTION
-    credits.subscribe(text, text),
+    credits.subscribe(text, text, boolean),
     credits.purchase(text, numeric),
     credits."grant"(text, numeric, text, timestamptz, text),
     credits.verify()

@@ -1,9 +1,10 @@
 //! Model-based property test: random sequences of subscribe, purchase,
 //! grant, debit, try_debit, refund, reserve, settle, release and clock moves
-//! (minutes, hours, days, month ends, Feb 29) run against the extension and
-//! against a small in-memory model of the rules (SPEC §1) written here from
-//! scratch. After every step the outcome (entry or SQLSTATE) and every
-//! account's balance() must agree.
+//! (minutes, hours, days, month ends, Feb 29, and back: a clock behind an
+//! account's windows, as a transaction that began before a boundary has)
+//! run against the extension and against a small in-memory model of the
+//! rules (SPEC §1 and §4) written here from scratch. After every step the
+//! outcome (entry or SQLSTATE) and every account's balance() must agree.
 //!
 //! Reproduce a failure: CREDITS_MODEL_SEED=<seed> cargo test --test model
 //! More seeds (a soak): CREDITS_MODEL_SEEDS=500 CREDITS_MODEL_STEPS=1000 ...
@@ -154,7 +155,9 @@ struct Account {
     daily_used: Amount,
     month: (i64, i64),
     monthly_used: Amount,
-    epoch_seq: u64, // an upgrade in `month` restarted the window at this step
+    epoch_seq: u64, // a plan change or capping purchase in `month` restarted the window at this step
+    /// This month's plan changes (SPEC §4.1): (month, largest limit held, allowance used before the window)
+    held: Option<((i64, i64), Amount, Amount)>,
     grants: Vec<Grant>,
     holds: Vec<Hold>,
 }
@@ -171,6 +174,22 @@ struct State {
 }
 
 impl Account {
+    /// Time only moves forward per account (SPEC §4.6): a clock behind the
+    /// account's windows counts at their start.
+    fn now(&self, now: i64) -> i64 {
+        let (y, m) = self.month;
+        now.max(self.day * DAY_MS)
+            .max(days_from_civil(y, m, 1) * DAY_MS)
+    }
+
+    /// (largest limit held this month, allowance used before the window), given the current limit.
+    fn month_record(&self, now: i64, limit: Amount) -> (Amount, Amount) {
+        match self.held {
+            Some((month, peak, before)) if month == month_of(now) => (peak.max(limit), before),
+            _ => (limit, 0),
+        }
+    }
+
     fn state(&self, now: i64) -> State {
         let daily_used = if self.day == day_of(now) {
             self.daily_used
@@ -207,7 +226,7 @@ impl Account {
                 .daily_limit
                 .map(|l| (l - daily_used - reserved).max(0)),
             allowance_available: (monthly_limit - monthly_used - reserved).max(0),
-            grants_available: granted - (reserved - allowance_left).max(0),
+            grants_available: (granted - (reserved - allowance_left).max(0)).max(0),
         }
     }
 
@@ -355,13 +374,17 @@ fn run_seed(seed: u64, steps: usize) {
 
         if op < 8 {
             // the clock moves
-            now += match rng.below(6) {
+            now += match rng.below(8) {
                 0 => 60_000,
                 1 => 3 * 3_600_000,
                 2 => DAY_MS,
                 3 => next_month_start(now) - now - 1, // 23:59:59.999 on the month's last day
                 4 => 2,                               // across that boundary by a millisecond
-                _ => 17 * 60_000,
+                5 => 17 * 60_000,
+                // back: a transaction that began before a boundary another
+                // session crossed, or a clock set back
+                6 => -1_000,
+                _ => -3 * 3_600_000,
             };
             continue;
         } else if !model.contains_key(&who) || op < 12 {
@@ -381,32 +404,42 @@ fn run_seed(seed: u64, steps: usize) {
                             month: month_of(now2),
                             monthly_used: 0,
                             epoch_seq: 0,
+                            held: None,
                             grants: vec![],
                             holds: vec![],
                         },
                     );
                 }
                 Some(a) => {
+                    let now2 = a.now(now2);
                     a.lock(now2);
                     if a.plan == plan {
                         return;
                     }
                     let old = a.state(now2);
                     let purchased = if plan.may_purchase { a.purchased } else { 0 };
-                    let upgrade = plan.allowance + purchased > old.monthly_limit;
+                    let new_limit = plan.allowance + purchased;
+                    // an upgrade only above every limit held this month
+                    let (peak, before) = a.month_record(now2, old.monthly_limit);
+                    let upgrade = new_limit > peak;
+                    let used_so_far = before + old.monthly_used;
+                    a.held = Some((
+                        month_of(now2),
+                        peak.max(new_limit),
+                        if upgrade { used_so_far } else { 0 },
+                    ));
                     a.plan = plan;
                     a.purchased = purchased;
                     a.month = month_of(now2);
-                    a.monthly_used = if upgrade { 0 } else { old.monthly_used };
-                    if upgrade {
-                        a.epoch_seq = seq;
-                    }
+                    a.monthly_used = if upgrade { 0 } else { used_so_far };
+                    a.epoch_seq = seq;
                 }
             });
         } else {
             let acct = model.get(&who).unwrap().clone();
             let mut locked = acct.clone();
-            locked.lock(now);
+            let anow = acct.now(now);
+            locked.lock(anow);
             match op {
                 12..=17 => {
                     let amount = rng.pick(&[5 * UNIT, 41 * UNIT / 2]);
@@ -419,7 +452,16 @@ fn run_seed(seed: u64, steps: usize) {
                     let (who2, now2) = (who.clone(), now);
                     on_success = Box::new(move |m, _, _| {
                         let a = m.get_mut(&who2).unwrap();
+                        let now2 = a.now(now2);
                         a.lock(now2);
+                        // worth its full amount at once (SPEC §4.2)
+                        let s = a.state(now2);
+                        if s.monthly_used > s.monthly_limit {
+                            a.monthly_used = s.monthly_limit;
+                            a.epoch_seq = seq;
+                        }
+                        let (peak, before) = a.month_record(now2, s.monthly_limit + amount);
+                        a.held = Some((month_of(now2), peak, before));
                         a.purchased += amount;
                     });
                 }
@@ -439,6 +481,7 @@ fn run_seed(seed: u64, steps: usize) {
                     let (who2, now2) = (who.clone(), now);
                     on_success = Box::new(move |m, id, _| {
                         let a = m.get_mut(&who2).unwrap();
+                        let now2 = a.now(now2);
                         a.lock(now2);
                         a.grants.push(Grant {
                             id: id.unwrap(),
@@ -450,7 +493,7 @@ fn run_seed(seed: u64, steps: usize) {
                 26..=60 => {
                     let amount = rng.pick(&quantities);
                     let raise = rng.below(2) == 0;
-                    let fits = locked.fits(now, amount);
+                    let fits = locked.fits(anow, amount);
                     sql = format!(
                         "SELECT credits.{}('{who}', 'agent', {})",
                         if raise { "debit" } else { "try_debit" },
@@ -465,6 +508,7 @@ fn run_seed(seed: u64, steps: usize) {
                     on_success = Box::new(move |m, id, d| {
                         if let Some(id) = id {
                             let a = m.get_mut(&who2).unwrap();
+                            let now2 = a.now(now2);
                             a.lock(now2);
                             let debit = a.charge(now2, seq, amount);
                             d.insert(id, (who2.clone(), debit));
@@ -494,6 +538,7 @@ fn run_seed(seed: u64, steps: usize) {
                     let (who2, now2) = (who.clone(), now);
                     on_success = Box::new(move |m, _, d| {
                         let a = m.get_mut(&who2).unwrap();
+                        let now2 = a.now(now2);
                         a.lock(now2);
                         let debit = &mut d.get_mut(&entry).unwrap().1;
                         let left = debit.amount - debit.refunded;
@@ -524,7 +569,11 @@ fn run_seed(seed: u64, steps: usize) {
                                 break;
                             }
                             let take = need.min(net);
-                            a.grants.iter_mut().find(|g| g.id == id).unwrap().remaining += take;
+                            // a grant that has expired since gets nothing back (SPEC §4.5)
+                            let grant = a.grants.iter_mut().find(|g| g.id == id).unwrap();
+                            if grant.expires.is_none_or(|e| e > now2) {
+                                grant.remaining += take;
+                            }
                             debit.draws.iter_mut().find(|(g, _)| *g == id).unwrap().1 -= take;
                             need -= take;
                         }
@@ -545,7 +594,7 @@ fn run_seed(seed: u64, steps: usize) {
                     let amount = rng.pick(&[UNIT, 9 * UNIT / 2, 20 * UNIT]);
                     let ttl = rng.pick(&[30 * 60_000, 2 * 3_600_000]);
                     let raise = rng.below(2) == 0;
-                    let fits = locked.fits(now, amount);
+                    let fits = locked.fits(anow, amount);
                     sql = format!(
                         "SELECT credits.{}('{who}', 'agent', {}, '{} milliseconds')",
                         if raise { "reserve" } else { "try_reserve" },
@@ -561,6 +610,7 @@ fn run_seed(seed: u64, steps: usize) {
                     on_success = Box::new(move |m, id, _| {
                         if let Some(id) = id {
                             let a = m.get_mut(&who2).unwrap();
+                            let now2 = a.now(now2);
                             a.lock(now2);
                             a.holds.push(Hold {
                                 id,
@@ -592,7 +642,7 @@ fn run_seed(seed: u64, steps: usize) {
                     };
                     expected = if !still_open {
                         Outcome::Error("UC008".into())
-                    } else if settle && !freed.fits(now, amount) {
+                    } else if settle && !freed.fits(anow, amount) {
                         Outcome::Error("UC001".into())
                     } else {
                         Outcome::Entry
@@ -600,6 +650,7 @@ fn run_seed(seed: u64, steps: usize) {
                     let (who2, now2) = (who.clone(), now);
                     on_success = Box::new(move |m, id, d| {
                         let a = m.get_mut(&who2).unwrap();
+                        let now2 = a.now(now2);
                         a.lock(now2);
                         a.holds
                             .iter_mut()
@@ -621,7 +672,7 @@ fn run_seed(seed: u64, steps: usize) {
         }
         // Every account agrees with the model after every step.
         for (name, a) in &model {
-            let s = a.state(now);
+            let s = a.state(a.now(now));
             let total = s.allowance_available + s.grants_available;
             let want = format!(
                 "plan={} daily_used={} monthly_limit={} monthly_used={} granted={} reserved={} available={}",

@@ -22,7 +22,8 @@ SELECT credits.debit('ev_free', 'code_generation', 10) IS NOT NULL AS debited;
 SET credits.clock_override = '2027-01-06 10:00:00+00';
 SELECT credits.debit('ev_free', 'code_generation', 10) IS NOT NULL AS debited;
 SELECT kind, window_kind, window_key, threshold FROM credits.events WHERE account_id = 'ev_free' ORDER BY event_id;
--- A try_debit that asks for more than is left is denied and reported, naming the window.
+-- A try_debit that asks for more than is left is denied and reported, naming
+-- the window: a denied event, since the window still has credits (SPEC §4.7).
 SELECT credits.subscribe('ev_ask', 'pro');
 SELECT credits.try_debit('ev_ask', 'agent', 101) AS denied;
 SELECT kind, window_kind, payload->>'available' AS available FROM credits.events WHERE account_id = 'ev_ask';
@@ -44,7 +45,7 @@ SELECT kind, window_kind, window_key LIKE '2027-01#%' AS restarted_window, thres
 SELECT credits.subscribe('ev_hold', 'pro');
 SELECT credits.reserve('ev_hold', 'agent', 100) IS NOT NULL AS held;
 SELECT kind, window_kind FROM credits.events WHERE account_id = 'ev_hold';
--- A denied try_reserve is an exhausted event too (here of a daily window);
+-- A denied try_reserve is a denied event too (here of a daily window);
 -- a denied reserve raises UC001 and its event goes with the error.
 SELECT credits.subscribe('ev_deny', 'free');
 SELECT credits.reserve('ev_deny', 'agent', 11);
