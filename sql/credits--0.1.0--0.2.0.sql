@@ -939,6 +939,9 @@ ALTER TABLE events ADD COLUMN cause_entry bigint NOT NULL DEFAULT 0,
     DROP CONSTRAINT events_account_id_kind_window_kind_window_key_threshold_key,
     ADD CONSTRAINT events_once UNIQUE NULLS NOT DISTINCT (account_id, kind, window_kind, window_key, threshold, cause_entry);
 
+-- The latest instant a write to the account was stamped with (_account_now).
+ALTER TABLE accounts ADD COLUMN last_at timestamptz NOT NULL DEFAULT '-infinity';
+
 DROP FUNCTION subscribe(text, text);
 DROP FUNCTION _emit(accounts, text, text, numeric, timestamptz, _account_state);
 DROP FUNCTION _after_write(text, timestamptz);
@@ -949,7 +952,7 @@ RETURN CASE WHEN stored_window >= current_window THEN used ELSE 0 END;
 
 CREATE OR REPLACE FUNCTION _account_now(a credits.accounts, p_now timestamptz) RETURNS timestamptz
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN greatest(p_now, a.day::timestamp AT TIME ZONE 'UTC', a.month::timestamp AT TIME ZONE 'UTC');
+RETURN greatest(p_now, a.last_at, a.day::timestamp AT TIME ZONE 'UTC', a.month::timestamp AT TIME ZONE 'UTC');
 
 CREATE OR REPLACE FUNCTION _check_metadata(value jsonb) RETURNS void
 LANGUAGE plpgsql IMMUTABLE AS $$
@@ -990,8 +993,8 @@ BEGIN
             HINT = 'Plans are listed in credits.plans.';
     END IF;
 
-    INSERT INTO credits.accounts AS a (account_id, plan, created_at, day, month)
-    VALUES (p_account, p_plan, v_now, credits._utc_day(v_now), credits._utc_month(v_now))
+    INSERT INTO credits.accounts AS a (account_id, plan, created_at, day, month, last_at)
+    VALUES (p_account, p_plan, v_now, credits._utc_day(v_now), credits._utc_month(v_now), v_now)
     ON CONFLICT DO NOTHING;
     IF FOUND THEN
         INSERT INTO credits.ledger (account_id, at, kind, amount, metadata)
@@ -1038,7 +1041,8 @@ BEGIN
            purchased = v_purchased,
            month = v_month,
            monthly_used = v_used,
-           monthly_epoch = v_entry
+           monthly_epoch = v_entry,
+           last_at = v_now
      WHERE a.account_id = p_account;
     INSERT INTO credits.month_allowances AS m (account_id, month, peak_limit, used_before)
     VALUES (p_account, v_month, greatest(v_peak, v_new_limit),
@@ -1080,7 +1084,8 @@ BEGIN
     UPDATE credits.accounts a
        SET purchased = a.purchased + p_credits,
            monthly_used = CASE WHEN v_capped THEN v_state.monthly_limit ELSE a.monthly_used END,
-           monthly_epoch = CASE WHEN v_capped THEN v_entry ELSE a.monthly_epoch END
+           monthly_epoch = CASE WHEN v_capped THEN v_entry ELSE a.monthly_epoch END,
+           last_at = v_now
      WHERE a.account_id = p_account;
     -- The new limit is one the account held this month.
     INSERT INTO credits.month_allowances AS m (account_id, month, peak_limit, used_before)
@@ -1139,6 +1144,7 @@ BEGIN
     RETURNING entry_id INTO v_entry;
     INSERT INTO credits.grants (account_id, grant_id, kind, amount, remaining, expires_at)
     VALUES (p_account, v_entry, p_kind, p_amount, p_amount, p_expires);
+    UPDATE credits.accounts a SET last_at = v_now WHERE a.account_id = p_account;
     IF p_key IS NOT NULL THEN
         PERFORM credits._remember_key(p_account, p_key, v_entry, v_request);
     END IF;
@@ -1244,7 +1250,8 @@ BEGIN
                              THEN a.daily_used - p_amount ELSE a.daily_used END,
            monthly_used = CASE WHEN a.month = credits._utc_month(v_debit.at) AND a.month = credits._utc_month(v_now)
                                     AND p_entry > a.monthly_epoch
-                               THEN a.monthly_used - (p_amount - v_to_grants) ELSE a.monthly_used END
+                               THEN a.monthly_used - (p_amount - v_to_grants) ELSE a.monthly_used END,
+           last_at = v_now
      WHERE a.account_id = v_debit.account_id;
     RETURN v_entry;
 END
@@ -1301,7 +1308,7 @@ BEGIN
     RETURNING entry_id INTO v_entry;
     INSERT INTO credits.holds (account_id, hold_id, feature_id, amount, expires_at)
     VALUES (p_account, v_entry, v_feature.feature_id, p_amount, v_expires);
-    UPDATE credits.accounts a SET reserved = a.reserved + p_amount WHERE a.account_id = p_account;
+    UPDATE credits.accounts a SET reserved = a.reserved + p_amount, last_at = v_now WHERE a.account_id = p_account;
     PERFORM credits._after_write(p_account, v_now, v_entry, v_state);
     IF p_key IS NOT NULL THEN
         PERFORM credits._remember_key(p_account, p_key, v_entry, v_request);
@@ -1556,5 +1563,78 @@ BEGIN
         SELECT * INTO v FROM credits.accounts a WHERE a.account_id = p_account;
     END IF;
     RETURN v;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION _charge(p_account text, s credits._account_state, p_feature_id smallint,
+                        p_amount numeric, p_metadata jsonb, p_ref bigint, p_now timestamptz)
+RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_alloc numeric := least(p_amount, s.allowance_available);
+    v_need  numeric := p_amount - least(p_amount, s.allowance_available);
+    v_take  numeric;
+    v_entry bigint;
+    g       record;
+BEGIN
+    INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, from_grants, ref, metadata)
+    VALUES (p_account, p_now, 'D', p_feature_id, p_amount, nullif(v_need, 0), p_ref, p_metadata)
+    RETURNING entry_id INTO v_entry;
+
+    FOR g IN SELECT gr.grant_id, gr.remaining FROM credits.grants gr
+              WHERE gr.account_id = p_account AND gr.remaining > 0
+                AND (gr.expires_at IS NULL OR gr.expires_at > p_now)
+              ORDER BY gr.expires_at NULLS LAST, gr.grant_id
+              FOR UPDATE
+    LOOP
+        EXIT WHEN v_need = 0;
+        v_take := least(v_need, g.remaining);
+        UPDATE credits.grants gr SET remaining = gr.remaining - v_take
+         WHERE gr.account_id = p_account AND gr.grant_id = g.grant_id;
+        INSERT INTO credits.grant_draws (account_id, entry_id, grant_id, amount)
+        VALUES (p_account, v_entry, g.grant_id, v_take);
+        v_need := v_need - v_take;
+    END LOOP;
+
+    UPDATE credits.accounts a
+       SET day = credits._utc_day(p_now),
+           daily_used = s.daily_used + p_amount,
+           month = credits._utc_month(p_now),
+           monthly_used = s.monthly_used + v_alloc,
+           monthly_epoch = CASE WHEN a.month = credits._utc_month(p_now) THEN a.monthly_epoch ELSE 0 END,
+           last_at = p_now
+     WHERE a.account_id = p_account;
+    RETURN v_entry;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION _take_hold(p_hold bigint, p_now timestamptz) RETURNS credits.holds
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_hold credits.holds;
+    v_acct credits.accounts;
+    v_how  text;
+BEGIN
+    IF p_hold IS NULL THEN
+        RAISE EXCEPTION 'invalid hold_id: NULL' USING ERRCODE = 'UC009';
+    END IF;
+    SELECT * INTO v_hold FROM credits.holds h WHERE h.hold_id = p_hold;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'hold % is not active', p_hold
+            USING ERRCODE = 'UC008', DETAIL = 'no hold has that id';
+    END IF;
+    v_acct := credits._lock_account(v_hold.account_id, p_now);  -- may expire it
+    SELECT * INTO v_hold FROM credits.holds h WHERE h.hold_id = p_hold;
+    IF v_hold.resolved_entry IS NOT NULL THEN
+        SELECT CASE WHEN l.kind = 'D' THEN 'settled'
+                    WHEN l.metadata ->> 'reason' = 'expired' THEN 'expired'
+                    ELSE 'released' END
+          INTO v_how FROM credits.ledger l WHERE l.entry_id = v_hold.resolved_entry;
+        RAISE EXCEPTION 'hold % is not active: already %', p_hold, v_how
+            USING ERRCODE = 'UC008', DETAIL = format('resolved by ledger entry %s', v_hold.resolved_entry);
+    END IF;
+    UPDATE credits.accounts a SET reserved = a.reserved - v_hold.amount, last_at = credits._account_now(v_acct, p_now)
+     WHERE a.account_id = v_hold.account_id;
+    RETURN v_hold;
 END
 $$;

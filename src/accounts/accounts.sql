@@ -47,8 +47,8 @@ BEGIN
             HINT = 'Plans are listed in credits.plans.';
     END IF;
 
-    INSERT INTO credits.accounts AS a (account_id, plan, created_at, day, month)
-    VALUES (p_account, p_plan, v_now, credits._utc_day(v_now), credits._utc_month(v_now))
+    INSERT INTO credits.accounts AS a (account_id, plan, created_at, day, month, last_at)
+    VALUES (p_account, p_plan, v_now, credits._utc_day(v_now), credits._utc_month(v_now), v_now)
     ON CONFLICT DO NOTHING;
     IF FOUND THEN
         INSERT INTO credits.ledger (account_id, at, kind, amount, metadata)
@@ -95,7 +95,8 @@ BEGIN
            purchased = v_purchased,
            month = v_month,
            monthly_used = v_used,
-           monthly_epoch = v_entry
+           monthly_epoch = v_entry,
+           last_at = v_now
      WHERE a.account_id = p_account;
     INSERT INTO credits.month_allowances AS m (account_id, month, peak_limit, used_before)
     VALUES (p_account, v_month, greatest(v_peak, v_new_limit),
@@ -141,7 +142,8 @@ BEGIN
     UPDATE credits.accounts a
        SET purchased = a.purchased + p_credits,
            monthly_used = CASE WHEN v_capped THEN v_state.monthly_limit ELSE a.monthly_used END,
-           monthly_epoch = CASE WHEN v_capped THEN v_entry ELSE a.monthly_epoch END
+           monthly_epoch = CASE WHEN v_capped THEN v_entry ELSE a.monthly_epoch END,
+           last_at = v_now
      WHERE a.account_id = p_account;
     -- The new limit is one the account held this month.
     INSERT INTO credits.month_allowances AS m (account_id, month, peak_limit, used_before)
@@ -202,6 +204,7 @@ BEGIN
     RETURNING entry_id INTO v_entry;
     INSERT INTO credits.grants (account_id, grant_id, kind, amount, remaining, expires_at)
     VALUES (p_account, v_entry, p_kind, p_amount, p_amount, p_expires);
+    UPDATE credits.accounts a SET last_at = v_now WHERE a.account_id = p_account;
     IF p_key IS NOT NULL THEN
         PERFORM credits._remember_key(p_account, p_key, v_entry, v_request);
     END IF;

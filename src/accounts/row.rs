@@ -1,5 +1,6 @@
 //! An account row as the code below SQL reads it (schema.sql, accounts).
 
+use crate::clock;
 use crate::pg::rows::{Found, Table};
 use pgrx::pg_sys::Datum;
 
@@ -15,9 +16,20 @@ pub(crate) struct Account {
     pub monthly_used: Datum,
     pub monthly_epoch: i64,
     pub reserved: Datum,
+    /// The latest instant a write to the account was stamped with (a timestamptz).
+    pub last_at: i64,
 }
 
 impl Account {
+    /// The instant a call at `now` decides at (credits._account_now): time
+    /// only moves forward per account, so a clock behind the account's
+    /// windows or its last write counts at the later of the two.
+    pub(crate) fn now(&self, now: i64) -> i64 {
+        now.max(self.last_at)
+            .max(clock::day_start(self.day))
+            .max(clock::day_start(self.month))
+    }
+
     /// None if a column is missing (a schema this code does not know).
     pub(crate) unsafe fn read(table: &Table, row: &Found) -> Option<Account> {
         Some(Account {
@@ -29,6 +41,7 @@ impl Account {
             monthly_used: row.get(table.col(c"monthly_used")?)?,
             monthly_epoch: row.get(table.col(c"monthly_epoch")?)?.value() as i64,
             reserved: row.get(table.col(c"reserved")?)?,
+            last_at: row.get(table.col(c"last_at")?)?.value() as i64,
         })
     }
 }

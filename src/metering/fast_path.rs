@@ -167,8 +167,6 @@ fn debit(req: &DebitRequest) -> Option<i64> {
     if now_ts == i64::MIN || now_ts == i64::MAX {
         return None;
     }
-    let today = clock::utc_day(now_ts);
-    let this_month = clock::utc_month_start(today);
     // SAFETY: called from a SQL function in a transaction; every pointer
     // below comes from PostgreSQL and lives until the end of the call.
     unsafe {
@@ -209,13 +207,13 @@ fn debit(req: &DebitRequest) -> Option<i64> {
         let accounts = Table::open(schema.accounts, pg_sys::RowExclusiveLock);
         let locked = accounts.lock(schema.accounts_key, account_id)?;
         let a = Account::read(&accounts, &locked)?;
-        // A clock behind the account's windows (a transaction that began
-        // before a boundary another session already crossed for this
-        // account) counts in the account's windows: the SQL path's
-        // (credits._account_now).
-        if a.day > today || a.month > this_month {
-            return None;
-        }
+        // A clock behind the account (a transaction that began before a
+        // boundary another session already crossed for it, or before its
+        // last write) decides and stamps at the account's time.
+        let now_ts = a.now(now_ts);
+        let now = Datum::from(now_ts);
+        let today = clock::utc_day(now_ts);
+        let this_month = clock::utc_month_start(today);
         let (daily_limit, allowance) = catalog_cache::plan(&schema, a.plan)?;
 
         // Ended windows (the account's first call of a day or month) are
@@ -327,6 +325,7 @@ fn debit(req: &DebitRequest) -> Option<i64> {
         account_row.set(accounts.col(c"daily_used")?, Some(new_daily.to_datum()));
         account_row.set(accounts.col(c"month")?, Some(Datum::from(this_month)));
         account_row.set(accounts.col(c"monthly_used")?, Some(new_monthly.to_datum()));
+        account_row.set(accounts.col(c"last_at")?, Some(now));
         if a.month != this_month {
             account_row.set(accounts.col(c"monthly_epoch")?, Some(Datum::from(0i64)));
         }

@@ -64,7 +64,7 @@ BEGIN
     RETURNING entry_id INTO v_entry;
     INSERT INTO credits.holds (account_id, hold_id, feature_id, amount, expires_at)
     VALUES (p_account, v_entry, v_feature.feature_id, p_amount, v_expires);
-    UPDATE credits.accounts a SET reserved = a.reserved + p_amount WHERE a.account_id = p_account;
+    UPDATE credits.accounts a SET reserved = a.reserved + p_amount, last_at = v_now WHERE a.account_id = p_account;
     PERFORM credits._after_write(p_account, v_now, v_entry, v_state);
     IF p_key IS NOT NULL THEN
         PERFORM credits._remember_key(p_account, p_key, v_entry, v_request);
@@ -99,6 +99,7 @@ CREATE FUNCTION _take_hold(p_hold bigint, p_now timestamptz) RETURNS credits.hol
 LANGUAGE plpgsql AS $$
 DECLARE
     v_hold credits.holds;
+    v_acct credits.accounts;
     v_how  text;
 BEGIN
     IF p_hold IS NULL THEN
@@ -109,7 +110,7 @@ BEGIN
         RAISE EXCEPTION 'hold % is not active', p_hold
             USING ERRCODE = 'UC008', DETAIL = 'no hold has that id';
     END IF;
-    PERFORM credits._lock_account(v_hold.account_id, p_now);  -- may expire it
+    v_acct := credits._lock_account(v_hold.account_id, p_now);  -- may expire it
     SELECT * INTO v_hold FROM credits.holds h WHERE h.hold_id = p_hold;
     IF v_hold.resolved_entry IS NOT NULL THEN
         SELECT CASE WHEN l.kind = 'D' THEN 'settled'
@@ -119,7 +120,8 @@ BEGIN
         RAISE EXCEPTION 'hold % is not active: already %', p_hold, v_how
             USING ERRCODE = 'UC008', DETAIL = format('resolved by ledger entry %s', v_hold.resolved_entry);
     END IF;
-    UPDATE credits.accounts a SET reserved = a.reserved - v_hold.amount WHERE a.account_id = v_hold.account_id;
+    UPDATE credits.accounts a SET reserved = a.reserved - v_hold.amount, last_at = credits._account_now(v_acct, p_now)
+     WHERE a.account_id = v_hold.account_id;
     RETURN v_hold;
 END
 $$;

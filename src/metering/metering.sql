@@ -47,7 +47,8 @@ BEGIN
            daily_used = s.daily_used + p_amount,
            month = credits._utc_month(p_now),
            monthly_used = s.monthly_used + v_alloc,
-           monthly_epoch = CASE WHEN a.month = credits._utc_month(p_now) THEN a.monthly_epoch ELSE 0 END
+           monthly_epoch = CASE WHEN a.month = credits._utc_month(p_now) THEN a.monthly_epoch ELSE 0 END,
+           last_at = p_now
      WHERE a.account_id = p_account;
     RETURN v_entry;
 END
@@ -283,7 +284,8 @@ BEGIN
                              THEN a.daily_used - p_amount ELSE a.daily_used END,
            monthly_used = CASE WHEN a.month = credits._utc_month(v_debit.at) AND a.month = credits._utc_month(v_now)
                                     AND p_entry > a.monthly_epoch
-                               THEN a.monthly_used - (p_amount - v_to_grants) ELSE a.monthly_used END
+                               THEN a.monthly_used - (p_amount - v_to_grants) ELSE a.monthly_used END,
+           last_at = v_now
      WHERE a.account_id = v_debit.account_id;
     RETURN v_entry;
 END

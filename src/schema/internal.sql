@@ -21,14 +21,16 @@ RETURN date_trunc('month', at AT TIME ZONE 'UTC')::date;
 
 -- Instants in messages: UTC, whatever the session's TimeZone and DateStyle.
 -- Time only moves forward per account (SPEC §4.6): a call whose clock is
--- behind the windows the account is already in (a transaction that began
--- before 00:00 UTC and reaches an account another session already rolled
--- over, a clock set back) is counted at the start of the account's windows,
--- and its ledger entry is stamped there. So no call reopens a closed window,
--- and an account's entries are in time order.
+-- behind the account (a transaction that began before 00:00 UTC and reaches
+-- an account another session already rolled over, or one that began before
+-- the last write to the account; a clock set back) is counted at the
+-- account's time: the start of its windows or its last write, whichever is
+-- later, and its ledger entry is stamped there. So no call reopens a closed
+-- window or un-expires a hold, and an account's entries are in time order.
+-- Every write to an account row sets last_at to the time it decided at.
 CREATE FUNCTION _account_now(a credits.accounts, p_now timestamptz) RETURNS timestamptz
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN greatest(p_now, a.day::timestamp AT TIME ZONE 'UTC', a.month::timestamp AT TIME ZONE 'UTC');
+RETURN greatest(p_now, a.last_at, a.day::timestamp AT TIME ZONE 'UTC', a.month::timestamp AT TIME ZONE 'UTC');
 
 CREATE FUNCTION _utc_text(at timestamptz) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE

@@ -158,6 +158,8 @@ struct Account {
     epoch_seq: u64, // a plan change or capping purchase in `month` restarted the window at this step
     /// This month's plan changes (SPEC §4.1): (month, largest limit held, allowance used before the window)
     held: Option<((i64, i64), Amount, Amount)>,
+    /// The instant the last write to the account decided at.
+    last_at: i64,
     grants: Vec<Grant>,
     holds: Vec<Hold>,
 }
@@ -175,10 +177,11 @@ struct State {
 
 impl Account {
     /// Time only moves forward per account (SPEC §4.6): a clock behind the
-    /// account's windows counts at their start.
+    /// account's windows or its last write counts at the later of the two.
     fn now(&self, now: i64) -> i64 {
         let (y, m) = self.month;
-        now.max(self.day * DAY_MS)
+        now.max(self.last_at)
+            .max(self.day * DAY_MS)
             .max(days_from_civil(y, m, 1) * DAY_MS)
     }
 
@@ -405,6 +408,7 @@ fn run_seed(seed: u64, steps: usize) {
                             monthly_used: 0,
                             epoch_seq: 0,
                             held: None,
+                            last_at: now2,
                             grants: vec![],
                             holds: vec![],
                         },
@@ -433,6 +437,7 @@ fn run_seed(seed: u64, steps: usize) {
                     a.month = month_of(now2);
                     a.monthly_used = if upgrade { 0 } else { used_so_far };
                     a.epoch_seq = seq;
+                    a.last_at = now2;
                 }
             });
         } else {
@@ -463,6 +468,7 @@ fn run_seed(seed: u64, steps: usize) {
                         let (peak, before) = a.month_record(now2, s.monthly_limit + amount);
                         a.held = Some((month_of(now2), peak, before));
                         a.purchased += amount;
+                        a.last_at = now2;
                     });
                 }
                 18..=25 => {
@@ -483,6 +489,7 @@ fn run_seed(seed: u64, steps: usize) {
                         let a = m.get_mut(&who2).unwrap();
                         let now2 = a.now(now2);
                         a.lock(now2);
+                        a.last_at = now2;
                         a.grants.push(Grant {
                             id: id.unwrap(),
                             remaining: amount,
@@ -506,11 +513,13 @@ fn run_seed(seed: u64, steps: usize) {
                     };
                     let (who2, now2) = (who.clone(), now);
                     on_success = Box::new(move |m, id, d| {
+                        // a denial commits too, with the windows it closed
+                        let a = m.get_mut(&who2).unwrap();
+                        let now2 = a.now(now2);
+                        a.lock(now2);
                         if let Some(id) = id {
-                            let a = m.get_mut(&who2).unwrap();
-                            let now2 = a.now(now2);
-                            a.lock(now2);
                             let debit = a.charge(now2, seq, amount);
+                            a.last_at = now2;
                             d.insert(id, (who2.clone(), debit));
                         }
                     });
@@ -588,6 +597,7 @@ fn run_seed(seed: u64, steps: usize) {
                         }
                         debit.refunded += amount;
                         debit.grants_refunded += to_grants;
+                        a.last_at = now2;
                     });
                 }
                 75..=86 => {
@@ -608,10 +618,11 @@ fn run_seed(seed: u64, steps: usize) {
                     };
                     let (who2, now2) = (who.clone(), now);
                     on_success = Box::new(move |m, id, _| {
+                        let a = m.get_mut(&who2).unwrap();
+                        let now2 = a.now(now2);
+                        a.lock(now2);
                         if let Some(id) = id {
-                            let a = m.get_mut(&who2).unwrap();
-                            let now2 = a.now(now2);
-                            a.lock(now2);
+                            a.last_at = now2;
                             a.holds.push(Hold {
                                 id,
                                 amount,
@@ -652,6 +663,7 @@ fn run_seed(seed: u64, steps: usize) {
                         let a = m.get_mut(&who2).unwrap();
                         let now2 = a.now(now2);
                         a.lock(now2);
+                        a.last_at = now2;
                         a.holds
                             .iter_mut()
                             .filter(|h| h.id == hold.id)
