@@ -59,6 +59,10 @@ ALTER TABLE idempotency ALTER COLUMN account_id TYPE text COLLATE "C",
 -- credits.accounts applies it to the existing ones (docs/upgrade.md).
 ALTER TABLE accounts SET (fillfactor = 40);
 
+-- The latest instant a write to the account was stamped with: time only
+-- moves forward per account (_account_now, SPEC §4.6).
+ALTER TABLE accounts ADD COLUMN last_at timestamptz NOT NULL DEFAULT '-infinity';
+
 -- STATE BEGIN
 CREATE FUNCTION _state(a credits.accounts, p_now timestamptz) RETURNS credits._account_state
 LANGUAGE plpgsql STABLE AS $$
@@ -938,9 +942,6 @@ ALTER TABLE events ADD COLUMN cause_entry bigint NOT NULL DEFAULT 0,
     ADD CONSTRAINT events_kind_check CHECK (kind IN ('exhausted', 'threshold', 'reset', 'denied')),
     DROP CONSTRAINT events_account_id_kind_window_kind_window_key_threshold_key,
     ADD CONSTRAINT events_once UNIQUE NULLS NOT DISTINCT (account_id, kind, window_kind, window_key, threshold, cause_entry);
-
--- The latest instant a write to the account was stamped with (_account_now).
-ALTER TABLE accounts ADD COLUMN last_at timestamptz NOT NULL DEFAULT '-infinity';
 
 DROP FUNCTION subscribe(text, text);
 DROP FUNCTION _emit(accounts, text, text, numeric, timestamptz, _account_state);
