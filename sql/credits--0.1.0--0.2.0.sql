@@ -67,30 +67,35 @@ ALTER TABLE accounts ADD COLUMN last_at timestamptz NOT NULL DEFAULT '-infinity'
 CREATE FUNCTION _state(a credits.accounts, p_now timestamptz) RETURNS credits._account_state
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
-    v credits._account_state;
+    v         credits._account_state;
+    v_today   numeric := 0;  -- held by holds placed today
 BEGIN
-    SELECT s.plan, s.daily_limit, s.daily_used, s.monthly_limit, s.monthly_used,
-           s.granted, s.reserved,
-           CASE WHEN s.daily_limit IS NOT NULL THEN greatest(0, s.daily_limit - s.daily_used - s.reserved) END,
-           greatest(0, s.monthly_limit - s.monthly_used - s.reserved),
-           -- never negative: holds larger than a smaller new limit keep what they reserved
-           greatest(0, s.granted - greatest(0, s.reserved - greatest(0, s.monthly_limit - s.monthly_used)))
-      INTO v
-      FROM (SELECT p.plan,
-                   p.daily_limit,
-                   credits._in_window(a.day, credits._utc_day(p_now), a.daily_used) AS daily_used,
-                   p.monthly_allowance + a.purchased AS monthly_limit,
-                   credits._in_window(a.month, credits._utc_month(p_now), a.monthly_used) AS monthly_used,
-                   coalesce((SELECT sum(g.remaining) FROM credits.grants g
-                              WHERE g.account_id = a.account_id AND g.remaining > 0
-                                AND (g.expires_at IS NULL OR g.expires_at > p_now)), 0) AS granted,
-                   -- holds past their deadline no longer count, even before they are freed
-                   a.reserved - CASE WHEN a.reserved = 0 THEN 0 ELSE
-                       coalesce((SELECT sum(h.amount) FROM credits.holds h
-                                  WHERE h.account_id = a.account_id AND h.resolved_entry IS NULL
-                                    AND h.expires_at <= p_now), 0) END AS reserved
-              FROM credits.plans p
-             WHERE p.plan = a.plan) s;
+    SELECT p.plan, p.daily_limit,
+           credits._in_window(a.day, credits._utc_day(p_now), a.daily_used),
+           p.monthly_allowance + a.purchased,
+           credits._in_window(a.month, credits._utc_month(p_now), a.monthly_used),
+           coalesce((SELECT sum(g.remaining) FROM credits.grants g
+                      WHERE g.account_id = a.account_id AND g.remaining > 0
+                        AND (g.expires_at IS NULL OR g.expires_at > p_now)), 0),
+           0, 0, 0
+      INTO v.plan, v.daily_limit, v.daily_used, v.monthly_limit, v.monthly_used, v.granted_remaining,
+           v.reserved, v.reserved_allowance, v.reserved_grants
+      FROM credits.plans p
+     WHERE p.plan = a.plan;
+    IF a.reserved > 0 THEN
+        -- (holds past their deadline no longer count, even before they are freed)
+        SELECT coalesce(sum(h.amount), 0),
+               coalesce(sum(h.amount) FILTER (WHERE h.day >= credits._utc_day(p_now)), 0),
+               coalesce(sum(h.amount - h.from_grants) FILTER (WHERE h.month >= credits._utc_month(p_now)), 0),
+               coalesce(sum(h.from_grants), 0)
+          INTO v.reserved, v_today, v.reserved_allowance, v.reserved_grants
+          FROM credits.holds h
+         WHERE h.account_id = a.account_id AND h.resolved_entry IS NULL AND h.expires_at > p_now;
+    END IF;
+    v.daily_available := CASE WHEN v.daily_limit IS NOT NULL
+                              THEN greatest(0, v.daily_limit - v.daily_used - v_today) END;
+    v.allowance_available := greatest(0, v.monthly_limit - v.monthly_used - v.reserved_allowance);
+    v.grants_available := greatest(0, v.granted_remaining - v.reserved_grants);
     RETURN v;
 END
 $$;
@@ -490,21 +495,23 @@ BEGIN ATOMIC
            AND credits._utc_month(l.at) = a.month
          ORDER BY l.account_id, l.entry_id DESC
     ),
-    -- Debits count in the windows they were made in; a refund gives back to
-    -- a window only while the window of its debit is still the current one.
+    -- Debits count in the windows they were made in (a settle: in its hold's,
+    -- SPEC §4.3); a refund gives back to a window only while the window of
+    -- its debit is still the current one.
     usage AS (
         SELECT d.account_id,
-               sum(CASE WHEN credits._utc_day(d.at) = a.day
-                         AND credits._utc_day(coalesce(src.at, d.at)) = a.day
+               sum(CASE WHEN credits._utc_day(w.own_at) = a.day AND credits._utc_day(w.debit_at) = a.day
                         THEN s.sign * d.amount ELSE 0 END) AS daily_used,
-               sum(CASE WHEN credits._utc_month(d.at) = a.month
-                         AND credits._utc_month(coalesce(src.at, d.at)) = a.month
+               sum(CASE WHEN credits._utc_month(w.own_at) = a.month AND credits._utc_month(w.debit_at) = a.month
                          AND coalesce(src.entry_id, d.entry_id) > coalesce(e.entry_id, 0)
                         THEN s.sign * (d.amount - coalesce(d.from_grants, 0)) ELSE 0 END) AS monthly_used
           FROM credits.ledger d
           JOIN credits.accounts a ON a.account_id = d.account_id
           CROSS JOIN LATERAL (SELECT CASE d.kind WHEN 'D' THEN 1 ELSE -1 END AS sign) s
           LEFT JOIN credits.ledger src ON d.kind = 'R' AND src.entry_id = d.ref
+          LEFT JOIN credits.ledger h ON h.kind = 'H' AND h.entry_id = CASE d.kind WHEN 'D' THEN d.ref ELSE src.ref END
+          CROSS JOIN LATERAL (SELECT CASE d.kind WHEN 'D' THEN coalesce(h.at, d.at) ELSE d.at END AS own_at,
+                                     coalesce(h.at, src.at, d.at) AS debit_at) w
           LEFT JOIN epoch e ON e.account_id = d.account_id
          WHERE d.kind IN ('D', 'R')
          GROUP BY d.account_id
@@ -943,6 +950,16 @@ ALTER TABLE events ADD COLUMN cause_entry bigint NOT NULL DEFAULT 0,
     DROP CONSTRAINT events_account_id_kind_window_kind_window_key_threshold_key,
     ADD CONSTRAINT events_once UNIQUE NULLS NOT DISTINCT (account_id, kind, window_kind, window_key, threshold, cause_entry);
 
+-- Holds belong to the windows they were placed in (SPEC §4.3) and are
+-- backed by the allowance first, then by grants (from_grants).
+ALTER TABLE holds ADD COLUMN from_grants numeric NOT NULL DEFAULT 0, ADD COLUMN day date, ADD COLUMN month date;
+UPDATE holds h SET day = _utc_day(l.at), month = _utc_month(l.at)
+  FROM ledger l WHERE l.entry_id = h.hold_id;
+ALTER TABLE holds ALTER COLUMN day SET NOT NULL, ALTER COLUMN month SET NOT NULL;
+ALTER TABLE closed_windows ADD COLUMN held numeric NOT NULL DEFAULT 0;
+ALTER TYPE _account_state ADD ATTRIBUTE reserved_allowance numeric, ADD ATTRIBUTE reserved_grants numeric;
+DROP FUNCTION _charge(text, _account_state, smallint, numeric, jsonb, bigint, timestamptz);
+
 DROP FUNCTION subscribe(text, text);
 DROP FUNCTION _emit(accounts, text, text, numeric, timestamptz, _account_state);
 DROP FUNCTION _after_write(text, timestamptz);
@@ -1162,6 +1179,7 @@ DECLARE
     p_reason  text := refund.reason;
     v_now     timestamptz := credits.now();
     v_debit   credits.ledger;
+    v_debit_at timestamptz;  -- the instant whose windows the debit counted in
     v_acct    credits.accounts;
     v_done    numeric;
     v_grants_done numeric;
@@ -1191,6 +1209,9 @@ BEGIN
     END IF;
     v_acct := credits._lock_account(v_debit.account_id, v_now);
     v_now := credits._account_now(v_acct, v_now);
+    -- (a settle counted in the windows of its hold, SPEC §4.3)
+    v_debit_at := coalesce((SELECT h.at FROM credits.ledger h WHERE h.entry_id = v_debit.ref AND h.kind = 'H'),
+                           v_debit.at);
 
     SELECT coalesce(sum(r.amount), 0), coalesce(sum(r.from_grants), 0), max(r.entry_id)
       INTO v_done, v_grants_done, v_last
@@ -1247,9 +1268,9 @@ BEGIN
     END LOOP;
 
     UPDATE credits.accounts a
-       SET daily_used = CASE WHEN a.day = credits._utc_day(v_debit.at) AND a.day = credits._utc_day(v_now)
+       SET daily_used = CASE WHEN a.day = credits._utc_day(v_debit_at) AND a.day = credits._utc_day(v_now)
                              THEN a.daily_used - p_amount ELSE a.daily_used END,
-           monthly_used = CASE WHEN a.month = credits._utc_month(v_debit.at) AND a.month = credits._utc_month(v_now)
+           monthly_used = CASE WHEN a.month = credits._utc_month(v_debit_at) AND a.month = credits._utc_month(v_now)
                                     AND p_entry > a.monthly_epoch
                                THEN a.monthly_used - (p_amount - v_to_grants) ELSE a.monthly_used END,
            last_at = v_now
@@ -1270,6 +1291,7 @@ DECLARE
     v_request uuid;
     v_entry   bigint;
     v_expires timestamptz;
+    v_grants  numeric;
 BEGIN
     PERFORM credits._check_text(p_account, 'account_id');
     v_feature := credits._feature(p_feature);
@@ -1303,12 +1325,14 @@ BEGIN
 
     -- (in UTC: a day of ttl is 24 hours whatever the session's TimeZone)
     v_expires := (v_now AT TIME ZONE 'UTC' + p_ttl) AT TIME ZONE 'UTC';
-    INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, metadata)
-    VALUES (p_account, v_now, 'H', v_feature.feature_id, p_amount,
+    v_grants := p_amount - least(p_amount, v_state.allowance_available);
+    INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, from_grants, metadata)
+    VALUES (p_account, v_now, 'H', v_feature.feature_id, p_amount, nullif(v_grants, 0),
             jsonb_build_object('expires_at', v_expires))
     RETURNING entry_id INTO v_entry;
-    INSERT INTO credits.holds (account_id, hold_id, feature_id, amount, expires_at)
-    VALUES (p_account, v_entry, v_feature.feature_id, p_amount, v_expires);
+    INSERT INTO credits.holds (account_id, hold_id, feature_id, amount, expires_at, from_grants, day, month)
+    VALUES (p_account, v_entry, v_feature.feature_id, p_amount, v_expires, v_grants,
+            credits._utc_day(v_now), credits._utc_month(v_now));
     UPDATE credits.accounts a SET reserved = a.reserved + p_amount, last_at = v_now WHERE a.account_id = p_account;
     PERFORM credits._after_write(p_account, v_now, v_entry, v_state);
     IF p_key IS NOT NULL THEN
@@ -1326,6 +1350,8 @@ DECLARE
     v_hold   credits.holds;
     v_acct   credits.accounts;
     v_state  credits._account_state;
+    v_own    numeric;  -- what the hold held on the allowance
+    v_alloc  numeric;
     v_entry  bigint;
 BEGIN
     PERFORM credits._check_amount(p_amount, 'amount');
@@ -1334,13 +1360,64 @@ BEGIN
     SELECT * INTO v_acct FROM credits.accounts a WHERE a.account_id = v_hold.account_id;
     v_now := credits._account_now(v_acct, v_now);
     v_state := credits._state(v_acct, v_now);
-    IF credits._lacking_window(v_state, p_amount) IS NOT NULL THEN
-        PERFORM credits._raise_insufficient(v_hold.account_id, p_amount,
-                                            format('hold %s', v_hold.hold_id), v_state, v_now);
+    v_own := v_hold.amount - v_hold.from_grants;
+
+    IF v_hold.day >= credits._utc_day(v_now) THEN
+        -- Its windows are the current ones: what it held is there again, and
+        -- up to its amount it is charged whatever the limits say now.
+        IF p_amount <= v_hold.amount THEN
+            v_state.daily_available := greatest(v_state.daily_available, p_amount);
+            v_state.allowance_available := greatest(v_state.allowance_available, least(p_amount, v_own));
+        END IF;
+        IF credits._lacking_window(v_state, p_amount) IS NOT NULL THEN
+            PERFORM credits._raise_insufficient(v_hold.account_id, p_amount,
+                                                format('hold %s', v_hold.hold_id), v_state, v_now);
+        END IF;
+        v_entry := credits._charge(v_hold.account_id, v_state, v_hold.feature_id, p_amount, NULL, v_hold.hold_id, v_now);
+        PERFORM credits._hold_resolved(v_hold, v_entry, p_amount, 0, v_now);
+        PERFORM credits._after_write(v_hold.account_id, v_now, v_entry, v_state);
+        RETURN v_entry;
     END IF;
-    v_entry := credits._charge(v_hold.account_id, v_state, v_hold.feature_id, p_amount, NULL, v_hold.hold_id, v_now);
-    UPDATE credits.holds h SET resolved_entry = v_entry
-     WHERE h.account_id = v_hold.account_id AND h.hold_id = v_hold.hold_id;
+
+    -- Its day (and perhaps its month) has closed: at most its amount.
+    IF p_amount > v_hold.amount THEN
+        RAISE EXCEPTION 'hold % was placed on %, a window that has closed: it settles for at most %',
+                        v_hold.hold_id, to_char(v_hold.day, 'YYYY-MM-DD'), trim_scale(v_hold.amount)
+            USING ERRCODE = 'UC001',
+                  DETAIL = format('window=daily day=%s hold=%s amount=%s', to_char(v_hold.day, 'YYYY-MM-DD'),
+                                  v_hold.hold_id, p_amount),
+                  HINT = 'Settle the hold for at most its amount and debit the rest.';
+    END IF;
+    v_alloc := least(p_amount, v_own);
+    IF v_hold.month >= credits._utc_month(v_now) THEN
+        -- The month is current: the monthly allowance counts it now.
+        v_state.allowance_available := greatest(v_state.allowance_available, v_alloc);
+        IF p_amount > v_state.allowance_available + v_state.grants_available THEN
+            PERFORM credits._raise_insufficient(v_hold.account_id, p_amount,
+                                                format('hold %s', v_hold.hold_id), v_state, v_now);
+        END IF;
+        v_entry := credits._charge(v_hold.account_id, v_state, v_hold.feature_id, p_amount, NULL, v_hold.hold_id,
+                                   v_now, p_today => false);
+        PERFORM credits._hold_resolved(v_hold, v_entry, p_amount, 0, v_now);
+    ELSE
+        -- The month has closed too: its allowance part is charged there.
+        IF p_amount - v_alloc > v_state.grants_available THEN
+            RAISE EXCEPTION 'insufficient credits: hold % needs % from grants, % are available',
+                            v_hold.hold_id, p_amount - v_alloc, v_state.grants_available
+                USING ERRCODE = 'UC001',
+                      DETAIL = format('window=monthly month=%s hold=%s granted=%s', to_char(v_hold.month, 'YYYY-MM'),
+                                      v_hold.hold_id, v_state.granted_remaining),
+                      HINT = 'The grants the hold was backed by have expired since.';
+        END IF;
+        INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, from_grants, ref)
+        VALUES (v_hold.account_id, v_now, 'D', v_hold.feature_id, p_amount, nullif(p_amount - v_alloc, 0),
+                v_hold.hold_id)
+        RETURNING entry_id INTO v_entry;
+        IF p_amount > v_alloc THEN
+            PERFORM credits._draw_grants(v_hold.account_id, v_entry, p_amount - v_alloc, v_now);
+        END IF;
+        PERFORM credits._hold_resolved(v_hold, v_entry, p_amount, v_alloc, v_now);
+    END IF;
     PERFORM credits._after_write(v_hold.account_id, v_now, v_entry, v_state);
     RETURN v_entry;
 END
@@ -1358,8 +1435,7 @@ BEGIN
     INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, ref, metadata)
     VALUES (v_hold.account_id, v_now, 'X', v_hold.feature_id, v_hold.amount, v_hold.hold_id, '{"reason": "release"}')
     RETURNING entry_id INTO v_entry;
-    UPDATE credits.holds h SET resolved_entry = v_entry
-     WHERE h.account_id = v_hold.account_id AND h.hold_id = v_hold.hold_id;
+    PERFORM credits._hold_resolved(v_hold, v_entry, 0, 0, v_now);
 END
 $$;
 
@@ -1449,11 +1525,12 @@ DECLARE
     v_grants   integer;
     v_accounts text[];
     v_entries  bigint[];
+    v_old_holds bigint[];
     v_acct     credits.accounts;
     v_state    credits._account_state;
 BEGIN
     WITH due AS (
-        SELECT h.account_id, h.hold_id, h.feature_id, h.amount, h.expires_at
+        SELECT h.account_id, h.hold_id, h.feature_id, h.amount, h.expires_at, h.month
           FROM credits.holds h
          WHERE h.account_id = ANY (p_accounts) AND h.resolved_entry IS NULL AND h.expires_at <= p_at
     ), freed AS (
@@ -1471,7 +1548,15 @@ BEGIN
           FROM (SELECT account_id, sum(amount) AS total FROM freed GROUP BY account_id) f
          WHERE a.account_id = f.account_id
     )
-    SELECT count(*) INTO v_holds FROM freed;
+    SELECT count(*), array_agg(f.ref) FILTER (WHERE d.month < credits._utc_month(p_at)),
+           array_agg(f.entry_id) FILTER (WHERE d.month < credits._utc_month(p_at))
+      INTO v_holds, v_old_holds, v_entries
+      FROM freed f JOIN due d ON d.account_id = f.account_id AND d.hold_id = f.ref;
+    -- A hold of a month that has closed: what it kept aside there is forfeited.
+    FOR i IN 1 .. coalesce(array_length(v_old_holds, 1), 0) LOOP
+        PERFORM credits._hold_resolved(h, v_entries[i], 0, 0, p_at)
+           FROM credits.holds h WHERE h.hold_id = v_old_holds[i];
+    END LOOP;
 
     WITH due AS (
         SELECT g.account_id, g.grant_id, g.kind, g.remaining, g.expires_at
@@ -1568,38 +1653,47 @@ END
 $$;
 
 CREATE OR REPLACE FUNCTION _charge(p_account text, s credits._account_state, p_feature_id smallint,
-                        p_amount numeric, p_metadata jsonb, p_ref bigint, p_now timestamptz)
+                        p_amount numeric, p_metadata jsonb, p_ref bigint, p_now timestamptz,
+                        p_today boolean DEFAULT true)
 RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
     v_alloc numeric := least(p_amount, s.allowance_available);
     v_need  numeric := p_amount - least(p_amount, s.allowance_available);
+    v_shift numeric;
     v_take  numeric;
     v_entry bigint;
-    g       record;
+    h       record;
 BEGIN
+    -- Allowance held by this month's holds, moved onto grants.
+    v_shift := least(v_need, s.grants_available,
+                     least(s.reserved_allowance, greatest(0, s.monthly_limit - s.monthly_used)));
+    IF v_shift > 0 THEN
+        v_alloc := v_alloc + v_shift;
+        v_need := v_need - v_shift;
+        FOR h IN SELECT ho.hold_id, ho.amount - ho.from_grants AS on_allowance FROM credits.holds ho
+                  WHERE ho.account_id = p_account AND ho.resolved_entry IS NULL AND ho.expires_at > p_now
+                    AND ho.month >= credits._utc_month(p_now) AND ho.amount > ho.from_grants
+                  ORDER BY ho.hold_id DESC
+        LOOP
+            EXIT WHEN v_shift = 0;
+            v_take := least(v_shift, h.on_allowance);
+            UPDATE credits.holds ho SET from_grants = ho.from_grants + v_take
+             WHERE ho.account_id = p_account AND ho.hold_id = h.hold_id;
+            v_shift := v_shift - v_take;
+        END LOOP;
+    END IF;
+
     INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, from_grants, ref, metadata)
     VALUES (p_account, p_now, 'D', p_feature_id, p_amount, nullif(v_need, 0), p_ref, p_metadata)
     RETURNING entry_id INTO v_entry;
-
-    FOR g IN SELECT gr.grant_id, gr.remaining FROM credits.grants gr
-              WHERE gr.account_id = p_account AND gr.remaining > 0
-                AND (gr.expires_at IS NULL OR gr.expires_at > p_now)
-              ORDER BY gr.expires_at NULLS LAST, gr.grant_id
-              FOR UPDATE
-    LOOP
-        EXIT WHEN v_need = 0;
-        v_take := least(v_need, g.remaining);
-        UPDATE credits.grants gr SET remaining = gr.remaining - v_take
-         WHERE gr.account_id = p_account AND gr.grant_id = g.grant_id;
-        INSERT INTO credits.grant_draws (account_id, entry_id, grant_id, amount)
-        VALUES (p_account, v_entry, g.grant_id, v_take);
-        v_need := v_need - v_take;
-    END LOOP;
+    IF v_need > 0 THEN
+        PERFORM credits._draw_grants(p_account, v_entry, v_need, p_now);
+    END IF;
 
     UPDATE credits.accounts a
        SET day = credits._utc_day(p_now),
-           daily_used = s.daily_used + p_amount,
+           daily_used = CASE WHEN p_today THEN s.daily_used + p_amount ELSE s.daily_used END,
            month = credits._utc_month(p_now),
            monthly_used = s.monthly_used + v_alloc,
            monthly_epoch = CASE WHEN a.month = credits._utc_month(p_now) THEN a.monthly_epoch ELSE 0 END,
@@ -1636,6 +1730,76 @@ BEGIN
     END IF;
     UPDATE credits.accounts a SET reserved = a.reserved - v_hold.amount, last_at = credits._account_now(v_acct, p_now)
      WHERE a.account_id = v_hold.account_id;
+    UPDATE credits.holds h SET resolved_entry = 0 WHERE h.account_id = v_hold.account_id AND h.hold_id = p_hold;
     RETURN v_hold;
 END
 $$;
+
+CREATE OR REPLACE FUNCTION _draw_grants(p_account text, p_entry bigint, p_need numeric, p_now timestamptz)
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_need numeric := p_need;
+    v_take numeric;
+    g      record;
+BEGIN
+    FOR g IN SELECT gr.grant_id, gr.remaining FROM credits.grants gr
+              WHERE gr.account_id = p_account AND gr.remaining > 0
+                AND (gr.expires_at IS NULL OR gr.expires_at > p_now)
+              ORDER BY gr.expires_at NULLS LAST, gr.grant_id
+              FOR UPDATE
+    LOOP
+        EXIT WHEN v_need = 0;
+        v_take := least(v_need, g.remaining);
+        UPDATE credits.grants gr SET remaining = gr.remaining - v_take
+         WHERE gr.account_id = p_account AND gr.grant_id = g.grant_id;
+        INSERT INTO credits.grant_draws (account_id, entry_id, grant_id, amount)
+        VALUES (p_account, p_entry, g.grant_id, v_take);
+        v_need := v_need - v_take;
+    END LOOP;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION _hold_resolved(p_hold credits.holds, p_entry bigint, p_charged numeric,
+                               p_charged_allowance numeric, p_at timestamptz)
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_closed credits.closed_windows;
+    v_forfeit numeric;
+BEGIN
+    UPDATE credits.holds h SET resolved_entry = p_entry
+     WHERE h.account_id = p_hold.account_id AND h.hold_id = p_hold.hold_id;
+    -- (a hold whose deadline came before its month ended was not kept aside)
+    IF p_hold.month < credits._utc_month(p_at)
+       AND p_hold.expires_at > (p_hold.month + interval '1 month')::timestamp AT TIME ZONE 'UTC' THEN
+        UPDATE credits.closed_windows c
+           SET used = c.used + p_charged_allowance,
+               held = c.held - (p_hold.amount - p_hold.from_grants),
+               forfeited = greatest(0, c.window_limit - (c.used + p_charged_allowance)
+                                       - (c.held - (p_hold.amount - p_hold.from_grants)))
+         WHERE c.account_id = p_hold.account_id AND c.window_kind = 'monthly' AND c.window_start = p_hold.month
+        RETURNING * INTO v_closed;
+        -- (what the update added to the window's forfeits)
+        v_forfeit := v_closed.forfeited - greatest(0, v_closed.window_limit - (v_closed.used - p_charged_allowance)
+                                                      - (v_closed.held + p_hold.amount - p_hold.from_grants));
+        IF v_forfeit > 0 THEN
+            INSERT INTO credits.ledger (account_id, at, kind, amount, ref, metadata)
+            VALUES (p_hold.account_id, p_at, 'F', v_forfeit, p_hold.hold_id,
+                    jsonb_build_object('reason', 'hold', 'month', to_char(p_hold.month, 'YYYY-MM')));
+        END IF;
+    END IF;
+    IF p_charged > 0 AND p_hold.day < credits._utc_day(p_at) THEN
+        INSERT INTO credits.closed_windows AS c
+               (account_id, window_kind, window_start, plan, window_limit, used, forfeited, closed_at)
+        SELECT p_hold.account_id, 'daily', p_hold.day, a.plan, p.daily_limit, p_charged, NULL,
+               (p_hold.day + 1)::timestamp AT TIME ZONE 'UTC'
+          FROM credits.accounts a JOIN credits.plans p ON p.plan = a.plan
+         WHERE a.account_id = p_hold.account_id
+        ON CONFLICT ON CONSTRAINT closed_windows_pkey DO UPDATE SET used = c.used + excluded.used;
+    END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION credits._draw_grants(text, bigint, numeric, timestamptz),
+    credits._charge(text, _account_state, smallint, numeric, jsonb, bigint, timestamptz, boolean),
+    credits._hold_resolved(holds, bigint, numeric, numeric, timestamptz) FROM PUBLIC;

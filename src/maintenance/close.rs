@@ -30,6 +30,8 @@ struct Window {
     limit: Option<Datum>,
     used: Datum,
     forfeited: Option<Datum>,
+    /// Monthly: the allowance open holds placed in it still hold (kept aside, not forfeited).
+    held: Datum,
     closes_at: i64,
     /// The ledger entry that restarted the month (an upgrade), 0 = none.
     epoch: i64,
@@ -75,11 +77,14 @@ unsafe fn day_ended(a: &Account, today: i32) -> bool {
 }
 
 /// What closing `a`'s ended windows records, given its plan's daily limit
-/// and monthly allowance; None if no window ended.
+/// and monthly allowance, and what its open holds placed in its month hold
+/// on the allowance (`held`: SPEC §4.3, kept aside until they resolve, not
+/// forfeited); None if no window ended.
 pub(crate) unsafe fn closing(
     a: &Account,
     daily_limit: Option<Datum>,
     allowance: Datum,
+    held: Datum,
     today: i32,
     this_month: i32,
 ) -> Option<Closing> {
@@ -91,6 +96,7 @@ pub(crate) unsafe fn closing(
             limit: daily_limit,
             used: a.daily_used,
             forfeited: None,
+            held: numeric::from_i64(0),
             closes_at: clock::day_start(a.day + 1),
             epoch: 0,
         });
@@ -103,12 +109,12 @@ pub(crate) unsafe fn closing(
         let limit = numeric::add(allowance, a.purchased);
         let mut month = a.month;
         while month < this_month {
-            let used = if month == a.month {
-                a.monthly_used
+            let (used, held) = if month == a.month {
+                (a.monthly_used, held)
             } else {
-                zero
+                (zero, zero)
             };
-            let left = numeric::sub(limit, used);
+            let left = numeric::sub(numeric::sub(limit, used), held);
             let next = clock::next_month(month);
             windows.push(Window {
                 monthly: true,
@@ -120,6 +126,7 @@ pub(crate) unsafe fn closing(
                 } else {
                     zero
                 }),
+                held,
                 closes_at: clock::day_start(next),
                 epoch: if month == a.month { a.monthly_epoch } else { 0 },
             });
@@ -206,6 +213,7 @@ impl Closing {
             row.set(closed.col(c"used")?, Some(w.used));
             row.set(closed.col(c"forfeited")?, w.forfeited);
             row.set(closed.col(c"closed_at")?, Some(Datum::from(w.closes_at)));
+            row.set(closed.col(c"held")?, Some(w.held));
             row.complete()?;
             let forfeit = match w.forfeited {
                 Some(amount) if numeric::cmp(amount, numeric::from_i64(0)) > 0 => {
@@ -342,6 +350,25 @@ pub unsafe extern "C-unwind" fn credits_close_windows_after(
     pg_sys::HeapTupleHeaderGetDatum((*tuple).t_data)
 }
 
+/// What the holds placed in `a`'s month, still open when it ended, hold on
+/// its allowance (none without a reservation: no query then, the common case).
+unsafe fn held_on_allowance(a: &Account, account_id: Datum) -> Datum {
+    if numeric::cmp(a.reserved, numeric::from_i64(0)) <= 0 {
+        return numeric::from_i64(0);
+    }
+    let held = Spi::get_one_with_args::<pgrx::AnyNumeric>(
+        "SELECT coalesce(sum(h.amount - h.from_grants), 0)
+           FROM credits.accounts a
+           JOIN credits.holds h ON h.account_id = a.account_id AND h.month = a.month
+          WHERE a.account_id = $1 AND h.resolved_entry IS NULL
+            AND h.expires_at > (a.month + interval '1 month')::timestamp AT TIME ZONE 'UTC'",
+        &[DatumWithOid::from(text_string(account_id))],
+    )
+    .expect("the held allowance");
+    held.and_then(|h| h.into_datum())
+        .unwrap_or_else(|| numeric::from_i64(0))
+}
+
 /// A library older than the schema it runs against.
 fn incomplete() -> ! {
     error!("credits: a table has a column this library does not know")
@@ -435,12 +462,18 @@ impl Closer {
         let Some((daily_limit, allowance)) = catalog_cache::plan(&self.schema, account.plan) else {
             return false; // (the plan foreign key makes this impossible)
         };
-        let Some(closing) = closing(&account, daily_limit, allowance, today, this_month) else {
-            return false;
-        };
         let id = locked
             .get(accounts.col(c"account_id").unwrap_or_else(|| incomplete()))
             .unwrap_or_else(|| incomplete());
+        let held = if passed(&account, today, this_month) {
+            held_on_allowance(&account, id)
+        } else {
+            numeric::from_i64(0)
+        };
+        let Some(closing) = closing(&account, daily_limit, allowance, held, today, this_month)
+        else {
+            return false;
+        };
         let resets = closing
             .resets(&self.events, &mut self.events_key, id)
             .unwrap_or_else(|| incomplete());

@@ -44,11 +44,12 @@ DECLARE
     v_grants   integer;
     v_accounts text[];
     v_entries  bigint[];
+    v_old_holds bigint[];
     v_acct     credits.accounts;
     v_state    credits._account_state;
 BEGIN
     WITH due AS (
-        SELECT h.account_id, h.hold_id, h.feature_id, h.amount, h.expires_at
+        SELECT h.account_id, h.hold_id, h.feature_id, h.amount, h.expires_at, h.month
           FROM credits.holds h
          WHERE h.account_id = ANY (p_accounts) AND h.resolved_entry IS NULL AND h.expires_at <= p_at
     ), freed AS (
@@ -66,7 +67,15 @@ BEGIN
           FROM (SELECT account_id, sum(amount) AS total FROM freed GROUP BY account_id) f
          WHERE a.account_id = f.account_id
     )
-    SELECT count(*) INTO v_holds FROM freed;
+    SELECT count(*), array_agg(f.ref) FILTER (WHERE d.month < credits._utc_month(p_at)),
+           array_agg(f.entry_id) FILTER (WHERE d.month < credits._utc_month(p_at))
+      INTO v_holds, v_old_holds, v_entries
+      FROM freed f JOIN due d ON d.account_id = f.account_id AND d.hold_id = f.ref;
+    -- A hold of a month that has closed: what it kept aside there is forfeited.
+    FOR i IN 1 .. coalesce(array_length(v_old_holds, 1), 0) LOOP
+        PERFORM credits._hold_resolved(h, v_entries[i], 0, 0, p_at)
+           FROM credits.holds h WHERE h.hold_id = v_old_holds[i];
+    END LOOP;
 
     WITH due AS (
         SELECT g.account_id, g.grant_id, g.kind, g.remaining, g.expires_at

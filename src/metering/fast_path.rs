@@ -219,7 +219,14 @@ fn debit(req: &DebitRequest) -> Option<i64> {
         // Ended windows (the account's first call of a day or month) are
         // closed in the same writes as the debit; one that had run out opens
         // with a reset event, which is the SQL path's to emit.
-        let closing = match close::closing(&a, daily_limit, allowance, today, this_month) {
+        // (An account with holds closes its month in SQL: what its holds
+        // keep aside is looked up there.)
+        let passed = close::passed(&a, today, this_month);
+        if passed && Decimal::from_datum(a.reserved)? > Decimal::ZERO {
+            return None;
+        }
+        let zero = Decimal::ZERO.to_datum();
+        let closing = match close::closing(&a, daily_limit, allowance, zero, today, this_month) {
             Some(closing) => {
                 let relations = schema.closing()?;
                 let events = Table::open(relations.events, pg_sys::AccessShareLock);

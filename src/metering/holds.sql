@@ -1,10 +1,19 @@
 -- Reservations (holds) for work whose cost is known only at the end.
 --   reserve  sets credits aside at once: counted in balance().reserved and
---            unavailable to every other call (same window checks as debit);
---   settle   charges the actual amount as a debit and frees the hold;
+--            unavailable to every other call (same window checks as debit),
+--            on the allowance first, then on grants;
+--   settle   charges the actual amount as a debit and frees the hold; up to
+--            the hold's amount it always succeeds (a hold keeps what it
+--            reserved, even past a plan change to a smaller limit, SPEC §4.4);
 --            more than was held is charged only if what is available once
 --            the hold is freed covers it (UC001 otherwise, nothing written);
---   release  frees the hold without charge;
+--   release  frees the hold without charge.
+-- A hold belongs to the windows it was placed in (SPEC §4.3): a window that
+-- closes while it is open keeps the hold's part aside instead of forfeiting
+-- it; a settle after that boundary charges the hold's own windows (their
+-- closed records show it, the new windows are untouched) and can charge at
+-- most the hold's amount; whatever a hold of a closed month does not use is
+-- forfeited ('F', reason hold) when it is settled, released or expires.
 --   try_reserve  like reserve, NULL instead of UC001 (the denial's exhausted
 --            event commits, which a raised error's cannot).
 -- A hold resolves at most once (UC008 afterwards). A hold past its ttl is
@@ -25,6 +34,7 @@ DECLARE
     v_request uuid;
     v_entry   bigint;
     v_expires timestamptz;
+    v_grants  numeric;
 BEGIN
     PERFORM credits._check_text(p_account, 'account_id');
     v_feature := credits._feature(p_feature);
@@ -58,12 +68,14 @@ BEGIN
 
     -- (in UTC: a day of ttl is 24 hours whatever the session's TimeZone)
     v_expires := (v_now AT TIME ZONE 'UTC' + p_ttl) AT TIME ZONE 'UTC';
-    INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, metadata)
-    VALUES (p_account, v_now, 'H', v_feature.feature_id, p_amount,
+    v_grants := p_amount - least(p_amount, v_state.allowance_available);
+    INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, from_grants, metadata)
+    VALUES (p_account, v_now, 'H', v_feature.feature_id, p_amount, nullif(v_grants, 0),
             jsonb_build_object('expires_at', v_expires))
     RETURNING entry_id INTO v_entry;
-    INSERT INTO credits.holds (account_id, hold_id, feature_id, amount, expires_at)
-    VALUES (p_account, v_entry, v_feature.feature_id, p_amount, v_expires);
+    INSERT INTO credits.holds (account_id, hold_id, feature_id, amount, expires_at, from_grants, day, month)
+    VALUES (p_account, v_entry, v_feature.feature_id, p_amount, v_expires, v_grants,
+            credits._utc_day(v_now), credits._utc_month(v_now));
     UPDATE credits.accounts a SET reserved = a.reserved + p_amount, last_at = v_now WHERE a.account_id = p_account;
     PERFORM credits._after_write(p_account, v_now, v_entry, v_state);
     IF p_key IS NOT NULL THEN
@@ -94,7 +106,9 @@ END
 $$;
 
 -- Lock the account of an open hold and free the hold; UC008 if the hold is
--- unknown or already resolved (settled, released or expired).
+-- unknown or already resolved (settled, released or expired). The hold is
+-- marked resolved by entry 0 until the caller writes the entry that resolves
+-- it (so the account's state no longer counts it).
 CREATE FUNCTION _take_hold(p_hold bigint, p_now timestamptz) RETURNS credits.holds
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -122,10 +136,58 @@ BEGIN
     END IF;
     UPDATE credits.accounts a SET reserved = a.reserved - v_hold.amount, last_at = credits._account_now(v_acct, p_now)
      WHERE a.account_id = v_hold.account_id;
+    UPDATE credits.holds h SET resolved_entry = 0 WHERE h.account_id = v_hold.account_id AND h.hold_id = p_hold;
     RETURN v_hold;
 END
 $$;
 
+-- A hold resolved by entry `p_entry` at `p_at`, of which `p_charged` was
+-- charged (0 when freed): its windows that have closed get what they kept
+-- aside for it. Its month, if closed: `p_charged_allowance` is used, the rest
+-- of what it held on the allowance is forfeited ('F', reason hold). Its day,
+-- if closed (settles only): the charge is used there.
+CREATE FUNCTION _hold_resolved(p_hold credits.holds, p_entry bigint, p_charged numeric,
+                               p_charged_allowance numeric, p_at timestamptz)
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_closed credits.closed_windows;
+    v_forfeit numeric;
+BEGIN
+    UPDATE credits.holds h SET resolved_entry = p_entry
+     WHERE h.account_id = p_hold.account_id AND h.hold_id = p_hold.hold_id;
+    -- (a hold whose deadline came before its month ended was not kept aside)
+    IF p_hold.month < credits._utc_month(p_at)
+       AND p_hold.expires_at > (p_hold.month + interval '1 month')::timestamp AT TIME ZONE 'UTC' THEN
+        UPDATE credits.closed_windows c
+           SET used = c.used + p_charged_allowance,
+               held = c.held - (p_hold.amount - p_hold.from_grants),
+               forfeited = greatest(0, c.window_limit - (c.used + p_charged_allowance)
+                                       - (c.held - (p_hold.amount - p_hold.from_grants)))
+         WHERE c.account_id = p_hold.account_id AND c.window_kind = 'monthly' AND c.window_start = p_hold.month
+        RETURNING * INTO v_closed;
+        -- (what the update added to the window's forfeits)
+        v_forfeit := v_closed.forfeited - greatest(0, v_closed.window_limit - (v_closed.used - p_charged_allowance)
+                                                      - (v_closed.held + p_hold.amount - p_hold.from_grants));
+        IF v_forfeit > 0 THEN
+            INSERT INTO credits.ledger (account_id, at, kind, amount, ref, metadata)
+            VALUES (p_hold.account_id, p_at, 'F', v_forfeit, p_hold.hold_id,
+                    jsonb_build_object('reason', 'hold', 'month', to_char(p_hold.month, 'YYYY-MM')));
+        END IF;
+    END IF;
+    IF p_charged > 0 AND p_hold.day < credits._utc_day(p_at) THEN
+        INSERT INTO credits.closed_windows AS c
+               (account_id, window_kind, window_start, plan, window_limit, used, forfeited, closed_at)
+        SELECT p_hold.account_id, 'daily', p_hold.day, a.plan, p.daily_limit, p_charged, NULL,
+               (p_hold.day + 1)::timestamp AT TIME ZONE 'UTC'
+          FROM credits.accounts a JOIN credits.plans p ON p.plan = a.plan
+         WHERE a.account_id = p_hold.account_id
+        ON CONFLICT ON CONSTRAINT closed_windows_pkey DO UPDATE SET used = c.used + excluded.used;
+    END IF;
+END
+$$;
+
+-- settle: charge the actual amount of a hold (see the top of this file).
 CREATE FUNCTION settle(hold_id bigint, amount numeric) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -134,6 +196,8 @@ DECLARE
     v_hold   credits.holds;
     v_acct   credits.accounts;
     v_state  credits._account_state;
+    v_own    numeric;  -- what the hold held on the allowance
+    v_alloc  numeric;
     v_entry  bigint;
 BEGIN
     PERFORM credits._check_amount(p_amount, 'amount');
@@ -142,13 +206,64 @@ BEGIN
     SELECT * INTO v_acct FROM credits.accounts a WHERE a.account_id = v_hold.account_id;
     v_now := credits._account_now(v_acct, v_now);
     v_state := credits._state(v_acct, v_now);
-    IF credits._lacking_window(v_state, p_amount) IS NOT NULL THEN
-        PERFORM credits._raise_insufficient(v_hold.account_id, p_amount,
-                                            format('hold %s', v_hold.hold_id), v_state, v_now);
+    v_own := v_hold.amount - v_hold.from_grants;
+
+    IF v_hold.day >= credits._utc_day(v_now) THEN
+        -- Its windows are the current ones: what it held is there again, and
+        -- up to its amount it is charged whatever the limits say now.
+        IF p_amount <= v_hold.amount THEN
+            v_state.daily_available := greatest(v_state.daily_available, p_amount);
+            v_state.allowance_available := greatest(v_state.allowance_available, least(p_amount, v_own));
+        END IF;
+        IF credits._lacking_window(v_state, p_amount) IS NOT NULL THEN
+            PERFORM credits._raise_insufficient(v_hold.account_id, p_amount,
+                                                format('hold %s', v_hold.hold_id), v_state, v_now);
+        END IF;
+        v_entry := credits._charge(v_hold.account_id, v_state, v_hold.feature_id, p_amount, NULL, v_hold.hold_id, v_now);
+        PERFORM credits._hold_resolved(v_hold, v_entry, p_amount, 0, v_now);
+        PERFORM credits._after_write(v_hold.account_id, v_now, v_entry, v_state);
+        RETURN v_entry;
     END IF;
-    v_entry := credits._charge(v_hold.account_id, v_state, v_hold.feature_id, p_amount, NULL, v_hold.hold_id, v_now);
-    UPDATE credits.holds h SET resolved_entry = v_entry
-     WHERE h.account_id = v_hold.account_id AND h.hold_id = v_hold.hold_id;
+
+    -- Its day (and perhaps its month) has closed: at most its amount.
+    IF p_amount > v_hold.amount THEN
+        RAISE EXCEPTION 'hold % was placed on %, a window that has closed: it settles for at most %',
+                        v_hold.hold_id, to_char(v_hold.day, 'YYYY-MM-DD'), trim_scale(v_hold.amount)
+            USING ERRCODE = 'UC001',
+                  DETAIL = format('window=daily day=%s hold=%s amount=%s', to_char(v_hold.day, 'YYYY-MM-DD'),
+                                  v_hold.hold_id, p_amount),
+                  HINT = 'Settle the hold for at most its amount and debit the rest.';
+    END IF;
+    v_alloc := least(p_amount, v_own);
+    IF v_hold.month >= credits._utc_month(v_now) THEN
+        -- The month is current: the monthly allowance counts it now.
+        v_state.allowance_available := greatest(v_state.allowance_available, v_alloc);
+        IF p_amount > v_state.allowance_available + v_state.grants_available THEN
+            PERFORM credits._raise_insufficient(v_hold.account_id, p_amount,
+                                                format('hold %s', v_hold.hold_id), v_state, v_now);
+        END IF;
+        v_entry := credits._charge(v_hold.account_id, v_state, v_hold.feature_id, p_amount, NULL, v_hold.hold_id,
+                                   v_now, p_today => false);
+        PERFORM credits._hold_resolved(v_hold, v_entry, p_amount, 0, v_now);
+    ELSE
+        -- The month has closed too: its allowance part is charged there.
+        IF p_amount - v_alloc > v_state.grants_available THEN
+            RAISE EXCEPTION 'insufficient credits: hold % needs % from grants, % are available',
+                            v_hold.hold_id, p_amount - v_alloc, v_state.grants_available
+                USING ERRCODE = 'UC001',
+                      DETAIL = format('window=monthly month=%s hold=%s granted=%s', to_char(v_hold.month, 'YYYY-MM'),
+                                      v_hold.hold_id, v_state.granted_remaining),
+                      HINT = 'The grants the hold was backed by have expired since.';
+        END IF;
+        INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, from_grants, ref)
+        VALUES (v_hold.account_id, v_now, 'D', v_hold.feature_id, p_amount, nullif(p_amount - v_alloc, 0),
+                v_hold.hold_id)
+        RETURNING entry_id INTO v_entry;
+        IF p_amount > v_alloc THEN
+            PERFORM credits._draw_grants(v_hold.account_id, v_entry, p_amount - v_alloc, v_now);
+        END IF;
+        PERFORM credits._hold_resolved(v_hold, v_entry, p_amount, v_alloc, v_now);
+    END IF;
     PERFORM credits._after_write(v_hold.account_id, v_now, v_entry, v_state);
     RETURN v_entry;
 END
@@ -166,7 +281,6 @@ BEGIN
     INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, ref, metadata)
     VALUES (v_hold.account_id, v_now, 'X', v_hold.feature_id, v_hold.amount, v_hold.hold_id, '{"reason": "release"}')
     RETURNING entry_id INTO v_entry;
-    UPDATE credits.holds h SET resolved_entry = v_entry
-     WHERE h.account_id = v_hold.account_id AND h.hold_id = v_hold.hold_id;
+    PERFORM credits._hold_resolved(v_hold, v_entry, 0, 0, v_now);
 END
 $$;

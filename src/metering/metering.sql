@@ -9,24 +9,16 @@
 -- retried. Anything the fast path cannot decide alone (credits from
 -- grants, an error to report, a replayed key) goes to _debit_slow.
 
--- Charge `p_amount` to a locked account whose state `s` was checked to fit:
--- the allowance first, then grants soonest-expiring first. Writes the 'D'
--- entry (ref = the hold it settles, if any) and returns its id.
-CREATE FUNCTION _charge(p_account text, s credits._account_state, p_feature_id smallint,
-                        p_amount numeric, p_metadata jsonb, p_ref bigint, p_now timestamptz)
-RETURNS bigint
+-- Draw `p_need` from the valid grants of a locked account, soonest-expiring
+-- first, for ledger entry `p_entry` (its grant draws).
+CREATE FUNCTION _draw_grants(p_account text, p_entry bigint, p_need numeric, p_now timestamptz)
+RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_alloc numeric := least(p_amount, s.allowance_available);
-    v_need  numeric := p_amount - least(p_amount, s.allowance_available);
-    v_take  numeric;
-    v_entry bigint;
-    g       record;
+    v_need numeric := p_need;
+    v_take numeric;
+    g      record;
 BEGIN
-    INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, from_grants, ref, metadata)
-    VALUES (p_account, p_now, 'D', p_feature_id, p_amount, nullif(v_need, 0), p_ref, p_metadata)
-    RETURNING entry_id INTO v_entry;
-
     FOR g IN SELECT gr.grant_id, gr.remaining FROM credits.grants gr
               WHERE gr.account_id = p_account AND gr.remaining > 0
                 AND (gr.expires_at IS NULL OR gr.expires_at > p_now)
@@ -38,13 +30,63 @@ BEGIN
         UPDATE credits.grants gr SET remaining = gr.remaining - v_take
          WHERE gr.account_id = p_account AND gr.grant_id = g.grant_id;
         INSERT INTO credits.grant_draws (account_id, entry_id, grant_id, amount)
-        VALUES (p_account, v_entry, g.grant_id, v_take);
+        VALUES (p_account, p_entry, g.grant_id, v_take);
         v_need := v_need - v_take;
     END LOOP;
+END
+$$;
+
+-- Charge `p_amount` to a locked account whose state `s` was checked to fit:
+-- the allowance first, then grants soonest-expiring first. Writes the 'D'
+-- entry (ref = the hold it settles, if any) and returns its id. The amount
+-- counts in today's daily window unless `p_today` is false (a settle whose
+-- hold was placed on a day that has closed: the caller records it there).
+-- Holds are promises, not earmarks (SPEC §4, issue: holds and grants): a
+-- charge takes allowance that this month's holds hold before it takes a
+-- grant, and those holds are backed by the grants instead, so a hold never
+-- makes a debit spend a grant while allowance it did not use is left.
+CREATE FUNCTION _charge(p_account text, s credits._account_state, p_feature_id smallint,
+                        p_amount numeric, p_metadata jsonb, p_ref bigint, p_now timestamptz,
+                        p_today boolean DEFAULT true)
+RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_alloc numeric := least(p_amount, s.allowance_available);
+    v_need  numeric := p_amount - least(p_amount, s.allowance_available);
+    v_shift numeric;
+    v_take  numeric;
+    v_entry bigint;
+    h       record;
+BEGIN
+    -- Allowance held by this month's holds, moved onto grants.
+    v_shift := least(v_need, s.grants_available,
+                     least(s.reserved_allowance, greatest(0, s.monthly_limit - s.monthly_used)));
+    IF v_shift > 0 THEN
+        v_alloc := v_alloc + v_shift;
+        v_need := v_need - v_shift;
+        FOR h IN SELECT ho.hold_id, ho.amount - ho.from_grants AS on_allowance FROM credits.holds ho
+                  WHERE ho.account_id = p_account AND ho.resolved_entry IS NULL AND ho.expires_at > p_now
+                    AND ho.month >= credits._utc_month(p_now) AND ho.amount > ho.from_grants
+                  ORDER BY ho.hold_id DESC
+        LOOP
+            EXIT WHEN v_shift = 0;
+            v_take := least(v_shift, h.on_allowance);
+            UPDATE credits.holds ho SET from_grants = ho.from_grants + v_take
+             WHERE ho.account_id = p_account AND ho.hold_id = h.hold_id;
+            v_shift := v_shift - v_take;
+        END LOOP;
+    END IF;
+
+    INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, from_grants, ref, metadata)
+    VALUES (p_account, p_now, 'D', p_feature_id, p_amount, nullif(v_need, 0), p_ref, p_metadata)
+    RETURNING entry_id INTO v_entry;
+    IF v_need > 0 THEN
+        PERFORM credits._draw_grants(p_account, v_entry, v_need, p_now);
+    END IF;
 
     UPDATE credits.accounts a
        SET day = credits._utc_day(p_now),
-           daily_used = s.daily_used + p_amount,
+           daily_used = CASE WHEN p_today THEN s.daily_used + p_amount ELSE s.daily_used END,
            month = credits._utc_month(p_now),
            monthly_used = s.monthly_used + v_alloc,
            monthly_epoch = CASE WHEN a.month = credits._utc_month(p_now) THEN a.monthly_epoch ELSE 0 END,
@@ -195,6 +237,7 @@ DECLARE
     p_reason  text := refund.reason;
     v_now     timestamptz := credits.now();
     v_debit   credits.ledger;
+    v_debit_at timestamptz;  -- the instant whose windows the debit counted in
     v_acct    credits.accounts;
     v_done    numeric;
     v_grants_done numeric;
@@ -224,6 +267,9 @@ BEGIN
     END IF;
     v_acct := credits._lock_account(v_debit.account_id, v_now);
     v_now := credits._account_now(v_acct, v_now);
+    -- (a settle counted in the windows of its hold, SPEC §4.3)
+    v_debit_at := coalesce((SELECT h.at FROM credits.ledger h WHERE h.entry_id = v_debit.ref AND h.kind = 'H'),
+                           v_debit.at);
 
     SELECT coalesce(sum(r.amount), 0), coalesce(sum(r.from_grants), 0), max(r.entry_id)
       INTO v_done, v_grants_done, v_last
@@ -280,9 +326,9 @@ BEGIN
     END LOOP;
 
     UPDATE credits.accounts a
-       SET daily_used = CASE WHEN a.day = credits._utc_day(v_debit.at) AND a.day = credits._utc_day(v_now)
+       SET daily_used = CASE WHEN a.day = credits._utc_day(v_debit_at) AND a.day = credits._utc_day(v_now)
                              THEN a.daily_used - p_amount ELSE a.daily_used END,
-           monthly_used = CASE WHEN a.month = credits._utc_month(v_debit.at) AND a.month = credits._utc_month(v_now)
+           monthly_used = CASE WHEN a.month = credits._utc_month(v_debit_at) AND a.month = credits._utc_month(v_now)
                                     AND p_entry > a.monthly_epoch
                                THEN a.monthly_used - (p_amount - v_to_grants) ELSE a.monthly_used END,
            last_at = v_now

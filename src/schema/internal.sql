@@ -154,8 +154,13 @@ END
 $$;
 
 -- The state of one account at an instant, windows rolled: what balance()
--- shows and what the slow debit path decides on. Holds draw on the
--- allowance first, then on grants; a daily limit caps all spending.
+-- shows and what the slow debit path decides on. A daily limit caps all
+-- spending. Open holds (before their deadline) are promises, not earmarks
+-- (SPEC §4.3, §4.4): today's count against the daily limit, this month's
+-- against the allowance for what they do not hold on grants, every hold's
+-- grant part against grants; a hold larger than a new, smaller limit keeps
+-- what it reserved without making anything negative, so credits granted or
+-- bought later are usable at once.
 CREATE TYPE _account_state AS (
     plan              text,
     daily_limit       numeric,
@@ -166,36 +171,43 @@ CREATE TYPE _account_state AS (
     reserved          numeric,
     daily_available   numeric,  -- NULL when the plan has no daily limit
     allowance_available numeric,
-    grants_available  numeric
+    grants_available  numeric,
+    reserved_allowance numeric, -- this month's open holds, on the allowance
+    reserved_grants   numeric   -- every open hold's part on grants
 );
 
 CREATE FUNCTION _state(a credits.accounts, p_now timestamptz) RETURNS credits._account_state
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
-    v credits._account_state;
+    v         credits._account_state;
+    v_today   numeric := 0;  -- held by holds placed today
 BEGIN
-    SELECT s.plan, s.daily_limit, s.daily_used, s.monthly_limit, s.monthly_used,
-           s.granted, s.reserved,
-           CASE WHEN s.daily_limit IS NOT NULL THEN greatest(0, s.daily_limit - s.daily_used - s.reserved) END,
-           greatest(0, s.monthly_limit - s.monthly_used - s.reserved),
-           -- never negative: holds larger than a smaller new limit keep what they reserved
-           greatest(0, s.granted - greatest(0, s.reserved - greatest(0, s.monthly_limit - s.monthly_used)))
-      INTO v
-      FROM (SELECT p.plan,
-                   p.daily_limit,
-                   credits._in_window(a.day, credits._utc_day(p_now), a.daily_used) AS daily_used,
-                   p.monthly_allowance + a.purchased AS monthly_limit,
-                   credits._in_window(a.month, credits._utc_month(p_now), a.monthly_used) AS monthly_used,
-                   coalesce((SELECT sum(g.remaining) FROM credits.grants g
-                              WHERE g.account_id = a.account_id AND g.remaining > 0
-                                AND (g.expires_at IS NULL OR g.expires_at > p_now)), 0) AS granted,
-                   -- holds past their deadline no longer count, even before they are freed
-                   a.reserved - CASE WHEN a.reserved = 0 THEN 0 ELSE
-                       coalesce((SELECT sum(h.amount) FROM credits.holds h
-                                  WHERE h.account_id = a.account_id AND h.resolved_entry IS NULL
-                                    AND h.expires_at <= p_now), 0) END AS reserved
-              FROM credits.plans p
-             WHERE p.plan = a.plan) s;
+    SELECT p.plan, p.daily_limit,
+           credits._in_window(a.day, credits._utc_day(p_now), a.daily_used),
+           p.monthly_allowance + a.purchased,
+           credits._in_window(a.month, credits._utc_month(p_now), a.monthly_used),
+           coalesce((SELECT sum(g.remaining) FROM credits.grants g
+                      WHERE g.account_id = a.account_id AND g.remaining > 0
+                        AND (g.expires_at IS NULL OR g.expires_at > p_now)), 0),
+           0, 0, 0
+      INTO v.plan, v.daily_limit, v.daily_used, v.monthly_limit, v.monthly_used, v.granted_remaining,
+           v.reserved, v.reserved_allowance, v.reserved_grants
+      FROM credits.plans p
+     WHERE p.plan = a.plan;
+    IF a.reserved > 0 THEN
+        -- (holds past their deadline no longer count, even before they are freed)
+        SELECT coalesce(sum(h.amount), 0),
+               coalesce(sum(h.amount) FILTER (WHERE h.day >= credits._utc_day(p_now)), 0),
+               coalesce(sum(h.amount - h.from_grants) FILTER (WHERE h.month >= credits._utc_month(p_now)), 0),
+               coalesce(sum(h.from_grants), 0)
+          INTO v.reserved, v_today, v.reserved_allowance, v.reserved_grants
+          FROM credits.holds h
+         WHERE h.account_id = a.account_id AND h.resolved_entry IS NULL AND h.expires_at > p_now;
+    END IF;
+    v.daily_available := CASE WHEN v.daily_limit IS NOT NULL
+                              THEN greatest(0, v.daily_limit - v.daily_used - v_today) END;
+    v.allowance_available := greatest(0, v.monthly_limit - v.monthly_used - v.reserved_allowance);
+    v.grants_available := greatest(0, v.granted_remaining - v.reserved_grants);
     RETURN v;
 END
 $$;

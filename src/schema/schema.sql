@@ -168,6 +168,10 @@ COMMENT ON TABLE month_allowances IS 'Per account: the largest monthly limit hel
 -- Holds (reservations): credits set aside for work whose cost is known only
 -- at the end. accounts.reserved is the sum of the open holds; a hold
 -- resolves at most once (resolved_entry: the settling 'D' or freeing 'X').
+-- A hold belongs to the windows it was placed in (day, month: SPEC §4.3):
+-- it counts against that day's limit and that month's allowance, for what it
+-- does not hold on grants (from_grants), and a window that closes while it
+-- is open keeps its part aside (closed_windows.held) until it resolves.
 -------------------------------------------------------------------------------
 
 CREATE TABLE holds (
@@ -177,6 +181,9 @@ CREATE TABLE holds (
     amount         numeric NOT NULL CHECK (amount > 0),
     expires_at     timestamptz NOT NULL,
     resolved_entry bigint,
+    from_grants    numeric NOT NULL DEFAULT 0,  -- the part held on grants, the rest on the allowance
+    day            date NOT NULL,               -- the UTC day it was placed in
+    month          date NOT NULL,               -- the UTC month it was placed in
     PRIMARY KEY (account_id, hold_id)
 );
 CREATE UNIQUE INDEX holds_hold_id_idx ON holds (hold_id);
@@ -223,8 +230,9 @@ CREATE TABLE closed_windows (
     plan         text NOT NULL,
     window_limit numeric,           -- NULL: the plan has no daily limit
     used         numeric NOT NULL,  -- monthly: allowance used (grants are not part of it)
-    forfeited    numeric,           -- monthly: allowance left unused when it closed
+    forfeited    numeric,           -- monthly: allowance left unused (when it closed; and as its holds resolve)
     closed_at    timestamptz NOT NULL,
+    held         numeric NOT NULL DEFAULT 0,  -- monthly: allowance still held by holds placed in it
     PRIMARY KEY (account_id, window_kind, window_start)
 );
 COMMENT ON TABLE closed_windows IS 'Totals of every closed UTC window: used, limit and (monthly) forfeited allowance.';

@@ -134,6 +134,10 @@ struct Hold {
     amount: Amount,
     expires: i64,
     open: bool,
+    /// Placed at (the windows it belongs to, SPEC §4.3).
+    at: i64,
+    /// The part held on grants; the rest is on the allowance of its month.
+    from_grants: Amount,
 }
 
 #[derive(Clone)]
@@ -170,6 +174,7 @@ struct State {
     monthly_used: Amount,
     granted: Amount,
     reserved: Amount,
+    reserved_allowance: Amount,
     daily_available: Option<Amount>,
     allowance_available: Amount,
     grants_available: Amount,
@@ -211,25 +216,39 @@ impl Account {
             .filter(|g| g.remaining > 0 && g.expires.is_none_or(|e| e > now))
             .map(|g| g.remaining)
             .sum();
-        let reserved = self
+        // Open holds are promises (SPEC §4.3, §4.4): today's against the
+        // daily limit, this month's against the allowance (less what they
+        // hold on grants), every hold's grant part against grants.
+        let open: Vec<&Hold> = self
             .holds
             .iter()
             .filter(|h| h.open && h.expires > now)
+            .collect();
+        let reserved = open.iter().map(|h| h.amount).sum();
+        let held_today: Amount = open
+            .iter()
+            .filter(|h| day_of(h.at) >= day_of(now))
             .map(|h| h.amount)
             .sum();
-        let allowance_left = (monthly_limit - monthly_used).max(0);
+        let reserved_allowance: Amount = open
+            .iter()
+            .filter(|h| month_of(h.at) >= month_of(now))
+            .map(|h| h.amount - h.from_grants)
+            .sum();
+        let reserved_grants: Amount = open.iter().map(|h| h.from_grants).sum();
         State {
             daily_used,
             monthly_limit,
             monthly_used,
             granted,
             reserved,
+            reserved_allowance,
             daily_available: self
                 .plan
                 .daily_limit
-                .map(|l| (l - daily_used - reserved).max(0)),
-            allowance_available: (monthly_limit - monthly_used - reserved).max(0),
-            grants_available: (granted - (reserved - allowance_left).max(0)).max(0),
+                .map(|l| (l - daily_used - held_today).max(0)),
+            allowance_available: (monthly_limit - monthly_used - reserved_allowance).max(0),
+            grants_available: (granted - reserved_grants).max(0),
         }
     }
 
@@ -258,8 +277,125 @@ impl Account {
     /// Charge a checked amount: allowance first, then grants soonest-expiring first.
     fn charge(&mut self, now: i64, seq: u64, amount: Amount) -> Debit {
         let s = self.state(now);
-        let alloc = amount.min(s.allowance_available);
+        self.charge_with(now, seq, amount, s, now, true)
+    }
+
+    /// Charge `amount` given the availability `s`: allowance first — taking
+    /// what this month's holds hold before any grant, those holds then
+    /// backed by grants instead — then grants. `window_at`: the instant whose
+    /// windows the debit counts in; `today`: whether today's counter counts it.
+    fn charge_with(
+        &mut self,
+        now: i64,
+        seq: u64,
+        amount: Amount,
+        s: State,
+        window_at: i64,
+        today: bool,
+    ) -> Debit {
+        let mut alloc = amount.min(s.allowance_available);
         let mut need = amount - alloc;
+        let allowance_left = (s.monthly_limit - s.monthly_used).max(0);
+        let mut shift = need
+            .min(s.grants_available)
+            .min(s.reserved_allowance.min(allowance_left));
+        alloc += shift;
+        need -= shift;
+        let mut ids: Vec<usize> = (0..self.holds.len())
+            .filter(|&i| {
+                let h = &self.holds[i];
+                h.open
+                    && h.expires > now
+                    && month_of(h.at) >= month_of(now)
+                    && h.amount > h.from_grants
+            })
+            .collect();
+        ids.sort_by_key(|&i| std::cmp::Reverse(self.holds[i].id));
+        for i in ids {
+            let take = shift.min(self.holds[i].amount - self.holds[i].from_grants);
+            self.holds[i].from_grants += take;
+            shift -= take;
+        }
+        let (from_grants, draws) = self.draw_grants(now, need);
+        self.day = day_of(now);
+        self.daily_used = s.daily_used + if today { amount } else { 0 };
+        if self.month != month_of(now) {
+            self.epoch_seq = 0;
+        }
+        self.month = month_of(now);
+        self.monthly_used = s.monthly_used + alloc;
+        Debit {
+            at: window_at,
+            seq,
+            amount,
+            from_grants,
+            draws,
+            refunded: 0,
+            grants_refunded: 0,
+        }
+    }
+
+    /// settle(hold, amount) on a locked account: the debit, or the SQLSTATE.
+    /// Up to its amount a hold is charged whatever the limits say now (it
+    /// keeps what it reserved, SPEC §4.4); a hold whose day has closed counts
+    /// in its own windows and settles for at most its amount (§4.3).
+    fn settle(
+        &mut self,
+        now: i64,
+        seq: u64,
+        id: i64,
+        amount: Amount,
+    ) -> Result<Debit, &'static str> {
+        let i = self
+            .holds
+            .iter()
+            .position(|h| h.id == id && h.open)
+            .ok_or("UC008")?;
+        self.holds[i].open = false;
+        let hold = self.holds[i].clone();
+        let mut s = self.state(now);
+        let own = hold.amount - hold.from_grants;
+        if day_of(hold.at) >= day_of(now) {
+            if amount <= hold.amount {
+                s.daily_available = s.daily_available.map(|d| d.max(amount));
+                s.allowance_available = s.allowance_available.max(amount.min(own));
+            }
+            if s.daily_available.is_some_and(|d| amount > d)
+                || amount > s.allowance_available + s.grants_available
+            {
+                return Err("UC001");
+            }
+            return Ok(self.charge_with(now, seq, amount, s, hold.at, true));
+        }
+        if amount > hold.amount {
+            return Err("UC001");
+        }
+        let alloc = amount.min(own);
+        if month_of(hold.at) >= month_of(now) {
+            s.allowance_available = s.allowance_available.max(alloc);
+            if amount > s.allowance_available + s.grants_available {
+                return Err("UC001");
+            }
+            return Ok(self.charge_with(now, seq, amount, s, hold.at, false));
+        }
+        // its month has closed: the allowance part is charged there
+        if amount - alloc > s.grants_available {
+            return Err("UC001");
+        }
+        let (from_grants, draws) = self.draw_grants(now, amount - alloc);
+        Ok(Debit {
+            at: hold.at,
+            seq,
+            amount,
+            from_grants,
+            draws,
+            refunded: 0,
+            grants_refunded: 0,
+        })
+    }
+
+    /// Draw `need` from the valid grants, soonest-expiring first.
+    fn draw_grants(&mut self, now: i64, mut need: Amount) -> (Amount, Vec<(i64, Amount)>) {
         let from_grants = need;
         let mut order: Vec<usize> = (0..self.grants.len())
             .filter(|&i| {
@@ -282,22 +418,7 @@ impl Account {
             draws.push((self.grants[i].id, take));
             need -= take;
         }
-        self.day = day_of(now);
-        self.daily_used = s.daily_used + amount;
-        if self.month != month_of(now) {
-            self.epoch_seq = 0;
-        }
-        self.month = month_of(now);
-        self.monthly_used = s.monthly_used + alloc;
-        Debit {
-            at: now,
-            seq,
-            amount,
-            from_grants,
-            draws,
-            refunded: 0,
-            grants_refunded: 0,
-        }
+        (from_grants, draws)
     }
 }
 
@@ -622,12 +743,15 @@ fn run_seed(seed: u64, steps: usize) {
                         let now2 = a.now(now2);
                         a.lock(now2);
                         if let Some(id) = id {
+                            let s = a.state(now2);
                             a.last_at = now2;
                             a.holds.push(Hold {
                                 id,
                                 amount,
                                 expires: now2 + ttl,
                                 open: true,
+                                at: now2,
+                                from_grants: amount - amount.min(s.allowance_available),
                             });
                         }
                     });
@@ -640,23 +764,24 @@ fn run_seed(seed: u64, steps: usize) {
                     let still_open = locked.holds.iter().any(|h| h.id == hold.id && h.open);
                     let settle = rng.below(3) != 0;
                     let amount = rng.pick(&[UNIT / 2, hold.amount, hold.amount + UNIT]);
-                    let mut freed = locked.clone();
-                    freed
-                        .holds
-                        .iter_mut()
-                        .filter(|h| h.id == hold.id)
-                        .for_each(|h| h.open = false);
                     sql = if settle {
                         format!("SELECT credits.settle({}, {})", hold.id, text(amount))
                     } else {
                         format!("SELECT credits.release({})", hold.id)
                     };
-                    expected = if !still_open {
-                        Outcome::Error("UC008".into())
-                    } else if settle && !freed.fits(anow, amount) {
-                        Outcome::Error("UC001".into())
+                    let outcome = if settle {
+                        locked
+                            .clone()
+                            .settle(anow, seq, hold.id, amount)
+                            .map(|_| ())
+                    } else if still_open {
+                        Ok(())
                     } else {
-                        Outcome::Entry
+                        Err("UC008")
+                    };
+                    expected = match outcome {
+                        Ok(()) => Outcome::Entry,
+                        Err(code) => Outcome::Error(code.into()),
                     };
                     let (who2, now2) = (who.clone(), now);
                     on_success = Box::new(move |m, id, d| {
@@ -664,13 +789,14 @@ fn run_seed(seed: u64, steps: usize) {
                         let now2 = a.now(now2);
                         a.lock(now2);
                         a.last_at = now2;
-                        a.holds
-                            .iter_mut()
-                            .filter(|h| h.id == hold.id)
-                            .for_each(|h| h.open = false);
                         if settle {
-                            let debit = a.charge(now2, seq, amount);
+                            let debit = a.settle(now2, seq, hold.id, amount).unwrap();
                             d.insert(id.unwrap(), (who2.clone(), debit));
+                        } else {
+                            a.holds
+                                .iter_mut()
+                                .filter(|h| h.id == hold.id)
+                                .for_each(|h| h.open = false);
                         }
                     });
                 }

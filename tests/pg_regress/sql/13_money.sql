@@ -3,15 +3,15 @@
 -- block ends with verify(), which reports any balance the ledger does not
 -- imply.
 \set SHOW_CONTEXT never
-SET credits.clock_override = '2027-03-10 09:00:00+00';
+SET credits.clock_override = '2029-03-10 09:00:00+00';
 
 -- §4.1 Plan changes. An upgrade is a move above every limit held this month:
 -- Free with 25 used -> Pro is one (a fresh 100, nothing of Free left to forfeit).
 SELECT credits.subscribe('m_round', 'free');
 SELECT credits.debit('m_round', 'agent', 10) IS NOT NULL AS debited;
-SET credits.clock_override = '2027-03-11 09:00:00+00';
+SET credits.clock_override = '2029-03-11 09:00:00+00';
 SELECT credits.debit('m_round', 'agent', 10) IS NOT NULL AS debited;
-SET credits.clock_override = '2027-03-12 09:00:00+00';
+SET credits.clock_override = '2029-03-12 09:00:00+00';
 SELECT credits.debit('m_round', 'agent', 5) IS NOT NULL AS debited;
 SELECT credits.subscribe('m_round', 'pro');
 SELECT credits.debit('m_round', 'agent', 10) IS NOT NULL AS debited;
@@ -82,10 +82,10 @@ SELECT * FROM credits.verify();
 -- a grant that has expired since is recorded as expired at once.
 SELECT credits.subscribe('m_grant', 'pro');
 SELECT credits.debit('m_grant', 'agent', 100) IS NOT NULL AS debited;
-SELECT credits.grant('m_grant', 20, expires_at => '2027-03-12 10:00:00+00') AS grant_id \gset
+SELECT credits.grant('m_grant', 20, expires_at => '2029-03-12 10:00:00+00') AS grant_id \gset
 SELECT credits.debit('m_grant', 'agent', 15) AS debit_id \gset
 SELECT granted_remaining, available FROM credits.balance('m_grant');
-SET credits.clock_override = '2027-03-12 11:00:00+00';
+SET credits.clock_override = '2029-03-12 11:00:00+00';
 SELECT granted_remaining, available FROM credits.balance('m_grant');
 SELECT credits.refund(:debit_id) IS NOT NULL AS refunded;
 SELECT granted_remaining, available FROM credits.balance('m_grant');
@@ -97,18 +97,18 @@ SELECT * FROM credits.verify();
 -- §4.6 Time only moves forward per account. Another session rolled the
 -- account into 13 March; a transaction whose clock still says 12 March
 -- 23:59:59 counts in the account's day, and stamps its entry there.
-SET credits.clock_override = '2027-03-12 20:00:00+00';
+SET credits.clock_override = '2029-03-12 20:00:00+00';
 SELECT credits.subscribe('m_clock', 'free');
 SELECT credits.debit('m_clock', 'agent', 9) IS NOT NULL AS debited;
-SET credits.clock_override = '2027-03-13 00:00:01+00';
+SET credits.clock_override = '2029-03-13 00:00:01+00';
 SELECT credits.debit('m_clock', 'agent', 10) IS NOT NULL AS debited;
-SET credits.clock_override = '2027-03-12 23:59:59+00';
+SET credits.clock_override = '2029-03-12 23:59:59+00';
 SELECT credits.try_debit('m_clock', 'agent', 1) AS denied_the_day_is_full;
 SELECT daily_used, daily_remaining, next_daily_reset FROM credits.balance('m_clock');
 SELECT at FROM credits.ledger WHERE account_id = 'm_clock' ORDER BY entry_id DESC LIMIT 1;
 SELECT window_kind, window_start, used FROM credits.closed_windows WHERE account_id = 'm_clock';
 -- A clock set back by hours, a day or a month changes nothing either.
-SET credits.clock_override = '2027-02-20 12:00:00+00';
+SET credits.clock_override = '2029-02-20 12:00:00+00';
 SELECT credits.try_debit('m_clock', 'agent', 1) AS denied;
 SELECT credits.grant('m_clock', 1) IS NOT NULL AS granted;
 SELECT credits.try_debit('m_clock', 'agent', 1) AS denied_by_the_daily_limit;
@@ -118,17 +118,19 @@ RESET credits.clock_override;
 
 -- §4.7 Events. A debit that empties the daily and the monthly window at once
 -- reports both; the next midnight sends no reset (nothing is available).
-SET credits.clock_override = '2027-03-20 09:00:00+00';
+SET credits.clock_override = '2029-03-20 09:00:00+00';
 SELECT credits.subscribe('m_ev', 'free');
 UPDATE credits.plans SET daily_limit = 30 WHERE plan = 'free';
 SELECT credits.debit('m_ev', 'agent', 15) IS NOT NULL AS debited;
 UPDATE credits.plans SET daily_limit = 10 WHERE plan = 'free';
-SET credits.clock_override = '2027-03-21 09:00:00+00';
+SET credits.clock_override = '2029-03-21 09:00:00+00';
 SELECT credits.debit('m_ev', 'agent', 10) IS NOT NULL AS debited;
 SELECT kind, window_kind, window_key, threshold, payload->>'available' AS available
   FROM credits.events WHERE account_id = 'm_ev' ORDER BY event_id;
-SET credits.clock_override = '2027-03-22 00:00:00+00';
+SET credits.clock_override = '2029-03-22 00:00:00+00';
+SET client_min_messages = warning;
 CALL credits.run_maintenance();
+RESET client_min_messages;
 SELECT count(*) AS reset_events FROM credits.events WHERE account_id = 'm_ev' AND kind = 'reset';
 -- A denial with credits left is a denied event, not exhausted.
 SELECT credits.subscribe('m_deny', 'pro');
@@ -152,9 +154,11 @@ SELECT kind, window_kind FROM credits.events WHERE account_id = 'm_change' ORDER
 -- ... and so is a grant that expires with nothing else left.
 SELECT credits.subscribe('m_expiry', 'pro');
 SELECT credits.debit('m_expiry', 'agent', 100) IS NOT NULL AS debited;
-SELECT credits.grant('m_expiry', 5, expires_at => '2027-03-22 06:00:00+00') IS NOT NULL AS granted;
-SET credits.clock_override = '2027-03-22 07:00:00+00';
+SELECT credits.grant('m_expiry', 5, expires_at => '2029-03-22 06:00:00+00') IS NOT NULL AS granted;
+SET credits.clock_override = '2029-03-22 07:00:00+00';
+SET client_min_messages = warning;
 CALL credits.run_maintenance();
+RESET client_min_messages;
 SELECT kind, window_kind, payload->>'available' AS available FROM credits.events
  WHERE account_id = 'm_expiry' ORDER BY event_id;
 SELECT * FROM credits.verify();
@@ -176,7 +180,7 @@ RESET DateStyle;
 RESET TimeZone;
 RESET extra_float_digits;
 -- The hold's deadline is 26 hours later whatever the session's TimeZone.
-SELECT expires_at - '2027-03-22 07:00:00+00' AS ttl FROM credits.holds WHERE hold_id = :hold_id;
+SELECT expires_at - '2029-03-22 07:00:00+00' AS ttl FROM credits.holds WHERE hold_id = :hold_id;
 -- The metadata limit is on the value's size as JSON text: a 1 MB value that
 -- compresses to a few kB (read from an lz4-compressed column) is refused,
 -- and nothing is written.
@@ -193,5 +197,83 @@ SELECT count(*) AS entries_after FROM credits.ledger WHERE account_id = 'm_fp';
 SELECT credits.debit('m_fp', 'agent', 1, NULL, jsonb_build_object('n', repeat('y', 4096 - 9))) IS NOT NULL AS debited;
 SELECT credits.debit('m_fp', 'agent', 1, NULL, jsonb_build_object('n', repeat('y', 4096 - 8)));
 \echo :LAST_ERROR_SQLSTATE
+SELECT * FROM credits.verify();
+RESET credits.clock_override;
+
+-- §4.3 A hold belongs to the window it was placed in. Reserved at 23:50 on
+-- the month's last day, settled at 00:10 on the 1st: March's allowance pays,
+-- its closed record shows it, and April's 100 are untouched.
+SET credits.clock_override = '2029-03-31 23:50:00+00';
+SELECT credits.subscribe('m_late', 'pro');
+SELECT credits.reserve('m_late', 'agent', 100, '1 hour') AS late_hold \gset
+SET credits.clock_override = '2029-04-01 00:10:00+00';
+SET client_min_messages = warning;
+CALL credits.run_maintenance();
+RESET client_min_messages;
+SELECT monthly_used, reserved, available FROM credits.balance('m_late');
+SELECT window_start, used, forfeited, held FROM credits.closed_windows
+ WHERE account_id = 'm_late' AND window_kind = 'monthly';
+SELECT credits.settle(:late_hold, 100) IS NOT NULL AS settled;
+SELECT monthly_used, reserved, available FROM credits.balance('m_late');
+SELECT window_start, used, forfeited, held FROM credits.closed_windows
+ WHERE account_id = 'm_late' AND window_kind = 'monthly';
+-- More than the hold after its window closed is refused, nothing written.
+SET credits.clock_override = '2029-04-30 23:50:00+00';
+SELECT credits.reserve('m_late', 'agent', 10, '1 hour') AS late_hold \gset
+SET credits.clock_override = '2029-05-01 00:10:00+00';
+SELECT credits.settle(:late_hold, 11);
+\echo :LAST_ERROR_SQLSTATE
+-- What a hold of a closed month does not use is forfeited when it resolves.
+SELECT credits.settle(:late_hold, 4) IS NOT NULL AS settled;
+SELECT window_start, used, forfeited, held FROM credits.closed_windows
+ WHERE account_id = 'm_late' AND window_kind = 'monthly' ORDER BY window_start;
+SELECT kind, amount, metadata->>'reason' AS reason, metadata->>'month' AS month
+  FROM credits.ledger WHERE account_id = 'm_late' AND kind = 'F' ORDER BY entry_id;
+SELECT monthly_used, available FROM credits.balance('m_late');
+SELECT * FROM credits.verify();
+-- Free's daily window: a hold placed at 23:50 and settled after midnight
+-- counts on its own day; the new day's 10 are untouched.
+SET credits.clock_override = '2029-05-03 23:50:00+00';
+SELECT credits.subscribe('m_late_free', 'free');
+SELECT credits.reserve('m_late_free', 'agent', 8, '1 hour') AS late_hold \gset
+SET credits.clock_override = '2029-05-04 00:10:00+00';
+SELECT credits.settle(:late_hold, 8) IS NOT NULL AS settled;
+SELECT daily_used, daily_remaining, monthly_used, available FROM credits.balance('m_late_free');
+SELECT window_kind, window_start, used FROM credits.closed_windows WHERE account_id = 'm_late_free';
+SELECT * FROM credits.verify();
+
+-- §4.4 A hold keeps what it reserved when the plan shrinks under it, and
+-- credits granted later are usable at once.
+SET credits.clock_override = '2029-05-10 09:00:00+00';
+SELECT credits.subscribe('m_shrink', 'pro');
+SELECT credits.reserve('m_shrink', 'agent', 50) AS shrink_hold \gset
+SELECT credits.subscribe('m_shrink', 'legacy_basic');
+SELECT reserved, available FROM credits.balance('m_shrink');
+SELECT credits.grant('m_shrink', 4) IS NOT NULL AS granted;
+SELECT reserved, granted_remaining, available FROM credits.balance('m_shrink');
+SELECT credits.debit('m_shrink', 'agent', 4) IS NOT NULL AS debited_the_grant;
+SELECT credits.settle(:shrink_hold, 50) IS NOT NULL AS settled_in_full;
+SELECT monthly_limit, monthly_used, reserved, granted_remaining, available FROM credits.balance('m_shrink');
+SELECT * FROM credits.verify();
+-- (A daily limit caps all spending, holds included: on Free, the same hold
+-- leaves nothing for today, whatever is granted.)
+SELECT credits.subscribe('m_shrink_free', 'pro');
+SELECT credits.reserve('m_shrink_free', 'agent', 50) IS NOT NULL AS held;
+SELECT credits.subscribe('m_shrink_free', 'free');
+SELECT credits.grant('m_shrink_free', 4) IS NOT NULL AS granted;
+SELECT daily_remaining, reserved, granted_remaining, available FROM credits.balance('m_shrink_free');
+
+-- Holds and grants (the rule we chose): a hold is a promise, not an earmark.
+-- A debit takes allowance a hold holds before it takes a grant, and the
+-- hold is backed by the grant instead; so releasing the hold never leaves
+-- allowance unused while a grant was spent.
+SELECT credits.subscribe('m_promise', 'pro');
+SELECT credits.grant('m_promise', 10) IS NOT NULL AS granted;
+SELECT credits.reserve('m_promise', 'agent', 95) AS promise_hold \gset
+SELECT credits.debit('m_promise', 'agent', 10) IS NOT NULL AS debited;
+SELECT monthly_used, granted_remaining, reserved, available FROM credits.balance('m_promise');
+SELECT amount, from_grants FROM credits.holds WHERE hold_id = :promise_hold;
+SELECT credits.release(:promise_hold);
+SELECT monthly_used, granted_remaining, reserved, available FROM credits.balance('m_promise');
 SELECT * FROM credits.verify();
 RESET credits.clock_override;
