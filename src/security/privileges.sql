@@ -56,7 +56,8 @@ GRANT EXECUTE ON FUNCTION
     credits.subscribe(text, text, boolean),
     credits.purchase(text, numeric),
     credits."grant"(text, numeric, text, timestamptz, text),
-    credits.verify()
+    credits.verify(),
+    credits.ledger_balance(text, timestamptz)
 TO credits_admin;
 GRANT EXECUTE ON PROCEDURE credits.run_maintenance(timestamptz) TO credits_admin;
 -- run_maintenance runs as its caller (a procedure that COMMITs cannot be

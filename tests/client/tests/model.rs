@@ -4,7 +4,9 @@
 //! account's windows, as a transaction that began before a boundary has)
 //! run against the extension and against a small in-memory model of the
 //! rules (SPEC §1 and §4) written here from scratch. After every step the
-//! outcome (entry or SQLSTATE) and every account's balance() must agree.
+//! outcome (entry or SQLSTATE) and every account's balance() must agree,
+//! and so must the balance rebuilt from the ledger alone
+//! (credits.ledger_balance).
 //!
 //! Reproduce a failure: CREDITS_MODEL_SEED=<seed> cargo test --test model
 //! More seeds (a soak): CREDITS_MODEL_SEEDS=500 CREDITS_MODEL_STEPS=1000 ...
@@ -472,6 +474,10 @@ fn call(client: &mut Client, now: i64, sql: &str) -> (Outcome, Option<i64>) {
 }
 
 fn run_seed(seed: u64, steps: usize) {
+    let replay_every: usize = std::env::var("CREDITS_MODEL_REPLAY_EVERY")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
     let mut client = connect();
     let mut rng = Rng(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1);
     let names: Vec<String> = (0..3).map(|i| format!("m{seed}_{i}")).collect();
@@ -832,6 +838,35 @@ fn run_seed(seed: u64, steps: usize) {
                 .unwrap()
                 .get(0);
             assert_eq!(have, want, "{context}: after {sql}, account {name}");
+            // The ledger alone implies the same balance (credits.ledger_balance;
+            // a soak checks it every CREDITS_MODEL_REPLAY_EVERY steps and last).
+            if (step + 1) % replay_every != 0 && step + 1 != steps {
+                continue;
+            }
+            let [from_ledger, shown]: [String; 2] = [
+                "credits.ledger_balance($1)",
+                "(SELECT b.*, b.monthly_limit - p.monthly_allowance AS purchased
+                    FROM credits.balance($1) b JOIN credits.plans p USING (plan))",
+            ]
+            .map(|source| {
+                client
+                    .query_one(
+                        &format!(
+                            "SELECT format('plan=%s daily_used=%s purchased=%s monthly_used=%s granted=%s reserved=%s',
+                                           x.plan, CASE WHEN p.daily_limit IS NOT NULL THEN trim_scale(x.daily_used) END,
+                                           trim_scale(x.purchased), trim_scale(x.monthly_used),
+                                           trim_scale(x.granted_remaining), trim_scale(x.reserved))
+                               FROM {source} x JOIN credits.plans p ON p.plan = x.plan"
+                        ),
+                        &[name],
+                    )
+                    .unwrap()
+                    .get(0)
+            });
+            assert_eq!(
+                from_ledger, shown,
+                "{context}: after {sql}, account {name}: ledger_balance"
+            );
         }
     }
     assert_verified(&mut client);
