@@ -180,7 +180,7 @@ INSERT INTO rollup_state DEFAULT VALUES;
 -- month it ends.
 CREATE FUNCTION _report_month(kind "char", at timestamptz, metadata jsonb) RETURNS date
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN CASE WHEN kind = 'F' AND metadata ->> 'reason' = 'month_end'
+RETURN CASE WHEN kind = 'F' AND metadata ->> 'reason' IN ('month_end', 'hold')
             THEN make_date(substr(metadata ->> 'month', 1, 4)::integer,
                            substr(metadata ->> 'month', 6, 2)::integer, 1)
             ELSE credits._utc_month(at) END;
@@ -516,6 +516,36 @@ BEGIN ATOMIC
          WHERE d.kind IN ('D', 'R')
          GROUP BY d.account_id
     ),
+    -- The plan changes of each month (SPEC §4.1), windows numbered by the
+    -- upgrades before them; what each window was granted is the largest limit
+    -- it held (a change's limit before and after it).
+    changes AS (
+        SELECT l.account_id, l.entry_id, credits._utc_month(l.at) AS month,
+               (l.metadata ->> 'from_limit')::numeric AS from_limit,
+               (l.metadata ->> 'limit')::numeric AS new_limit,
+               (l.metadata ->> 'upgrade')::boolean AS upgrade,
+               count(*) FILTER (WHERE (l.metadata ->> 'upgrade')::boolean)
+                   OVER (PARTITION BY l.account_id, credits._utc_month(l.at) ORDER BY l.entry_id) AS window_no
+          FROM credits.ledger l
+         WHERE l.kind = 'S' AND l.metadata ? 'from_limit'
+    ),
+    window_limits AS (
+        SELECT c.account_id, c.month, CASE WHEN c.upgrade THEN c.window_no - 1 ELSE c.window_no END AS window_no,
+               c.from_limit AS window_limit
+          FROM changes c
+        UNION ALL
+        SELECT c.account_id, c.month, c.window_no, c.new_limit FROM changes c
+    ),
+    month_grants AS (
+        SELECT w.account_id, w.month,
+               sum(w.window_limit)
+               + coalesce((SELECT sum(p.amount) FROM credits.ledger p
+                            WHERE p.account_id = w.account_id AND p.kind = 'P'
+                              AND credits._utc_month(p.at) = w.month), 0) AS granted
+          FROM (SELECT wl.account_id, wl.month, wl.window_no, max(wl.window_limit) AS window_limit
+                  FROM window_limits wl GROUP BY wl.account_id, wl.month, wl.window_no) w
+         GROUP BY w.account_id, w.month
+    ),
     derived AS (
         SELECT a.account_id,
                lp.entry_id IS NOT NULL AS has_plan_entry,
@@ -553,6 +583,29 @@ BEGIN ATOMIC
                                     to_char(a.month, 'YYYY-MM'), a.monthly_used, d.monthly_used)
           FROM credits.accounts a JOIN derived d USING (account_id)
          WHERE a.monthly_used <> d.monthly_used
+        UNION ALL
+        -- SPEC §4: no credits appear through a sequence of calls. In a month
+        -- with plan changes, the allowance used and forfeited is at most the
+        -- allowances granted: for each window (an upgrade starts one) the
+        -- largest limit it held, and the purchases.
+        SELECT m.account_id,
+               format('in %s, %s of allowance was used and %s forfeited, but only %s was granted',
+                      to_char(m.month, 'YYYY-MM'), m.used, m.forfeited, m.granted)
+          FROM (SELECT g.account_id, g.month, g.granted,
+                       coalesce((SELECT sum(CASE d.kind WHEN 'D' THEN 1 ELSE -1 END
+                                            * (d.amount - coalesce(d.from_grants, 0)))
+                                   FROM credits.ledger d
+                                   LEFT JOIN credits.ledger src ON d.kind = 'R' AND src.entry_id = d.ref
+                                   LEFT JOIN credits.ledger h ON h.kind = 'H'
+                                        AND h.entry_id = CASE d.kind WHEN 'D' THEN d.ref ELSE src.ref END
+                                  WHERE d.account_id = g.account_id AND d.kind IN ('D', 'R')
+                                    AND credits._utc_month(coalesce(h.at, src.at, d.at)) = g.month
+                                    AND (d.kind = 'D' OR credits._utc_month(d.at) = g.month)), 0) AS used,
+                       coalesce((SELECT sum(f.amount) FROM credits.ledger f
+                                  WHERE f.account_id = g.account_id AND f.kind = 'F'
+                                    AND credits._report_month(f.kind, f.at, f.metadata) = g.month), 0) AS forfeited
+                  FROM month_grants g) m
+         WHERE m.used + m.forfeited > m.granted
         UNION ALL
         -- Holds: reserved is the sum of the open holds; each hold has its 'H'
         -- entry, and a resolved hold points to the entry that resolved it.
@@ -1051,7 +1104,8 @@ BEGIN
     VALUES (p_account, v_now, 'S', 0,
             jsonb_strip_nulls(jsonb_build_object(
                 'plan', p_plan, 'from', v_acct.plan, 'upgrade', v_upgrade, 'purchased', v_purchased,
-                'limit', v_new_limit, 'monthly_used', v_used, 'fresh_allowance', p_fresh)))
+                'limit', v_new_limit, 'from_limit', v_old.monthly_limit, 'monthly_used', v_used,
+                'fresh_allowance', p_fresh)))
     RETURNING entry_id INTO v_entry;
 
     UPDATE credits.accounts a

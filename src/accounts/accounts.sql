@@ -87,7 +87,8 @@ BEGIN
     VALUES (p_account, v_now, 'S', 0,
             jsonb_strip_nulls(jsonb_build_object(
                 'plan', p_plan, 'from', v_acct.plan, 'upgrade', v_upgrade, 'purchased', v_purchased,
-                'limit', v_new_limit, 'monthly_used', v_used, 'fresh_allowance', p_fresh)))
+                'limit', v_new_limit, 'from_limit', v_old.monthly_limit, 'monthly_used', v_used,
+                'fresh_allowance', p_fresh)))
     RETURNING entry_id INTO v_entry;
 
     UPDATE credits.accounts a

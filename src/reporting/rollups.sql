@@ -13,10 +13,10 @@
 
 -- The month an entry is reported in: its UTC month, except a month-end
 -- forfeit (stamped at the next month's first instant), which belongs to the
--- month it ends.
+-- month it ends, and the forfeit of a hold that month kept aside (SPEC §4.3).
 CREATE FUNCTION _report_month(kind "char", at timestamptz, metadata jsonb) RETURNS date
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN CASE WHEN kind = 'F' AND metadata ->> 'reason' = 'month_end'
+RETURN CASE WHEN kind = 'F' AND metadata ->> 'reason' IN ('month_end', 'hold')
             THEN make_date(substr(metadata ->> 'month', 1, 4)::integer,
                            substr(metadata ->> 'month', 6, 2)::integer, 1)
             ELSE credits._utc_month(at) END;

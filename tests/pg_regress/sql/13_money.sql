@@ -277,3 +277,15 @@ SELECT credits.release(:promise_hold);
 SELECT monthly_used, granted_remaining, reserved, available FROM credits.balance('m_promise');
 SELECT * FROM credits.verify();
 RESET credits.clock_override;
+
+-- The invariant of SPEC §4 as one verify() check: in a month with plan
+-- changes, allowance used + forfeited <= the allowances granted. A forged
+-- debit (as a superuser could insert one) is caught.
+SET credits.clock_override = '2029-03-25 09:00:00+00';
+BEGIN;
+INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount)
+SELECT 'm_round', '2029-03-12 10:00:00+00', 'D', feature_id, 200 FROM credits.features WHERE feature = 'agent';
+SELECT * FROM credits.verify() WHERE account_id = 'm_round';
+ROLLBACK;
+SELECT * FROM credits.verify();
+RESET credits.clock_override;
