@@ -32,12 +32,21 @@ install_prerequisites() {
     fi
 }
 
+# A running server maps the installed library: writing the new one over the
+# same file (as a copy does) changes code under its feet, and its worker
+# crashes. Unlinking the file first makes the install a new file; a running
+# server keeps the one it loaded until it restarts (./scripts/dev restarts).
+unlink_installed_library() {
+    rm -f "$("$PG_CONFIG" --pkglibdir)/credits.so"
+}
+
 # Build the extension and install it into the system PostgreSQL 15.
 # install_extension [--release]: build and install into the system PostgreSQL.
 install_extension() {
     say "building and installing the credits extension $*"
     mkdir -p "$ROOT/target"
     local log="$ROOT/target/install.log"
+    unlink_installed_library
     if ! (cd "$ROOT" && cargo pgrx install --pg-config "$PG_CONFIG" "$@") >"$log" 2>&1; then
         grep -Ev '^ +[0-9]+: |^ +at ' "$log" | tail -n 60
         echo "build failed; full log: $log" >&2

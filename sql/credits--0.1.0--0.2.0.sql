@@ -2006,3 +2006,7 @@ END
 $$;
 REVOKE ALL ON FUNCTION credits.ledger_balance(text, timestamptz) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION credits.ledger_balance(text, timestamptz) TO credits_admin;
+
+-- The ledger is append-only for superusers too, session_replication_role = replica included.
+ALTER TABLE ledger ENABLE ALWAYS TRIGGER ledger_append_only;
+ALTER TABLE ledger ENABLE ALWAYS TRIGGER ledger_no_truncate;

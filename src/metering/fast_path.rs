@@ -293,6 +293,20 @@ fn debit(req: &DebitRequest) -> Option<i64> {
         // Write: the key, the closed windows, the account's counters, the
         // ledger entry (after the closing's 'F' entries, as it is later).
         let ledger = Table::open(schema.ledger, pg_sys::RowExclusiveLock);
+        // A statement-level trigger (an audit trigger with a transition
+        // table, one that refuses a statement) fires only for a statement:
+        // a table that has one is written by the SQL path.
+        if accounts.has_statement_triggers()
+            || ledger.has_statement_triggers()
+            || idempotency
+                .as_ref()
+                .is_some_and(|(table, _)| table.has_statement_triggers())
+            || closing
+                .as_ref()
+                .is_some_and(|(_, table)| table.has_statement_triggers())
+        {
+            return None;
+        }
         let closing = match &closing {
             Some((closing, closed)) => Some((
                 closing.prepare(&schema, closed, &ledger, account_id, a.plan)?,

@@ -104,6 +104,21 @@ impl Table {
         }
     }
 
+    /// Has it statement-level triggers on INSERT or UPDATE (an audit trigger
+    /// with a transition table, a trigger that refuses a statement)? Only a
+    /// statement fires them: the writes here are not statements.
+    pub(crate) unsafe fn has_statement_triggers(&self) -> bool {
+        let t = (*self.rel).trigdesc;
+        !t.is_null()
+            && ((*t).trig_insert_before_statement
+                || (*t).trig_insert_after_statement
+                || (*t).trig_update_before_statement
+                || (*t).trig_update_after_statement
+                || (*t).trig_insert_new_table
+                || (*t).trig_update_old_table
+                || (*t).trig_update_new_table)
+    }
+
     /// The attribute number of a column, by name.
     pub(crate) unsafe fn col(&self, name: &CStr) -> Option<i32> {
         let desc = (*self.rel).rd_att;

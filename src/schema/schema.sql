@@ -331,6 +331,11 @@ CREATE TRIGGER ledger_append_only
 CREATE TRIGGER ledger_no_truncate
     BEFORE TRUNCATE ON ledger
     FOR EACH STATEMENT EXECUTE FUNCTION ledger_refuse_change();
+-- For superusers too: session_replication_role = replica (which skips
+-- ordinary triggers, as logical replication and some restore tools set it)
+-- does not make the ledger writable.
+ALTER TABLE ledger ENABLE ALWAYS TRIGGER ledger_append_only;
+ALTER TABLE ledger ENABLE ALWAYS TRIGGER ledger_no_truncate;
 
 -------------------------------------------------------------------------------
 -- pg_dump keeps user data: all per-account tables, operator-added or edited

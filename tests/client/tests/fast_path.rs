@@ -125,6 +125,80 @@ fn ledger_row_triggers_fire_and_a_failing_one_leaves_nothing_written() {
 }
 
 #[test]
+fn statement_triggers_on_the_ledger_fire_for_every_debit() {
+    let db = "credits_fast_path_statement_triggers";
+    let mut client = fresh(db);
+    subscribe(&mut client, "st", "pro");
+    // An audit trigger with a transition table: the fast path, whose writes
+    // are not statements, leaves such a debit to the SQL path.
+    client
+        .batch_execute(
+            "CREATE TABLE public.audit (entries bigint, total numeric);
+             CREATE FUNCTION public.audit_ledger() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 INSERT INTO public.audit SELECT count(*), sum(amount) FROM new_entries;
+                 RETURN NULL;
+             END $$;
+             CREATE TRIGGER audit_ledger AFTER INSERT ON credits.ledger
+                 REFERENCING NEW TABLE AS new_entries
+                 FOR EACH STATEMENT EXECUTE FUNCTION public.audit_ledger();",
+        )
+        .unwrap();
+    assert_eq!(
+        fast_debit(&mut client, "st", "1", None),
+        None,
+        "the fast path declines while the ledger has a statement trigger"
+    );
+    for key in ["a-1", "a-2", "a-3"] {
+        client
+            .query_one("SELECT credits.debit('st', 'agent', 2, $1)", &[&key])
+            .unwrap();
+    }
+    client
+        .query_one("SELECT credits.try_debit('st', 'agent', 0.5)", &[])
+        .unwrap();
+    let audited: Vec<String> = rows(
+        &mut client,
+        "SELECT format('%s:%s', sum(entries), sum(total)) FROM public.audit",
+    );
+    assert_eq!(
+        audited,
+        vec!["4:6.5"],
+        "every debit reached the audit trigger"
+    );
+
+    // A trigger that refuses the statement refuses every debit, and nothing stays.
+    client
+        .batch_execute(
+            "DROP TRIGGER audit_ledger ON credits.ledger;
+             CREATE FUNCTION public.freeze_ledger() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 RAISE EXCEPTION 'the ledger is frozen' USING ERRCODE = 'object_not_in_prerequisite_state';
+             END $$;
+             CREATE TRIGGER freeze_ledger BEFORE INSERT ON credits.ledger
+                 FOR EACH STATEMENT EXECUTE FUNCTION public.freeze_ledger();",
+        )
+        .unwrap();
+    let before = ledger_debits(&mut client, "st");
+    for sql in [
+        "SELECT credits.debit('st', 'agent', 1)",
+        "SELECT credits.debit('st', 'agent', 1, 'f-1')",
+        "SELECT credits.try_debit('st', 'agent', 1)",
+    ] {
+        assert_eq!(sqlstate(client.query_one(sql, &[])), "55000", "{sql}");
+    }
+    assert_eq!(ledger_debits(&mut client, "st"), before);
+    assert_eq!(balance_of(&mut client, "st", "monthly_used"), "6.5");
+
+    // Without them, the fast path takes debits again.
+    client
+        .batch_execute("DROP TRIGGER freeze_ledger ON credits.ledger")
+        .unwrap();
+    assert!(fast_debit(&mut client, "st", "1", None).is_some());
+    assert_verified(&mut client);
+}
+
+#[test]
 fn catalog_changes_apply_to_the_next_debit_of_every_session() {
     let db = "credits_fast_path_catalog";
     let mut a = fresh(db);

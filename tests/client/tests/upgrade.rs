@@ -39,7 +39,7 @@ fn fingerprint(client: &mut Client) -> Vec<String> {
           FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
          WHERE c.relnamespace = 'credits'::regnamespace
         UNION ALL
-        SELECT 'trigger ' || pg_get_triggerdef(t.oid)
+        SELECT 'trigger ' || pg_get_triggerdef(t.oid) || ' enabled ' || t.tgenabled::text
           FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
          WHERE c.relnamespace = 'credits'::regnamespace AND NOT t.tgisinternal
         UNION ALL

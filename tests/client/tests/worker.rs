@@ -401,3 +401,69 @@ fn the_worker_runs_at_the_cpu_priority_its_setting_asks_for() {
     });
     assert_eq!(nice_of(worker_pid(&mut client, &db).unwrap()), default);
 }
+
+/// The README's two commands in a row (./scripts/dev, then ./scripts/test)
+/// install a new build while a server runs with the old one preloaded. The
+/// install makes a new file, so the running server keeps the library it
+/// mapped (written over in place, it crashed with its worker): after an
+/// install here, the server and its worker are the same processes and work.
+#[test]
+fn installing_a_new_build_leaves_a_running_server_and_its_worker_alone() {
+    let pgdata =
+        std::env::var("CREDITS_TEST_PGDATA").expect("CREDITS_TEST_PGDATA (scripts/test sets it)");
+    let postmaster: u32 = std::fs::read_to_string(format!("{pgdata}/postmaster.pid"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut admin = connect_db("postgres");
+    let library: String = admin
+        .query_one(
+            "SELECT setting || '/credits.so' FROM pg_config() c(name, setting) WHERE name = 'PKGLIBDIR'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let inode = |path: &str| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).unwrap());
+    let before = inode(&library);
+    let db = worker_database();
+    recreate_database(&db);
+    wait_until(30, "the worker to connect", || {
+        worker_pid(&mut admin, &db).is_some()
+    });
+    let worker = worker_pid(&mut admin, &db);
+
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let status = std::process::Command::new("bash")
+        .args(["-c", "source scripts/common.sh && install_extension"])
+        .current_dir(root)
+        .status()
+        .unwrap();
+    assert!(status.success(), "install_extension");
+
+    assert_ne!(
+        inode(&library),
+        before,
+        "the install wrote a new file, not over the mapped one"
+    );
+    let maps = std::fs::read_to_string(format!("/proc/{postmaster}/maps")).unwrap();
+    assert!(
+        maps.lines().any(|l| l.ends_with("credits.so (deleted)")),
+        "the running server still maps the library it loaded"
+    );
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let mut after = connect_db("postgres");
+    assert_eq!(
+        worker_pid(&mut after, &db),
+        worker,
+        "the worker is the same process"
+    );
+    let mut client = connect();
+    subscribe(&mut client, "after_install", "pro");
+    client
+        .query_one("SELECT credits.debit('after_install', 'agent', 1)", &[])
+        .unwrap();
+}

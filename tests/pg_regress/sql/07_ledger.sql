@@ -7,6 +7,15 @@ DELETE FROM credits.ledger;
 \echo :LAST_ERROR_SQLSTATE
 TRUNCATE credits.ledger;
 \echo :LAST_ERROR_SQLSTATE
+-- For superusers too, even with ordinary triggers switched off.
+SET session_replication_role = replica;
+UPDATE credits.ledger SET amount = 0 WHERE kind = 'D';
+\echo :LAST_ERROR_SQLSTATE
+DELETE FROM credits.ledger;
+\echo :LAST_ERROR_SQLSTATE
+TRUNCATE credits.ledger;
+\echo :LAST_ERROR_SQLSTATE
+RESET session_replication_role;
 -- Tamper with stored balances (as a superuser could) and verify() reports it.
 BEGIN;
 UPDATE credits.accounts SET monthly_used = monthly_used + 1, daily_used = daily_used - 0.5 WHERE account_id = 'bad';
