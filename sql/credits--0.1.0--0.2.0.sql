@@ -298,7 +298,7 @@ RETURN (SELECT s.rolled_through FROM credits.rollup_state s);
 -- The worker's rollup step: like _refresh_rollups, but an error is recorded
 -- in rollup_state (and the server log) instead of ending the worker.
 CREATE FUNCTION _worker_rollups(p_max bigint, p_wait interval) RETURNS bigint
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN credits._refresh_rollups(p_max, p_wait);
 EXCEPTION WHEN OTHERS THEN
@@ -319,7 +319,7 @@ CREATE PROCEDURE refresh_rollups(batch bigint DEFAULT 1000000, wait interval DEF
 LANGUAGE plpgsql AS $$
 DECLARE
     v_target  bigint := coalesce((SELECT max(l.entry_id) FROM credits.ledger l), 0);
-    v_start   timestamptz := clock_timestamp();
+    v_start   timestamptz := pg_catalog.clock_timestamp();
     v_done    bigint;
     v_batches integer := 0;
     v_n       bigint;
@@ -331,13 +331,13 @@ BEGIN
         v_n := credits._refresh_rollups(refresh_rollups.batch, interval '10 ms');
         SELECT s.rolled_through INTO v_done FROM credits.rollup_state s;
         COMMIT;
-        v_batches := v_batches + sign(v_n)::integer;
+        v_batches := v_batches + CASE WHEN v_n > 0 THEN 1 ELSE 0 END;
         EXIT WHEN v_done >= v_target;
         IF v_n > 0 THEN
             IF v_batches % 5 = 0 THEN
                 RAISE NOTICE 'credits rollups: through entry % of %', v_done, v_target;
             END IF;
-        ELSIF clock_timestamp() - v_start > refresh_rollups.wait THEN
+        ELSIF pg_catalog.clock_timestamp() - v_start > refresh_rollups.wait THEN
             RAISE WARNING 'credits rollups: still waiting for transactions open since before %; the views stay exact meanwhile',
                           credits._utc_text(v_start)
                 USING HINT = 'See pg_stat_activity for old transactions, pg_prepared_xacts for prepared ones.';
@@ -2010,3 +2010,37 @@ GRANT EXECUTE ON FUNCTION credits.ledger_balance(text, timestamptz) TO credits_a
 -- The ledger is append-only for superusers too, session_replication_role = replica included.
 ALTER TABLE ledger ENABLE ALWAYS TRIGGER ledger_append_only;
 ALTER TABLE ledger ENABLE ALWAYS TRIGGER ledger_no_truncate;
+
+CREATE OR REPLACE FUNCTION _worker_step(p_batch integer, p_retry double precision) RETURNS double precision
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN credits._maintenance_step(credits.now(), p_batch);
+EXCEPTION WHEN OTHERS THEN
+    UPDATE credits.maintenance_state
+       SET last_error = format('%s (SQLSTATE %s)', SQLERRM, SQLSTATE), last_error_at = clock_timestamp();
+    RAISE WARNING 'credits maintenance: % (SQLSTATE %), retrying in % s', SQLERRM, SQLSTATE, p_retry;
+    RETURN p_retry;
+END
+$$;
+
+CREATE OR REPLACE PROCEDURE run_maintenance(at timestamptz DEFAULT NULL)
+-- (No SET search_path: a procedure with one cannot COMMIT. Every name is qualified.)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_at    timestamptz := coalesce(run_maintenance.at, credits.now());
+    v_batch integer := coalesce(nullif(pg_catalog.current_setting('credits.maintenance_batch_size', true), ''), '2000')::integer;
+    v_steps integer := 0;
+BEGIN
+    -- (each batch is idempotent, so it commits without waiting for the WAL flush)
+    WHILE pg_catalog.set_config('synchronous_commit', 'off', true) IS NOT NULL
+          AND credits._maintenance_step(v_at, v_batch) = 0 LOOP
+        COMMIT;
+        v_steps := v_steps + 1;
+        IF v_steps % 10 = 0 THEN
+            RAISE NOTICE '%', credits._maintenance_progress();
+        END IF;
+    END LOOP;
+    COMMIT;
+    RAISE NOTICE '%', credits._maintenance_progress();
+END
+$$;

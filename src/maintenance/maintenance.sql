@@ -251,8 +251,11 @@ $$;
 -- The worker's step: like _maintenance_step, but an error is recorded in
 -- maintenance_state (and the server log) instead of ending the worker;
 -- it retries after `p_retry` seconds.
+-- (The worker runs as the bootstrap superuser: every name it resolves, in
+-- the exception handler too, comes from pg_catalog, never from a schema a
+-- user can create objects in.)
 CREATE FUNCTION _worker_step(p_batch integer, p_retry double precision) RETURNS double precision
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN credits._maintenance_step(credits.now(), p_batch);
 EXCEPTION WHEN OTHERS THEN
@@ -281,11 +284,11 @@ CREATE PROCEDURE run_maintenance(at timestamptz DEFAULT NULL)
 LANGUAGE plpgsql AS $$
 DECLARE
     v_at    timestamptz := coalesce(run_maintenance.at, credits.now());
-    v_batch integer := coalesce(nullif(current_setting('credits.maintenance_batch_size', true), ''), '2000')::integer;
+    v_batch integer := coalesce(nullif(pg_catalog.current_setting('credits.maintenance_batch_size', true), ''), '2000')::integer;
     v_steps integer := 0;
 BEGIN
     -- (each batch is idempotent, so it commits without waiting for the WAL flush)
-    WHILE set_config('synchronous_commit', 'off', true) IS NOT NULL
+    WHILE pg_catalog.set_config('synchronous_commit', 'off', true) IS NOT NULL
           AND credits._maintenance_step(v_at, v_batch) = 0 LOOP
         COMMIT;
         v_steps := v_steps + 1;

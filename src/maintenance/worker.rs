@@ -126,6 +126,7 @@ fn step() -> Option<f64> {
     // cluster's default_transaction_isolation (at REPEATABLE READ a batch
     // would fail whenever a debit touched one of its accounts first).
     Spi::run("SET TRANSACTION ISOLATION LEVEL READ COMMITTED").ok()?;
+    pin_search_path().ok()?;
     let installed = Spi::get_one::<bool>(
         "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'credits')",
     )
@@ -149,7 +150,7 @@ const ROLLUP_BATCH: i64 = 200_000;
 /// One rollup transaction; returns the entries rolled up. Skipped while the
 /// installed extension is older than the rollups.
 fn refresh_rollups() -> i64 {
-    if commit_without_flush().is_err() {
+    if commit_without_flush().and_then(|_| pin_search_path()).is_err() {
         return 0;
     }
     Spi::get_one::<i64>(&format!(
@@ -159,6 +160,13 @@ fn refresh_rollups() -> i64 {
     .ok()
     .flatten()
     .unwrap_or(0)
+}
+
+/// The worker runs as the bootstrap superuser: nothing it runs resolves a
+/// name through a schema that other roles can create objects in (the
+/// default search_path has "$user" and public).
+fn pin_search_path() -> Result<(), pgrx::spi::Error> {
+    Spi::run("SET LOCAL search_path = pg_catalog, pg_temp")
 }
 
 /// The worker's transactions do not wait for the WAL flush: a transaction lost

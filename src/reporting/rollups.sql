@@ -133,8 +133,9 @@ RETURN (SELECT s.rolled_through FROM credits.rollup_state s);
 
 -- The worker's rollup step: like _refresh_rollups, but an error is recorded
 -- in rollup_state (and the server log) instead of ending the worker.
+-- (pinned search_path: see _worker_step)
 CREATE FUNCTION _worker_rollups(p_max bigint, p_wait interval) RETURNS bigint
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN credits._refresh_rollups(p_max, p_wait);
 EXCEPTION WHEN OTHERS THEN
@@ -155,7 +156,7 @@ CREATE PROCEDURE refresh_rollups(batch bigint DEFAULT 1000000, wait interval DEF
 LANGUAGE plpgsql AS $$
 DECLARE
     v_target  bigint := coalesce((SELECT max(l.entry_id) FROM credits.ledger l), 0);
-    v_start   timestamptz := clock_timestamp();
+    v_start   timestamptz := pg_catalog.clock_timestamp();
     v_done    bigint;
     v_batches integer := 0;
     v_n       bigint;
@@ -167,13 +168,13 @@ BEGIN
         v_n := credits._refresh_rollups(refresh_rollups.batch, interval '10 ms');
         SELECT s.rolled_through INTO v_done FROM credits.rollup_state s;
         COMMIT;
-        v_batches := v_batches + sign(v_n)::integer;
+        v_batches := v_batches + CASE WHEN v_n > 0 THEN 1 ELSE 0 END;
         EXIT WHEN v_done >= v_target;
         IF v_n > 0 THEN
             IF v_batches % 5 = 0 THEN
                 RAISE NOTICE 'credits rollups: through entry % of %', v_done, v_target;
             END IF;
-        ELSIF clock_timestamp() - v_start > refresh_rollups.wait THEN
+        ELSIF pg_catalog.clock_timestamp() - v_start > refresh_rollups.wait THEN
             RAISE WARNING 'credits rollups: still waiting for transactions open since before %; the views stay exact meanwhile',
                           credits._utc_text(v_start)
                 USING HINT = 'See pg_stat_activity for old transactions, pg_prepared_xacts for prepared ones.';

@@ -467,3 +467,83 @@ fn installing_a_new_build_leaves_a_running_server_and_its_worker_alone() {
         .query_one("SELECT credits.debit('after_install', 'agent', 1)", &[])
         .unwrap();
 }
+
+/// The worker runs as the bootstrap superuser. A role that may create
+/// objects in public (the default before PostgreSQL 15) puts functions there
+/// with the names and argument types the worker's SQL uses, its exception
+/// handlers included, and makes a worker step fail (an account locked past
+/// lock_timeout at a boundary): none of them runs.
+#[test]
+fn the_worker_never_runs_what_a_user_put_in_public() {
+    let mut settings = SystemSettings(vec![]);
+    let (db, mut client) = fresh_worker_database(&mut settings, "2030-03-31 12:00:00+00");
+    client.batch_execute("CREATE EXTENSION credits").unwrap();
+    subscribe(&mut client, "held", "pro");
+    client
+        .batch_execute(
+            "DO $$ BEGIN
+                 IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'mallory') THEN
+                     CREATE ROLE mallory;
+                 END IF;
+             END $$;
+             GRANT CREATE ON SCHEMA public TO mallory;
+             SET ROLE mallory;
+             CREATE SEQUENCE public.pwned;
+             CREATE FUNCTION public.format(text, text, text) RETURNS text
+                 LANGUAGE sql AS $$ SELECT pg_catalog.nextval('public.pwned')::text $$;
+             CREATE FUNCTION public.format(text, text) RETURNS text
+                 LANGUAGE sql AS $$ SELECT pg_catalog.nextval('public.pwned')::text $$;
+             CREATE FUNCTION public.sign(bigint) RETURNS bigint
+                 LANGUAGE sql AS $$ SELECT pg_catalog.nextval('public.pwned') $$;
+             RESET ROLE;",
+        )
+        .unwrap();
+    wait_until(30, "the worker's first run", || {
+        done_through(&mut client).is_some()
+    });
+
+    // Hold the account across the month's end: the worker's batch waits on it
+    // until lock_timeout, and its exception handler records the error.
+    let mut holder = connect_db(&db);
+    holder
+        .batch_execute("BEGIN; SELECT FROM credits.accounts WHERE account_id = 'held' FOR UPDATE")
+        .unwrap();
+    settings.set("lock_timeout", "300ms");
+    settings.set("credits.clock_override", "2030-04-01 00:00:01+00");
+    wait_until(30, "a failed worker step", || {
+        client
+            .query_one(
+                "SELECT last_error IS NOT NULL FROM credits.maintenance_state",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+    });
+    holder.batch_execute("ROLLBACK").unwrap();
+    let called: bool = client
+        .query_one("SELECT is_called FROM public.pwned", &[])
+        .unwrap()
+        .get(0);
+    assert!(
+        !called,
+        "the worker ran a function from public as superuser"
+    );
+
+    // Every function the worker or a SECURITY DEFINER function starts in
+    // resolves names through pg_catalog only.
+    let unpinned: Vec<String> = client
+        .query(
+            "SELECT p.oid::regprocedure::text FROM pg_proc p
+              WHERE p.pronamespace = 'credits'::regnamespace
+                AND (p.prosecdef OR p.proname IN ('_worker_step', '_worker_rollups'))
+                AND NOT coalesce(p.proconfig @> '{\"search_path=pg_catalog, pg_temp\"}', false)
+                AND p.prolang <> (SELECT oid FROM pg_language WHERE lanname = 'c')
+              ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(unpinned, Vec::<String>::new());
+}
