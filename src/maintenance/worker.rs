@@ -150,7 +150,10 @@ const ROLLUP_BATCH: i64 = 200_000;
 /// One rollup transaction; returns the entries rolled up. Skipped while the
 /// installed extension is older than the rollups.
 fn refresh_rollups() -> i64 {
-    if commit_without_flush().and_then(|_| pin_search_path()).is_err() {
+    if commit_without_flush()
+        .and_then(|_| pin_search_path())
+        .is_err()
+    {
         return 0;
     }
     Spi::get_one::<i64>(&format!(
