@@ -34,10 +34,16 @@ install_prerequisites() {
 
 # A running server maps the installed library: writing the new one over the
 # same file (as a copy does) changes code under its feet, and its worker
-# crashes. Unlinking the file first makes the install a new file; a running
-# server keeps the one it loaded until it restarts (./scripts/dev restarts).
-unlink_installed_library() {
-    rm -f "$("$PG_CONFIG" --pkglibdir)/credits.so"
+# crashes. So the installed file is first replaced by a copy of itself (a
+# rename: the path never goes missing, which running servers would notice
+# on their next call), and the install writes over the copy; a running
+# server keeps the file it loaded until it restarts (./scripts/dev restarts).
+detach_installed_library() {
+    local lib
+    lib="$("$PG_CONFIG" --pkglibdir)/credits.so"
+    if [ -f "$lib" ]; then
+        cp -p "$lib" "$lib.new.$$" && mv -f "$lib.new.$$" "$lib"
+    fi
 }
 
 # Build the extension and install it into the system PostgreSQL 15.
@@ -46,7 +52,7 @@ install_extension() {
     say "building and installing the credits extension $*"
     mkdir -p "$ROOT/target"
     local log="$ROOT/target/install.log"
-    unlink_installed_library
+    detach_installed_library
     if ! (cd "$ROOT" && cargo pgrx install --pg-config "$PG_CONFIG" "$@") >"$log" 2>&1; then
         grep -Ev '^ +[0-9]+: |^ +at ' "$log" | tail -n 60
         echo "build failed; full log: $log" >&2
