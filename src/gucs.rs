@@ -1,7 +1,8 @@
 //! Settings (`credits.*`), registered when the library loads.
 
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
-use std::ffi::CString;
+use pgrx::pg_sys;
+use std::ffi::{c_char, c_void, CStr, CString};
 
 /// `credits.clock_override`: when set, `credits.now()` returns it instead of
 /// the transaction time. Superuser-only, so applications cannot move the
@@ -90,28 +91,179 @@ pub fn init_worker_settings() {
 }
 
 pub fn init() {
-    GucRegistry::define_string_guc(
-        c"credits.thresholds",
-        c"Comma-separated percentages of the monthly limit that emit a threshold event.",
-        c"Each is emitted once per account and monthly window, e.g. '50,80,100'.",
-        &THRESHOLDS,
-        GucContext::Suset,
-        GucFlags::default(),
-    );
-    GucRegistry::define_string_guc(
-        c"credits.bandwidth_cutoff",
-        c"UTC date from which new accounts get 20 GB per 100 credits of monthly limit.",
-        c"Older accounts get 25 GB per 100 purchased credits. ISO date, e.g. 2025-08-14.",
-        &BANDWIDTH_CUTOFF,
-        GucContext::Suset,
-        GucFlags::default(),
-    );
-    GucRegistry::define_string_guc(
-        c"credits.clock_override",
-        c"Fixed time returned by credits.now() (tests only); empty = transaction time.",
-        c"A timestamptz with an explicit UTC offset, e.g. '2026-03-01 00:00:00.001+00'. Superuser-only.",
-        &CLOCK_OVERRIDE,
-        GucContext::Suset,
-        GucFlags::default(),
-    );
+    // SAFETY: the check hooks below are plain Rust that cannot panic or
+    // raise: they only read the proposed value and set the detail string.
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            c"credits.thresholds",
+            c"Comma-separated percentages of the monthly limit that emit a threshold event.",
+            c"Each is emitted once per account and monthly window, e.g. '50,80,100'.",
+            &THRESHOLDS,
+            GucContext::Suset,
+            GucFlags::default(),
+            Some(check_thresholds),
+            None,
+            None,
+        );
+        GucRegistry::define_string_guc_with_hooks(
+            c"credits.bandwidth_cutoff",
+            c"UTC date from which new accounts get 20 GB per 100 credits of monthly limit.",
+            c"Older accounts get 25 GB per 100 purchased credits. ISO date, e.g. 2025-08-14.",
+            &BANDWIDTH_CUTOFF,
+            GucContext::Suset,
+            GucFlags::default(),
+            Some(check_bandwidth_cutoff),
+            None,
+            None,
+        );
+        GucRegistry::define_string_guc_with_hooks(
+            c"credits.clock_override",
+            c"Fixed time returned by credits.now() (tests only); empty = transaction time.",
+            c"A timestamptz with an explicit UTC offset, e.g. '2026-03-01 00:00:00.001+00'. Superuser-only.",
+            &CLOCK_OVERRIDE,
+            GucContext::Suset,
+            GucFlags::default(),
+            Some(check_clock_override),
+            None,
+            None,
+        );
+    }
+}
+
+// Check hooks (SPEC §4.9): a bad value is refused by SET, ALTER SYSTEM or a
+// reload, as PostgreSQL's own settings are (SQLSTATE 22023, the setting kept),
+// instead of being found by the next debit. Empty means the default.
+
+/// `credits.thresholds`: comma-separated positive percentages.
+fn thresholds_ok(value: &str) -> bool {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .all(|p| {
+            decimal(p).is_some_and(|(int, frac)| {
+                int.trim_start_matches('0').len() <= 9
+                    && (int.bytes().chain(frac.bytes()).any(|b| b != b'0'))
+            })
+        })
+}
+
+/// `credits.bandwidth_cutoff`: an ISO date, YYYY-MM-DD.
+fn date_ok(value: &str) -> bool {
+    let b = value.as_bytes();
+    b.len() == 10
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && calendar_date(&value[0..4], &value[5..7], &value[8..10])
+}
+
+/// `credits.clock_override`: YYYY-MM-DD HH:MM[:SS[.ffffff]] and an explicit
+/// offset (Z, +HH, +HH:MM or +HHMM); ' ' or 'T' between date and time.
+fn instant_ok(value: &str) -> bool {
+    let b = value.as_bytes();
+    if b.len() < 17 || !date_ok(&value[0..10]) || !(b[10] == b' ' || b[10] == b'T') {
+        return false;
+    }
+    let rest = &value[11..];
+    let Some(split) = rest.find(|c| c == 'Z' || c == '+' || c == '-') else {
+        return false;
+    };
+    let (time, offset) = rest.split_at(split);
+    let mut parts = time.split(':');
+    let (Some(h), Some(m), s, None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let two = |p: &str, max: u32| p.len() == 2 && p.parse::<u32>().is_ok_and(|v| v <= max);
+    let seconds_ok = s.is_none_or(|s| match s.split_once('.') {
+        None => two(s, 59),
+        Some((whole, frac)) => {
+            two(whole, 59)
+                && (1..=6).contains(&frac.len())
+                && frac.bytes().all(|c| c.is_ascii_digit())
+        }
+    });
+    let offset_ok = offset == "Z" || {
+        let digits = &offset[1..];
+        match digits.len() {
+            2 => two(digits, 15),
+            4 => two(&digits[..2], 15) && two(&digits[2..], 59),
+            5 => digits.as_bytes()[2] == b':' && two(&digits[..2], 15) && two(&digits[3..], 59),
+            _ => false,
+        }
+    };
+    two(h, 23) && two(m, 59) && seconds_ok && offset_ok
+}
+
+/// "123" or "123.45": its integer and fraction digits.
+fn decimal(p: &str) -> Option<(&str, &str)> {
+    let (int, frac) = p.split_once('.').unwrap_or((p, ""));
+    let digits = |s: &str| s.bytes().all(|c| c.is_ascii_digit());
+    (!int.is_empty() && digits(int) && digits(frac) && (frac.is_empty() == !p.contains('.')))
+        .then_some((int, frac))
+}
+
+fn calendar_date(y: &str, m: &str, d: &str) -> bool {
+    let (Ok(y), Ok(m), Ok(d)) = (y.parse::<i32>(), m.parse::<u32>(), d.parse::<u32>()) else {
+        return false;
+    };
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let days = match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return false,
+    };
+    (1..=9999).contains(&y) && (1..=days).contains(&d)
+}
+
+/// A check hook from a validator and what the value should look like.
+unsafe fn check(newval: *mut *mut c_char, ok: fn(&str) -> bool, expected: &CStr) -> bool {
+    if newval.is_null() || (*newval).is_null() {
+        return true;
+    }
+    let value = CStr::from_ptr(*newval).to_string_lossy();
+    let value = value.trim();
+    if value.is_empty() || ok(value) {
+        return true;
+    }
+    pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(expected.as_ptr());
+    false
+}
+
+unsafe extern "C-unwind" fn check_thresholds(
+    newval: *mut *mut c_char,
+    _extra: *mut *mut c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    check(
+        newval,
+        thresholds_ok,
+        c"Expected comma-separated positive percentages, e.g. '80,100'.",
+    )
+}
+
+unsafe extern "C-unwind" fn check_bandwidth_cutoff(
+    newval: *mut *mut c_char,
+    _extra: *mut *mut c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    check(
+        newval,
+        date_ok,
+        c"Expected a date as YYYY-MM-DD, e.g. '2025-08-14'.",
+    )
+}
+
+unsafe extern "C-unwind" fn check_clock_override(
+    newval: *mut *mut c_char,
+    _extra: *mut *mut c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    check(
+        newval,
+        instant_ok,
+        c"Expected a timestamptz with an explicit offset, e.g. '2026-03-01 00:00:00.001+00'.",
+    )
 }
