@@ -18,6 +18,11 @@ pgrx::pg_module_magic!();
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    // An error raised by PostgreSQL inside Rust code (a lock timeout, a
+    // read-only transaction) reaches the client as PostgreSQL raised it:
+    // pgrx would add a Rust backtrace to its DETAIL wherever RUST_BACKTRACE
+    // is set in the server's environment (SPEC §4.10).
+    std::env::set_var("RUST_LIB_BACKTRACE", "0");
     gucs::init();
     schema::init();
     // The worker can only be registered from shared_preload_libraries;

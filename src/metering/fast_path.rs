@@ -181,8 +181,10 @@ fn debit(req: &DebitRequest) -> Option<i64> {
             return None;
         }
         // Every lookup reads the calling statement's snapshot; without one
-        // (no caller known to do that), the SQL path takes its own.
-        if !pg_sys::ActiveSnapshotSet() {
+        // (no caller known to do that), the SQL path takes its own. On a
+        // standby the SQL path's first write reports 25006, as PostgreSQL's
+        // own writes do.
+        if !pg_sys::ActiveSnapshotSet() || pg_sys::RecoveryInProgress() {
             return None;
         }
         let schema = catalog_cache::schema()?;

@@ -156,3 +156,55 @@ fn a_rolled_back_transaction_leaves_nothing() {
     .unwrap();
     assert_verified(&mut c);
 }
+
+/// Errors PostgreSQL raises under the Rust code reach the client as
+/// PostgreSQL raised them: a write in a read-only transaction fails with
+/// 25006, a lock wait past lock_timeout with 55P03, and no message, detail
+/// or hint carries a Rust backtrace (SPEC §4.10).
+#[test]
+fn errors_raised_below_rust_reach_the_client_clean() {
+    let mut c = connect_at("2026-02-10 12:00:00+00");
+    subscribe(&mut c, "clean_ro", "pro");
+    let clean = |e: &postgres::Error| {
+        let db = e.as_db_error().expect("a server error");
+        let text = format!("{} {:?} {:?}", db.message(), db.detail(), db.hint());
+        assert!(
+            !text.contains("rust_begin_unwind")
+                && !text.contains("panicking")
+                && !text.contains("   0: "),
+            "a Rust backtrace reached the client: {text}"
+        );
+        db.code().code().to_string()
+    };
+    let debits = [
+        "SELECT credits.debit('clean_ro', 'agent', 1)",
+        "SELECT credits.debit('clean_ro', 'agent', 1, 'ro-key')",
+        "SELECT credits.try_debit('clean_ro', 'agent', 1)",
+        "SELECT credits.reserve('clean_ro', 'agent', 1)",
+        "SELECT credits.subscribe('clean_ro', 'free')::text",
+    ];
+    c.batch_execute("SET default_transaction_read_only = on")
+        .unwrap();
+    for sql in debits {
+        let e = c.query_one(sql, &[]).unwrap_err();
+        assert_eq!(clean(&e), "25006", "{sql}");
+    }
+    c.batch_execute("SET default_transaction_read_only = off")
+        .unwrap();
+
+    // Another session holds the account: a debit waits until lock_timeout.
+    let mut holder = connect_at("2026-02-10 12:00:00+00");
+    holder
+        .batch_execute(
+            "BEGIN; SELECT FROM credits.accounts WHERE account_id = 'clean_ro' FOR UPDATE",
+        )
+        .unwrap();
+    c.batch_execute("SET lock_timeout = '100ms'").unwrap();
+    for sql in debits {
+        let e = c.query_one(sql, &[]).unwrap_err();
+        assert_eq!(clean(&e), "55P03", "{sql}");
+    }
+    holder.batch_execute("ROLLBACK").unwrap();
+    c.batch_execute("RESET lock_timeout").unwrap();
+    assert_eq!(balance_of(&mut c, "clean_ro", "monthly_used"), "0");
+}
