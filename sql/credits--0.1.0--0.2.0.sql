@@ -1159,13 +1159,16 @@ BEGIN
            monthly_epoch = CASE WHEN v_capped THEN v_entry ELSE a.monthly_epoch END,
            last_at = v_now
      WHERE a.account_id = p_account;
-    -- The new limit is one the account held this month.
+    -- The new limit is one the account held this month; usage the purchase
+    -- set aside still counts as used this month (a later move back to a
+    -- plan already held must not give it again, SPEC §4.1).
     INSERT INTO credits.month_allowances AS m (account_id, month, peak_limit, used_before)
-    VALUES (p_account, credits._utc_month(v_now), v_state.monthly_limit + p_credits, 0)
+    VALUES (p_account, credits._utc_month(v_now), v_state.monthly_limit + p_credits,
+            CASE WHEN v_capped THEN v_state.monthly_used - v_state.monthly_limit ELSE 0 END)
     ON CONFLICT ON CONSTRAINT month_allowances_pkey DO UPDATE
        SET peak_limit = CASE WHEN m.month = excluded.month THEN greatest(m.peak_limit, excluded.peak_limit)
                              ELSE excluded.peak_limit END,
-           used_before = CASE WHEN m.month = excluded.month THEN m.used_before ELSE 0 END,
+           used_before = CASE WHEN m.month = excluded.month THEN m.used_before ELSE 0 END + excluded.used_before,
            month = excluded.month;
 END
 $$;

@@ -588,12 +588,14 @@ fn run_seed(seed: u64, steps: usize) {
                         a.lock(now2);
                         // worth its full amount at once (SPEC §4.2)
                         let s = a.state(now2);
-                        if s.monthly_used > s.monthly_limit {
+                        let set_aside = (s.monthly_used - s.monthly_limit).max(0);
+                        if set_aside > 0 {
                             a.monthly_used = s.monthly_limit;
                             a.epoch_seq = seq;
                         }
+                        // (what it set aside still counts as used this month)
                         let (peak, before) = a.month_record(now2, s.monthly_limit + amount);
-                        a.held = Some((month_of(now2), peak, before));
+                        a.held = Some((month_of(now2), peak, before + set_aside));
                         a.purchased += amount;
                         a.last_at = now2;
                     });

@@ -70,6 +70,17 @@ SELECT monthly_limit, monthly_used, available FROM credits.balance('m_buy');
 SELECT credits.debit('m_buy', 'agent', 50) IS NOT NULL AS debited;
 SELECT credits.try_debit('m_buy', 'agent', 1) AS denied;
 SELECT * FROM credits.verify();
+-- What the purchase set aside still counts as used this month: moving on to
+-- Free and back to Pro (a level already held) gives no second allowance.
+SELECT credits.subscribe('m_buy_back', 'pro');
+SELECT credits.debit('m_buy_back', 'agent', 60) IS NOT NULL AS debited;
+SELECT credits.subscribe('m_buy_back', 'legacy_basic');
+SELECT credits.purchase('m_buy_back', 5);
+SELECT credits.debit('m_buy_back', 'agent', 5) IS NOT NULL AS debited;
+SELECT credits.subscribe('m_buy_back', 'free');
+SELECT credits.subscribe('m_buy_back', 'pro');
+SELECT plan, monthly_limit, monthly_used, available FROM credits.balance('m_buy_back');
+SELECT * FROM credits.verify();
 
 -- §4.4 available is never negative: Pro with a 50 hold moves to Free (25).
 SELECT credits.subscribe('m_hold', 'pro');
