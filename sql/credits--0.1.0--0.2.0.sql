@@ -888,7 +888,8 @@ LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'credits_close_windows';
 -- Returns the last account closed (NULL: none was left), how many, and the
 -- windows recorded. Rust (src/maintenance/close.rs), as _close_windows.
 CREATE FUNCTION _close_windows_after(p_after text, p_at timestamptz, p_accounts integer,
-                                     OUT last_account text, OUT accounts integer, OUT windows integer)
+                                     OUT last_account text, OUT accounts integer, OUT windows integer,
+                                     OUT skipped text[])
 LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'credits_close_windows_after';
 REVOKE ALL ON FUNCTION credits._close_windows_after(text, timestamptz, integer) FROM PUBLIC;
 
@@ -929,8 +930,12 @@ BEGIN
     END IF;
 
     IF run.phase = 'windows' THEN
-        -- One batch per transaction, locks taken in key order.
+        -- One batch per transaction, locks taken in key order; accounts
+        -- held by another transaction are noted and closed once free.
         SELECT * INTO v_done FROM credits._close_windows_after(run.cursor, run.run_at, p_batch);
+        INSERT INTO credits.maintenance_waiting (run_id, account_id, since)
+        SELECT run.run_id, s.id, clock_timestamp() FROM unnest(v_done.skipped) s(id)
+        ON CONFLICT DO NOTHING;
         IF v_done.last_account IS NULL THEN
             UPDATE credits.maintenance_runs r SET phase = 'expiries' WHERE r.run_id = run.run_id;
         ELSE
@@ -942,7 +947,8 @@ BEGIN
         RETURN 0;
     END IF;
 
-    -- Expiries: the accounts with a hold or grant past its deadline, a batch at a time.
+    -- Expiries: the accounts with a hold or grant past its deadline, a batch
+    -- at a time (one another transaction holds is left for a later step).
     SELECT array_agg(x.account_id ORDER BY x.account_id) INTO v_ids
       FROM (SELECT a.account_id FROM credits.accounts a
              WHERE a.account_id IN (
@@ -954,12 +960,36 @@ BEGIN
                      WHERE g.expired_entry IS NULL AND g.expires_at <= run.run_at
                      ORDER BY g.expires_at LIMIT p_batch))
              ORDER BY a.account_id
-               FOR UPDATE) x;
+               FOR UPDATE SKIP LOCKED) x;
     IF v_ids IS NOT NULL THEN
         v_n := credits._expire_due(v_ids, run.run_at);
         UPDATE credits.maintenance_runs r SET batches = r.batches + 1, expired = r.expired + v_n
          WHERE r.run_id = run.run_id;
         RETURN 0;
+    END IF;
+
+    -- The accounts skipped because a transaction held them, once free.
+    SELECT array_agg(x.account_id ORDER BY x.account_id) INTO v_ids
+      FROM (SELECT a.account_id FROM credits.accounts a
+             WHERE a.account_id IN (SELECT w.account_id FROM credits.maintenance_waiting w
+                                     WHERE w.run_id = run.run_id)
+             ORDER BY a.account_id
+               FOR UPDATE SKIP LOCKED) x;
+    IF v_ids IS NOT NULL THEN
+        v_n := credits._close_windows(v_ids, run.run_at);
+        DELETE FROM credits.maintenance_waiting w WHERE w.run_id = run.run_id AND w.account_id = ANY (v_ids);
+        UPDATE credits.maintenance_runs r
+           SET batches = r.batches + 1, accounts = r.accounts + cardinality(v_ids), windows = r.windows + v_n
+         WHERE r.run_id = run.run_id;
+        RETURN 0;
+    END IF;
+    -- Still held (or still with a deadline to expire): come back in a second;
+    -- every other account is done, and the held ones are correct at their
+    -- next call meanwhile.
+    IF EXISTS (SELECT FROM credits.maintenance_waiting w WHERE w.run_id = run.run_id)
+       OR EXISTS (SELECT FROM credits.holds h WHERE h.resolved_entry IS NULL AND h.expires_at <= run.run_at)
+       OR EXISTS (SELECT FROM credits.grants g WHERE g.expired_entry IS NULL AND g.expires_at <= run.run_at) THEN
+        RETURN 1;
     END IF;
 
     UPDATE credits.maintenance_runs r SET phase = 'done', finished_at = clock_timestamp()
@@ -2047,3 +2077,48 @@ BEGIN
     RAISE NOTICE '%', credits._maintenance_progress();
 END
 $$;
+
+CREATE OR REPLACE FUNCTION _worker_pid() RETURNS integer
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+RETURN (SELECT a.pid FROM pg_catalog.pg_stat_activity a
+         WHERE a.backend_type = 'credits maintenance' AND a.datname = pg_catalog.current_database()
+         LIMIT 1);
+
+-- Maintenance never waits on one account: accounts a transaction holds are
+-- skipped and closed once free (maintenance_status.waiting_accounts).
+CREATE TABLE maintenance_waiting (
+    run_id     bigint NOT NULL,
+    account_id text COLLATE "C" NOT NULL,
+    since      timestamptz NOT NULL,
+    PRIMARY KEY (run_id, account_id)
+);
+CREATE OR REPLACE VIEW maintenance_status AS
+SELECT credits._worker_pid() AS worker_pid,
+       s.done_through,
+       s.run_id IS NOT NULL AS running,
+       r.run_id AS last_run_id,
+       r.run_at AS last_run_at,
+       r.started_at AS last_run_started,
+       r.finished_at AS last_run_finished,
+       r.accounts AS last_run_accounts,
+       r.windows AS last_run_windows,
+       r.expired AS last_run_expired,
+       greatest(d.next_due, credits.now()) AS next_run,
+       -- NULL until the first run: nothing has been done to be late with
+       CASE WHEN isfinite(d.next_due) THEN greatest(interval '0', credits.now() - d.next_due) END AS lag,
+       s.last_error,
+       s.last_error_at,
+       -- accounts the current run skipped because a transaction held them
+       w.accounts AS waiting_accounts,
+       w.since AS waiting_since,
+       -- the database the worker serves (credits.database; NULL when the
+       -- library is not preloaded): another one's worker_pid is NULL
+       pg_catalog.current_setting('credits.database', true) AS worker_database
+  FROM credits.maintenance_state s
+  CROSS JOIN LATERAL (SELECT credits._next_due(s.done_through) AS next_due) d
+  LEFT JOIN LATERAL (SELECT * FROM credits.maintenance_runs mr ORDER BY mr.run_id DESC LIMIT 1) r ON true
+  CROSS JOIN LATERAL (SELECT count(*) AS accounts, min(mw.since) AS since FROM credits.maintenance_waiting mw
+                       WHERE mw.run_id = s.run_id) w;
+REVOKE ALL ON FUNCTION credits._worker_pid() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION credits._worker_pid() TO credits_reader, credits_admin;
+GRANT SELECT ON maintenance_waiting TO credits_admin;

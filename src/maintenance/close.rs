@@ -17,7 +17,7 @@ use crate::pg::fmgr::{
     args, call, ret, text, text_array, text_bytes, text_string, v1_functions, SessionDatums,
 };
 use crate::pg::numeric;
-use crate::pg::rows::{Found, IndexScan, Row, Schema, Table, Writes};
+use crate::pg::rows::{Found, IndexScan, Lock, Row, Schema, Table, Writes};
 use crate::schema::catalog_cache;
 use pgrx::datum::{DatumWithOid, TimestampWithTimeZone};
 use pgrx::pg_sys::{self, Datum};
@@ -306,6 +306,10 @@ pub unsafe extern "C-unwind" fn credits_close_windows_after(
     let limit = limit.value() as i32;
     let mut closer = Closer::begin(at);
     let mut last = None;
+    // Accounts another transaction holds: skipped, never waited for (one
+    // transaction open across midnight must not stall every account after
+    // it); maintenance comes back to them.
+    let mut skipped: Vec<String> = Vec::new();
     {
         let mut scan = closer.accounts.scan_after(closer.schema.accounts_key, a[0]);
         let id_col = closer
@@ -315,6 +319,7 @@ pub unsafe extern "C-unwind" fn credits_close_windows_after(
         let (today, this_month) = (closer.today, closer.this_month);
         while closer.closed_accounts < limit && scan.next() {
             let row = &scan.row;
+            let mut busy = false;
             let closed = closer.close(|accounts| {
                 // Nothing to close: skipped without a lock. (One a debit
                 // closed since this statement began is found so once locked.)
@@ -322,12 +327,20 @@ pub unsafe extern "C-unwind" fn credits_close_windows_after(
                 if !passed(&seen, today, this_month) {
                     return None;
                 }
-                accounts.lock_seen(row)
+                match accounts.try_lock_seen(row) {
+                    Lock::Locked(found) => Some(found),
+                    Lock::Busy => {
+                        busy = true;
+                        None
+                    }
+                    Lock::Gone => None,
+                }
             });
+            let id = || text_string(scan.row.get(id_col).unwrap_or_else(|| incomplete()));
             if closed {
-                last = Some(text_string(
-                    scan.row.get(id_col).unwrap_or_else(|| incomplete()),
-                ));
+                last = Some(id());
+            } else if busy {
+                skipped.push(id());
             }
         }
     }
@@ -340,12 +353,16 @@ pub unsafe extern "C-unwind" fn credits_close_windows_after(
         error!("credits._close_windows_after must return a record");
     }
     let desc = pg_sys::BlessTupleDesc(desc);
+    let skipped = (!skipped.is_empty())
+        .then(|| skipped.into_datum())
+        .flatten();
     let mut values = [
         last.as_deref().map(|l| text(l)).unwrap_or(Datum::from(0)),
         Datum::from(accounts),
         Datum::from(recorded),
+        skipped.unwrap_or(Datum::from(0)),
     ];
-    let mut nulls = [last.is_none(), false, false];
+    let mut nulls = [last.is_none(), false, false, skipped.is_none()];
     let tuple = pg_sys::heap_form_tuple(desc, values.as_mut_ptr(), nulls.as_mut_ptr());
     pg_sys::HeapTupleHeaderGetDatum((*tuple).t_data)
 }

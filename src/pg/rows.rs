@@ -193,15 +193,24 @@ impl Table {
     pub(crate) unsafe fn lock(&self, index: Oid, key: Datum) -> Option<Found> {
         let found = self.lookup(index, key)?;
         let tid = (*found.slot).tts_tid;
-        self.lock_into(tid, found)
+        match self.lock_into(tid, found, pg_sys::LockWaitPolicy::LockWaitBlock) {
+            Lock::Locked(found) => Some(found),
+            Lock::Busy | Lock::Gone => None,
+        }
     }
 
-    /// The row `seen` (by a scan of this statement), locked as lock() locks.
-    pub(crate) unsafe fn lock_seen(&self, seen: &Found) -> Option<Found> {
+    /// The row `seen` (by a scan of this statement), locked as lock() locks,
+    /// unless another transaction holds it: then Busy, without waiting (as
+    /// FOR NO KEY UPDATE SKIP LOCKED).
+    pub(crate) unsafe fn try_lock_seen(&self, seen: &Found) -> Lock {
         let found = Found {
             slot: pg_sys::table_slot_create(self.rel, ptr::null_mut()),
         };
-        self.lock_into((*seen.slot).tts_tid, found)
+        self.lock_into(
+            (*seen.slot).tts_tid,
+            found,
+            pg_sys::LockWaitPolicy::LockWaitSkip,
+        )
     }
 
     /// Locks the row at `tid` as SELECT ... FOR NO KEY UPDATE does, reading
@@ -210,7 +219,12 @@ impl Table {
     /// REPEATABLE READ and up a row changed since the snapshot is a
     /// serialization failure (40001), to be retried.
     #[allow(unreachable_code)] // ereport!(ERROR) does not return
-    unsafe fn lock_into(&self, mut tid: pg_sys::ItemPointerData, into: Found) -> Option<Found> {
+    unsafe fn lock_into(
+        &self,
+        mut tid: pg_sys::ItemPointerData,
+        into: Found,
+        wait: pg_sys::LockWaitPolicy::Type,
+    ) -> Lock {
         let repeatable = pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32;
         let mut failure = pg_sys::TM_FailureData::default();
         let flags = if repeatable {
@@ -225,12 +239,13 @@ impl Table {
             into.slot,
             pg_sys::GetCurrentCommandId(true),
             pg_sys::LockTupleMode::LockTupleNoKeyExclusive,
-            pg_sys::LockWaitPolicy::LockWaitBlock,
+            wait,
             flags as u8,
             &mut failure,
         );
         match result {
-            pg_sys::TM_Result::TM_Ok => Some(into),
+            pg_sys::TM_Result::TM_Ok => Lock::Locked(into),
+            pg_sys::TM_Result::TM_WouldBlock => Lock::Busy,
             pg_sys::TM_Result::TM_Updated | pg_sys::TM_Result::TM_Deleted if repeatable => {
                 ereport!(
                     ERROR,
@@ -239,9 +254,18 @@ impl Table {
                 );
                 unreachable!("ereport(ERROR) does not return")
             }
-            _ => None,
+            _ => Lock::Gone,
         }
     }
+}
+
+/// What locking a row came to.
+pub(crate) enum Lock {
+    Locked(Found),
+    /// Another transaction holds it (only when asked not to wait).
+    Busy,
+    /// Deleted meanwhile.
+    Gone,
 }
 
 /// Leading columns a scan compares, at most (the events' key: account, kind).

@@ -253,6 +253,15 @@ CREATE TABLE maintenance_state (
 );
 INSERT INTO maintenance_state DEFAULT VALUES;
 
+-- Accounts a run skipped because another transaction held them: closed
+-- once free, before the run is done (never waited for).
+CREATE TABLE maintenance_waiting (
+    run_id     bigint NOT NULL,
+    account_id text COLLATE "C" NOT NULL,
+    since      timestamptz NOT NULL,
+    PRIMARY KEY (run_id, account_id)
+);
+
 CREATE TABLE maintenance_runs (
     run_id        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     run_at        timestamptz NOT NULL,  -- the instant processed (credits.now() when it started)

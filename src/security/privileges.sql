@@ -46,7 +46,7 @@ GRANT SELECT ON credits.closed_windows, credits.events, credits.maintenance_stat
                 credits.usage_daily, credits.usage_monthly, credits.account_months,
                 credits.tenant_months, credits.usage_display, credits.rollup_status
 TO credits_reader, credits_admin;
-GRANT EXECUTE ON FUNCTION credits.now(), credits._next_due(timestamptz),
+GRANT EXECUTE ON FUNCTION credits.now(), credits._next_due(timestamptz), credits._worker_pid(),
                           credits._utc_day(timestamptz), credits._utc_month(timestamptz),
                           credits._report_month("char", timestamptz, jsonb), credits._rolled_through(),
                           credits.balance(text)

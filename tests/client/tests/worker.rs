@@ -547,3 +547,73 @@ fn the_worker_never_runs_what_a_user_put_in_public() {
         .collect();
     assert_eq!(unpinned, Vec::<String>::new());
 }
+
+/// An application transaction holds one account across 00:00 UTC. The
+/// worker never waits on it: every other account is closed on time (a debit
+/// on an account of the same batch is not held up), maintenance_status shows
+/// the held one waiting, and it is closed, once, after its holder commits.
+#[test]
+fn an_account_held_across_midnight_stalls_no_other() {
+    let mut settings = SystemSettings(vec![]);
+    let (db, mut client) = fresh_worker_database(&mut settings, "2030-05-31 23:00:00+00");
+    client.batch_execute("CREATE EXTENSION credits").unwrap();
+    for i in 0..40 {
+        let account = format!("h{i:02}");
+        subscribe(&mut client, &account, "free");
+        client
+            .query_one("SELECT credits.debit($1, 'agent', 1)", &[&account])
+            .unwrap();
+    }
+    wait_until(30, "the worker's first run", || {
+        done_through(&mut client).is_some()
+    });
+    settings.set("credits.maintenance_batch_size", "10");
+    let mut holder = connect_db(&db);
+    holder
+        .batch_execute("BEGIN; SELECT FROM credits.accounts WHERE account_id = 'h20' FOR UPDATE")
+        .unwrap();
+    settings.set("credits.clock_override", "2030-06-01 00:00:01+00");
+
+    let closed = |client: &mut Client, account: &str| -> i64 {
+        client
+            .query_one(
+                "SELECT count(*) FROM credits.closed_windows WHERE account_id LIKE $1",
+                &[&account],
+            )
+            .unwrap()
+            .get(0)
+    };
+    wait_until(20, "every other account closed", || {
+        closed(&mut client, "h%") == 2 * 39
+    });
+    let started = std::time::Instant::now();
+    client
+        .query_one("SELECT credits.debit('h19', 'agent', 1)", &[])
+        .unwrap();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "a debit waited {:?} behind the worker",
+        started.elapsed()
+    );
+    let waiting: i64 = client
+        .query_one(
+            "SELECT waiting_accounts FROM credits.maintenance_status",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(waiting, 1);
+    assert_eq!(closed(&mut client, "h20"), 0);
+
+    holder.batch_execute("COMMIT").unwrap();
+    wait_until(20, "the held account closed and the run done", || {
+        done_through(&mut client).as_deref() == Some("2030-06-01 00:00:01.000")
+    });
+    assert_eq!(
+        closed(&mut client, "h20"),
+        2,
+        "its day and month, each once"
+    );
+    assert_eq!(closed(&mut client, "h%"), 2 * 40);
+    assert_verified(&mut client);
+}
