@@ -32,17 +32,25 @@ install_prerequisites() {
     fi
 }
 
-# A running server maps the installed library: writing the new one over the
-# same file (as a copy does) changes code under its feet, and its worker
-# crashes. So the installed file is first replaced by a copy of itself (a
-# rename: the path never goes missing, which running servers would notice
-# on their next call), and the install writes over the copy; a running
-# server keeps the file it loaded until it restarts (./scripts/dev restarts).
+# A running server maps the installed library and looks the file up again on
+# calls: written over in place, the code changes under its feet (its worker
+# crashes); removed and written anew (as cargo pgrx install does), its calls
+# fail with 58P01 until the new file is complete. So files go in under a
+# temporary name and are renamed into place: the path always holds a whole
+# file, and a running server keeps the one it loaded until it restarts
+# (./scripts/dev restarts).
+install_file() {  # install_file SRC DEST MODE
+    install -D -m "$3" "$1" "$2.new.$$" && mv -f "$2.new.$$" "$2"
+}
+
+# cargo pgrx test copies its build over the installed one in place: the
+# installed file is first replaced by a copy of itself (a rename), which the
+# test's copy then overwrites instead of the file running servers mapped.
 detach_installed_library() {
     local lib
     lib="$("$PG_CONFIG" --pkglibdir)/credits.so"
     if [ -f "$lib" ]; then
-        cp -p "$lib" "$lib.new.$$" && mv -f "$lib.new.$$" "$lib"
+        install_file "$lib" "$lib" 755
     fi
 }
 
@@ -51,17 +59,28 @@ detach_installed_library() {
 install_extension() {
     say "building and installing the credits extension $*"
     mkdir -p "$ROOT/target"
-    local log="$ROOT/target/install.log"
-    detach_installed_library
-    if ! (cd "$ROOT" && cargo pgrx install --pg-config "$PG_CONFIG" "$@") >"$log" 2>&1; then
+    local log="$ROOT/target/install.log" out="$ROOT/target/package" profile=(--debug) f
+    [ "${1:-}" = "--release" ] && profile=()
+    rm -rf "$out"
+    if ! (cd "$ROOT" && cargo pgrx package --pg-config "$PG_CONFIG" "${profile[@]}" --out-dir "$out") >"$log" 2>&1; then
         grep -Ev '^ +[0-9]+: |^ +at ' "$log" | tail -n 60
         echo "build failed; full log: $log" >&2
         return 1
     fi
-    grep -E 'Finished|installing' "$log" | tail -n 2
+    grep -E 'Finished' "$log" | tail -n 1
+    (cd "$out" && find . -type f) | while read -r f; do
+        case "$f" in
+            *.so) install_file "$out/$f" "/${f#./}" 755 ;;
+            *) install_file "$out/$f" "/${f#./}" 644 ;;
+        esac
+    done
+    echo "installed into $("$PG_CONFIG" --pkglibdir) and $("$PG_CONFIG" --sharedir)/extension"
     # Released install scripts, so a database can be created at an old
-    # version and upgraded (cargo pgrx install copies only the upgrade scripts).
-    install -m 644 "$ROOT"/sql/released/credits--*.sql "$("$PG_CONFIG" --sharedir)/extension/"
+    # version and upgraded (the package has only the upgrade scripts).
+    local released
+    for released in "$ROOT"/sql/released/credits--*.sql; do
+        install_file "$released" "$("$PG_CONFIG" --sharedir)/extension/$(basename "$released")" 644
+    done
 }
 
 cluster_dir() { echo "$ROOT/target/clusters/$1"; }
