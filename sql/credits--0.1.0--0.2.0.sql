@@ -2052,7 +2052,7 @@ EXCEPTION WHEN OTHERS THEN
     UPDATE credits.maintenance_state
        SET last_error = format('%s (SQLSTATE %s)', SQLERRM, SQLSTATE), last_error_at = clock_timestamp();
     RAISE WARNING 'credits maintenance: % (SQLSTATE %), retrying in % s', SQLERRM, SQLSTATE, p_retry;
-    RETURN p_retry;
+    RETURN -p_retry;
 END
 $$;
 

@@ -281,8 +281,8 @@ END
 $$;
 
 -- The worker's step: like _maintenance_step, but an error is recorded in
--- maintenance_state (and the server log) instead of ending the worker;
--- it retries after `p_retry` seconds.
+-- maintenance_state (and the server log) instead of ending the worker, which
+-- retries after `p_retry` seconds: returns -p_retry.
 -- (The worker runs as the bootstrap superuser: every name it resolves, in
 -- the exception handler too, comes from pg_catalog, never from a schema a
 -- user can create objects in.)
@@ -294,7 +294,7 @@ EXCEPTION WHEN OTHERS THEN
     UPDATE credits.maintenance_state
        SET last_error = format('%s (SQLSTATE %s)', SQLERRM, SQLSTATE), last_error_at = clock_timestamp();
     RAISE WARNING 'credits maintenance: % (SQLSTATE %), retrying in % s', SQLERRM, SQLSTATE, p_retry;
-    RETURN p_retry;
+    RETURN -p_retry;
 END
 $$;
 

@@ -38,16 +38,13 @@ pub extern "C-unwind" fn credits_maintenance_main(_arg: pg_sys::Datum) {
     set_nice();
 
     let mut nap = Duration::ZERO;
-    while BackgroundWorker::wait_latch(Some(nap)) {
-        if BackgroundWorker::sighup_received() {
-            // SAFETY: the documented way for a background worker to reload its settings.
-            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
-            set_nice();
-        }
+    // (the version the extension was found at, while it differs from ours)
+    let mut waiting_for_update: Option<String> = None;
+    while sleep(nap) {
         let max_nap = Duration::from_secs(MAX_NAP.get().max(1) as u64);
         let rollup_interval = Duration::from_secs(ROLLUP_INTERVAL.get().max(1) as u64);
         nap = match BackgroundWorker::transaction(step) {
-            Some(seconds) if seconds.is_finite() && seconds > 0.0 => {
+            Step::Due(seconds) if seconds.is_finite() && seconds > 0.0 => {
                 // Nothing due now: time for the rollups. A full batch means
                 // more is waiting, so come back at once.
                 let rolled = BackgroundWorker::transaction(refresh_rollups);
@@ -59,8 +56,21 @@ pub extern "C-unwind" fn credits_maintenance_main(_arg: pg_sys::Datum) {
                         .min(rollup_interval)
                 }
             }
-            Some(_) => Duration::ZERO,
-            None => RETRY.min(max_nap), // no extension (yet)
+            Step::Due(_) => Duration::ZERO,
+            // recorded in maintenance_state and the log: retried as documented
+            Step::Failed => RETRY.min(max_nap),
+            Step::Missing => RETRY.min(max_nap), // no extension (yet)
+            Step::OtherVersion(version) => {
+                if waiting_for_update.as_deref() != Some(&version) {
+                    log!(
+                        "credits maintenance: the extension in database {database:?} is at version {version}, \
+                         this library is {}: idle until ALTER EXTENSION credits UPDATE",
+                        env!("CARGO_PKG_VERSION")
+                    );
+                    waiting_for_update = Some(version);
+                }
+                RETRY.min(max_nap)
+            }
         };
         // A backend reports its table and WAL statistics when it goes idle;
         // a worker must do it itself, or autovacuum never learns of the
@@ -74,6 +84,29 @@ pub extern "C-unwind" fn credits_maintenance_main(_arg: pg_sys::Datum) {
     log!("credits maintenance worker stopping");
     // SAFETY: ends this background worker process, as PostgreSQL's own workers do.
     unsafe { pg_sys::proc_exit(1) };
+}
+
+/// Sleeps `nap`, or until a reload (SIGHUP) or a stop; false on a stop. The
+/// latch is also set by other things (a timer left by a lock wait that timed
+/// out, for one), which do not end the nap: a failed step is retried after
+/// its interval, not at the next stray wakeup.
+fn sleep(nap: Duration) -> bool {
+    let until = std::time::Instant::now() + nap;
+    loop {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        if !BackgroundWorker::wait_latch(Some(left)) {
+            return false;
+        }
+        if BackgroundWorker::sighup_received() {
+            // SAFETY: the documented way for a background worker to reload its settings.
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+            set_nice();
+            return true;
+        }
+        if std::time::Instant::now() >= until {
+            return true;
+        }
+    }
 }
 
 /// Gives the worker the CPU priority `credits.maintenance_nice` asks for,
@@ -118,30 +151,55 @@ fn set_nice() {
     }
 }
 
-/// One transaction: `None` while the extension is missing, else the seconds
-/// until the next step is due (0 = now).
-fn step() -> Option<f64> {
+/// What one maintenance transaction came to.
+enum Step {
+    /// No extension in the database (yet).
+    Missing,
+    /// The extension is at another version than this library (an upgrade
+    /// window: new library, old schema): nothing is touched.
+    OtherVersion(String),
+    /// A step ran; the seconds until the next is due (0 = now).
+    Due(f64),
+    /// A step failed (recorded by credits._worker_step).
+    Failed,
+}
+
+/// One transaction: a maintenance step, if the extension is there at this
+/// library's version.
+fn step() -> Step {
+    match run_step() {
+        Some(step) => step,
+        None => Step::Missing,
+    }
+}
+
+fn run_step() -> Option<Step> {
     // Each batch locks accounts as it reaches them, following concurrent
     // debits to the newest row version: READ COMMITTED, whatever the
     // cluster's default_transaction_isolation (at REPEATABLE READ a batch
     // would fail whenever a debit touched one of its accounts first).
     Spi::run("SET TRANSACTION ISOLATION LEVEL READ COMMITTED").ok()?;
     pin_search_path().ok()?;
-    let installed = Spi::get_one::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'credits')",
+    let version = Spi::get_one::<String>(
+        "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'credits'",
     )
     .ok()
-    .flatten()
-    .unwrap_or(false);
-    if !installed {
-        return None;
+    .flatten()?;
+    if version != env!("CARGO_PKG_VERSION") {
+        return Some(Step::OtherVersion(version));
     }
     commit_without_flush().ok()?;
     let batch = BATCH_SIZE.get().max(1);
     let retry = RETRY.as_secs_f64();
-    Spi::get_one::<f64>(&format!("SELECT credits._worker_step({batch}, {retry})"))
+    // (a failed step returns minus the seconds to wait)
+    let seconds = Spi::get_one::<f64>(&format!("SELECT credits._worker_step({batch}, {retry})"))
         .ok()
-        .flatten()
+        .flatten()?;
+    Some(if seconds < 0.0 {
+        Step::Failed
+    } else {
+        Step::Due(seconds)
+    })
 }
 
 /// Ledger entries rolled up per transaction: a few hundred milliseconds.

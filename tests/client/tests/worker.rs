@@ -471,8 +471,9 @@ fn installing_a_new_build_leaves_a_running_server_and_its_worker_alone() {
 /// The worker runs as the bootstrap superuser. A role that may create
 /// objects in public (the default before PostgreSQL 15) puts functions there
 /// with the names and argument types the worker's SQL uses, its exception
-/// handlers included, and makes a worker step fail (an account locked past
-/// lock_timeout at a boundary): none of them runs.
+/// handlers included, and makes worker steps fail (a lock held past
+/// lock_timeout at a boundary): none of them runs, and the failed step is
+/// retried at the documented interval (10 s), not every rollup_interval.
 #[test]
 fn the_worker_never_runs_what_a_user_put_in_public() {
     let mut settings = SystemSettings(vec![]);
@@ -502,13 +503,14 @@ fn the_worker_never_runs_what_a_user_put_in_public() {
         done_through(&mut client).is_some()
     });
 
-    // Hold the account across the month's end: the worker's batch waits on it
+    // Hold the runs' table across the month's end: the worker's step waits
     // until lock_timeout, and its exception handler records the error.
     let mut holder = connect_db(&db);
     holder
-        .batch_execute("BEGIN; SELECT FROM credits.accounts WHERE account_id = 'held' FOR UPDATE")
+        .batch_execute("BEGIN; LOCK TABLE credits.maintenance_runs IN ACCESS EXCLUSIVE MODE")
         .unwrap();
     settings.set("lock_timeout", "300ms");
+    settings.set("credits.maintenance_max_nap", "60");
     settings.set("credits.clock_override", "2030-04-01 00:00:01+00");
     wait_until(30, "a failed worker step", || {
         client
@@ -519,6 +521,28 @@ fn the_worker_never_runs_what_a_user_put_in_public() {
             .unwrap()
             .get(0)
     });
+    let errors_at = |client: &mut Client| -> String {
+        client
+            .query_one(
+                "SELECT last_error_at::text FROM credits.maintenance_state",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+    };
+    let mut seen = vec![errors_at(&mut client)];
+    for _ in 0..14 {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let at = errors_at(&mut client);
+        if !seen.contains(&at) {
+            seen.push(at);
+        }
+    }
+    assert!(
+        seen.len() <= 2,
+        "a failed step was retried {} times in 7 s",
+        seen.len() - 1
+    );
     holder.batch_execute("ROLLBACK").unwrap();
     let called: bool = client
         .query_one("SELECT is_called FROM public.pwned", &[])
@@ -616,4 +640,42 @@ fn an_account_held_across_midnight_stalls_no_other() {
     );
     assert_eq!(closed(&mut client, "h%"), 2 * 40);
     assert_verified(&mut client);
+}
+
+/// An upgrade window (docs/upgrade.md): the new library runs while the
+/// database still has the extension at an older version. The worker idles
+/// with one log line, the same process, touching nothing, until
+/// ALTER EXTENSION credits UPDATE; then it takes over.
+#[test]
+fn the_worker_idles_while_the_extension_awaits_its_update() {
+    let mut settings = SystemSettings(vec![]);
+    let (_db, mut client) = fresh_worker_database(&mut settings, "2030-07-10 12:00:00+00");
+    client
+        .batch_execute("CREATE EXTENSION credits VERSION '0.1.0'")
+        .unwrap();
+    let db = worker_database();
+    let first = worker_pid(&mut client, &db);
+    for _ in 0..12 {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        assert_eq!(worker_pid(&mut client, &db), first, "the worker exited");
+    }
+    assert_eq!(done_through(&mut client), None, "it touched the old schema");
+    let pgdata = std::env::var("CREDITS_TEST_PGDATA").unwrap();
+    let log = std::fs::read_to_string(format!("{pgdata}/server.log")).unwrap_or_default();
+    let lines = log
+        .lines()
+        .filter(|l| {
+            l.contains("is at version 0.1.0")
+                && l.contains("idle until ALTER EXTENSION credits UPDATE")
+        })
+        .count();
+    assert!(lines >= 1, "one clear log line");
+
+    client
+        .batch_execute("ALTER EXTENSION credits UPDATE")
+        .unwrap();
+    wait_until(30, "the worker's first run after the update", || {
+        done_through(&mut client).is_some()
+    });
+    assert_eq!(worker_pid(&mut client, &db), first);
 }
