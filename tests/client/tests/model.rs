@@ -845,8 +845,11 @@ fn run_seed(seed: u64, steps: usize) {
             if (step + 1) % replay_every != 0 && step + 1 != steps {
                 continue;
             }
+            let account_at = timestamp(a.now(now));
             let [from_ledger, shown]: [String; 2] = [
-                "credits.ledger_balance($1)",
+                // as of the account's time: a call that wrote nothing (a
+                // denial) may have moved its windows on, and the clock back since
+                "credits.ledger_balance($1, $2::text::timestamptz)",
                 "(SELECT b.*, b.monthly_limit - p.monthly_allowance AS purchased
                     FROM credits.balance($1) b JOIN credits.plans p USING (plan))",
             ]
@@ -858,9 +861,9 @@ fn run_seed(seed: u64, steps: usize) {
                                            x.plan, CASE WHEN p.daily_limit IS NOT NULL THEN trim_scale(x.daily_used) END,
                                            trim_scale(x.purchased), trim_scale(x.monthly_used),
                                            trim_scale(x.granted_remaining), trim_scale(x.reserved))
-                               FROM {source} x JOIN credits.plans p ON p.plan = x.plan"
+                               FROM {source} x JOIN credits.plans p ON p.plan = x.plan WHERE $2::text IS NOT NULL"
                         ),
-                        &[name],
+                        &[name, &account_at],
                     )
                     .unwrap()
                     .get(0)
