@@ -5,7 +5,9 @@
 //! where it stopped; a failing step is recorded and retried, never fatal.
 
 use crate::gucs::{BATCH_SIZE, DATABASE, MAINTENANCE_NICE, MAX_NAP, ROLLUP_INTERVAL};
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
+};
 use pgrx::prelude::*;
 use std::time::Duration;
 
@@ -20,6 +22,8 @@ pub fn register() {
         .set_library("credits")
         .set_function("credits_maintenance_main")
         .enable_spi_access()
+        // Only where writes can happen: on a standby it starts at promotion.
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
         // pgrx's default is never; after a crash or pg_terminate_backend, come back.
         .set_restart_time(Some(Duration::from_secs(5)))
         .load();
