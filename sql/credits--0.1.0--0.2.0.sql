@@ -75,7 +75,7 @@ BEGIN
            p.monthly_allowance + a.purchased,
            credits._in_window(a.month, credits._utc_month(p_now), a.monthly_used),
            coalesce((SELECT sum(g.remaining) FROM credits.grants g
-                      WHERE g.account_id = a.account_id AND g.remaining > 0
+                      WHERE g.account_id = a.account_id AND g.remaining > 0 AND g.expired_entry IS NULL
                         AND (g.expires_at IS NULL OR g.expires_at > p_now)), 0),
            0, 0, 0
       INTO v.plan, v.daily_limit, v.daily_used, v.monthly_limit, v.monthly_used, v.granted_remaining,
@@ -1727,6 +1727,13 @@ BEGIN
         PERFORM credits._raise_unknown_account(p_account);
     END IF;
     p_now := credits._account_now(v, p_now);
+    -- The account's time is the latest any call decided at, including one
+    -- that writes nothing else (a denial): what it expires or closes now
+    -- stays expired and closed for a call whose clock is behind.
+    IF v.last_at < p_now THEN
+        UPDATE credits.accounts a SET last_at = p_now WHERE a.account_id = p_account;
+        v.last_at := p_now;
+    END IF;
     IF credits._windows_passed(v, p_now) THEN
         PERFORM credits._close_windows(ARRAY[p_account], p_now);
         SELECT * INTO v FROM credits.accounts a WHERE a.account_id = p_account;
@@ -1831,7 +1838,7 @@ DECLARE
     g      record;
 BEGIN
     FOR g IN SELECT gr.grant_id, gr.remaining FROM credits.grants gr
-              WHERE gr.account_id = p_account AND gr.remaining > 0
+              WHERE gr.account_id = p_account AND gr.remaining > 0 AND gr.expired_entry IS NULL
                 AND (gr.expires_at IS NULL OR gr.expires_at > p_now)
               ORDER BY gr.expires_at NULLS LAST, gr.grant_id
               FOR UPDATE

@@ -144,6 +144,13 @@ BEGIN
         PERFORM credits._raise_unknown_account(p_account);
     END IF;
     p_now := credits._account_now(v, p_now);
+    -- The account's time is the latest any call decided at, including one
+    -- that writes nothing else (a denial): what it expires or closes now
+    -- stays expired and closed for a call whose clock is behind.
+    IF v.last_at < p_now THEN
+        UPDATE credits.accounts a SET last_at = p_now WHERE a.account_id = p_account;
+        v.last_at := p_now;
+    END IF;
     IF credits._windows_passed(v, p_now) THEN
         PERFORM credits._close_windows(ARRAY[p_account], p_now);
         SELECT * INTO v FROM credits.accounts a WHERE a.account_id = p_account;

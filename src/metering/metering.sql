@@ -20,7 +20,7 @@ DECLARE
     g      record;
 BEGIN
     FOR g IN SELECT gr.grant_id, gr.remaining FROM credits.grants gr
-              WHERE gr.account_id = p_account AND gr.remaining > 0
+              WHERE gr.account_id = p_account AND gr.remaining > 0 AND gr.expired_entry IS NULL
                 AND (gr.expires_at IS NULL OR gr.expires_at > p_now)
               ORDER BY gr.expires_at NULLS LAST, gr.grant_id
               FOR UPDATE

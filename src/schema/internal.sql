@@ -187,7 +187,7 @@ BEGIN
            p.monthly_allowance + a.purchased,
            credits._in_window(a.month, credits._utc_month(p_now), a.monthly_used),
            coalesce((SELECT sum(g.remaining) FROM credits.grants g
-                      WHERE g.account_id = a.account_id AND g.remaining > 0
+                      WHERE g.account_id = a.account_id AND g.remaining > 0 AND g.expired_entry IS NULL
                         AND (g.expires_at IS NULL OR g.expires_at > p_now)), 0),
            0, 0, 0
       INTO v.plan, v.daily_limit, v.daily_used, v.monthly_limit, v.monthly_used, v.granted_remaining,

@@ -261,7 +261,9 @@ impl Account {
     }
 
     /// What every write does first: windows that ended are closed, holds past their deadline freed.
+    /// (Every call that locks the account moves its time on.)
     fn lock(&mut self, now: i64) {
+        self.last_at = self.last_at.max(now);
         if self.day < day_of(now) && self.daily_used > 0 {
             self.day = day_of(now);
             self.daily_used = 0;
