@@ -20,7 +20,8 @@ pub static THRESHOLDS: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(DEFAULT_THRESHOLDS));
 pub const DEFAULT_THRESHOLDS: &std::ffi::CStr = c"80,100";
 
-/// `credits.database`: the database the maintenance worker connects to.
+/// `credits.database`: the databases the maintenance workers serve, a
+/// comma-separated list (one worker each).
 pub static DATABASE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"postgres"));
 
@@ -40,14 +41,20 @@ pub static ROLLUP_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(2);
 /// The worker's settings exist only where the worker can run: when the
 /// library is preloaded (`credits.database` is fixed at server start).
 pub fn init_worker_settings() {
-    GucRegistry::define_string_guc(
-        c"credits.database",
-        c"Database in which the credits maintenance worker runs.",
-        c"The extension must be created there; the worker waits until it is. Needs a restart.",
-        &DATABASE,
-        GucContext::Postmaster,
-        GucFlags::default(),
-    );
+    // SAFETY: as in init(): the check hook cannot panic or raise.
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            c"credits.database",
+            c"Databases in which a credits maintenance worker runs, comma-separated.",
+            c"One worker each; the extension must be created there, the worker waits until it is. Needs a restart.",
+            &DATABASE,
+            GucContext::Postmaster,
+            GucFlags::default(),
+            Some(check_databases),
+            None,
+            None,
+        );
+    }
     GucRegistry::define_int_guc(
         c"credits.maintenance_batch_size",
         c"Accounts the maintenance worker closes per transaction.",
@@ -193,6 +200,43 @@ fn instant_ok(value: &str) -> bool {
         }
     };
     two(h, 23) && two(m, 59) && seconds_ok && offset_ok
+}
+
+/// `credits.database`: database names, comma-separated, each at most 63
+/// bytes, none twice, at most 32 (one background worker each).
+pub(crate) fn database_list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn databases_ok(value: &str) -> bool {
+    let list = database_list(value);
+    let unique: std::collections::HashSet<&String> = list.iter().collect();
+    (1..=32).contains(&list.len())
+        && unique.len() == list.len()
+        && list.iter().all(|d| d.len() <= 63)
+}
+
+unsafe extern "C-unwind" fn check_databases(
+    newval: *mut *mut c_char,
+    _extra: *mut *mut c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    if newval.is_null() || (*newval).is_null() {
+        return true;
+    }
+    if databases_ok(&CStr::from_ptr(*newval).to_string_lossy()) {
+        return true;
+    }
+    pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(
+        c"Expected 1 to 32 database names, comma-separated, each at most 63 bytes, none twice."
+            .as_ptr(),
+    );
+    false
 }
 
 /// "123" or "123.45": its integer and fraction digits.

@@ -16,26 +16,41 @@ const WORKER_TYPE: &str = "credits maintenance";
 /// How long to wait after an error, or while the extension does not exist.
 const RETRY: Duration = Duration::from_secs(10);
 
+/// One worker per database of `credits.database` (a comma-separated list),
+/// each told which by its argument.
 pub fn register() {
-    BackgroundWorkerBuilder::new(WORKER_TYPE)
-        .set_type(WORKER_TYPE)
-        .set_library("credits")
-        .set_function("credits_maintenance_main")
-        .enable_spi_access()
-        // Only where writes can happen: on a standby it starts at promotion.
-        .set_start_time(BgWorkerStartTime::RecoveryFinished)
-        // pgrx's default is never; after a crash or pg_terminate_backend, come back.
-        .set_restart_time(Some(Duration::from_secs(5)))
-        .load();
+    for (i, database) in databases().iter().enumerate() {
+        BackgroundWorkerBuilder::new(&format!("{WORKER_TYPE} {database}"))
+            .set_type(WORKER_TYPE)
+            .set_library("credits")
+            .set_function("credits_maintenance_main")
+            .set_argument(Some(pg_sys::Datum::from(i)))
+            .enable_spi_access()
+            // Only where writes can happen: on a standby it starts at promotion.
+            .set_start_time(BgWorkerStartTime::RecoveryFinished)
+            // pgrx's default is never; after a crash or pg_terminate_backend, come back.
+            .set_restart_time(Some(Duration::from_secs(5)))
+            .load();
+    }
+}
+
+/// The databases the workers serve: `credits.database`, a comma-separated
+/// list (validated when set: gucs.rs).
+fn databases() -> Vec<String> {
+    let setting = DATABASE
+        .get()
+        .map(|d| d.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "postgres".to_owned());
+    crate::gucs::database_list(&setting)
 }
 
 #[pg_guard]
 #[unsafe(no_mangle)]
-pub extern "C-unwind" fn credits_maintenance_main(_arg: pg_sys::Datum) {
+pub extern "C-unwind" fn credits_maintenance_main(arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
-    let database = DATABASE
-        .get()
-        .map(|d| d.to_string_lossy().into_owned())
+    let database = databases()
+        .into_iter()
+        .nth(arg.value())
         .unwrap_or_else(|| "postgres".to_owned());
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
     log!("credits maintenance worker started in database {database:?}");

@@ -12,8 +12,10 @@ use std::process::Command;
 const BIN: &str = "/usr/lib/postgresql/15/bin";
 
 fn as_postgres(program: &str, args: &[&str]) {
+    let quiet: &[&str] = if program == "pg_ctl" { &["-s"] } else { &[] };
     let status = Command::new("runuser")
         .args(["-u", "postgres", "--", &format!("{BIN}/{program}")])
+        .args(quiet)
         .args(args)
         .status()
         .unwrap();
@@ -26,6 +28,17 @@ fn a_standby_reads_refuses_writes_with_25006_and_its_worker_starts_at_promotion(
     let port = config.get_ports()[0];
     let standby_port = port + 7;
     let mut primary = connect();
+    // (the worker's database exists, so a worker that starts can connect)
+    let worker_db: String = primary
+        .query_one(
+            "SELECT split_part(current_setting('credits.database'), ',', 1)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    if worker_db != test_database() {
+        recreate_database(worker_db.trim());
+    }
     subscribe(&mut primary, "on_standby", "pro");
     primary
         .query_one("SELECT credits.debit('on_standby', 'agent', 5)", &[])

@@ -679,3 +679,84 @@ fn the_worker_idles_while_the_extension_awaits_its_update() {
     });
     assert_eq!(worker_pid(&mut client, &db), first);
 }
+
+/// `credits.database` names several databases: one worker serves each, with
+/// its own status, and a database it does not name says so (no worker_pid).
+#[test]
+fn one_worker_per_database_in_the_list() {
+    let pgdata = std::env::var("CREDITS_TEST_PGDATA").unwrap();
+    let restart = || {
+        let status = std::process::Command::new("runuser")
+            .args([
+                "-u",
+                "postgres",
+                "--",
+                "/usr/lib/postgresql/15/bin/pg_ctl",
+                "-D",
+                &pgdata,
+            ])
+            .args([
+                "-l",
+                &format!("{pgdata}/server.log"),
+                "-w",
+                "-m",
+                "fast",
+                "restart",
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success(), "restart");
+    };
+    let first = worker_database();
+    let second = format!("{first}_second");
+    recreate_database(&first);
+    recreate_database(&second);
+    for db in [&first, &second] {
+        connect_db(db)
+            .batch_execute("CREATE EXTENSION credits")
+            .unwrap();
+    }
+    let set = |value: &str| {
+        connect_db("postgres")
+            .batch_execute(&format!("ALTER SYSTEM SET credits.database = '{value}'"))
+            .unwrap();
+    };
+    set(&format!("{first}, {second}"));
+    restart();
+    let result = std::panic::catch_unwind(|| {
+        for db in [&first, &second] {
+            let mut client = connect_db(db);
+            wait_until(30, "each database's worker and its first run", || {
+                worker_pid(&mut client, db).is_some() && done_through(&mut client).is_some()
+            });
+            let (pid, served): (Option<i32>, String) = {
+                let row = client
+                    .query_one(
+                        "SELECT worker_pid, worker_database FROM credits.maintenance_status",
+                        &[],
+                    )
+                    .unwrap();
+                (row.get(0), row.get(1))
+            };
+            assert_eq!(pid, worker_pid(&mut client, db));
+            assert!(served.contains(db.as_str()));
+        }
+        let mut elsewhere = connect();
+        let pid: Option<i32> = elsewhere
+            .query_one("SELECT worker_pid FROM credits.maintenance_status", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(pid, None, "no worker serves the test database");
+        // A bad list is refused when set.
+        let refused = connect_db("postgres").batch_execute(&format!(
+            "ALTER SYSTEM SET credits.database = '{first},{first}'"
+        ));
+        assert_eq!(sqlstate(refused), "22023");
+    });
+    set(&first);
+    restart();
+    drop(connect_db("postgres"));
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
