@@ -692,6 +692,7 @@ fn one_worker_per_database_in_the_list() {
                 "postgres",
                 "--",
                 "/usr/lib/postgresql/15/bin/pg_ctl",
+                "-s",
                 "-D",
                 &pgdata,
             ])
