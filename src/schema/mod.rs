@@ -13,3 +13,17 @@ pub fn init() {
 
 extension_sql_file!("schema.sql", name = "schema", bootstrap);
 extension_sql_file!("internal.sql", name = "internal", requires = [now]);
+extension_sql_file!(
+    "comments.sql",
+    name = "comments",
+    requires = [
+        now,
+        "accounts",
+        "holds",
+        "maintenance",
+        "reporting",
+        "reporting_views",
+        "replay",
+        "rollups"
+    ]
+);
