@@ -10,6 +10,7 @@
 //!
 //! Reproduce a failure: CREDITS_MODEL_SEED=<seed> cargo test --test model
 //! More seeds (a soak): CREDITS_MODEL_SEEDS=500 CREDITS_MODEL_STEPS=1000 ...
+//! (CREDITS_MODEL_FIRST_SEED=N starts at seed N, to split a soak over servers)
 
 mod common;
 
@@ -892,7 +893,12 @@ fn the_extension_agrees_with_the_model_over_random_operation_sequences() {
                 .ok()
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(8);
-            (1..=n).collect()
+            // (a soak split over several servers: CREDITS_MODEL_FIRST_SEED)
+            let first: u64 = std::env::var("CREDITS_MODEL_FIRST_SEED")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(1);
+            (first..first + n).collect()
         }
     };
     for seed in seeds {
