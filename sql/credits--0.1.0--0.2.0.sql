@@ -495,26 +495,33 @@ BEGIN ATOMIC
            AND credits._utc_month(l.at) = a.month
          ORDER BY l.account_id, l.entry_id DESC
     ),
-    -- Debits count in the windows they were made in (a settle: in its hold's,
+    -- Every debit (+) and refund (-) with the instants whose windows it
+    -- counts in: a debit in the windows it was made in (a settle: its hold's,
     -- SPEC §4.3); a refund gives back to a window only while the window of
-    -- its debit is still the current one.
-    usage AS (
-        SELECT d.account_id,
-               sum(CASE WHEN credits._utc_day(w.own_at) = a.day AND credits._utc_day(w.debit_at) = a.day
-                        THEN s.sign * d.amount ELSE 0 END) AS daily_used,
-               sum(CASE WHEN credits._utc_month(w.own_at) = a.month AND credits._utc_month(w.debit_at) = a.month
-                         AND coalesce(src.entry_id, d.entry_id) > coalesce(e.entry_id, 0)
-                        THEN s.sign * (d.amount - coalesce(d.from_grants, 0)) ELSE 0 END) AS monthly_used
+    -- its debit is still the current one (own_at and debit_at both in it).
+    counted AS (
+        SELECT d.account_id, s.sign * d.amount AS amount,
+               s.sign * (d.amount - coalesce(d.from_grants, 0)) AS allowance,
+               coalesce(src.entry_id, d.entry_id) AS debit_entry,
+               CASE d.kind WHEN 'D' THEN coalesce(h.at, d.at) ELSE d.at END AS own_at,
+               coalesce(h.at, src.at, d.at) AS debit_at
           FROM credits.ledger d
-          JOIN credits.accounts a ON a.account_id = d.account_id
           CROSS JOIN LATERAL (SELECT CASE d.kind WHEN 'D' THEN 1 ELSE -1 END AS sign) s
           LEFT JOIN credits.ledger src ON d.kind = 'R' AND src.entry_id = d.ref
           LEFT JOIN credits.ledger h ON h.kind = 'H' AND h.entry_id = CASE d.kind WHEN 'D' THEN d.ref ELSE src.ref END
-          CROSS JOIN LATERAL (SELECT CASE d.kind WHEN 'D' THEN coalesce(h.at, d.at) ELSE d.at END AS own_at,
-                                     coalesce(h.at, src.at, d.at) AS debit_at) w
-          LEFT JOIN epoch e ON e.account_id = d.account_id
          WHERE d.kind IN ('D', 'R')
-         GROUP BY d.account_id
+    ),
+    usage AS (
+        SELECT c.account_id,
+               sum(CASE WHEN credits._utc_day(c.own_at) = a.day AND credits._utc_day(c.debit_at) = a.day
+                        THEN c.amount ELSE 0 END) AS daily_used,
+               sum(CASE WHEN credits._utc_month(c.own_at) = a.month AND credits._utc_month(c.debit_at) = a.month
+                         AND c.debit_entry > coalesce(e.entry_id, 0)
+                        THEN c.allowance ELSE 0 END) AS monthly_used
+          FROM counted c
+          JOIN credits.accounts a ON a.account_id = c.account_id
+          LEFT JOIN epoch e ON e.account_id = c.account_id
+         GROUP BY c.account_id
     ),
     -- The plan changes of each month (SPEC §4.1), windows numbered by the
     -- upgrades before them; what each window was granted is the largest limit
@@ -592,15 +599,9 @@ BEGIN ATOMIC
                format('in %s, %s of allowance was used and %s forfeited, but only %s was granted',
                       to_char(m.month, 'YYYY-MM'), m.used, m.forfeited, m.granted)
           FROM (SELECT g.account_id, g.month, g.granted,
-                       coalesce((SELECT sum(CASE d.kind WHEN 'D' THEN 1 ELSE -1 END
-                                            * (d.amount - coalesce(d.from_grants, 0)))
-                                   FROM credits.ledger d
-                                   LEFT JOIN credits.ledger src ON d.kind = 'R' AND src.entry_id = d.ref
-                                   LEFT JOIN credits.ledger h ON h.kind = 'H'
-                                        AND h.entry_id = CASE d.kind WHEN 'D' THEN d.ref ELSE src.ref END
-                                  WHERE d.account_id = g.account_id AND d.kind IN ('D', 'R')
-                                    AND credits._utc_month(coalesce(h.at, src.at, d.at)) = g.month
-                                    AND (d.kind = 'D' OR credits._utc_month(d.at) = g.month)), 0) AS used,
+                       coalesce((SELECT sum(c.allowance) FROM counted c
+                                  WHERE c.account_id = g.account_id AND credits._utc_month(c.own_at) = g.month
+                                    AND credits._utc_month(c.debit_at) = g.month), 0) AS used,
                        coalesce((SELECT sum(f.amount) FROM credits.ledger f
                                   WHERE f.account_id = g.account_id AND f.kind = 'F'
                                     AND credits._report_month(f.kind, f.at, f.metadata) = g.month), 0) AS forfeited
@@ -765,7 +766,7 @@ BEGIN
     END IF;
 
     v_acct := credits._lock_account(p_account, p_now);
-    p_now := credits._account_now(v_acct, p_now);
+    p_now := v_acct.last_at;  -- the account's time (_lock_account)
     IF p_key IS NOT NULL THEN
         v_request := credits._debit_request(p_feature, p_quantity, p_metadata);
         v_entry := credits._replay(p_account, p_key, v_request);
@@ -1105,7 +1106,7 @@ BEGIN
     END IF;
 
     v_acct := credits._lock_account(p_account, v_now);
-    v_now := credits._account_now(v_acct, v_now);
+    v_now := v_acct.last_at;  -- the account's time (_lock_account)
     v_month := credits._utc_month(v_now);
     IF v_acct.plan = p_plan THEN
         RETURN;
@@ -1143,14 +1144,10 @@ BEGIN
            purchased = v_purchased,
            month = v_month,
            monthly_used = v_used,
-           monthly_epoch = v_entry,
-           last_at = v_now
+           monthly_epoch = v_entry
      WHERE a.account_id = p_account;
-    INSERT INTO credits.month_allowances AS m (account_id, month, peak_limit, used_before)
-    VALUES (p_account, v_month, greatest(v_peak, v_new_limit),
-            CASE WHEN v_upgrade THEN v_before + v_old.monthly_used ELSE 0 END)
-    ON CONFLICT ON CONSTRAINT month_allowances_pkey DO UPDATE
-       SET month = excluded.month, peak_limit = excluded.peak_limit, used_before = excluded.used_before;
+    PERFORM credits._record_month(p_account, v_month, greatest(v_peak, v_new_limit),
+                                  CASE WHEN v_upgrade THEN v_before + v_old.monthly_used ELSE 0 END);
     PERFORM credits._after_write(p_account, v_now, v_entry, v_old);
 END
 $$;
@@ -1163,6 +1160,7 @@ DECLARE
     v_now     timestamptz := credits.now();
     v_acct    credits.accounts;
     v_state   credits._account_state;
+    v_held    credits.month_allowances;
     v_may     boolean;
     v_capped  boolean;
     v_entry   bigint;
@@ -1171,7 +1169,7 @@ BEGIN
     PERFORM credits._check_amount(p_credits, 'credits');
     p_credits := trim_scale(p_credits);
     v_acct := credits._lock_account(p_account, v_now);
-    v_now := credits._account_now(v_acct, v_now);
+    v_now := v_acct.last_at;  -- the account's time (_lock_account)
     SELECT p.may_purchase INTO v_may FROM credits.plans p WHERE p.plan = v_acct.plan;
     IF NOT v_may THEN
         RAISE EXCEPTION 'plan % may not buy credits (account %)', quote_literal(v_acct.plan), quote_literal(p_account)
@@ -1186,20 +1184,17 @@ BEGIN
     UPDATE credits.accounts a
        SET purchased = a.purchased + p_credits,
            monthly_used = CASE WHEN v_capped THEN v_state.monthly_limit ELSE a.monthly_used END,
-           monthly_epoch = CASE WHEN v_capped THEN v_entry ELSE a.monthly_epoch END,
-           last_at = v_now
+           monthly_epoch = CASE WHEN v_capped THEN v_entry ELSE a.monthly_epoch END
      WHERE a.account_id = p_account;
     -- The new limit is one the account held this month; usage the purchase
     -- set aside still counts as used this month (a later move back to a
     -- plan already held must not give it again, SPEC §4.1).
-    INSERT INTO credits.month_allowances AS m (account_id, month, peak_limit, used_before)
-    VALUES (p_account, credits._utc_month(v_now), v_state.monthly_limit + p_credits,
-            CASE WHEN v_capped THEN v_state.monthly_used - v_state.monthly_limit ELSE 0 END)
-    ON CONFLICT ON CONSTRAINT month_allowances_pkey DO UPDATE
-       SET peak_limit = CASE WHEN m.month = excluded.month THEN greatest(m.peak_limit, excluded.peak_limit)
-                             ELSE excluded.peak_limit END,
-           used_before = CASE WHEN m.month = excluded.month THEN m.used_before ELSE 0 END + excluded.used_before,
-           month = excluded.month;
+    SELECT * INTO v_held FROM credits.month_allowances m
+     WHERE m.account_id = p_account AND m.month = credits._utc_month(v_now);
+    PERFORM credits._record_month(p_account, credits._utc_month(v_now),
+                                  greatest(v_held.peak_limit, v_state.monthly_limit + p_credits),
+                                  coalesce(v_held.used_before, 0)
+                                  + CASE WHEN v_capped THEN v_state.monthly_used - v_state.monthly_limit ELSE 0 END);
 END
 $$;
 
@@ -1233,7 +1228,7 @@ BEGIN
         PERFORM credits._check_text(p_key, 'idempotency_key');
     END IF;
 
-    v_now := credits._account_now(credits._lock_account(p_account, v_now), v_now);
+    v_now := (credits._lock_account(p_account, v_now)).last_at;
     IF p_key IS NOT NULL THEN
         v_request := credits._fingerprint('grant', trim_scale(p_amount)::text, p_kind,
                                           extract(epoch FROM p_expires)::text);
@@ -1249,7 +1244,6 @@ BEGIN
     RETURNING entry_id INTO v_entry;
     INSERT INTO credits.grants (account_id, grant_id, kind, amount, remaining, expires_at)
     VALUES (p_account, v_entry, p_kind, p_amount, p_amount, p_expires);
-    UPDATE credits.accounts a SET last_at = v_now WHERE a.account_id = p_account;
     IF p_key IS NOT NULL THEN
         PERFORM credits._remember_key(p_account, p_key, v_entry, v_request);
     END IF;
@@ -1295,7 +1289,7 @@ BEGIN
                           ELSE 'no ledger entry has that id' END;
     END IF;
     v_acct := credits._lock_account(v_debit.account_id, v_now);
-    v_now := credits._account_now(v_acct, v_now);
+    v_now := v_acct.last_at;  -- the account's time (_lock_account)
     -- (a settle counted in the windows of its hold, SPEC §4.3)
     v_debit_at := coalesce((SELECT h.at FROM credits.ledger h WHERE h.entry_id = v_debit.ref AND h.kind = 'H'),
                            v_debit.at);
@@ -1359,8 +1353,7 @@ BEGIN
                              THEN a.daily_used - p_amount ELSE a.daily_used END,
            monthly_used = CASE WHEN a.month = credits._utc_month(v_debit_at) AND a.month = credits._utc_month(v_now)
                                     AND p_entry > a.monthly_epoch
-                               THEN a.monthly_used - (p_amount - v_to_grants) ELSE a.monthly_used END,
-           last_at = v_now
+                               THEN a.monthly_used - (p_amount - v_to_grants) ELSE a.monthly_used END
      WHERE a.account_id = v_debit.account_id;
     RETURN v_entry;
 END
@@ -1393,7 +1386,7 @@ BEGIN
     END IF;
 
     v_acct := credits._lock_account(p_account, v_now);
-    v_now := credits._account_now(v_acct, v_now);
+    v_now := v_acct.last_at;  -- the account's time (_lock_account)
     IF p_key IS NOT NULL THEN
         v_request := credits._fingerprint('reserve', p_feature, p_amount::text, p_ttl::text);
         v_entry := credits._replay(p_account, p_key, v_request);
@@ -1420,7 +1413,7 @@ BEGIN
     INSERT INTO credits.holds (account_id, hold_id, feature_id, amount, expires_at, from_grants, day, month)
     VALUES (p_account, v_entry, v_feature.feature_id, p_amount, v_expires, v_grants,
             credits._utc_day(v_now), credits._utc_month(v_now));
-    UPDATE credits.accounts a SET reserved = a.reserved + p_amount, last_at = v_now WHERE a.account_id = p_account;
+    UPDATE credits.accounts a SET reserved = a.reserved + p_amount WHERE a.account_id = p_account;
     PERFORM credits._after_write(p_account, v_now, v_entry, v_state);
     IF p_key IS NOT NULL THEN
         PERFORM credits._remember_key(p_account, p_key, v_entry, v_request);
@@ -1445,7 +1438,7 @@ BEGIN
     p_amount := trim_scale(p_amount);
     v_hold := credits._take_hold(settle.hold_id, v_now);
     SELECT * INTO v_acct FROM credits.accounts a WHERE a.account_id = v_hold.account_id;
-    v_now := credits._account_now(v_acct, v_now);
+    v_now := v_acct.last_at;  -- the account's time (_lock_account)
     v_state := credits._state(v_acct, v_now);
     v_own := v_hold.amount - v_hold.from_grants;
 
@@ -1518,7 +1511,7 @@ DECLARE
     v_entry bigint;
 BEGIN
     v_hold := credits._take_hold(release.hold_id, v_now);
-    v_now := (SELECT credits._account_now(a, v_now) FROM credits.accounts a WHERE a.account_id = v_hold.account_id);
+    v_now := (SELECT a.last_at FROM credits.accounts a WHERE a.account_id = v_hold.account_id);
     INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, ref, metadata)
     VALUES (v_hold.account_id, v_now, 'X', v_hold.feature_id, v_hold.amount, v_hold.hold_id, '{"reason": "release"}')
     RETURNING entry_id INTO v_entry;
@@ -1662,12 +1655,11 @@ BEGIN
           LEFT JOIN expired e ON e.account_id = d.account_id AND e.ref = d.grant_id
          WHERE g.account_id = d.account_id AND g.grant_id = d.grant_id
     )
-    SELECT (SELECT count(*) FROM due),
-           (SELECT array_agg(l.account_id ORDER BY l.account_id)
-              FROM (SELECT e.account_id, max(e.entry_id) AS entry_id FROM expired e GROUP BY e.account_id) l),
-           (SELECT array_agg(l.entry_id ORDER BY l.account_id)
-              FROM (SELECT e.account_id, max(e.entry_id) AS entry_id FROM expired e GROUP BY e.account_id) l)
-      INTO v_grants, v_accounts, v_entries;
+    -- (per account, its last expiry entry: the one that may have run it out)
+    SELECT (SELECT count(*) FROM due), array_agg(l.account_id ORDER BY l.account_id),
+           array_agg(l.entry_id ORDER BY l.account_id)
+      INTO v_grants, v_accounts, v_entries
+      FROM (SELECT e.account_id, max(e.entry_id) AS entry_id FROM expired e GROUP BY e.account_id) l;
     FOR i IN 1 .. coalesce(array_length(v_accounts, 1), 0) LOOP
         SELECT * INTO v_acct FROM credits.accounts ac WHERE ac.account_id = v_accounts[i];
         v_state := credits._state(v_acct, p_at);
@@ -1722,18 +1714,17 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v credits.accounts;
 BEGIN
-    SELECT * INTO v FROM credits.accounts a WHERE a.account_id = p_account FOR UPDATE;
+    -- Locked by moving its time on: the account's time is the latest any
+    -- call decided at, including one that writes nothing else (a denial),
+    -- so what it expires or closes now stays expired and closed for a call
+    -- whose clock is behind. (Callers decide at last_at, and write no other.)
+    UPDATE credits.accounts a SET last_at = credits._account_now(a, p_now)
+     WHERE a.account_id = p_account
+    RETURNING * INTO v;
     IF NOT FOUND THEN
         PERFORM credits._raise_unknown_account(p_account);
     END IF;
-    p_now := credits._account_now(v, p_now);
-    -- The account's time is the latest any call decided at, including one
-    -- that writes nothing else (a denial): what it expires or closes now
-    -- stays expired and closed for a call whose clock is behind.
-    IF v.last_at < p_now THEN
-        UPDATE credits.accounts a SET last_at = p_now WHERE a.account_id = p_account;
-        v.last_at := p_now;
-    END IF;
+    p_now := v.last_at;
     IF credits._windows_passed(v, p_now) THEN
         PERFORM credits._close_windows(ARRAY[p_account], p_now);
         SELECT * INTO v FROM credits.accounts a WHERE a.account_id = p_account;
@@ -1790,8 +1781,7 @@ BEGIN
            daily_used = CASE WHEN p_today THEN s.daily_used + p_amount ELSE s.daily_used END,
            month = credits._utc_month(p_now),
            monthly_used = s.monthly_used + v_alloc,
-           monthly_epoch = CASE WHEN a.month = credits._utc_month(p_now) THEN a.monthly_epoch ELSE 0 END,
-           last_at = p_now
+           monthly_epoch = CASE WHEN a.month = credits._utc_month(p_now) THEN a.monthly_epoch ELSE 0 END
      WHERE a.account_id = p_account;
     RETURN v_entry;
 END
@@ -1801,7 +1791,6 @@ CREATE OR REPLACE FUNCTION _take_hold(p_hold bigint, p_now timestamptz) RETURNS 
 LANGUAGE plpgsql AS $$
 DECLARE
     v_hold credits.holds;
-    v_acct credits.accounts;
     v_how  text;
 BEGIN
     IF p_hold IS NULL THEN
@@ -1812,7 +1801,7 @@ BEGIN
         RAISE EXCEPTION 'hold % is not active', p_hold
             USING ERRCODE = 'UC008', DETAIL = 'no hold has that id';
     END IF;
-    v_acct := credits._lock_account(v_hold.account_id, p_now);  -- may expire it
+    PERFORM credits._lock_account(v_hold.account_id, p_now);  -- may expire it
     SELECT * INTO v_hold FROM credits.holds h WHERE h.hold_id = p_hold;
     IF v_hold.resolved_entry IS NOT NULL THEN
         SELECT CASE WHEN l.kind = 'D' THEN 'settled'
@@ -1822,8 +1811,7 @@ BEGIN
         RAISE EXCEPTION 'hold % is not active: already %', p_hold, v_how
             USING ERRCODE = 'UC008', DETAIL = format('resolved by ledger entry %s', v_hold.resolved_entry);
     END IF;
-    UPDATE credits.accounts a SET reserved = a.reserved - v_hold.amount, last_at = credits._account_now(v_acct, p_now)
-     WHERE a.account_id = v_hold.account_id;
+    UPDATE credits.accounts a SET reserved = a.reserved - v_hold.amount WHERE a.account_id = v_hold.account_id;
     UPDATE credits.holds h SET resolved_entry = 0 WHERE h.account_id = v_hold.account_id AND h.hold_id = p_hold;
     RETURN v_hold;
 END
@@ -1859,7 +1847,7 @@ CREATE OR REPLACE FUNCTION _hold_resolved(p_hold credits.holds, p_entry bigint, 
 RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_closed credits.closed_windows;
+    v_own     numeric := p_hold.amount - p_hold.from_grants;  -- what it held on the allowance
     v_forfeit numeric;
 BEGIN
     UPDATE credits.holds h SET resolved_entry = p_entry
@@ -1869,14 +1857,13 @@ BEGIN
        AND p_hold.expires_at > (p_hold.month + interval '1 month')::timestamp AT TIME ZONE 'UTC' THEN
         UPDATE credits.closed_windows c
            SET used = c.used + p_charged_allowance,
-               held = c.held - (p_hold.amount - p_hold.from_grants),
-               forfeited = greatest(0, c.window_limit - (c.used + p_charged_allowance)
-                                       - (c.held - (p_hold.amount - p_hold.from_grants)))
+               held = c.held - v_own,
+               forfeited = greatest(0, c.window_limit - c.used - p_charged_allowance - c.held + v_own)
+          FROM credits.closed_windows was
          WHERE c.account_id = p_hold.account_id AND c.window_kind = 'monthly' AND c.window_start = p_hold.month
-        RETURNING * INTO v_closed;
-        -- (what the update added to the window's forfeits)
-        v_forfeit := v_closed.forfeited - greatest(0, v_closed.window_limit - (v_closed.used - p_charged_allowance)
-                                                      - (v_closed.held + p_hold.amount - p_hold.from_grants));
+           AND was.account_id = c.account_id AND was.window_kind = c.window_kind
+           AND was.window_start = c.window_start
+        RETURNING c.forfeited - was.forfeited INTO v_forfeit;
         IF v_forfeit > 0 THEN
             INSERT INTO credits.ledger (account_id, at, kind, amount, ref, metadata)
             VALUES (p_hold.account_id, p_at, 'F', v_forfeit, p_hold.hold_id,
@@ -1917,7 +1904,6 @@ DECLARE
     v_need     numeric;
     v_take     numeric;
     i          integer;
-    j          integer;
     -- grants: id, remaining, expiry, expired by an expiry entry
     g_id  bigint[] := '{}';  g_rem numeric[] := '{}';  g_exp timestamptz[] := '{}';  g_gone boolean[] := '{}';
     -- holds: id, amount, expiry, placed at, open
@@ -2402,3 +2388,15 @@ COMMENT ON COLUMN credits.rollup_status.candidate IS 'The next rolled_through.';
 COMMENT ON COLUMN credits.rollup_status.candidate_at IS 'When the candidate was taken.';
 COMMENT ON COLUMN credits.rollup_status.last_error IS 'The latest refresh error.';
 COMMENT ON COLUMN credits.rollup_status.last_error_at IS 'When.';
+
+CREATE OR REPLACE FUNCTION _record_month(p_account text, p_month date, p_peak numeric, p_used_before numeric)
+RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO credits.month_allowances AS m (account_id, month, peak_limit, used_before)
+    VALUES (p_account, p_month, p_peak, p_used_before)
+    ON CONFLICT ON CONSTRAINT month_allowances_pkey DO UPDATE
+       SET month = excluded.month, peak_limit = excluded.peak_limit, used_before = excluded.used_before;
+END
+$$;
+REVOKE ALL ON FUNCTION credits._record_month(text, date, numeric, numeric) FROM PUBLIC;

@@ -139,7 +139,22 @@ pub fn init() {
 
 // Check hooks (SPEC §4.9): a bad value is refused by SET, ALTER SYSTEM or a
 // reload, as PostgreSQL's own settings are (SQLSTATE 22023, the setting kept),
-// instead of being found by the next debit. Empty means the default.
+// instead of being found by the next debit. For the first three, empty
+// means the default.
+
+/// A check hook (a C function) from a validator and what the value should
+/// look like.
+macro_rules! check_hook {
+    ($name:ident, $ok:expr, $expected:expr) => {
+        unsafe extern "C-unwind" fn $name(
+            newval: *mut *mut c_char,
+            _extra: *mut *mut c_void,
+            _source: pg_sys::GucSource::Type,
+        ) -> bool {
+            check(newval, $ok, $expected)
+        }
+    };
+}
 
 /// `credits.thresholds`: comma-separated positive percentages.
 fn thresholds_ok(value: &str) -> bool {
@@ -147,12 +162,19 @@ fn thresholds_ok(value: &str) -> bool {
         .split(',')
         .map(str::trim)
         .filter(|p| !p.is_empty())
-        .all(|p| {
-            decimal(p).is_some_and(|(int, frac)| {
-                int.trim_start_matches('0').len() <= 9
-                    && (int.bytes().chain(frac.bytes()).any(|b| b != b'0'))
-            })
-        })
+        .all(positive_percentage)
+}
+
+/// "80" or "12.5": digits with an optional fraction, above 0, below 10^9.
+fn positive_percentage(p: &str) -> bool {
+    let (int, frac) = p.split_once('.').unwrap_or((p, ""));
+    let digits = |s: &str| s.bytes().all(|c| c.is_ascii_digit());
+    !int.is_empty()
+        && digits(int)
+        && digits(frac)
+        && !(p.ends_with('.'))
+        && int.trim_start_matches('0').len() <= 9
+        && p.bytes().any(|c| (b'1'..=b'9').contains(&c))
 }
 
 /// `credits.bandwidth_cutoff`: an ISO date, YYYY-MM-DD.
@@ -172,7 +194,7 @@ fn instant_ok(value: &str) -> bool {
         return false;
     }
     let rest = &value[11..];
-    let Some(split) = rest.find(|c| c == 'Z' || c == '+' || c == '-') else {
+    let Some(split) = rest.find(['Z', '+', '-']) else {
         return false;
     };
     let (time, offset) = rest.split_at(split);
@@ -221,31 +243,11 @@ fn databases_ok(value: &str) -> bool {
         && list.iter().all(|d| d.len() <= 63)
 }
 
-unsafe extern "C-unwind" fn check_databases(
-    newval: *mut *mut c_char,
-    _extra: *mut *mut c_void,
-    _source: pg_sys::GucSource::Type,
-) -> bool {
-    if newval.is_null() || (*newval).is_null() {
-        return true;
-    }
-    if databases_ok(&CStr::from_ptr(*newval).to_string_lossy()) {
-        return true;
-    }
-    pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(
-        c"Expected 1 to 32 database names, comma-separated, each at most 63 bytes, none twice."
-            .as_ptr(),
-    );
-    false
-}
-
-/// "123" or "123.45": its integer and fraction digits.
-fn decimal(p: &str) -> Option<(&str, &str)> {
-    let (int, frac) = p.split_once('.').unwrap_or((p, ""));
-    let digits = |s: &str| s.bytes().all(|c| c.is_ascii_digit());
-    (!int.is_empty() && digits(int) && digits(frac) && (frac.is_empty() == !p.contains('.')))
-        .then_some((int, frac))
-}
+check_hook!(
+    check_databases,
+    databases_ok,
+    c"Expected 1 to 32 database names, comma-separated, each at most 63 bytes, none twice."
+);
 
 fn calendar_date(y: &str, m: &str, d: &str) -> bool {
     let (Ok(y), Ok(m), Ok(d)) = (y.parse::<i32>(), m.parse::<u32>(), d.parse::<u32>()) else {
@@ -267,47 +269,27 @@ unsafe fn check(newval: *mut *mut c_char, ok: fn(&str) -> bool, expected: &CStr)
     if newval.is_null() || (*newval).is_null() {
         return true;
     }
-    let value = CStr::from_ptr(*newval).to_string_lossy();
-    let value = value.trim();
-    if value.is_empty() || ok(value) {
+    if ok(CStr::from_ptr(*newval).to_string_lossy().trim()) {
         return true;
     }
     pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(expected.as_ptr());
     false
 }
 
-unsafe extern "C-unwind" fn check_thresholds(
-    newval: *mut *mut c_char,
-    _extra: *mut *mut c_void,
-    _source: pg_sys::GucSource::Type,
-) -> bool {
-    check(
-        newval,
-        thresholds_ok,
-        c"Expected comma-separated positive percentages, e.g. '80,100'.",
-    )
-}
+check_hook!(
+    check_thresholds,
+    |v| v.is_empty() || thresholds_ok(v),
+    c"Expected comma-separated positive percentages, e.g. '80,100'."
+);
 
-unsafe extern "C-unwind" fn check_bandwidth_cutoff(
-    newval: *mut *mut c_char,
-    _extra: *mut *mut c_void,
-    _source: pg_sys::GucSource::Type,
-) -> bool {
-    check(
-        newval,
-        date_ok,
-        c"Expected a date as YYYY-MM-DD, e.g. '2025-08-14'.",
-    )
-}
+check_hook!(
+    check_bandwidth_cutoff,
+    |v| v.is_empty() || date_ok(v),
+    c"Expected a date as YYYY-MM-DD, e.g. '2025-08-14'."
+);
 
-unsafe extern "C-unwind" fn check_clock_override(
-    newval: *mut *mut c_char,
-    _extra: *mut *mut c_void,
-    _source: pg_sys::GucSource::Type,
-) -> bool {
-    check(
-        newval,
-        instant_ok,
-        c"Expected a timestamptz with an explicit offset, e.g. '2026-03-01 00:00:00.001+00'.",
-    )
-}
+check_hook!(
+    check_clock_override,
+    |v| v.is_empty() || instant_ok(v),
+    c"Expected a timestamptz with an explicit offset, e.g. '2026-03-01 00:00:00.001+00'."
+);

@@ -1,6 +1,19 @@
 -- Accounts: subscribing and changing plans (rules 4, 5), buying more
 -- (rule 6) and one-off grants.
 
+-- Record what the account held this month (credits.month_allowances): the
+-- largest monthly limit, and the allowance used before its current window.
+CREATE FUNCTION _record_month(p_account text, p_month date, p_peak numeric, p_used_before numeric)
+RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO credits.month_allowances AS m (account_id, month, peak_limit, used_before)
+    VALUES (p_account, p_month, p_peak, p_used_before)
+    ON CONFLICT ON CONSTRAINT month_allowances_pkey DO UPDATE
+       SET month = excluded.month, peak_limit = excluded.peak_limit, used_before = excluded.used_before;
+END
+$$;
+
 -- subscribe: create the account on a plan, or change its plan (SPEC rule 5, §4.1).
 --   New account: the plan's full allowance whatever the day (rule 4, no proration).
 --   Upgrade (a monthly limit larger than every limit the account held this
@@ -58,7 +71,7 @@ BEGIN
     END IF;
 
     v_acct := credits._lock_account(p_account, v_now);
-    v_now := credits._account_now(v_acct, v_now);
+    v_now := v_acct.last_at;  -- the account's time (_lock_account)
     v_month := credits._utc_month(v_now);
     IF v_acct.plan = p_plan THEN
         RETURN;
@@ -96,14 +109,10 @@ BEGIN
            purchased = v_purchased,
            month = v_month,
            monthly_used = v_used,
-           monthly_epoch = v_entry,
-           last_at = v_now
+           monthly_epoch = v_entry
      WHERE a.account_id = p_account;
-    INSERT INTO credits.month_allowances AS m (account_id, month, peak_limit, used_before)
-    VALUES (p_account, v_month, greatest(v_peak, v_new_limit),
-            CASE WHEN v_upgrade THEN v_before + v_old.monthly_used ELSE 0 END)
-    ON CONFLICT ON CONSTRAINT month_allowances_pkey DO UPDATE
-       SET month = excluded.month, peak_limit = excluded.peak_limit, used_before = excluded.used_before;
+    PERFORM credits._record_month(p_account, v_month, greatest(v_peak, v_new_limit),
+                                  CASE WHEN v_upgrade THEN v_before + v_old.monthly_used ELSE 0 END);
     PERFORM credits._after_write(p_account, v_now, v_entry, v_old);
 END
 $$;
@@ -120,6 +129,7 @@ DECLARE
     v_now     timestamptz := credits.now();
     v_acct    credits.accounts;
     v_state   credits._account_state;
+    v_held    credits.month_allowances;
     v_may     boolean;
     v_capped  boolean;
     v_entry   bigint;
@@ -128,7 +138,7 @@ BEGIN
     PERFORM credits._check_amount(p_credits, 'credits');
     p_credits := trim_scale(p_credits);
     v_acct := credits._lock_account(p_account, v_now);
-    v_now := credits._account_now(v_acct, v_now);
+    v_now := v_acct.last_at;  -- the account's time (_lock_account)
     SELECT p.may_purchase INTO v_may FROM credits.plans p WHERE p.plan = v_acct.plan;
     IF NOT v_may THEN
         RAISE EXCEPTION 'plan % may not buy credits (account %)', quote_literal(v_acct.plan), quote_literal(p_account)
@@ -143,20 +153,17 @@ BEGIN
     UPDATE credits.accounts a
        SET purchased = a.purchased + p_credits,
            monthly_used = CASE WHEN v_capped THEN v_state.monthly_limit ELSE a.monthly_used END,
-           monthly_epoch = CASE WHEN v_capped THEN v_entry ELSE a.monthly_epoch END,
-           last_at = v_now
+           monthly_epoch = CASE WHEN v_capped THEN v_entry ELSE a.monthly_epoch END
      WHERE a.account_id = p_account;
     -- The new limit is one the account held this month; usage the purchase
     -- set aside still counts as used this month (a later move back to a
     -- plan already held must not give it again, SPEC §4.1).
-    INSERT INTO credits.month_allowances AS m (account_id, month, peak_limit, used_before)
-    VALUES (p_account, credits._utc_month(v_now), v_state.monthly_limit + p_credits,
-            CASE WHEN v_capped THEN v_state.monthly_used - v_state.monthly_limit ELSE 0 END)
-    ON CONFLICT ON CONSTRAINT month_allowances_pkey DO UPDATE
-       SET peak_limit = CASE WHEN m.month = excluded.month THEN greatest(m.peak_limit, excluded.peak_limit)
-                             ELSE excluded.peak_limit END,
-           used_before = CASE WHEN m.month = excluded.month THEN m.used_before ELSE 0 END + excluded.used_before,
-           month = excluded.month;
+    SELECT * INTO v_held FROM credits.month_allowances m
+     WHERE m.account_id = p_account AND m.month = credits._utc_month(v_now);
+    PERFORM credits._record_month(p_account, credits._utc_month(v_now),
+                                  greatest(v_held.peak_limit, v_state.monthly_limit + p_credits),
+                                  coalesce(v_held.used_before, 0)
+                                  + CASE WHEN v_capped THEN v_state.monthly_used - v_state.monthly_limit ELSE 0 END);
 END
 $$;
 
@@ -192,7 +199,7 @@ BEGIN
         PERFORM credits._check_text(p_key, 'idempotency_key');
     END IF;
 
-    v_now := credits._account_now(credits._lock_account(p_account, v_now), v_now);
+    v_now := (credits._lock_account(p_account, v_now)).last_at;
     IF p_key IS NOT NULL THEN
         v_request := credits._fingerprint('grant', trim_scale(p_amount)::text, p_kind,
                                           extract(epoch FROM p_expires)::text);
@@ -208,7 +215,6 @@ BEGIN
     RETURNING entry_id INTO v_entry;
     INSERT INTO credits.grants (account_id, grant_id, kind, amount, remaining, expires_at)
     VALUES (p_account, v_entry, p_kind, p_amount, p_amount, p_expires);
-    UPDATE credits.accounts a SET last_at = v_now WHERE a.account_id = p_account;
     IF p_key IS NOT NULL THEN
         PERFORM credits._remember_key(p_account, p_key, v_entry, v_request);
     END IF;

@@ -97,12 +97,11 @@ BEGIN
           LEFT JOIN expired e ON e.account_id = d.account_id AND e.ref = d.grant_id
          WHERE g.account_id = d.account_id AND g.grant_id = d.grant_id
     )
-    SELECT (SELECT count(*) FROM due),
-           (SELECT array_agg(l.account_id ORDER BY l.account_id)
-              FROM (SELECT e.account_id, max(e.entry_id) AS entry_id FROM expired e GROUP BY e.account_id) l),
-           (SELECT array_agg(l.entry_id ORDER BY l.account_id)
-              FROM (SELECT e.account_id, max(e.entry_id) AS entry_id FROM expired e GROUP BY e.account_id) l)
-      INTO v_grants, v_accounts, v_entries;
+    -- (per account, its last expiry entry: the one that may have run it out)
+    SELECT (SELECT count(*) FROM due), array_agg(l.account_id ORDER BY l.account_id),
+           array_agg(l.entry_id ORDER BY l.account_id)
+      INTO v_grants, v_accounts, v_entries
+      FROM (SELECT e.account_id, max(e.entry_id) AS entry_id FROM expired e GROUP BY e.account_id) l;
     FOR i IN 1 .. coalesce(array_length(v_accounts, 1), 0) LOOP
         SELECT * INTO v_acct FROM credits.accounts ac WHERE ac.account_id = v_accounts[i];
         v_state := credits._state(v_acct, p_at);
@@ -132,25 +131,24 @@ $$;
 -- which also orders its ledger entries) and fail with UC002 if it is missing.
 -- The account is brought up to `p_now` (or its own time, if that is later:
 -- _account_now) before anyone decides: ended windows closed, holds and
--- grants past their deadline expired. Callers then decide at
--- _account_now(the row returned, p_now).
+-- grants past their deadline expired. Callers then decide at the returned
+-- row's last_at.
 CREATE FUNCTION _lock_account(p_account text, p_now timestamptz) RETURNS credits.accounts
 LANGUAGE plpgsql AS $$
 DECLARE
     v credits.accounts;
 BEGIN
-    SELECT * INTO v FROM credits.accounts a WHERE a.account_id = p_account FOR UPDATE;
+    -- Locked by moving its time on: the account's time is the latest any
+    -- call decided at, including one that writes nothing else (a denial),
+    -- so what it expires or closes now stays expired and closed for a call
+    -- whose clock is behind. (Callers decide at last_at, and write no other.)
+    UPDATE credits.accounts a SET last_at = credits._account_now(a, p_now)
+     WHERE a.account_id = p_account
+    RETURNING * INTO v;
     IF NOT FOUND THEN
         PERFORM credits._raise_unknown_account(p_account);
     END IF;
-    p_now := credits._account_now(v, p_now);
-    -- The account's time is the latest any call decided at, including one
-    -- that writes nothing else (a denial): what it expires or closes now
-    -- stays expired and closed for a call whose clock is behind.
-    IF v.last_at < p_now THEN
-        UPDATE credits.accounts a SET last_at = p_now WHERE a.account_id = p_account;
-        v.last_at := p_now;
-    END IF;
+    p_now := v.last_at;
     IF credits._windows_passed(v, p_now) THEN
         PERFORM credits._close_windows(ARRAY[p_account], p_now);
         SELECT * INTO v FROM credits.accounts a WHERE a.account_id = p_account;

@@ -186,10 +186,7 @@ enum Step {
 /// One transaction: a maintenance step, if the extension is there at this
 /// library's version.
 fn step() -> Step {
-    match run_step() {
-        Some(step) => step,
-        None => Step::Missing,
-    }
+    run_step().unwrap_or(Step::Missing)
 }
 
 fn run_step() -> Option<Step> {

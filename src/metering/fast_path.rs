@@ -27,7 +27,7 @@
 use crate::accounts::row::Account;
 use crate::clock;
 use crate::maintenance::close;
-use crate::metering::requests::{debit_request, metadata_ok};
+use crate::metering::requests::{debit_request, metadata_text};
 use crate::metering::thresholds::lowest_threshold;
 use crate::pg::decimal::Decimal;
 use crate::pg::fmgr::{args, call, ret, v1_functions};
@@ -177,9 +177,7 @@ fn debit(req: &DebitRequest) -> Option<i64> {
                 return None;
             }
         }
-        if !metadata_ok(req.metadata) {
-            return None;
-        }
+        let metadata_text = metadata_text(req.metadata)?;
         // Every lookup reads the calling statement's snapshot; without one
         // (no caller known to do that), the SQL path takes its own. On a
         // standby the SQL path's first write reports 25006, as PostgreSQL's
@@ -223,12 +221,21 @@ fn debit(req: &DebitRequest) -> Option<i64> {
         // with a reset event, which is the SQL path's to emit.
         // (An account with holds closes its month in SQL: what its holds
         // keep aside is looked up there.)
-        let passed = close::passed(&a, today, this_month);
-        if passed && Decimal::from_datum(a.reserved)? > Decimal::ZERO {
+        let closing = if !close::passed(&a, today, this_month) {
+            None
+        } else if Decimal::from_datum(a.reserved)? > Decimal::ZERO {
             return None;
-        }
-        let zero = Decimal::ZERO.to_datum();
-        let closing = match close::closing(&a, daily_limit, allowance, zero, today, this_month) {
+        } else {
+            close::closing(
+                &a,
+                daily_limit,
+                allowance,
+                Decimal::ZERO.to_datum(),
+                today,
+                this_month,
+            )
+        };
+        let closing = match closing {
             Some(closing) => {
                 let relations = schema.closing()?;
                 let events = Table::open(relations.events, pg_sys::AccessShareLock);
@@ -335,7 +342,7 @@ fn debit(req: &DebitRequest) -> Option<i64> {
             row.set(table.col(c"account_id")?, Some(account_id));
             row.set(table.col(c"idempotency_key")?, Some(*key));
             row.set(table.col(c"entry_id")?, Some(entry));
-            let request = debit_request(Some(feature), Some(quantity), req.metadata);
+            let request = debit_request(Some(feature), Some(quantity), metadata_text);
             row.set(table.col(c"request")?, Some(request));
         }
         let key_slot = match &key_row {

@@ -49,7 +49,7 @@ BEGIN
     END IF;
 
     v_acct := credits._lock_account(p_account, v_now);
-    v_now := credits._account_now(v_acct, v_now);
+    v_now := v_acct.last_at;  -- the account's time (_lock_account)
     IF p_key IS NOT NULL THEN
         v_request := credits._fingerprint('reserve', p_feature, p_amount::text, p_ttl::text);
         v_entry := credits._replay(p_account, p_key, v_request);
@@ -76,7 +76,7 @@ BEGIN
     INSERT INTO credits.holds (account_id, hold_id, feature_id, amount, expires_at, from_grants, day, month)
     VALUES (p_account, v_entry, v_feature.feature_id, p_amount, v_expires, v_grants,
             credits._utc_day(v_now), credits._utc_month(v_now));
-    UPDATE credits.accounts a SET reserved = a.reserved + p_amount, last_at = v_now WHERE a.account_id = p_account;
+    UPDATE credits.accounts a SET reserved = a.reserved + p_amount WHERE a.account_id = p_account;
     PERFORM credits._after_write(p_account, v_now, v_entry, v_state);
     IF p_key IS NOT NULL THEN
         PERFORM credits._remember_key(p_account, p_key, v_entry, v_request);
@@ -113,7 +113,6 @@ CREATE FUNCTION _take_hold(p_hold bigint, p_now timestamptz) RETURNS credits.hol
 LANGUAGE plpgsql AS $$
 DECLARE
     v_hold credits.holds;
-    v_acct credits.accounts;
     v_how  text;
 BEGIN
     IF p_hold IS NULL THEN
@@ -124,7 +123,7 @@ BEGIN
         RAISE EXCEPTION 'hold % is not active', p_hold
             USING ERRCODE = 'UC008', DETAIL = 'no hold has that id';
     END IF;
-    v_acct := credits._lock_account(v_hold.account_id, p_now);  -- may expire it
+    PERFORM credits._lock_account(v_hold.account_id, p_now);  -- may expire it
     SELECT * INTO v_hold FROM credits.holds h WHERE h.hold_id = p_hold;
     IF v_hold.resolved_entry IS NOT NULL THEN
         SELECT CASE WHEN l.kind = 'D' THEN 'settled'
@@ -134,8 +133,7 @@ BEGIN
         RAISE EXCEPTION 'hold % is not active: already %', p_hold, v_how
             USING ERRCODE = 'UC008', DETAIL = format('resolved by ledger entry %s', v_hold.resolved_entry);
     END IF;
-    UPDATE credits.accounts a SET reserved = a.reserved - v_hold.amount, last_at = credits._account_now(v_acct, p_now)
-     WHERE a.account_id = v_hold.account_id;
+    UPDATE credits.accounts a SET reserved = a.reserved - v_hold.amount WHERE a.account_id = v_hold.account_id;
     UPDATE credits.holds h SET resolved_entry = 0 WHERE h.account_id = v_hold.account_id AND h.hold_id = p_hold;
     RETURN v_hold;
 END
@@ -151,7 +149,7 @@ CREATE FUNCTION _hold_resolved(p_hold credits.holds, p_entry bigint, p_charged n
 RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_closed credits.closed_windows;
+    v_own     numeric := p_hold.amount - p_hold.from_grants;  -- what it held on the allowance
     v_forfeit numeric;
 BEGIN
     UPDATE credits.holds h SET resolved_entry = p_entry
@@ -161,14 +159,13 @@ BEGIN
        AND p_hold.expires_at > (p_hold.month + interval '1 month')::timestamp AT TIME ZONE 'UTC' THEN
         UPDATE credits.closed_windows c
            SET used = c.used + p_charged_allowance,
-               held = c.held - (p_hold.amount - p_hold.from_grants),
-               forfeited = greatest(0, c.window_limit - (c.used + p_charged_allowance)
-                                       - (c.held - (p_hold.amount - p_hold.from_grants)))
+               held = c.held - v_own,
+               forfeited = greatest(0, c.window_limit - c.used - p_charged_allowance - c.held + v_own)
+          FROM credits.closed_windows was
          WHERE c.account_id = p_hold.account_id AND c.window_kind = 'monthly' AND c.window_start = p_hold.month
-        RETURNING * INTO v_closed;
-        -- (what the update added to the window's forfeits)
-        v_forfeit := v_closed.forfeited - greatest(0, v_closed.window_limit - (v_closed.used - p_charged_allowance)
-                                                      - (v_closed.held + p_hold.amount - p_hold.from_grants));
+           AND was.account_id = c.account_id AND was.window_kind = c.window_kind
+           AND was.window_start = c.window_start
+        RETURNING c.forfeited - was.forfeited INTO v_forfeit;
         IF v_forfeit > 0 THEN
             INSERT INTO credits.ledger (account_id, at, kind, amount, ref, metadata)
             VALUES (p_hold.account_id, p_at, 'F', v_forfeit, p_hold.hold_id,
@@ -204,7 +201,7 @@ BEGIN
     p_amount := trim_scale(p_amount);
     v_hold := credits._take_hold(settle.hold_id, v_now);
     SELECT * INTO v_acct FROM credits.accounts a WHERE a.account_id = v_hold.account_id;
-    v_now := credits._account_now(v_acct, v_now);
+    v_now := v_acct.last_at;  -- the account's time (_lock_account)
     v_state := credits._state(v_acct, v_now);
     v_own := v_hold.amount - v_hold.from_grants;
 
@@ -277,7 +274,7 @@ DECLARE
     v_entry bigint;
 BEGIN
     v_hold := credits._take_hold(release.hold_id, v_now);
-    v_now := (SELECT credits._account_now(a, v_now) FROM credits.accounts a WHERE a.account_id = v_hold.account_id);
+    v_now := (SELECT a.last_at FROM credits.accounts a WHERE a.account_id = v_hold.account_id);
     INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, ref, metadata)
     VALUES (v_hold.account_id, v_now, 'X', v_hold.feature_id, v_hold.amount, v_hold.hold_id, '{"reason": "release"}')
     RETURNING entry_id INTO v_entry;

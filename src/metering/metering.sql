@@ -89,8 +89,7 @@ BEGIN
            daily_used = CASE WHEN p_today THEN s.daily_used + p_amount ELSE s.daily_used END,
            month = credits._utc_month(p_now),
            monthly_used = s.monthly_used + v_alloc,
-           monthly_epoch = CASE WHEN a.month = credits._utc_month(p_now) THEN a.monthly_epoch ELSE 0 END,
-           last_at = p_now
+           monthly_epoch = CASE WHEN a.month = credits._utc_month(p_now) THEN a.monthly_epoch ELSE 0 END
      WHERE a.account_id = p_account;
     RETURN v_entry;
 END
@@ -144,7 +143,7 @@ BEGIN
     END IF;
 
     v_acct := credits._lock_account(p_account, p_now);
-    p_now := credits._account_now(v_acct, p_now);
+    p_now := v_acct.last_at;  -- the account's time (_lock_account)
     IF p_key IS NOT NULL THEN
         v_request := credits._debit_request(p_feature, p_quantity, p_metadata);
         v_entry := credits._replay(p_account, p_key, v_request);
@@ -266,7 +265,7 @@ BEGIN
                           ELSE 'no ledger entry has that id' END;
     END IF;
     v_acct := credits._lock_account(v_debit.account_id, v_now);
-    v_now := credits._account_now(v_acct, v_now);
+    v_now := v_acct.last_at;  -- the account's time (_lock_account)
     -- (a settle counted in the windows of its hold, SPEC §4.3)
     v_debit_at := coalesce((SELECT h.at FROM credits.ledger h WHERE h.entry_id = v_debit.ref AND h.kind = 'H'),
                            v_debit.at);
@@ -330,8 +329,7 @@ BEGIN
                              THEN a.daily_used - p_amount ELSE a.daily_used END,
            monthly_used = CASE WHEN a.month = credits._utc_month(v_debit_at) AND a.month = credits._utc_month(v_now)
                                     AND p_entry > a.monthly_epoch
-                               THEN a.monthly_used - (p_amount - v_to_grants) ELSE a.monthly_used END,
-           last_at = v_now
+                               THEN a.monthly_used - (p_amount - v_to_grants) ELSE a.monthly_used END
      WHERE a.account_id = v_debit.account_id;
     RETURN v_entry;
 END

@@ -15,18 +15,26 @@ use pgrx::pg_sys::{self, Datum};
 /// object of at most 4096 bytes as JSON text (SPEC §4.8: the limit does not
 /// depend on how the value is stored; a compressed 1 MB value is 1 MB).
 pub(crate) unsafe fn metadata_ok(metadata: Option<Datum>) -> bool {
-    let Some(value) = metadata else { return true };
+    metadata_text(metadata).is_some()
+}
+
+/// Valid metadata as JSON text (a text datum; what its fingerprint hashes),
+/// Some(None) for NULL; None when it is not valid metadata.
+pub(crate) unsafe fn metadata_text(metadata: Option<Datum>) -> Option<Option<Datum>> {
+    let Some(value) = metadata else {
+        return Some(None);
+    };
     // Its binary form, uncompressed, is no bigger than a few times its text:
     // far larger values are refused before they are printed.
     if pg_sys::toast_raw_datum_size(value) > 64 * 4096 {
-        return false;
+        return None;
     }
     let jsonb = pg_sys::pg_detoast_datum(value.cast_mut_ptr()) as *const pg_sys::Jsonb;
     if (*jsonb).root.header & pg_sys::JB_FOBJECT == 0 {
-        return false;
+        return None;
     }
-    let text = call(pg_sys::jsonb_out, &[Datum::from(jsonb)]);
-    libc::strlen(text.cast_mut_ptr::<std::ffi::c_char>()) <= 4096
+    let text = text_of(pg_sys::jsonb_out, Datum::from(jsonb));
+    (text_bytes(text).len() <= 4096).then_some(Some(text))
 }
 
 /// The fingerprint (a uuid datum) of a request made of text datums.
@@ -49,17 +57,17 @@ pub(crate) unsafe fn fingerprint(parts: &[Option<Datum>]) -> Datum {
     Datum::from(uuid)
 }
 
-/// A debit's fingerprint: feature, quantity (trailing zeros trimmed) and metadata.
+/// A debit's fingerprint: feature, quantity (trailing zeros trimmed) and
+/// metadata as JSON text (metadata_text: printed once per debit).
 pub(crate) unsafe fn debit_request(
     feature: Option<Datum>,
     quantity: Option<Datum>,
-    metadata: Option<Datum>,
+    metadata_text: Option<Datum>,
 ) -> Datum {
     let quantity =
         quantity.map(|q| text_of(pg_sys::numeric_out, call(pg_sys::numeric_trim_scale, &[q])));
-    let metadata = metadata.map(|m| text_of(pg_sys::jsonb_out, m));
     let debit = pg_sys::cstring_to_text(c"debit".as_ptr());
-    fingerprint(&[Some(Datum::from(debit)), feature, quantity, metadata])
+    fingerprint(&[Some(Datum::from(debit)), feature, quantity, metadata_text])
 }
 
 /// A value as text, through its type's output function (what `::text` does).
@@ -99,5 +107,6 @@ pub unsafe extern "C-unwind" fn credits_fingerprint(fcinfo: pg_sys::FunctionCall
 #[pgrx::pg_guard]
 pub unsafe extern "C-unwind" fn credits_debit_request(fcinfo: pg_sys::FunctionCallInfo) -> Datum {
     let a = args(fcinfo);
-    ret(fcinfo, Some(debit_request(a[0], a[1], a[2])))
+    let metadata = a[2].map(|m| text_of(pg_sys::jsonb_out, m));
+    ret(fcinfo, Some(debit_request(a[0], a[1], metadata)))
 }

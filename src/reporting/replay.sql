@@ -35,7 +35,6 @@ DECLARE
     v_need     numeric;
     v_take     numeric;
     i          integer;
-    j          integer;
     -- grants: id, remaining, expiry, expired by an expiry entry
     g_id  bigint[] := '{}';  g_rem numeric[] := '{}';  g_exp timestamptz[] := '{}';  g_gone boolean[] := '{}';
     -- holds: id, amount, expiry, placed at, open

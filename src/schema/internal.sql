@@ -19,7 +19,6 @@ CREATE FUNCTION _utc_month(at timestamptz) RETURNS date
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN date_trunc('month', at AT TIME ZONE 'UTC')::date;
 
--- Instants in messages: UTC, whatever the session's TimeZone and DateStyle.
 -- Time only moves forward per account (SPEC §4.6): a call whose clock is
 -- behind the account (a transaction that began before 00:00 UTC and reaches
 -- an account another session already rolled over, or one that began before
@@ -27,10 +26,13 @@ RETURN date_trunc('month', at AT TIME ZONE 'UTC')::date;
 -- account's time: the start of its windows or its last write, whichever is
 -- later, and its ledger entry is stamped there. So no call reopens a closed
 -- window or un-expires a hold, and an account's entries are in time order.
--- Every write to an account row sets last_at to the time it decided at.
+-- Every call that locks an account (_lock_account) and the debit fast path
+-- set last_at to the time they decide at.
 CREATE FUNCTION _account_now(a credits.accounts, p_now timestamptz) RETURNS timestamptz
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN greatest(p_now, a.last_at, a.day::timestamp AT TIME ZONE 'UTC', a.month::timestamp AT TIME ZONE 'UTC');
+
+-- Instants in messages: UTC, whatever the session's TimeZone and DateStyle.
 
 CREATE FUNCTION _utc_text(at timestamptz) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
@@ -74,8 +76,9 @@ END
 $$;
 
 -- UC009: metadata is a JSON object (or NULL) of at most 4 kB as JSON text,
--- however it is stored or compressed: it is stored on the ledger row it comes with. The predicate is shared with the debit
--- fast path, which cannot raise (both in src/metering/requests.rs).
+-- however it is stored or compressed: it is stored on the ledger row it
+-- comes with. The predicate is shared with the debit fast path, which
+-- cannot raise (both in src/metering/requests.rs).
 CREATE FUNCTION _metadata_ok(value jsonb) RETURNS boolean
 LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'credits_metadata_ok';
 

@@ -75,7 +75,7 @@ CREATE TABLE accounts (
     monthly_used  numeric NOT NULL DEFAULT 0,                         -- allowance consumed (grants are separate)
     monthly_epoch bigint NOT NULL DEFAULT 0,                          -- ledger entry that restarted this month's window (upgrade), 0 = the 1st
     reserved      nonnegative NOT NULL DEFAULT 0,                     -- credits held by open reservations
-    last_at       timestamptz NOT NULL DEFAULT '-infinity'            -- the latest instant a write was stamped with (_account_now)
+    last_at       timestamptz NOT NULL DEFAULT '-infinity'            -- the latest instant a call decided at (_account_now)
 ) WITH (fillfactor = 40);
 -- Room on each page so counter updates stay HOT (no index writes), and few
 -- rows per page: each debit's update leaves a dead row version that the next

@@ -522,7 +522,13 @@ fn run_seed(seed: u64, steps: usize) {
             continue;
         } else if !model.contains_key(&who) || op < 12 {
             let plan = rng.pick(&PLANS);
-            sql = format!("SELECT credits.subscribe('{who}', '{}')", plan.name);
+            // the caller's billing system decides, now and then (SPEC §4.1)
+            let fresh = rng.pick(&[None, None, Some(true), Some(false)]);
+            sql = format!(
+                "SELECT credits.subscribe('{who}', '{}', {})",
+                plan.name,
+                fresh.map_or("NULL".to_string(), |f| f.to_string())
+            );
             expected = Outcome::Entry;
             let (who2, now2) = (who.clone(), now);
             on_success = Box::new(move |m, _, _| match m.get_mut(&who2) {
@@ -555,7 +561,7 @@ fn run_seed(seed: u64, steps: usize) {
                     let new_limit = plan.allowance + purchased;
                     // an upgrade only above every limit held this month
                     let (peak, before) = a.month_record(now2, old.monthly_limit);
-                    let upgrade = new_limit > peak;
+                    let upgrade = fresh.unwrap_or(new_limit > peak);
                     let used_so_far = before + old.monthly_used;
                     a.held = Some((
                         month_of(now2),
