@@ -74,7 +74,7 @@ hot_rows=$(sql -d "$DB" -Atc "SELECT count(*) FROM credits.ledger WHERE account_
 
 # The same report summed straight from the ledger: what the views cost
 # without rollups (the 0.2.0 development views read the ledger like this).
-LEDGER_MONTH="credits._report_month(l.kind, l.at, l.metadata)"
+LEDGER_MONTH="credits_internal._report_month(l.kind, l.at, l.metadata)"
 ACCOUNT_FROM_LEDGER="SELECT l.account_id,
        coalesce(sum(l.amount) FILTER (WHERE l.kind = 'D'), 0) AS debited,
        coalesce(sum(l.amount) FILTER (WHERE l.kind = 'R'), 0) AS refunded,

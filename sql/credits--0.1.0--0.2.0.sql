@@ -19,6 +19,33 @@ END
 $$;
 
 -------------------------------------------------------------------------------
+-- The catalog shows the contract (src/schema/schema.sql): the helpers move
+-- from schema credits to credits_internal, so `\df credits.*` lists only the
+-- public API. Moved, not dropped and created again: every grant, comment and
+-- dependency moves with them, and whatever the rest of this script replaces
+-- is replaced in its new place.
+-------------------------------------------------------------------------------
+
+CREATE SCHEMA credits_internal;
+COMMENT ON SCHEMA credits_internal IS
+'Internal helpers of the credits extension: not an API, may change in any release.';
+REVOKE ALL ON SCHEMA credits_internal FROM PUBLIC;
+GRANT USAGE ON SCHEMA credits_internal TO credits_admin;
+DO $$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN SELECT p.oid FROM pg_catalog.pg_proc p
+              WHERE p.pronamespace = 'credits'::regnamespace
+                AND (p.proname LIKE '\_%' OR p.proname = 'ledger_refuse_change')
+    LOOP
+        EXECUTE format('ALTER ROUTINE %s SET SCHEMA credits_internal', f);
+    END LOOP;
+END
+$$;
+ALTER TYPE credits._account_state SET SCHEMA credits_internal;
+
+-------------------------------------------------------------------------------
 -- Faster column types (src/schema/schema.sql):
 -- * checks as domains: a table CHECK constraint is parsed and planned again
 --   by every INSERT or UPDATE statement, a domain's check once per session;
@@ -32,11 +59,11 @@ $$;
 -------------------------------------------------------------------------------
 
 DROP FUNCTION verify();
-DROP FUNCTION _expiry_due(accounts, timestamptz);
-DROP FUNCTION _state(accounts, timestamptz);
-DROP FUNCTION _window_key(accounts, text, timestamptz);
-DROP FUNCTION _windows_passed(accounts, timestamptz);
-DROP FUNCTION _remember_key(text, text, bigint, uuid);
+DROP FUNCTION credits_internal._expiry_due(accounts, timestamptz);
+DROP FUNCTION credits_internal._state(accounts, timestamptz);
+DROP FUNCTION credits_internal._window_key(accounts, text, timestamptz);
+DROP FUNCTION credits_internal._windows_passed(accounts, timestamptz);
+DROP FUNCTION credits_internal._remember_key(text, text, bigint, uuid);
 -- DOMAINS BEGIN
 CREATE DOMAIN nonnegative AS numeric CHECK (VALUE >= 0);
 CREATE DOMAIN ledger_kind AS "char" CHECK (VALUE IN ('S', 'F', 'P', 'G', 'D', 'R', 'H', 'X', 'E'));
@@ -64,16 +91,16 @@ ALTER TABLE accounts SET (fillfactor = 40);
 ALTER TABLE accounts ADD COLUMN last_at timestamptz NOT NULL DEFAULT '-infinity';
 
 -- STATE BEGIN
-CREATE FUNCTION _state(a credits.accounts, p_now timestamptz) RETURNS credits._account_state
+CREATE FUNCTION credits_internal._state(a credits.accounts, p_now timestamptz) RETURNS credits_internal._account_state
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
-    v         credits._account_state;
+    v         credits_internal._account_state;
     v_today   numeric := 0;  -- held by holds placed today
 BEGIN
     SELECT p.plan, p.daily_limit,
-           credits._in_window(a.day, credits._utc_day(p_now), a.daily_used),
+           credits_internal._in_window(a.day, credits_internal._utc_day(p_now), a.daily_used),
            p.monthly_allowance + a.purchased,
-           credits._in_window(a.month, credits._utc_month(p_now), a.monthly_used),
+           credits_internal._in_window(a.month, credits_internal._utc_month(p_now), a.monthly_used),
            coalesce((SELECT sum(g.remaining) FROM credits.grants g
                       WHERE g.account_id = a.account_id AND g.remaining > 0 AND g.expired_entry IS NULL
                         AND (g.expires_at IS NULL OR g.expires_at > p_now)), 0),
@@ -85,8 +112,8 @@ BEGIN
     IF a.reserved > 0 THEN
         -- (holds past their deadline no longer count, even before they are freed)
         SELECT coalesce(sum(h.amount), 0),
-               coalesce(sum(h.amount) FILTER (WHERE h.day >= credits._utc_day(p_now)), 0),
-               coalesce(sum(h.amount - h.from_grants) FILTER (WHERE h.month >= credits._utc_month(p_now)), 0),
+               coalesce(sum(h.amount) FILTER (WHERE h.day >= credits_internal._utc_day(p_now)), 0),
+               coalesce(sum(h.amount - h.from_grants) FILTER (WHERE h.month >= credits_internal._utc_month(p_now)), 0),
                coalesce(sum(h.from_grants), 0)
           INTO v.reserved, v_today, v.reserved_allowance, v.reserved_grants
           FROM credits.holds h
@@ -100,7 +127,7 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION _expiry_due(a credits.accounts, p_at timestamptz) RETURNS boolean
+CREATE FUNCTION credits_internal._expiry_due(a credits.accounts, p_at timestamptz) RETURNS boolean
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
     RETURN (a.reserved > 0 AND EXISTS (SELECT 1 FROM credits.holds h
@@ -111,20 +138,20 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION _window_key(a credits.accounts, p_window text, p_now timestamptz) RETURNS text
+CREATE FUNCTION credits_internal._window_key(a credits.accounts, p_window text, p_now timestamptz) RETURNS text
 LANGUAGE sql STABLE
 RETURN CASE p_window
-    WHEN 'daily' THEN to_char(credits._utc_day(p_now), 'YYYY-MM-DD')
-    ELSE to_char(credits._utc_month(p_now), 'YYYY-MM')
-         || CASE WHEN a.month = credits._utc_month(p_now) AND a.monthly_epoch > 0
+    WHEN 'daily' THEN to_char(credits_internal._utc_day(p_now), 'YYYY-MM-DD')
+    ELSE to_char(credits_internal._utc_month(p_now), 'YYYY-MM')
+         || CASE WHEN a.month = credits_internal._utc_month(p_now) AND a.monthly_epoch > 0
                  THEN '#' || a.monthly_epoch ELSE '' END
 END;
 
-CREATE FUNCTION _windows_passed(a credits.accounts, p_at timestamptz) RETURNS boolean
+CREATE FUNCTION credits_internal._windows_passed(a credits.accounts, p_at timestamptz) RETURNS boolean
 LANGUAGE sql IMMUTABLE
-RETURN (a.day < credits._utc_day(p_at) AND a.daily_used > 0) OR a.month < credits._utc_month(p_at);
+RETURN (a.day < credits_internal._utc_day(p_at) AND a.daily_used > 0) OR a.month < credits_internal._utc_month(p_at);
 
-CREATE FUNCTION _remember_key(p_account text, p_key text, p_entry bigint, p_request uuid) RETURNS void
+CREATE FUNCTION credits_internal._remember_key(p_account text, p_key text, p_entry bigint, p_request uuid) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO credits.idempotency (account_id, idempotency_key, entry_id, request)
@@ -178,22 +205,22 @@ INSERT INTO rollup_state DEFAULT VALUES;
 -- The month an entry is reported in: its UTC month, except a month-end
 -- forfeit (stamped at the next month's first instant), which belongs to the
 -- month it ends.
-CREATE FUNCTION _report_month(kind "char", at timestamptz, metadata jsonb) RETURNS date
+CREATE FUNCTION credits_internal._report_month(kind "char", at timestamptz, metadata jsonb) RETURNS date
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN CASE WHEN kind = 'F' AND metadata ->> 'reason' IN ('month_end', 'hold')
             THEN make_date(substr(metadata ->> 'month', 1, 4)::integer,
                            substr(metadata ->> 'month', 6, 2)::integer, 1)
-            ELSE credits._utc_month(at) END;
+            ELSE credits_internal._utc_month(at) END;
 
 -- The ledger's totals per account, reporting month, kind and feature for
 -- the entries after `p_after` up to `p_upto`: what usage_rollup adds up
 -- (_refresh_rollups) and what verify() checks it against.
-CREATE FUNCTION _ledger_totals(p_after bigint, p_upto bigint)
+CREATE FUNCTION credits_internal._ledger_totals(p_after bigint, p_upto bigint)
 RETURNS TABLE (account_id text, month date, kind "char", feature_id smallint,
                amount numeric, from_grants numeric, entries bigint)
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-    SELECT l.account_id, credits._report_month(l.kind, l.at, l.metadata), l.kind, l.feature_id,
+    SELECT l.account_id, credits_internal._report_month(l.kind, l.at, l.metadata), l.kind, l.feature_id,
            sum(l.amount), coalesce(sum(l.from_grants), 0), count(*)
       FROM credits.ledger l
      WHERE l.entry_id > p_after AND l.entry_id <= p_upto
@@ -206,7 +233,7 @@ END;
 -- no entry in flight (a psql session left open after a SELECT does not hold
 -- the rollups back). (pg_stat_activity is cached per transaction, hence the
 -- clear.) Without track_activities there is no telling: assume one is.
-CREATE FUNCTION _older_transactions_open(since timestamptz) RETURNS boolean
+CREATE FUNCTION credits_internal._older_transactions_open(since timestamptz) RETURNS boolean
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF NOT current_setting('track_activities')::boolean THEN
@@ -229,7 +256,7 @@ $$;
 -- the transactions older than it end within p_wait (typically milliseconds),
 -- rolls up to it at once. At most p_max entry ids per call. Returns the
 -- entry ids rolled up (0: nothing was final).
-CREATE FUNCTION _refresh_rollups(p_max bigint, p_wait interval DEFAULT '0') RETURNS bigint
+CREATE FUNCTION credits_internal._refresh_rollups(p_max bigint, p_wait interval DEFAULT '0') RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off AS $$
 DECLARE
     st       credits.rollup_state;
@@ -258,14 +285,14 @@ BEGIN
         IF st.candidate > st.rolled_through THEN
             v_until := clock_timestamp() + CASE WHEN v_picked THEN p_wait ELSE interval '0' END;
             LOOP
-                v_open := credits._older_transactions_open(st.candidate_at);
+                v_open := credits_internal._older_transactions_open(st.candidate_at);
                 EXIT WHEN NOT v_open OR clock_timestamp() >= v_until;
                 PERFORM pg_catalog.pg_sleep(0.002);
             END LOOP;
             EXIT WHEN v_open;
             v_upto := least(st.candidate, st.rolled_through + p_max - v_n);
             INSERT INTO credits.usage_rollup AS r (account_id, month, kind, feature_id, amount, from_grants, entries)
-            SELECT * FROM credits._ledger_totals(st.rolled_through, v_upto)
+            SELECT * FROM credits_internal._ledger_totals(st.rolled_through, v_upto)
             ON CONFLICT (account_id, month, kind, feature_id) DO UPDATE
                SET amount = r.amount + excluded.amount,
                    from_grants = r.from_grants + excluded.from_grants,
@@ -291,16 +318,16 @@ $$;
 
 -- The watermark, for the views: a stable function, so the planner reads its
 -- value when it estimates how many ledger entries a report must add.
-CREATE FUNCTION _rolled_through() RETURNS bigint
+CREATE FUNCTION credits_internal._rolled_through() RETURNS bigint
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 RETURN (SELECT s.rolled_through FROM credits.rollup_state s);
 
 -- The worker's rollup step: like _refresh_rollups, but an error is recorded
 -- in rollup_state (and the server log) instead of ending the worker.
-CREATE FUNCTION _worker_rollups(p_max bigint, p_wait interval) RETURNS bigint
+CREATE FUNCTION credits_internal._worker_rollups(p_max bigint, p_wait interval) RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    RETURN credits._refresh_rollups(p_max, p_wait);
+    RETURN credits_internal._refresh_rollups(p_max, p_wait);
 EXCEPTION WHEN OTHERS THEN
     UPDATE credits.rollup_state
        SET last_error = format('%s (SQLSTATE %s)', SQLERRM, SQLSTATE), last_error_at = clock_timestamp();
@@ -328,7 +355,7 @@ BEGIN
         RAISE EXCEPTION 'invalid wait: %', coalesce(refresh_rollups.wait::text, 'NULL') USING ERRCODE = 'UC009';
     END IF;
     LOOP
-        v_n := credits._refresh_rollups(refresh_rollups.batch, interval '10 ms');
+        v_n := credits_internal._refresh_rollups(refresh_rollups.batch, interval '10 ms');
         SELECT s.rolled_through INTO v_done FROM credits.rollup_state s;
         COMMIT;
         v_batches := v_batches + CASE WHEN v_n > 0 THEN 1 ELSE 0 END;
@@ -339,7 +366,7 @@ BEGIN
             END IF;
         ELSIF pg_catalog.clock_timestamp() - v_start > refresh_rollups.wait THEN
             RAISE WARNING 'credits rollups: still waiting for transactions open since before %; the views stay exact meanwhile',
-                          credits._utc_text(v_start)
+                          credits_internal._utc_text(v_start)
                 USING HINT = 'See pg_stat_activity for old transactions, pg_prepared_xacts for prepared ones.';
             RETURN;
         ELSE
@@ -365,7 +392,7 @@ $$;
 
 CREATE VIEW usage_daily AS
 SELECT l.account_id,
-       credits._utc_day(l.at) AS day,
+       credits_internal._utc_day(l.at) AS day,
        f.product,
        f.feature,
        coalesce(sum(l.amount) FILTER (WHERE l.kind = 'D'), 0) AS debited,
@@ -376,21 +403,21 @@ SELECT l.account_id,
   FROM credits.ledger l
   JOIN credits.features f ON f.feature_id = l.feature_id
  WHERE l.kind IN ('D', 'R')
- GROUP BY l.account_id, credits._utc_day(l.at), f.product, f.feature;
+ GROUP BY l.account_id, credits_internal._utc_day(l.at), f.product, f.feature;
 COMMENT ON VIEW usage_daily IS 'Usage per account, UTC day, product and feature: debited, refunded (on the day of the refund), net.';
 
 -- Ledger totals per account, reporting month, kind and feature: the rollups
 -- plus the entries after them. A filter on account_id or month reaches both
 -- branches (an index each), so one account's month reads a few rows.
-CREATE VIEW _ledger_months AS
+CREATE VIEW credits_internal._ledger_months AS
 SELECT r.account_id, r.month, r.kind, r.feature_id, r.amount, r.from_grants, r.entries
   FROM credits.usage_rollup r
 UNION ALL
-SELECT l.account_id, credits._report_month(l.kind, l.at, l.metadata), l.kind, l.feature_id,
+SELECT l.account_id, credits_internal._report_month(l.kind, l.at, l.metadata), l.kind, l.feature_id,
        l.amount, coalesce(l.from_grants, 0), 1::bigint
   FROM credits.ledger l
- WHERE l.entry_id > credits._rolled_through();
-COMMENT ON VIEW _ledger_months IS 'Internal: usage_rollup plus the ledger entries not rolled up yet.';
+ WHERE l.entry_id > credits_internal._rolled_through();
+COMMENT ON VIEW credits_internal._ledger_months IS 'Internal: usage_rollup plus the ledger entries not rolled up yet.';
 
 CREATE VIEW usage_monthly AS
 SELECT u.account_id,
@@ -402,7 +429,7 @@ SELECT u.account_id,
        coalesce(sum(CASE u.kind WHEN 'D' THEN u.amount ELSE -u.amount END), 0) AS net,
        coalesce(sum(u.entries) FILTER (WHERE u.kind = 'D'), 0) AS debits,
        coalesce(sum(u.entries) FILTER (WHERE u.kind = 'R'), 0) AS refunds
-  FROM credits._ledger_months u
+  FROM credits_internal._ledger_months u
   JOIN credits.features f ON f.feature_id = u.feature_id
  WHERE u.kind IN ('D', 'R')
  GROUP BY u.account_id, u.month, f.product, f.feature;
@@ -421,7 +448,7 @@ SELECT u.account_id,
        coalesce(sum(u.amount) FILTER (WHERE u.kind = 'G'), 0) AS granted,
        coalesce(sum(u.amount) FILTER (WHERE u.kind = 'P'), 0) AS purchased,
        coalesce(sum(u.amount) FILTER (WHERE u.kind = 'E'), 0) AS expired
-  FROM credits._ledger_months u
+  FROM credits_internal._ledger_months u
  GROUP BY u.account_id, u.month;
 COMMENT ON VIEW account_months IS 'Per account and UTC month: usage, refunds, forfeited allowance, grants, purchases, expired grant credits.';
 
@@ -440,10 +467,10 @@ SELECT t.month,
                coalesce(sum(u.amount) FILTER (WHERE u.kind = 'G'), 0) AS granted,
                coalesce(sum(u.amount) FILTER (WHERE u.kind = 'P'), 0) AS purchased,
                coalesce(sum(u.amount) FILTER (WHERE u.kind = 'E'), 0) AS expired
-          FROM credits._ledger_months u
+          FROM credits_internal._ledger_months u
          GROUP BY u.month) t
   LEFT JOIN (SELECT d.month, count(*) AS active_accounts
-               FROM (SELECT u.month, u.account_id FROM credits._ledger_months u
+               FROM (SELECT u.month, u.account_id FROM credits_internal._ledger_months u
                       WHERE u.kind = 'D' GROUP BY u.month, u.account_id) d
               GROUP BY d.month) a ON a.month = t.month;
 COMMENT ON VIEW tenant_months IS 'All accounts per UTC month: active accounts, usage, refunds, forfeits, grants, purchases, expiries.';
@@ -492,7 +519,7 @@ BEGIN ATOMIC
           JOIN credits.accounts a ON a.account_id = l.account_id
          WHERE ((l.kind = 'S' AND ((l.metadata ->> 'upgrade')::boolean OR l.metadata ? 'monthly_used'))
                 OR (l.kind = 'P' AND l.metadata ? 'monthly_used'))
-           AND credits._utc_month(l.at) = a.month
+           AND credits_internal._utc_month(l.at) = a.month
          ORDER BY l.account_id, l.entry_id DESC
     ),
     -- Every debit (+) and refund (-) with the instants whose windows it
@@ -513,9 +540,9 @@ BEGIN ATOMIC
     ),
     usage AS (
         SELECT c.account_id,
-               sum(CASE WHEN credits._utc_day(c.own_at) = a.day AND credits._utc_day(c.debit_at) = a.day
+               sum(CASE WHEN credits_internal._utc_day(c.own_at) = a.day AND credits_internal._utc_day(c.debit_at) = a.day
                         THEN c.amount ELSE 0 END) AS daily_used,
-               sum(CASE WHEN credits._utc_month(c.own_at) = a.month AND credits._utc_month(c.debit_at) = a.month
+               sum(CASE WHEN credits_internal._utc_month(c.own_at) = a.month AND credits_internal._utc_month(c.debit_at) = a.month
                          AND c.debit_entry > coalesce(e.entry_id, 0)
                         THEN c.allowance ELSE 0 END) AS monthly_used
           FROM counted c
@@ -527,12 +554,12 @@ BEGIN ATOMIC
     -- upgrades before them; what each window was granted is the largest limit
     -- it held (a change's limit before and after it).
     changes AS (
-        SELECT l.account_id, l.entry_id, credits._utc_month(l.at) AS month,
+        SELECT l.account_id, l.entry_id, credits_internal._utc_month(l.at) AS month,
                (l.metadata ->> 'from_limit')::numeric AS from_limit,
                (l.metadata ->> 'limit')::numeric AS new_limit,
                (l.metadata ->> 'upgrade')::boolean AS upgrade,
                count(*) FILTER (WHERE (l.metadata ->> 'upgrade')::boolean)
-                   OVER (PARTITION BY l.account_id, credits._utc_month(l.at) ORDER BY l.entry_id) AS window_no
+                   OVER (PARTITION BY l.account_id, credits_internal._utc_month(l.at) ORDER BY l.entry_id) AS window_no
           FROM credits.ledger l
          WHERE l.kind = 'S' AND l.metadata ? 'from_limit'
     ),
@@ -548,7 +575,7 @@ BEGIN ATOMIC
                sum(w.window_limit)
                + coalesce((SELECT sum(p.amount) FROM credits.ledger p
                             WHERE p.account_id = w.account_id AND p.kind = 'P'
-                              AND credits._utc_month(p.at) = w.month), 0) AS granted
+                              AND credits_internal._utc_month(p.at) = w.month), 0) AS granted
           FROM (SELECT wl.account_id, wl.month, wl.window_no, max(wl.window_limit) AS window_limit
                   FROM window_limits wl GROUP BY wl.account_id, wl.month, wl.window_no) w
          GROUP BY w.account_id, w.month
@@ -600,11 +627,11 @@ BEGIN ATOMIC
                       to_char(m.month, 'YYYY-MM'), m.used, m.forfeited, m.granted)
           FROM (SELECT g.account_id, g.month, g.granted,
                        coalesce((SELECT sum(c.allowance) FROM counted c
-                                  WHERE c.account_id = g.account_id AND credits._utc_month(c.own_at) = g.month
-                                    AND credits._utc_month(c.debit_at) = g.month), 0) AS used,
+                                  WHERE c.account_id = g.account_id AND credits_internal._utc_month(c.own_at) = g.month
+                                    AND credits_internal._utc_month(c.debit_at) = g.month), 0) AS used,
                        coalesce((SELECT sum(f.amount) FROM credits.ledger f
                                   WHERE f.account_id = g.account_id AND f.kind = 'F'
-                                    AND credits._report_month(f.kind, f.at, f.metadata) = g.month), 0) AS forfeited
+                                    AND credits_internal._report_month(f.kind, f.at, f.metadata) = g.month), 0) AS forfeited
                   FROM month_grants g) m
          WHERE m.used + m.forfeited > m.granted
         UNION ALL
@@ -703,7 +730,7 @@ BEGIN ATOMIC
                       coalesce(r.feature_id, t.feature_id)::text, r.amount, r.from_grants, r.entries,
                       t.amount, t.from_grants, t.entries)
           FROM credits.usage_rollup r
-          FULL JOIN credits._ledger_totals(0, credits._rolled_through()) t
+          FULL JOIN credits_internal._ledger_totals(0, credits_internal._rolled_through()) t
             ON t.account_id = r.account_id AND t.month = r.month AND t.kind = r.kind
            AND coalesce(t.feature_id, -1) = coalesce(r.feature_id, -1)
          WHERE r.amount IS DISTINCT FROM t.amount OR r.from_grants IS DISTINCT FROM t.from_grants
@@ -713,17 +740,17 @@ BEGIN ATOMIC
 END;
 -- VERIFY END
 
-REVOKE ALL ON ALL ROUTINES IN SCHEMA credits FROM PUBLIC;
+REVOKE ALL ON ALL ROUTINES IN SCHEMA credits, credits_internal FROM PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA credits FROM PUBLIC;
 GRANT SELECT ON credits.usage_daily, credits.usage_monthly, credits.account_months,
                 credits.tenant_months, credits.usage_display, credits.rollup_status
 TO credits_reader, credits_admin;
-GRANT EXECUTE ON FUNCTION credits._utc_day(timestamptz), credits._utc_month(timestamptz),
-                          credits._report_month("char", timestamptz, jsonb), credits._rolled_through(),
+GRANT EXECUTE ON FUNCTION credits_internal._utc_day(timestamptz), credits_internal._utc_month(timestamptz),
+                          credits_internal._report_month("char", timestamptz, jsonb), credits_internal._rolled_through(),
                           credits.balance(text)
 TO credits_reader, credits_admin;
 GRANT EXECUTE ON PROCEDURE credits.refresh_rollups(bigint, interval) TO credits_admin;
-GRANT EXECUTE ON FUNCTION credits._refresh_rollups(bigint, interval) TO credits_admin;
+GRANT EXECUTE ON FUNCTION credits_internal._refresh_rollups(bigint, interval) TO credits_admin;
 GRANT SELECT ON ALL TABLES IN SCHEMA credits TO credits_admin;
 GRANT EXECUTE ON FUNCTION credits.verify() TO credits_admin;
 
@@ -731,16 +758,16 @@ GRANT EXECUTE ON FUNCTION credits.verify() TO credits_admin;
 -------------------------------------------------------------------------------
 -- debit and try_debit try a fast path below SQL first (_debit_fast,
 -- src/metering/fast_path.rs) for the common debit, keyed or not, then
--- credits._debit. Request checks and fingerprints are C too
+-- credits_internal._debit. Request checks and fingerprints are C too
 -- (src/metering/requests.rs), one copy for both paths; fingerprints are
 -- computed as before, so recorded keys match.
 -------------------------------------------------------------------------------
 
-CREATE OR REPLACE FUNCTION _debit_request(p_feature text, p_quantity numeric, p_metadata jsonb) RETURNS uuid
+CREATE OR REPLACE FUNCTION credits_internal._debit_request(p_feature text, p_quantity numeric, p_metadata jsonb) RETURNS uuid
 LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'credits_debit_request';
 
 -- The slow path: full validation, grants, precise errors.
-CREATE OR REPLACE FUNCTION _debit_slow(p_account text, p_feature text, p_quantity numeric, p_key text,
+CREATE OR REPLACE FUNCTION credits_internal._debit_slow(p_account text, p_feature text, p_quantity numeric, p_key text,
                             p_metadata jsonb, p_raise boolean, p_now timestamptz)
 RETURNS bigint
 LANGUAGE plpgsql AS $$
@@ -748,46 +775,46 @@ DECLARE
     v_feature credits.features;
     v_amount  numeric;
     v_acct    credits.accounts;
-    v_state   credits._account_state;
+    v_state   credits_internal._account_state;
     v_request uuid;
     v_entry   bigint;
 BEGIN
-    PERFORM credits._check_text(p_account, 'account_id');
-    v_feature := credits._feature(p_feature);
-    PERFORM credits._check_amount(p_quantity, 'quantity');
+    PERFORM credits_internal._check_text(p_account, 'account_id');
+    v_feature := credits_internal._feature(p_feature);
+    PERFORM credits_internal._check_amount(p_quantity, 'quantity');
     v_amount := trim_scale(v_feature.cost * p_quantity);
     IF scale(v_amount) > 4 THEN
         RAISE EXCEPTION 'invalid amount: % (cost % x quantity %)', v_amount, v_feature.cost, p_quantity
             USING ERRCODE = 'UC004', DETAIL = 'the charge must be exact to 4 decimal places';
     END IF;
-    PERFORM credits._check_metadata(p_metadata);
+    PERFORM credits_internal._check_metadata(p_metadata);
     IF p_key IS NOT NULL THEN
-        PERFORM credits._check_text(p_key, 'idempotency_key');
+        PERFORM credits_internal._check_text(p_key, 'idempotency_key');
     END IF;
 
-    v_acct := credits._lock_account(p_account, p_now);
+    v_acct := credits_internal._lock_account(p_account, p_now);
     p_now := v_acct.last_at;  -- the account's time (_lock_account)
     IF p_key IS NOT NULL THEN
-        v_request := credits._debit_request(p_feature, p_quantity, p_metadata);
-        v_entry := credits._replay(p_account, p_key, v_request);
+        v_request := credits_internal._debit_request(p_feature, p_quantity, p_metadata);
+        v_entry := credits_internal._replay(p_account, p_key, v_request);
         IF v_entry IS NOT NULL THEN
             RETURN v_entry;
         END IF;
     END IF;
 
-    v_state := credits._state(v_acct, p_now);
-    IF credits._lacking_window(v_state, v_amount) IS NOT NULL THEN
+    v_state := credits_internal._state(v_acct, p_now);
+    IF credits_internal._lacking_window(v_state, v_amount) IS NOT NULL THEN
         IF NOT p_raise THEN
-            PERFORM credits._denied(p_account, v_amount, p_now);
+            PERFORM credits_internal._denied(p_account, v_amount, p_now);
             RETURN NULL;
         END IF;
-        PERFORM credits._raise_insufficient(p_account, v_amount, p_feature, v_state, p_now);
+        PERFORM credits_internal._raise_insufficient(p_account, v_amount, p_feature, v_state, p_now);
     END IF;
-    v_entry := credits._charge(p_account, v_state, v_feature.feature_id, v_amount, p_metadata, NULL, p_now);
-    PERFORM credits._after_write(p_account, p_now, v_entry, v_state);
+    v_entry := credits_internal._charge(p_account, v_state, v_feature.feature_id, v_amount, p_metadata, NULL, p_now);
+    PERFORM credits_internal._after_write(p_account, p_now, v_entry, v_state);
 
     IF p_key IS NOT NULL THEN
-        PERFORM credits._remember_key(p_account, p_key, v_entry, v_request);
+        PERFORM credits_internal._remember_key(p_account, p_key, v_entry, v_request);
     END IF;
     RETURN v_entry;
 END
@@ -797,7 +824,7 @@ $$;
 -- (allowance enough, key new, arguments valid; windows that ended are
 -- closed in the same writes) decided and written without executing a
 -- statement; NULL, with nothing written, for anything else.
-CREATE FUNCTION _debit_fast(p_account text, p_feature text, p_quantity numeric, p_key text,
+CREATE FUNCTION credits_internal._debit_fast(p_account text, p_feature text, p_quantity numeric, p_key text,
                             p_metadata jsonb, p_now timestamptz)
 RETURNS bigint
 LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'credits_debit_fast';
@@ -808,7 +835,7 @@ LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'credits_debit_fast';
 -- and the fast path tried once more;
 -- anything else is the slow path's. The search_path is pinned here because
 -- debit and try_debit, in C, do not need it.
-CREATE OR REPLACE FUNCTION _debit(p_account text, p_feature text, p_quantity numeric, p_key text,
+CREATE OR REPLACE FUNCTION credits_internal._debit(p_account text, p_feature text, p_quantity numeric, p_key text,
                        p_metadata jsonb, p_raise boolean)
 RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -817,14 +844,14 @@ DECLARE
     v_entry bigint;
 BEGIN
     IF EXISTS (SELECT FROM credits.accounts a WHERE a.account_id = p_account
-                  AND (credits._windows_passed(a, v_now) OR credits._expiry_due(a, v_now))) THEN
-        PERFORM credits._lock_account(p_account, v_now);
-        v_entry := credits._debit_fast(p_account, p_feature, p_quantity, p_key, p_metadata, v_now);
+                  AND (credits_internal._windows_passed(a, v_now) OR credits_internal._expiry_due(a, v_now))) THEN
+        PERFORM credits_internal._lock_account(p_account, v_now);
+        v_entry := credits_internal._debit_fast(p_account, p_feature, p_quantity, p_key, p_metadata, v_now);
         IF v_entry IS NOT NULL THEN
             RETURN v_entry;
         END IF;
     END IF;
-    RETURN credits._debit_slow(p_account, p_feature, p_quantity, p_key, p_metadata, p_raise, v_now);
+    RETURN credits_internal._debit_slow(p_account, p_feature, p_quantity, p_key, p_metadata, p_raise, v_now);
 END
 $$;
 
@@ -838,27 +865,27 @@ CREATE OR REPLACE FUNCTION try_debit(account_id text, feature text, quantity num
 RETURNS bigint
 LANGUAGE c VOLATILE SECURITY DEFINER AS 'MODULE_PATHNAME', 'credits_try_debit';
 
-REVOKE ALL ON FUNCTION credits._debit_request(text, numeric, jsonb) FROM PUBLIC;
-REVOKE ALL ON FUNCTION credits._debit_fast(text, text, numeric, text, jsonb, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION credits_internal._debit_request(text, numeric, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION credits_internal._debit_fast(text, text, numeric, text, jsonb, timestamptz) FROM PUBLIC;
 
 -- Sessions cache plans and features for the debit fast path
 -- (src/metering/catalog_cache.rs); any change to either tells every session
 -- to read them again, when it commits.
-CREATE FUNCTION _catalog_changed() RETURNS trigger
+CREATE FUNCTION credits_internal._catalog_changed() RETURNS trigger
 LANGUAGE c AS 'MODULE_PATHNAME', 'credits_catalog_changed';
 
 CREATE TRIGGER plans_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON plans
-    FOR EACH STATEMENT EXECUTE FUNCTION _catalog_changed();
+    FOR EACH STATEMENT EXECUTE FUNCTION credits_internal._catalog_changed();
 CREATE TRIGGER features_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON features
-    FOR EACH STATEMENT EXECUTE FUNCTION _catalog_changed();
-REVOKE ALL ON FUNCTION credits._catalog_changed() FROM PUBLIC;
+    FOR EACH STATEMENT EXECUTE FUNCTION credits_internal._catalog_changed();
+REVOKE ALL ON FUNCTION credits_internal._catalog_changed() FROM PUBLIC;
 
 -------------------------------------------------------------------------------
--- credits._thresholds() is Rust now (src/metering/thresholds.rs): the debit
+-- credits_internal._thresholds() is Rust now (src/metering/thresholds.rs): the debit
 -- fast path calls it on every debit.
 -------------------------------------------------------------------------------
 
-CREATE OR REPLACE FUNCTION _thresholds() RETURNS numeric[]
+CREATE OR REPLACE FUNCTION credits_internal._thresholds() RETURNS numeric[]
 STRICT STABLE PARALLEL SAFE
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'thresholds_wrapper';
@@ -875,7 +902,7 @@ AS 'MODULE_PATHNAME', 'thresholds_wrapper';
 -- and the counters moved to the window of `at`. Returns the windows closed.
 -- In Rust (src/maintenance/close.rs), one copy with the debit fast path,
 -- which closes an account's windows in the same writes as its debit.
-CREATE OR REPLACE FUNCTION _close_windows(p_accounts text[], p_at timestamptz) RETURNS integer
+CREATE OR REPLACE FUNCTION credits_internal._close_windows(p_accounts text[], p_at timestamptz) RETURNS integer
 LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'credits_close_windows';
 
 -------------------------------------------------------------------------------
@@ -888,17 +915,17 @@ LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'credits_close_windows';
 -- each locked as the scan reaches it, so locks are taken in key order.
 -- Returns the last account closed (NULL: none was left), how many, and the
 -- windows recorded. Rust (src/maintenance/close.rs), as _close_windows.
-CREATE FUNCTION _close_windows_after(p_after text, p_at timestamptz, p_accounts integer,
+CREATE FUNCTION credits_internal._close_windows_after(p_after text, p_at timestamptz, p_accounts integer,
                                      OUT last_account text, OUT accounts integer, OUT windows integer,
                                      OUT skipped text[])
 LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'credits_close_windows_after';
-REVOKE ALL ON FUNCTION credits._close_windows_after(text, timestamptz, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION credits_internal._close_windows_after(text, timestamptz, integer) FROM PUBLIC;
 
 -- One step of maintenance at instant `p_at`, in the caller's transaction:
 -- starts a run if something is due, or does one batch of the run in
 -- progress (which keeps its own instant, so a run cut short resumes as it
 -- began). Returns the seconds until more is due: 0 = call again now.
-CREATE OR REPLACE FUNCTION _maintenance_step(p_at timestamptz, p_batch integer) RETURNS double precision
+CREATE OR REPLACE FUNCTION credits_internal._maintenance_step(p_at timestamptz, p_batch integer) RETURNS double precision
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off AS $$
 DECLARE
     st       credits.maintenance_state;
@@ -917,12 +944,12 @@ BEGIN
     SELECT * INTO st FROM credits.maintenance_state FOR UPDATE;
 
     IF st.run_id IS NULL THEN
-        IF credits._next_due(st.done_through) > p_at THEN
-            RETURN greatest(0, extract(epoch FROM credits._next_due(greatest(st.done_through, p_at)) - p_at));
+        IF credits_internal._next_due(st.done_through) > p_at THEN
+            RETURN greatest(0, extract(epoch FROM credits_internal._next_due(greatest(st.done_through, p_at)) - p_at));
         END IF;
         INSERT INTO credits.maintenance_runs (run_at, previous, phase)
         VALUES (p_at, st.done_through,
-                CASE WHEN st.done_through IS NULL OR credits._utc_day(st.done_through) < credits._utc_day(p_at)
+                CASE WHEN st.done_through IS NULL OR credits_internal._utc_day(st.done_through) < credits_internal._utc_day(p_at)
                      THEN 'windows' ELSE 'expiries' END)
         RETURNING * INTO run;
         UPDATE credits.maintenance_state SET run_id = run.run_id;
@@ -933,7 +960,7 @@ BEGIN
     IF run.phase = 'windows' THEN
         -- One batch per transaction, locks taken in key order; accounts
         -- held by another transaction are noted and closed once free.
-        SELECT * INTO v_done FROM credits._close_windows_after(run.cursor, run.run_at, p_batch);
+        SELECT * INTO v_done FROM credits_internal._close_windows_after(run.cursor, run.run_at, p_batch);
         INSERT INTO credits.maintenance_waiting (run_id, account_id, since)
         SELECT run.run_id, s.id, clock_timestamp() FROM unnest(v_done.skipped) s(id)
         ON CONFLICT DO NOTHING;
@@ -963,7 +990,7 @@ BEGIN
              ORDER BY a.account_id
                FOR UPDATE SKIP LOCKED) x;
     IF v_ids IS NOT NULL THEN
-        v_n := credits._expire_due(v_ids, run.run_at);
+        v_n := credits_internal._expire_due(v_ids, run.run_at);
         UPDATE credits.maintenance_runs r SET batches = r.batches + 1, expired = r.expired + v_n
          WHERE r.run_id = run.run_id;
         RETURN 0;
@@ -977,7 +1004,7 @@ BEGIN
              ORDER BY a.account_id
                FOR UPDATE SKIP LOCKED) x;
     IF v_ids IS NOT NULL THEN
-        v_n := credits._close_windows(v_ids, run.run_at);
+        v_n := credits_internal._close_windows(v_ids, run.run_at);
         DELETE FROM credits.maintenance_waiting w WHERE w.run_id = run.run_id AND w.account_id = ANY (v_ids);
         UPDATE credits.maintenance_runs r
            SET batches = r.batches + 1, accounts = r.accounts + cardinality(v_ids), windows = r.windows + v_n
@@ -997,7 +1024,7 @@ BEGIN
      WHERE r.run_id = run.run_id;
     UPDATE credits.maintenance_state
        SET run_id = NULL, done_through = greatest(done_through, run.run_at);
-    RETURN greatest(0, extract(epoch FROM credits._next_due(greatest(st.done_through, run.run_at)) - p_at));
+    RETURN greatest(0, extract(epoch FROM credits_internal._next_due(greatest(st.done_through, run.run_at)) - p_at));
 END
 $$;
 
@@ -1006,10 +1033,10 @@ $$;
 -- shared with the debit fast path; a fingerprint is the same md5 as before.
 -------------------------------------------------------------------------------
 
-CREATE OR REPLACE FUNCTION _metadata_ok(value jsonb) RETURNS boolean
+CREATE OR REPLACE FUNCTION credits_internal._metadata_ok(value jsonb) RETURNS boolean
 LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'credits_metadata_ok';
 
-CREATE OR REPLACE FUNCTION _fingerprint(VARIADIC parts text[]) RETURNS uuid
+CREATE OR REPLACE FUNCTION credits_internal._fingerprint(VARIADIC parts text[]) RETURNS uuid
 LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'credits_fingerprint';
 
 -------------------------------------------------------------------------------
@@ -1037,29 +1064,29 @@ ALTER TABLE events ADD COLUMN cause_entry bigint NOT NULL DEFAULT 0,
 -- Holds belong to the windows they were placed in (SPEC §4.3) and are
 -- backed by the allowance first, then by grants (from_grants).
 ALTER TABLE holds ADD COLUMN from_grants numeric NOT NULL DEFAULT 0, ADD COLUMN day date, ADD COLUMN month date;
-UPDATE holds h SET day = _utc_day(l.at), month = _utc_month(l.at)
+UPDATE holds h SET day = credits_internal._utc_day(l.at), month = credits_internal._utc_month(l.at)
   FROM ledger l WHERE l.entry_id = h.hold_id;
 ALTER TABLE holds ALTER COLUMN day SET NOT NULL, ALTER COLUMN month SET NOT NULL;
 ALTER TABLE closed_windows ADD COLUMN held numeric NOT NULL DEFAULT 0;
-ALTER TYPE _account_state ADD ATTRIBUTE reserved_allowance numeric, ADD ATTRIBUTE reserved_grants numeric;
-DROP FUNCTION _charge(text, _account_state, smallint, numeric, jsonb, bigint, timestamptz);
+ALTER TYPE credits_internal._account_state ADD ATTRIBUTE reserved_allowance numeric, ADD ATTRIBUTE reserved_grants numeric;
+DROP FUNCTION credits_internal._charge(text, credits_internal._account_state, smallint, numeric, jsonb, bigint, timestamptz);
 
 DROP FUNCTION subscribe(text, text);
-DROP FUNCTION _emit(accounts, text, text, numeric, timestamptz, _account_state);
-DROP FUNCTION _after_write(text, timestamptz);
+DROP FUNCTION credits_internal._emit(accounts, text, text, numeric, timestamptz, credits_internal._account_state);
+DROP FUNCTION credits_internal._after_write(text, timestamptz);
 
-CREATE OR REPLACE FUNCTION _in_window(stored_window date, current_window date, used numeric)
+CREATE OR REPLACE FUNCTION credits_internal._in_window(stored_window date, current_window date, used numeric)
 RETURNS numeric LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN CASE WHEN stored_window >= current_window THEN used ELSE 0 END;
 
-CREATE OR REPLACE FUNCTION _account_now(a credits.accounts, p_now timestamptz) RETURNS timestamptz
+CREATE OR REPLACE FUNCTION credits_internal._account_now(a credits.accounts, p_now timestamptz) RETURNS timestamptz
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN greatest(p_now, a.last_at, a.day::timestamp AT TIME ZONE 'UTC', a.month::timestamp AT TIME ZONE 'UTC');
 
-CREATE OR REPLACE FUNCTION _check_metadata(value jsonb) RETURNS void
+CREATE OR REPLACE FUNCTION credits_internal._check_metadata(value jsonb) RETURNS void
 LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
-    IF NOT credits._metadata_ok(value) THEN
+    IF NOT credits_internal._metadata_ok(value) THEN
         RAISE EXCEPTION 'invalid metadata: a JSON % of % bytes', jsonb_typeof(value), octet_length(value::text)
             USING ERRCODE = 'UC009', DETAIL = 'metadata must be a JSON object of at most 4096 bytes, or NULL';
     END IF;
@@ -1076,7 +1103,7 @@ DECLARE
     v_month     date;
     v_new       credits.plans;
     v_acct      credits.accounts;
-    v_old       credits._account_state;
+    v_old       credits_internal._account_state;
     v_held      credits.month_allowances;
     v_purchased numeric;
     v_new_limit numeric;
@@ -1087,8 +1114,8 @@ DECLARE
     v_forfeit   numeric;
     v_entry     bigint;
 BEGIN
-    PERFORM credits._check_text(p_account, 'account_id');
-    PERFORM credits._check_text(p_plan, 'plan');
+    PERFORM credits_internal._check_text(p_account, 'account_id');
+    PERFORM credits_internal._check_text(p_plan, 'plan');
     SELECT * INTO v_new FROM credits.plans p WHERE p.plan = p_plan;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'unknown plan: %', quote_literal(p_plan) USING ERRCODE = 'UC003',
@@ -1096,7 +1123,7 @@ BEGIN
     END IF;
 
     INSERT INTO credits.accounts AS a (account_id, plan, created_at, day, month, last_at)
-    VALUES (p_account, p_plan, v_now, credits._utc_day(v_now), credits._utc_month(v_now), v_now)
+    VALUES (p_account, p_plan, v_now, credits_internal._utc_day(v_now), credits_internal._utc_month(v_now), v_now)
     ON CONFLICT DO NOTHING;
     IF FOUND THEN
         INSERT INTO credits.ledger (account_id, at, kind, amount, metadata)
@@ -1105,13 +1132,13 @@ BEGIN
         RETURN;
     END IF;
 
-    v_acct := credits._lock_account(p_account, v_now);
+    v_acct := credits_internal._lock_account(p_account, v_now);
     v_now := v_acct.last_at;  -- the account's time (_lock_account)
-    v_month := credits._utc_month(v_now);
+    v_month := credits_internal._utc_month(v_now);
     IF v_acct.plan = p_plan THEN
         RETURN;
     END IF;
-    v_old := credits._state(v_acct, v_now);
+    v_old := credits_internal._state(v_acct, v_now);
     v_purchased := CASE WHEN v_new.may_purchase THEN v_acct.purchased ELSE 0 END;
     v_new_limit := v_new.monthly_allowance + v_purchased;
     -- Every limit held this month: the current one, and the largest recorded.
@@ -1146,9 +1173,9 @@ BEGIN
            monthly_used = v_used,
            monthly_epoch = v_entry
      WHERE a.account_id = p_account;
-    PERFORM credits._record_month(p_account, v_month, greatest(v_peak, v_new_limit),
+    PERFORM credits_internal._record_month(p_account, v_month, greatest(v_peak, v_new_limit),
                                   CASE WHEN v_upgrade THEN v_before + v_old.monthly_used ELSE 0 END);
-    PERFORM credits._after_write(p_account, v_now, v_entry, v_old);
+    PERFORM credits_internal._after_write(p_account, v_now, v_entry, v_old);
 END
 $$;
 
@@ -1159,23 +1186,23 @@ DECLARE
     p_credits numeric := purchase.credits;
     v_now     timestamptz := credits.now();
     v_acct    credits.accounts;
-    v_state   credits._account_state;
+    v_state   credits_internal._account_state;
     v_held    credits.month_allowances;
     v_may     boolean;
     v_capped  boolean;
     v_entry   bigint;
 BEGIN
-    PERFORM credits._check_text(p_account, 'account_id');
-    PERFORM credits._check_amount(p_credits, 'credits');
+    PERFORM credits_internal._check_text(p_account, 'account_id');
+    PERFORM credits_internal._check_amount(p_credits, 'credits');
     p_credits := trim_scale(p_credits);
-    v_acct := credits._lock_account(p_account, v_now);
+    v_acct := credits_internal._lock_account(p_account, v_now);
     v_now := v_acct.last_at;  -- the account's time (_lock_account)
     SELECT p.may_purchase INTO v_may FROM credits.plans p WHERE p.plan = v_acct.plan;
     IF NOT v_may THEN
         RAISE EXCEPTION 'plan % may not buy credits (account %)', quote_literal(v_acct.plan), quote_literal(p_account)
             USING ERRCODE = 'UC006', HINT = 'Upgrade to a plan that allows purchases first.';
     END IF;
-    v_state := credits._state(v_acct, v_now);
+    v_state := credits_internal._state(v_acct, v_now);
     v_capped := v_state.monthly_used > v_state.monthly_limit;
     INSERT INTO credits.ledger (account_id, at, kind, amount, metadata)
     VALUES (p_account, v_now, 'P', p_credits,
@@ -1190,8 +1217,8 @@ BEGIN
     -- set aside still counts as used this month (a later move back to a
     -- plan already held must not give it again, SPEC §4.1).
     SELECT * INTO v_held FROM credits.month_allowances m
-     WHERE m.account_id = p_account AND m.month = credits._utc_month(v_now);
-    PERFORM credits._record_month(p_account, credits._utc_month(v_now),
+     WHERE m.account_id = p_account AND m.month = credits_internal._utc_month(v_now);
+    PERFORM credits_internal._record_month(p_account, credits_internal._utc_month(v_now),
                                   greatest(v_held.peak_limit, v_state.monthly_limit + p_credits),
                                   coalesce(v_held.used_before, 0)
                                   + CASE WHEN v_capped THEN v_state.monthly_used - v_state.monthly_limit ELSE 0 END);
@@ -1212,27 +1239,27 @@ DECLARE
     v_request uuid;
     v_entry   bigint;
 BEGIN
-    PERFORM credits._check_text(p_account, 'account_id');
-    PERFORM credits._check_amount(p_amount, 'amount');
+    PERFORM credits_internal._check_text(p_account, 'account_id');
+    PERFORM credits_internal._check_amount(p_amount, 'amount');
     p_amount := trim_scale(p_amount);
     IF p_kind IS NULL OR p_kind NOT IN ('promotional', 'purchased', 'adjustment') THEN
         RAISE EXCEPTION 'invalid grant kind: %', coalesce(quote_literal(p_kind), 'NULL')
             USING ERRCODE = 'UC009', DETAIL = 'kind must be promotional, purchased or adjustment';
     END IF;
     IF p_expires IS NOT NULL AND (p_expires <= v_now OR NOT isfinite(p_expires)) THEN
-        RAISE EXCEPTION 'invalid expires_at: %', credits._utc_text(p_expires)
+        RAISE EXCEPTION 'invalid expires_at: %', credits_internal._utc_text(p_expires)
             USING ERRCODE = 'UC009',
-                  DETAIL = format('expires_at must be a finite time after now (%s)', credits._utc_text(v_now));
+                  DETAIL = format('expires_at must be a finite time after now (%s)', credits_internal._utc_text(v_now));
     END IF;
     IF p_key IS NOT NULL THEN
-        PERFORM credits._check_text(p_key, 'idempotency_key');
+        PERFORM credits_internal._check_text(p_key, 'idempotency_key');
     END IF;
 
-    v_now := (credits._lock_account(p_account, v_now)).last_at;
+    v_now := (credits_internal._lock_account(p_account, v_now)).last_at;
     IF p_key IS NOT NULL THEN
-        v_request := credits._fingerprint('grant', trim_scale(p_amount)::text, p_kind,
+        v_request := credits_internal._fingerprint('grant', trim_scale(p_amount)::text, p_kind,
                                           extract(epoch FROM p_expires)::text);
-        v_entry := credits._replay(p_account, p_key, v_request);
+        v_entry := credits_internal._replay(p_account, p_key, v_request);
         IF v_entry IS NOT NULL THEN
             RETURN v_entry;
         END IF;
@@ -1245,7 +1272,7 @@ BEGIN
     INSERT INTO credits.grants (account_id, grant_id, kind, amount, remaining, expires_at)
     VALUES (p_account, v_entry, p_kind, p_amount, p_amount, p_expires);
     IF p_key IS NOT NULL THEN
-        PERFORM credits._remember_key(p_account, p_key, v_entry, v_request);
+        PERFORM credits_internal._remember_key(p_account, p_key, v_entry, v_request);
     END IF;
     RETURN v_entry;
 END
@@ -1276,11 +1303,11 @@ BEGIN
         RAISE EXCEPTION 'invalid entry_id: NULL' USING ERRCODE = 'UC009';
     END IF;
     IF p_amount IS NOT NULL THEN
-        PERFORM credits._check_amount(p_amount, 'amount');
+        PERFORM credits_internal._check_amount(p_amount, 'amount');
         p_amount := trim_scale(p_amount);
     END IF;
     IF p_reason IS NOT NULL THEN
-        PERFORM credits._check_text(p_reason, 'reason');
+        PERFORM credits_internal._check_text(p_reason, 'reason');
     END IF;
     SELECT * INTO v_debit FROM credits.ledger l WHERE l.entry_id = p_entry;
     IF NOT FOUND OR v_debit.kind <> 'D' THEN
@@ -1288,7 +1315,7 @@ BEGIN
             DETAIL = CASE WHEN FOUND THEN format('entry %s is of kind %s', p_entry, v_debit.kind)
                           ELSE 'no ledger entry has that id' END;
     END IF;
-    v_acct := credits._lock_account(v_debit.account_id, v_now);
+    v_acct := credits_internal._lock_account(v_debit.account_id, v_now);
     v_now := v_acct.last_at;  -- the account's time (_lock_account)
     -- (a settle counted in the windows of its hold, SPEC §4.3)
     v_debit_at := coalesce((SELECT h.at FROM credits.ledger h WHERE h.entry_id = v_debit.ref AND h.kind = 'H'),
@@ -1349,9 +1376,9 @@ BEGIN
     END LOOP;
 
     UPDATE credits.accounts a
-       SET daily_used = CASE WHEN a.day = credits._utc_day(v_debit_at) AND a.day = credits._utc_day(v_now)
+       SET daily_used = CASE WHEN a.day = credits_internal._utc_day(v_debit_at) AND a.day = credits_internal._utc_day(v_now)
                              THEN a.daily_used - p_amount ELSE a.daily_used END,
-           monthly_used = CASE WHEN a.month = credits._utc_month(v_debit_at) AND a.month = credits._utc_month(v_now)
+           monthly_used = CASE WHEN a.month = credits_internal._utc_month(v_debit_at) AND a.month = credits_internal._utc_month(v_now)
                                     AND p_entry > a.monthly_epoch
                                THEN a.monthly_used - (p_amount - v_to_grants) ELSE a.monthly_used END
      WHERE a.account_id = v_debit.account_id;
@@ -1359,7 +1386,7 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION _reserve(p_account text, p_feature text, p_amount numeric, p_ttl interval,
+CREATE OR REPLACE FUNCTION credits_internal._reserve(p_account text, p_feature text, p_amount numeric, p_ttl interval,
                          p_key text, p_raise boolean)
 RETURNS bigint
 LANGUAGE plpgsql SET IntervalStyle = postgres AS $$
@@ -1367,40 +1394,40 @@ DECLARE
     v_now     timestamptz := credits.now();
     v_feature credits.features;
     v_acct    credits.accounts;
-    v_state   credits._account_state;
+    v_state   credits_internal._account_state;
     v_request uuid;
     v_entry   bigint;
     v_expires timestamptz;
     v_grants  numeric;
 BEGIN
-    PERFORM credits._check_text(p_account, 'account_id');
-    v_feature := credits._feature(p_feature);
-    PERFORM credits._check_amount(p_amount, 'amount');
+    PERFORM credits_internal._check_text(p_account, 'account_id');
+    v_feature := credits_internal._feature(p_feature);
+    PERFORM credits_internal._check_amount(p_amount, 'amount');
     p_amount := trim_scale(p_amount);
     IF p_ttl IS NULL OR p_ttl <= interval '0' OR p_ttl > interval '31 days' THEN
         RAISE EXCEPTION 'invalid ttl: %', coalesce(trim_scale(extract(epoch FROM p_ttl)) || ' seconds', 'NULL')
             USING ERRCODE = 'UC009', DETAIL = 'ttl must be more than 0 and at most 31 days';
     END IF;
     IF p_key IS NOT NULL THEN
-        PERFORM credits._check_text(p_key, 'idempotency_key');
+        PERFORM credits_internal._check_text(p_key, 'idempotency_key');
     END IF;
 
-    v_acct := credits._lock_account(p_account, v_now);
+    v_acct := credits_internal._lock_account(p_account, v_now);
     v_now := v_acct.last_at;  -- the account's time (_lock_account)
     IF p_key IS NOT NULL THEN
-        v_request := credits._fingerprint('reserve', p_feature, p_amount::text, p_ttl::text);
-        v_entry := credits._replay(p_account, p_key, v_request);
+        v_request := credits_internal._fingerprint('reserve', p_feature, p_amount::text, p_ttl::text);
+        v_entry := credits_internal._replay(p_account, p_key, v_request);
         IF v_entry IS NOT NULL THEN
             RETURN v_entry;
         END IF;
     END IF;
-    v_state := credits._state(v_acct, v_now);
-    IF credits._lacking_window(v_state, p_amount) IS NOT NULL THEN
+    v_state := credits_internal._state(v_acct, v_now);
+    IF credits_internal._lacking_window(v_state, p_amount) IS NOT NULL THEN
         IF NOT p_raise THEN
-            PERFORM credits._denied(p_account, p_amount, v_now);
+            PERFORM credits_internal._denied(p_account, p_amount, v_now);
             RETURN NULL;
         END IF;
-        PERFORM credits._raise_insufficient(p_account, p_amount, p_feature, v_state, v_now);
+        PERFORM credits_internal._raise_insufficient(p_account, p_amount, p_feature, v_state, v_now);
     END IF;
 
     -- (in UTC: a day of ttl is 24 hours whatever the session's TimeZone)
@@ -1412,11 +1439,11 @@ BEGIN
     RETURNING entry_id INTO v_entry;
     INSERT INTO credits.holds (account_id, hold_id, feature_id, amount, expires_at, from_grants, day, month)
     VALUES (p_account, v_entry, v_feature.feature_id, p_amount, v_expires, v_grants,
-            credits._utc_day(v_now), credits._utc_month(v_now));
+            credits_internal._utc_day(v_now), credits_internal._utc_month(v_now));
     UPDATE credits.accounts a SET reserved = a.reserved + p_amount WHERE a.account_id = p_account;
-    PERFORM credits._after_write(p_account, v_now, v_entry, v_state);
+    PERFORM credits_internal._after_write(p_account, v_now, v_entry, v_state);
     IF p_key IS NOT NULL THEN
-        PERFORM credits._remember_key(p_account, p_key, v_entry, v_request);
+        PERFORM credits_internal._remember_key(p_account, p_key, v_entry, v_request);
     END IF;
     RETURN v_entry;
 END
@@ -1429,33 +1456,33 @@ DECLARE
     v_now    timestamptz := credits.now();
     v_hold   credits.holds;
     v_acct   credits.accounts;
-    v_state  credits._account_state;
+    v_state  credits_internal._account_state;
     v_own    numeric;  -- what the hold held on the allowance
     v_alloc  numeric;
     v_entry  bigint;
 BEGIN
-    PERFORM credits._check_amount(p_amount, 'amount');
+    PERFORM credits_internal._check_amount(p_amount, 'amount');
     p_amount := trim_scale(p_amount);
-    v_hold := credits._take_hold(settle.hold_id, v_now);
+    v_hold := credits_internal._take_hold(settle.hold_id, v_now);
     SELECT * INTO v_acct FROM credits.accounts a WHERE a.account_id = v_hold.account_id;
     v_now := v_acct.last_at;  -- the account's time (_lock_account)
-    v_state := credits._state(v_acct, v_now);
+    v_state := credits_internal._state(v_acct, v_now);
     v_own := v_hold.amount - v_hold.from_grants;
 
-    IF v_hold.day >= credits._utc_day(v_now) THEN
+    IF v_hold.day >= credits_internal._utc_day(v_now) THEN
         -- Its windows are the current ones: what it held is there again, and
         -- up to its amount it is charged whatever the limits say now.
         IF p_amount <= v_hold.amount THEN
             v_state.daily_available := greatest(v_state.daily_available, p_amount);
             v_state.allowance_available := greatest(v_state.allowance_available, least(p_amount, v_own));
         END IF;
-        IF credits._lacking_window(v_state, p_amount) IS NOT NULL THEN
-            PERFORM credits._raise_insufficient(v_hold.account_id, p_amount,
+        IF credits_internal._lacking_window(v_state, p_amount) IS NOT NULL THEN
+            PERFORM credits_internal._raise_insufficient(v_hold.account_id, p_amount,
                                                 format('hold %s', v_hold.hold_id), v_state, v_now);
         END IF;
-        v_entry := credits._charge(v_hold.account_id, v_state, v_hold.feature_id, p_amount, NULL, v_hold.hold_id, v_now);
-        PERFORM credits._hold_resolved(v_hold, v_entry, p_amount, 0, v_now);
-        PERFORM credits._after_write(v_hold.account_id, v_now, v_entry, v_state);
+        v_entry := credits_internal._charge(v_hold.account_id, v_state, v_hold.feature_id, p_amount, NULL, v_hold.hold_id, v_now);
+        PERFORM credits_internal._hold_resolved(v_hold, v_entry, p_amount, 0, v_now);
+        PERFORM credits_internal._after_write(v_hold.account_id, v_now, v_entry, v_state);
         RETURN v_entry;
     END IF;
 
@@ -1469,16 +1496,16 @@ BEGIN
                   HINT = 'Settle the hold for at most its amount and debit the rest.';
     END IF;
     v_alloc := least(p_amount, v_own);
-    IF v_hold.month >= credits._utc_month(v_now) THEN
+    IF v_hold.month >= credits_internal._utc_month(v_now) THEN
         -- The month is current: the monthly allowance counts it now.
         v_state.allowance_available := greatest(v_state.allowance_available, v_alloc);
         IF p_amount > v_state.allowance_available + v_state.grants_available THEN
-            PERFORM credits._raise_insufficient(v_hold.account_id, p_amount,
+            PERFORM credits_internal._raise_insufficient(v_hold.account_id, p_amount,
                                                 format('hold %s', v_hold.hold_id), v_state, v_now);
         END IF;
-        v_entry := credits._charge(v_hold.account_id, v_state, v_hold.feature_id, p_amount, NULL, v_hold.hold_id,
+        v_entry := credits_internal._charge(v_hold.account_id, v_state, v_hold.feature_id, p_amount, NULL, v_hold.hold_id,
                                    v_now, p_today => false);
-        PERFORM credits._hold_resolved(v_hold, v_entry, p_amount, 0, v_now);
+        PERFORM credits_internal._hold_resolved(v_hold, v_entry, p_amount, 0, v_now);
     ELSE
         -- The month has closed too: its allowance part is charged there.
         IF p_amount - v_alloc > v_state.grants_available THEN
@@ -1494,11 +1521,11 @@ BEGIN
                 v_hold.hold_id)
         RETURNING entry_id INTO v_entry;
         IF p_amount > v_alloc THEN
-            PERFORM credits._draw_grants(v_hold.account_id, v_entry, p_amount - v_alloc, v_now);
+            PERFORM credits_internal._draw_grants(v_hold.account_id, v_entry, p_amount - v_alloc, v_now);
         END IF;
-        PERFORM credits._hold_resolved(v_hold, v_entry, p_amount, v_alloc, v_now);
+        PERFORM credits_internal._hold_resolved(v_hold, v_entry, p_amount, v_alloc, v_now);
     END IF;
-    PERFORM credits._after_write(v_hold.account_id, v_now, v_entry, v_state);
+    PERFORM credits_internal._after_write(v_hold.account_id, v_now, v_entry, v_state);
     RETURN v_entry;
 END
 $$;
@@ -1510,21 +1537,21 @@ DECLARE
     v_hold  credits.holds;
     v_entry bigint;
 BEGIN
-    v_hold := credits._take_hold(release.hold_id, v_now);
+    v_hold := credits_internal._take_hold(release.hold_id, v_now);
     v_now := (SELECT a.last_at FROM credits.accounts a WHERE a.account_id = v_hold.account_id);
     INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, ref, metadata)
     VALUES (v_hold.account_id, v_now, 'X', v_hold.feature_id, v_hold.amount, v_hold.hold_id, '{"reason": "release"}')
     RETURNING entry_id INTO v_entry;
-    PERFORM credits._hold_resolved(v_hold, v_entry, 0, 0, v_now);
+    PERFORM credits_internal._hold_resolved(v_hold, v_entry, 0, 0, v_now);
 END
 $$;
 
-CREATE OR REPLACE FUNCTION _emit(a credits.accounts, p_kind text, p_window text, p_threshold numeric,
-                      p_now timestamptz, s credits._account_state, p_cause bigint DEFAULT 0)
+CREATE OR REPLACE FUNCTION credits_internal._emit(a credits.accounts, p_kind text, p_window text, p_threshold numeric,
+                      p_now timestamptz, s credits_internal._account_state, p_cause bigint DEFAULT 0)
 RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_key       text := credits._window_key(a, p_window, p_now);
+    v_key       text := credits_internal._window_key(a, p_window, p_now);
     v_available numeric := least(coalesce(s.daily_available, s.allowance_available + s.grants_available),
                                  s.allowance_available + s.grants_available);
     v_id        bigint;
@@ -1535,7 +1562,7 @@ BEGIN
     END IF;
     v_event := jsonb_strip_nulls(jsonb_build_object(
         'account_id', a.account_id, 'kind', p_kind, 'window', p_window, 'window_key', v_key,
-        'threshold', p_threshold, 'at', credits._utc_text(p_now), 'plan', s.plan,
+        'threshold', p_threshold, 'at', credits_internal._utc_text(p_now), 'plan', s.plan,
         'monthly_limit', s.monthly_limit, 'monthly_used', s.monthly_used,
         'daily_limit', s.daily_limit, 'daily_used', CASE WHEN s.daily_limit IS NOT NULL THEN s.daily_used END,
         'available', v_available));
@@ -1549,56 +1576,56 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION _after_write(p_account text, p_now timestamptz, p_entry bigint,
-                             p_before credits._account_state)
+CREATE OR REPLACE FUNCTION credits_internal._after_write(p_account text, p_now timestamptz, p_entry bigint,
+                             p_before credits_internal._account_state)
 RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     a credits.accounts;
-    s credits._account_state;
+    s credits_internal._account_state;
     t numeric;
 BEGIN
     SELECT * INTO a FROM credits.accounts ac WHERE ac.account_id = p_account;
-    s := credits._state(a, p_now);
+    s := credits_internal._state(a, p_now);
     IF s.monthly_limit > 0 THEN
-        FOREACH t IN ARRAY credits._thresholds() LOOP
+        FOREACH t IN ARRAY credits_internal._thresholds() LOOP
             EXIT WHEN s.monthly_used * 100 < s.monthly_limit * t;
-            PERFORM credits._emit(a, 'threshold', 'monthly', t, p_now, s);
+            PERFORM credits_internal._emit(a, 'threshold', 'monthly', t, p_now, s);
         END LOOP;
     END IF;
     IF s.daily_available = 0 AND p_before.daily_available > 0 THEN
-        PERFORM credits._emit(a, 'exhausted', 'daily', NULL, p_now, s, p_entry);
+        PERFORM credits_internal._emit(a, 'exhausted', 'daily', NULL, p_now, s, p_entry);
     END IF;
     IF s.allowance_available + s.grants_available = 0
        AND p_before.allowance_available + p_before.grants_available > 0 THEN
-        PERFORM credits._emit(a, 'exhausted', 'monthly', NULL, p_now, s, p_entry);
+        PERFORM credits_internal._emit(a, 'exhausted', 'monthly', NULL, p_now, s, p_entry);
     END IF;
 END
 $$;
 
-CREATE OR REPLACE FUNCTION _denied(p_account text, p_amount numeric, p_now timestamptz) RETURNS void
+CREATE OR REPLACE FUNCTION credits_internal._denied(p_account text, p_amount numeric, p_now timestamptz) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     a        credits.accounts;
-    s        credits._account_state;
+    s        credits_internal._account_state;
     v_window text;
     v_left   numeric;
 BEGIN
     SELECT * INTO a FROM credits.accounts ac WHERE ac.account_id = p_account;
-    s := credits._state(a, p_now);
-    v_window := credits._lacking_window(s, p_amount);
+    s := credits_internal._state(a, p_now);
+    v_window := credits_internal._lacking_window(s, p_amount);
     v_left := CASE v_window WHEN 'daily' THEN s.daily_available ELSE s.allowance_available + s.grants_available END;
     IF v_left > 0 THEN
-        PERFORM credits._emit(a, 'denied', v_window, NULL, p_now, s);
+        PERFORM credits_internal._emit(a, 'denied', v_window, NULL, p_now, s);
     ELSIF NOT EXISTS (SELECT FROM credits.events e
                        WHERE e.account_id = p_account AND e.kind = 'exhausted' AND e.window_kind = v_window
-                         AND e.window_key = credits._window_key(a, v_window, p_now)) THEN
-        PERFORM credits._emit(a, 'exhausted', v_window, NULL, p_now, s);
+                         AND e.window_key = credits_internal._window_key(a, v_window, p_now)) THEN
+        PERFORM credits_internal._emit(a, 'exhausted', v_window, NULL, p_now, s);
     END IF;
 END
 $$;
 
-CREATE OR REPLACE FUNCTION _expire_due(p_accounts text[], p_at timestamptz) RETURNS integer
+CREATE OR REPLACE FUNCTION credits_internal._expire_due(p_accounts text[], p_at timestamptz) RETURNS integer
 LANGUAGE plpgsql SET jit = off SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     v_holds    integer;
@@ -1607,7 +1634,7 @@ DECLARE
     v_entries  bigint[];
     v_old_holds bigint[];
     v_acct     credits.accounts;
-    v_state    credits._account_state;
+    v_state    credits_internal._account_state;
 BEGIN
     WITH due AS (
         SELECT h.account_id, h.hold_id, h.feature_id, h.amount, h.expires_at, h.month
@@ -1628,13 +1655,13 @@ BEGIN
           FROM (SELECT account_id, sum(amount) AS total FROM freed GROUP BY account_id) f
          WHERE a.account_id = f.account_id
     )
-    SELECT count(*), array_agg(f.ref) FILTER (WHERE d.month < credits._utc_month(p_at)),
-           array_agg(f.entry_id) FILTER (WHERE d.month < credits._utc_month(p_at))
+    SELECT count(*), array_agg(f.ref) FILTER (WHERE d.month < credits_internal._utc_month(p_at)),
+           array_agg(f.entry_id) FILTER (WHERE d.month < credits_internal._utc_month(p_at))
       INTO v_holds, v_old_holds, v_entries
       FROM freed f JOIN due d ON d.account_id = f.account_id AND d.hold_id = f.ref;
     -- A hold of a month that has closed: what it kept aside there is forfeited.
     FOR i IN 1 .. coalesce(array_length(v_old_holds, 1), 0) LOOP
-        PERFORM credits._hold_resolved(h, v_entries[i], 0, 0, p_at)
+        PERFORM credits_internal._hold_resolved(h, v_entries[i], 0, 0, p_at)
            FROM credits.holds h WHERE h.hold_id = v_old_holds[i];
     END LOOP;
 
@@ -1662,9 +1689,9 @@ BEGIN
       FROM (SELECT e.account_id, max(e.entry_id) AS entry_id FROM expired e GROUP BY e.account_id) l;
     FOR i IN 1 .. coalesce(array_length(v_accounts, 1), 0) LOOP
         SELECT * INTO v_acct FROM credits.accounts ac WHERE ac.account_id = v_accounts[i];
-        v_state := credits._state(v_acct, p_at);
+        v_state := credits_internal._state(v_acct, p_at);
         IF v_state.allowance_available + v_state.grants_available = 0 THEN
-            PERFORM credits._emit(v_acct, 'exhausted', 'monthly', NULL, p_at, v_state, v_entries[i]);
+            PERFORM credits_internal._emit(v_acct, 'exhausted', 'monthly', NULL, p_at, v_state, v_entries[i]);
         END IF;
     END LOOP;
     RETURN v_holds + v_grants;
@@ -1680,12 +1707,12 @@ LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp A
 DECLARE
     v_now   timestamptz := credits.now();
     v_acct  credits.accounts;
-    s       credits._account_state;
+    s       credits_internal._account_state;
     v_total numeric;
 BEGIN
-    v_acct := credits._account($1);
-    v_now := credits._account_now(v_acct, v_now);
-    s := credits._state(v_acct, v_now);
+    v_acct := credits_internal._account($1);
+    v_now := credits_internal._account_now(v_acct, v_now);
+    s := credits_internal._state(v_acct, v_now);
     v_total := s.allowance_available + s.grants_available;
     plan := s.plan;
     daily_limit := trim_scale(s.daily_limit);
@@ -1698,18 +1725,18 @@ BEGIN
     granted_remaining := trim_scale(s.granted_remaining);
     reserved := trim_scale(s.reserved);
     available := trim_scale(least(coalesce(s.daily_available, v_total), v_total));
-    next_daily_reset := (credits._utc_day(v_now) + 1)::timestamp AT TIME ZONE 'UTC';
-    next_monthly_reset := (credits._utc_month(v_now) + interval '1 month') AT TIME ZONE 'UTC';
+    next_daily_reset := (credits_internal._utc_day(v_now) + 1)::timestamp AT TIME ZONE 'UTC';
+    next_monthly_reset := (credits_internal._utc_month(v_now) + interval '1 month') AT TIME ZONE 'UTC';
     RETURN NEXT;
 END
 $$;
 
-REVOKE ALL ON FUNCTION credits.subscribe(text, text, boolean), credits._account_now(accounts, timestamptz),
-    credits._emit(accounts, text, text, numeric, timestamptz, _account_state, bigint),
-    credits._after_write(text, timestamptz, bigint, _account_state) FROM PUBLIC;
+REVOKE ALL ON FUNCTION credits.subscribe(text, text, boolean), credits_internal._account_now(accounts, timestamptz),
+    credits_internal._emit(accounts, text, text, numeric, timestamptz, credits_internal._account_state, bigint),
+    credits_internal._after_write(text, timestamptz, bigint, credits_internal._account_state) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION credits.subscribe(text, text, boolean) TO credits_admin;
 
-CREATE OR REPLACE FUNCTION _lock_account(p_account text, p_now timestamptz) RETURNS credits.accounts
+CREATE OR REPLACE FUNCTION credits_internal._lock_account(p_account text, p_now timestamptz) RETURNS credits.accounts
 LANGUAGE plpgsql AS $$
 DECLARE
     v credits.accounts;
@@ -1718,26 +1745,26 @@ BEGIN
     -- call decided at, including one that writes nothing else (a denial),
     -- so what it expires or closes now stays expired and closed for a call
     -- whose clock is behind. (Callers decide at last_at, and write no other.)
-    UPDATE credits.accounts a SET last_at = credits._account_now(a, p_now)
+    UPDATE credits.accounts a SET last_at = credits_internal._account_now(a, p_now)
      WHERE a.account_id = p_account
     RETURNING * INTO v;
     IF NOT FOUND THEN
-        PERFORM credits._raise_unknown_account(p_account);
+        PERFORM credits_internal._raise_unknown_account(p_account);
     END IF;
     p_now := v.last_at;
-    IF credits._windows_passed(v, p_now) THEN
-        PERFORM credits._close_windows(ARRAY[p_account], p_now);
+    IF credits_internal._windows_passed(v, p_now) THEN
+        PERFORM credits_internal._close_windows(ARRAY[p_account], p_now);
         SELECT * INTO v FROM credits.accounts a WHERE a.account_id = p_account;
     END IF;
-    IF credits._expiry_due(v, p_now) THEN
-        PERFORM credits._expire_due(ARRAY[p_account], p_now);
+    IF credits_internal._expiry_due(v, p_now) THEN
+        PERFORM credits_internal._expire_due(ARRAY[p_account], p_now);
         SELECT * INTO v FROM credits.accounts a WHERE a.account_id = p_account;
     END IF;
     RETURN v;
 END
 $$;
 
-CREATE OR REPLACE FUNCTION _charge(p_account text, s credits._account_state, p_feature_id smallint,
+CREATE OR REPLACE FUNCTION credits_internal._charge(p_account text, s credits_internal._account_state, p_feature_id smallint,
                         p_amount numeric, p_metadata jsonb, p_ref bigint, p_now timestamptz,
                         p_today boolean DEFAULT true)
 RETURNS bigint
@@ -1758,7 +1785,7 @@ BEGIN
         v_need := v_need - v_shift;
         FOR h IN SELECT ho.hold_id, ho.amount - ho.from_grants AS on_allowance FROM credits.holds ho
                   WHERE ho.account_id = p_account AND ho.resolved_entry IS NULL AND ho.expires_at > p_now
-                    AND ho.month >= credits._utc_month(p_now) AND ho.amount > ho.from_grants
+                    AND ho.month >= credits_internal._utc_month(p_now) AND ho.amount > ho.from_grants
                   ORDER BY ho.hold_id DESC
         LOOP
             EXIT WHEN v_shift = 0;
@@ -1773,21 +1800,21 @@ BEGIN
     VALUES (p_account, p_now, 'D', p_feature_id, p_amount, nullif(v_need, 0), p_ref, p_metadata)
     RETURNING entry_id INTO v_entry;
     IF v_need > 0 THEN
-        PERFORM credits._draw_grants(p_account, v_entry, v_need, p_now);
+        PERFORM credits_internal._draw_grants(p_account, v_entry, v_need, p_now);
     END IF;
 
     UPDATE credits.accounts a
-       SET day = credits._utc_day(p_now),
+       SET day = credits_internal._utc_day(p_now),
            daily_used = CASE WHEN p_today THEN s.daily_used + p_amount ELSE s.daily_used END,
-           month = credits._utc_month(p_now),
+           month = credits_internal._utc_month(p_now),
            monthly_used = s.monthly_used + v_alloc,
-           monthly_epoch = CASE WHEN a.month = credits._utc_month(p_now) THEN a.monthly_epoch ELSE 0 END
+           monthly_epoch = CASE WHEN a.month = credits_internal._utc_month(p_now) THEN a.monthly_epoch ELSE 0 END
      WHERE a.account_id = p_account;
     RETURN v_entry;
 END
 $$;
 
-CREATE OR REPLACE FUNCTION _take_hold(p_hold bigint, p_now timestamptz) RETURNS credits.holds
+CREATE OR REPLACE FUNCTION credits_internal._take_hold(p_hold bigint, p_now timestamptz) RETURNS credits.holds
 LANGUAGE plpgsql AS $$
 DECLARE
     v_hold credits.holds;
@@ -1801,7 +1828,7 @@ BEGIN
         RAISE EXCEPTION 'hold % is not active', p_hold
             USING ERRCODE = 'UC008', DETAIL = 'no hold has that id';
     END IF;
-    PERFORM credits._lock_account(v_hold.account_id, p_now);  -- may expire it
+    PERFORM credits_internal._lock_account(v_hold.account_id, p_now);  -- may expire it
     SELECT * INTO v_hold FROM credits.holds h WHERE h.hold_id = p_hold;
     IF v_hold.resolved_entry IS NOT NULL THEN
         SELECT CASE WHEN l.kind = 'D' THEN 'settled'
@@ -1817,7 +1844,7 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION _draw_grants(p_account text, p_entry bigint, p_need numeric, p_now timestamptz)
+CREATE OR REPLACE FUNCTION credits_internal._draw_grants(p_account text, p_entry bigint, p_need numeric, p_now timestamptz)
 RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -1842,7 +1869,7 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION _hold_resolved(p_hold credits.holds, p_entry bigint, p_charged numeric,
+CREATE OR REPLACE FUNCTION credits_internal._hold_resolved(p_hold credits.holds, p_entry bigint, p_charged numeric,
                                p_charged_allowance numeric, p_at timestamptz)
 RETURNS void
 LANGUAGE plpgsql AS $$
@@ -1853,7 +1880,7 @@ BEGIN
     UPDATE credits.holds h SET resolved_entry = p_entry
      WHERE h.account_id = p_hold.account_id AND h.hold_id = p_hold.hold_id;
     -- (a hold whose deadline came before its month ended was not kept aside)
-    IF p_hold.month < credits._utc_month(p_at)
+    IF p_hold.month < credits_internal._utc_month(p_at)
        AND p_hold.expires_at > (p_hold.month + interval '1 month')::timestamp AT TIME ZONE 'UTC' THEN
         UPDATE credits.closed_windows c
            SET used = c.used + p_charged_allowance,
@@ -1870,7 +1897,7 @@ BEGIN
                     jsonb_build_object('reason', 'hold', 'month', to_char(p_hold.month, 'YYYY-MM')));
         END IF;
     END IF;
-    IF p_charged > 0 AND p_hold.day < credits._utc_day(p_at) THEN
+    IF p_charged > 0 AND p_hold.day < credits_internal._utc_day(p_at) THEN
         INSERT INTO credits.closed_windows AS c
                (account_id, window_kind, window_start, plan, window_limit, used, forfeited, closed_at)
         SELECT p_hold.account_id, 'daily', p_hold.day, a.plan, p.daily_limit, p_charged, NULL,
@@ -1881,9 +1908,9 @@ BEGIN
     END IF;
 END
 $$;
-REVOKE ALL ON FUNCTION credits._draw_grants(text, bigint, numeric, timestamptz),
-    credits._charge(text, _account_state, smallint, numeric, jsonb, bigint, timestamptz, boolean),
-    credits._hold_resolved(holds, bigint, numeric, numeric, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION credits_internal._draw_grants(text, bigint, numeric, timestamptz),
+    credits_internal._charge(text, credits_internal._account_state, smallint, numeric, jsonb, bigint, timestamptz, boolean),
+    credits_internal._hold_resolved(holds, bigint, numeric, numeric, timestamptz) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION ledger_balance(account_id text, at timestamptz DEFAULT NULL)
 RETURNS TABLE (plan text, purchased numeric, daily_used numeric, monthly_used numeric,
@@ -1914,16 +1941,16 @@ DECLARE
     -- charges: entry, the instant whose windows it counted in
     c_entry bigint[] := '{}';  c_win timestamptz[] := '{}';
 BEGIN
-    PERFORM credits._check_text(p_account, 'account_id');
+    PERFORM credits_internal._check_text(p_account, 'account_id');
     FOR l IN SELECT * FROM credits.ledger le WHERE le.account_id = p_account ORDER BY le.entry_id LOOP
         -- Windows only move forward (§4.6): entries stamped at an earlier
         -- deadline or boundary (E, X, F) do not move them back.
-        IF v_day IS NULL OR credits._utc_day(l.at) > v_day THEN
-            v_day := credits._utc_day(l.at);
+        IF v_day IS NULL OR credits_internal._utc_day(l.at) > v_day THEN
+            v_day := credits_internal._utc_day(l.at);
             v_daily := 0;
         END IF;
-        IF v_month IS NULL OR credits._utc_month(l.at) > v_month THEN
-            v_month := credits._utc_month(l.at);
+        IF v_month IS NULL OR credits_internal._utc_month(l.at) > v_month THEN
+            v_month := credits_internal._utc_month(l.at);
             v_monthly := 0;
             v_epoch := 0;
         END IF;
@@ -1967,10 +1994,10 @@ BEGIN
             END IF;
             c_entry := c_entry || l.entry_id;
             c_win := c_win || v_win;
-            IF credits._utc_day(v_win) = v_day THEN
+            IF credits_internal._utc_day(v_win) = v_day THEN
                 v_daily := v_daily + l.amount;
             END IF;
-            IF credits._utc_month(v_win) = v_month THEN
+            IF credits_internal._utc_month(v_win) = v_month THEN
                 v_monthly := v_monthly + l.amount - coalesce(l.from_grants, 0);
             END IF;
             -- its grant part, soonest-expiring first
@@ -1987,10 +2014,10 @@ BEGIN
             END LOOP;
         WHEN 'R' THEN
             v_win := c_win[array_position(c_entry, l.ref)];
-            IF credits._utc_day(v_win) = v_day THEN
+            IF credits_internal._utc_day(v_win) = v_day THEN
                 v_daily := v_daily - l.amount;
             END IF;
-            IF credits._utc_month(v_win) = v_month AND l.ref > v_epoch THEN
+            IF credits_internal._utc_month(v_win) = v_month AND l.ref > v_epoch THEN
                 v_monthly := v_monthly - (l.amount - coalesce(l.from_grants, 0));
             END IF;
             -- back to the grants its debit drew, latest-expiring first, while valid
@@ -2014,15 +2041,15 @@ BEGIN
         END CASE;
     END LOOP;
     IF v_plan IS NULL THEN
-        PERFORM credits._raise_unknown_account(p_account);
+        PERFORM credits_internal._raise_unknown_account(p_account);
     END IF;
 
     -- As of `at`, or the account's own time if that is later.
     v_now := greatest(v_now, (SELECT max(le.at) FROM credits.ledger le WHERE le.account_id = p_account));
     plan := v_plan;
     purchased := v_purchased;
-    daily_used := CASE WHEN credits._utc_day(v_now) = v_day THEN v_daily ELSE 0 END;
-    monthly_used := CASE WHEN credits._utc_month(v_now) = v_month THEN v_monthly ELSE 0 END;
+    daily_used := CASE WHEN credits_internal._utc_day(v_now) = v_day THEN v_daily ELSE 0 END;
+    monthly_used := CASE WHEN credits_internal._utc_month(v_now) = v_month THEN v_monthly ELSE 0 END;
     granted_remaining := coalesce((SELECT sum(g_rem[k]) FROM generate_subscripts(g_id, 1) k
                                     WHERE NOT g_gone[k] AND (g_exp[k] IS NULL OR g_exp[k] > v_now)), 0);
     reserved := coalesce((SELECT sum(h_amt[k]) FROM generate_subscripts(h_id, 1) k
@@ -2037,10 +2064,10 @@ GRANT EXECUTE ON FUNCTION credits.ledger_balance(text, timestamptz) TO credits_a
 ALTER TABLE ledger ENABLE ALWAYS TRIGGER ledger_append_only;
 ALTER TABLE ledger ENABLE ALWAYS TRIGGER ledger_no_truncate;
 
-CREATE OR REPLACE FUNCTION _worker_step(p_batch integer, p_retry double precision) RETURNS double precision
+CREATE OR REPLACE FUNCTION credits_internal._worker_step(p_batch integer, p_retry double precision) RETURNS double precision
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    RETURN credits._maintenance_step(credits.now(), p_batch);
+    RETURN credits_internal._maintenance_step(credits.now(), p_batch);
 EXCEPTION WHEN OTHERS THEN
     UPDATE credits.maintenance_state
        SET last_error = format('%s (SQLSTATE %s)', SQLERRM, SQLSTATE), last_error_at = clock_timestamp();
@@ -2059,19 +2086,19 @@ DECLARE
 BEGIN
     -- (each batch is idempotent, so it commits without waiting for the WAL flush)
     WHILE pg_catalog.set_config('synchronous_commit', 'off', true) IS NOT NULL
-          AND credits._maintenance_step(v_at, v_batch) = 0 LOOP
+          AND credits_internal._maintenance_step(v_at, v_batch) = 0 LOOP
         COMMIT;
         v_steps := v_steps + 1;
         IF v_steps % 10 = 0 THEN
-            RAISE NOTICE '%', credits._maintenance_progress();
+            RAISE NOTICE '%', credits_internal._maintenance_progress();
         END IF;
     END LOOP;
     COMMIT;
-    RAISE NOTICE '%', credits._maintenance_progress();
+    RAISE NOTICE '%', credits_internal._maintenance_progress();
 END
 $$;
 
-CREATE OR REPLACE FUNCTION _worker_pid() RETURNS integer
+CREATE OR REPLACE FUNCTION credits_internal._worker_pid() RETURNS integer
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 RETURN (SELECT a.pid FROM pg_catalog.pg_stat_activity a
          WHERE a.backend_type = 'credits maintenance' AND a.datname = pg_catalog.current_database()
@@ -2086,7 +2113,7 @@ CREATE TABLE maintenance_waiting (
     PRIMARY KEY (run_id, account_id)
 );
 CREATE OR REPLACE VIEW maintenance_status AS
-SELECT credits._worker_pid() AS worker_pid,
+SELECT credits_internal._worker_pid() AS worker_pid,
        s.done_through,
        s.run_id IS NOT NULL AS running,
        r.run_id AS last_run_id,
@@ -2108,12 +2135,12 @@ SELECT credits._worker_pid() AS worker_pid,
        -- library is not preloaded): another one's worker_pid is NULL
        pg_catalog.current_setting('credits.database', true) AS worker_database
   FROM credits.maintenance_state s
-  CROSS JOIN LATERAL (SELECT credits._next_due(s.done_through) AS next_due) d
+  CROSS JOIN LATERAL (SELECT credits_internal._next_due(s.done_through) AS next_due) d
   LEFT JOIN LATERAL (SELECT * FROM credits.maintenance_runs mr ORDER BY mr.run_id DESC LIMIT 1) r ON true
   CROSS JOIN LATERAL (SELECT count(*) AS accounts, min(mw.since) AS since FROM credits.maintenance_waiting mw
                        WHERE mw.run_id = s.run_id) w;
-REVOKE ALL ON FUNCTION credits._worker_pid() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION credits._worker_pid() TO credits_reader, credits_admin;
+REVOKE ALL ON FUNCTION credits_internal._worker_pid() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION credits_internal._worker_pid() TO credits_reader, credits_admin;
 GRANT SELECT ON maintenance_waiting TO credits_admin;
 
 -- The catalog documents the contract: \df+ credits.* and \d+ credits.<name>
@@ -2154,7 +2181,7 @@ COMMENT ON FUNCTION credits.ledger_balance(text, timestamptz) IS
 'An account''s plan, purchases, window usage, grants and holds rebuilt from its ledger rows alone, as of an instant (default now): an auditor''s second opinion on balance().';
 COMMENT ON FUNCTION credits.now() IS
 'The extension''s clock: credits.clock_override if set (superuser-only, for tests), else the transaction''s start.';
-COMMENT ON FUNCTION credits.ledger_refuse_change() IS
+COMMENT ON FUNCTION credits_internal.ledger_refuse_change() IS
 'Trigger function: the ledger is append-only (UC010), for every role.';
 COMMENT ON PROCEDURE credits.run_maintenance(timestamptz) IS
 'Do everything due at an instant (default now): window resets, expiries, events; committing per batch, with progress NOTICEs. What the worker runs; idempotent. Admin.';
@@ -2389,7 +2416,7 @@ COMMENT ON COLUMN credits.rollup_status.candidate_at IS 'When the candidate was 
 COMMENT ON COLUMN credits.rollup_status.last_error IS 'The latest refresh error.';
 COMMENT ON COLUMN credits.rollup_status.last_error_at IS 'When.';
 
-CREATE OR REPLACE FUNCTION _record_month(p_account text, p_month date, p_peak numeric, p_used_before numeric)
+CREATE OR REPLACE FUNCTION credits_internal._record_month(p_account text, p_month date, p_peak numeric, p_used_before numeric)
 RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -2399,4 +2426,95 @@ BEGIN
        SET month = excluded.month, peak_limit = excluded.peak_limit, used_before = excluded.used_before;
 END
 $$;
-REVOKE ALL ON FUNCTION credits._record_month(text, date, numeric, numeric) FROM PUBLIC;
+REVOKE ALL ON FUNCTION credits_internal._record_month(text, date, numeric, numeric) FROM PUBLIC;
+
+
+-------------------------------------------------------------------------------
+-- Functions unchanged since 0.1.0 but for the helpers' new schema
+-- (credits_internal, top of this script): their bodies name the helpers.
+-------------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION bandwidth_allowance(account_id text) RETURNS numeric
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_cutoff date := coalesce(nullif(current_setting('credits.bandwidth_cutoff', true), ''), '2025-08-14')::date;
+    v_acct   credits.accounts;
+    v_limit  numeric;
+BEGIN
+    v_acct := credits_internal._account($1);
+    IF credits_internal._utc_day(v_acct.created_at) >= v_cutoff THEN
+        SELECT p.monthly_allowance + v_acct.purchased INTO v_limit FROM credits.plans p WHERE p.plan = v_acct.plan;
+        RETURN trim_scale(v_limit * 20 / 100);
+    END IF;
+    RETURN trim_scale(v_acct.purchased * 25 / 100);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION reserve(account_id text, feature text, amount numeric,
+                        ttl interval DEFAULT '15 minutes', idempotency_key text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN credits_internal._reserve($1, $2, $3, $4, $5, true);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION try_reserve(account_id text, feature text, amount numeric,
+                            ttl interval DEFAULT '15 minutes', idempotency_key text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN credits_internal._reserve($1, $2, $3, $4, $5, false);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION credits_internal._account(p_account text) RETURNS credits.accounts
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v credits.accounts;
+BEGIN
+    PERFORM credits_internal._check_text(p_account, 'account_id');
+    SELECT * INTO v FROM credits.accounts a WHERE a.account_id = p_account;
+    IF NOT FOUND THEN
+        PERFORM credits_internal._raise_unknown_account(p_account);
+    END IF;
+    RETURN v;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION credits_internal._feature(p_feature text) RETURNS credits.features
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v credits.features;
+BEGIN
+    PERFORM credits_internal._check_text(p_feature, 'feature');
+    SELECT * INTO v FROM credits.features f WHERE f.feature = p_feature;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'unknown feature: %', quote_literal(p_feature) USING ERRCODE = 'UC003',
+            HINT = 'Features are listed in credits.features.';
+    END IF;
+    RETURN v;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION credits_internal._raise_insufficient(p_account text, p_amount numeric, p_what text,
+                                    s credits_internal._account_state, p_now timestamptz)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    v_window text := credits_internal._lacking_window(s, p_amount);
+BEGIN
+    RAISE EXCEPTION 'insufficient credits: account % needs % for %, the % window has % available',
+                    quote_literal(p_account), p_amount, p_what, v_window,
+                    CASE v_window WHEN 'daily' THEN s.daily_available
+                                  ELSE s.allowance_available + s.grants_available END
+        USING ERRCODE = 'UC001',
+              DETAIL = CASE v_window
+                  WHEN 'daily' THEN format('window=daily day=%s limit=%s used=%s reserved=%s',
+                                           to_char(credits_internal._utc_day(p_now), 'YYYY-MM-DD'), s.daily_limit,
+                                           s.daily_used, s.reserved)
+                  ELSE format('window=monthly month=%s limit=%s used=%s granted=%s reserved=%s',
+                              to_char(credits_internal._utc_month(p_now), 'YYYY-MM'), s.monthly_limit,
+                              s.monthly_used, s.granted_remaining, s.reserved)
+              END;
+END
+$$;

@@ -38,7 +38,7 @@ pub fn now() -> TimestampWithTimeZone {
 
 const USECS_PER_DAY: i64 = 86_400_000_000;
 
-/// The UTC day of an instant (credits._utc_day).
+/// The UTC day of an instant (credits_internal._utc_day).
 pub(crate) fn utc_day(ts: i64) -> i32 {
     ts.div_euclid(USECS_PER_DAY) as i32
 }
@@ -68,7 +68,7 @@ fn date(y: i32, m: i32, d: i32) -> i32 {
     unsafe { pg_sys::date2j(y, m, d) - pg_sys::POSTGRES_EPOCH_JDATE as i32 }
 }
 
-/// The first day of the UTC month of `day` (credits._utc_month).
+/// The first day of the UTC month of `day` (credits_internal._utc_month).
 pub(crate) fn utc_month_start(day: i32) -> i32 {
     let (y, m, _) = ymd(day);
     date(y, m, 1)

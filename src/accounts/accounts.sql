@@ -3,7 +3,7 @@
 
 -- Record what the account held this month (credits.month_allowances): the
 -- largest monthly limit, and the allowance used before its current window.
-CREATE FUNCTION _record_month(p_account text, p_month date, p_peak numeric, p_used_before numeric)
+CREATE FUNCTION credits_internal._record_month(p_account text, p_month date, p_peak numeric, p_used_before numeric)
 RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -41,7 +41,7 @@ DECLARE
     v_month     date;
     v_new       credits.plans;
     v_acct      credits.accounts;
-    v_old       credits._account_state;
+    v_old       credits_internal._account_state;
     v_held      credits.month_allowances;
     v_purchased numeric;
     v_new_limit numeric;
@@ -52,8 +52,8 @@ DECLARE
     v_forfeit   numeric;
     v_entry     bigint;
 BEGIN
-    PERFORM credits._check_text(p_account, 'account_id');
-    PERFORM credits._check_text(p_plan, 'plan');
+    PERFORM credits_internal._check_text(p_account, 'account_id');
+    PERFORM credits_internal._check_text(p_plan, 'plan');
     SELECT * INTO v_new FROM credits.plans p WHERE p.plan = p_plan;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'unknown plan: %', quote_literal(p_plan) USING ERRCODE = 'UC003',
@@ -61,7 +61,7 @@ BEGIN
     END IF;
 
     INSERT INTO credits.accounts AS a (account_id, plan, created_at, day, month, last_at)
-    VALUES (p_account, p_plan, v_now, credits._utc_day(v_now), credits._utc_month(v_now), v_now)
+    VALUES (p_account, p_plan, v_now, credits_internal._utc_day(v_now), credits_internal._utc_month(v_now), v_now)
     ON CONFLICT DO NOTHING;
     IF FOUND THEN
         INSERT INTO credits.ledger (account_id, at, kind, amount, metadata)
@@ -70,13 +70,13 @@ BEGIN
         RETURN;
     END IF;
 
-    v_acct := credits._lock_account(p_account, v_now);
+    v_acct := credits_internal._lock_account(p_account, v_now);
     v_now := v_acct.last_at;  -- the account's time (_lock_account)
-    v_month := credits._utc_month(v_now);
+    v_month := credits_internal._utc_month(v_now);
     IF v_acct.plan = p_plan THEN
         RETURN;
     END IF;
-    v_old := credits._state(v_acct, v_now);
+    v_old := credits_internal._state(v_acct, v_now);
     v_purchased := CASE WHEN v_new.may_purchase THEN v_acct.purchased ELSE 0 END;
     v_new_limit := v_new.monthly_allowance + v_purchased;
     -- Every limit held this month: the current one, and the largest recorded.
@@ -111,9 +111,9 @@ BEGIN
            monthly_used = v_used,
            monthly_epoch = v_entry
      WHERE a.account_id = p_account;
-    PERFORM credits._record_month(p_account, v_month, greatest(v_peak, v_new_limit),
+    PERFORM credits_internal._record_month(p_account, v_month, greatest(v_peak, v_new_limit),
                                   CASE WHEN v_upgrade THEN v_before + v_old.monthly_used ELSE 0 END);
-    PERFORM credits._after_write(p_account, v_now, v_entry, v_old);
+    PERFORM credits_internal._after_write(p_account, v_now, v_entry, v_old);
 END
 $$;
 
@@ -128,23 +128,23 @@ DECLARE
     p_credits numeric := purchase.credits;
     v_now     timestamptz := credits.now();
     v_acct    credits.accounts;
-    v_state   credits._account_state;
+    v_state   credits_internal._account_state;
     v_held    credits.month_allowances;
     v_may     boolean;
     v_capped  boolean;
     v_entry   bigint;
 BEGIN
-    PERFORM credits._check_text(p_account, 'account_id');
-    PERFORM credits._check_amount(p_credits, 'credits');
+    PERFORM credits_internal._check_text(p_account, 'account_id');
+    PERFORM credits_internal._check_amount(p_credits, 'credits');
     p_credits := trim_scale(p_credits);
-    v_acct := credits._lock_account(p_account, v_now);
+    v_acct := credits_internal._lock_account(p_account, v_now);
     v_now := v_acct.last_at;  -- the account's time (_lock_account)
     SELECT p.may_purchase INTO v_may FROM credits.plans p WHERE p.plan = v_acct.plan;
     IF NOT v_may THEN
         RAISE EXCEPTION 'plan % may not buy credits (account %)', quote_literal(v_acct.plan), quote_literal(p_account)
             USING ERRCODE = 'UC006', HINT = 'Upgrade to a plan that allows purchases first.';
     END IF;
-    v_state := credits._state(v_acct, v_now);
+    v_state := credits_internal._state(v_acct, v_now);
     v_capped := v_state.monthly_used > v_state.monthly_limit;
     INSERT INTO credits.ledger (account_id, at, kind, amount, metadata)
     VALUES (p_account, v_now, 'P', p_credits,
@@ -159,8 +159,8 @@ BEGIN
     -- set aside still counts as used this month (a later move back to a
     -- plan already held must not give it again, SPEC §4.1).
     SELECT * INTO v_held FROM credits.month_allowances m
-     WHERE m.account_id = p_account AND m.month = credits._utc_month(v_now);
-    PERFORM credits._record_month(p_account, credits._utc_month(v_now),
+     WHERE m.account_id = p_account AND m.month = credits_internal._utc_month(v_now);
+    PERFORM credits_internal._record_month(p_account, credits_internal._utc_month(v_now),
                                   greatest(v_held.peak_limit, v_state.monthly_limit + p_credits),
                                   coalesce(v_held.used_before, 0)
                                   + CASE WHEN v_capped THEN v_state.monthly_used - v_state.monthly_limit ELSE 0 END);
@@ -183,27 +183,27 @@ DECLARE
     v_request uuid;
     v_entry   bigint;
 BEGIN
-    PERFORM credits._check_text(p_account, 'account_id');
-    PERFORM credits._check_amount(p_amount, 'amount');
+    PERFORM credits_internal._check_text(p_account, 'account_id');
+    PERFORM credits_internal._check_amount(p_amount, 'amount');
     p_amount := trim_scale(p_amount);
     IF p_kind IS NULL OR p_kind NOT IN ('promotional', 'purchased', 'adjustment') THEN
         RAISE EXCEPTION 'invalid grant kind: %', coalesce(quote_literal(p_kind), 'NULL')
             USING ERRCODE = 'UC009', DETAIL = 'kind must be promotional, purchased or adjustment';
     END IF;
     IF p_expires IS NOT NULL AND (p_expires <= v_now OR NOT isfinite(p_expires)) THEN
-        RAISE EXCEPTION 'invalid expires_at: %', credits._utc_text(p_expires)
+        RAISE EXCEPTION 'invalid expires_at: %', credits_internal._utc_text(p_expires)
             USING ERRCODE = 'UC009',
-                  DETAIL = format('expires_at must be a finite time after now (%s)', credits._utc_text(v_now));
+                  DETAIL = format('expires_at must be a finite time after now (%s)', credits_internal._utc_text(v_now));
     END IF;
     IF p_key IS NOT NULL THEN
-        PERFORM credits._check_text(p_key, 'idempotency_key');
+        PERFORM credits_internal._check_text(p_key, 'idempotency_key');
     END IF;
 
-    v_now := (credits._lock_account(p_account, v_now)).last_at;
+    v_now := (credits_internal._lock_account(p_account, v_now)).last_at;
     IF p_key IS NOT NULL THEN
-        v_request := credits._fingerprint('grant', trim_scale(p_amount)::text, p_kind,
+        v_request := credits_internal._fingerprint('grant', trim_scale(p_amount)::text, p_kind,
                                           extract(epoch FROM p_expires)::text);
-        v_entry := credits._replay(p_account, p_key, v_request);
+        v_entry := credits_internal._replay(p_account, p_key, v_request);
         IF v_entry IS NOT NULL THEN
             RETURN v_entry;
         END IF;
@@ -216,7 +216,7 @@ BEGIN
     INSERT INTO credits.grants (account_id, grant_id, kind, amount, remaining, expires_at)
     VALUES (p_account, v_entry, p_kind, p_amount, p_amount, p_expires);
     IF p_key IS NOT NULL THEN
-        PERFORM credits._remember_key(p_account, p_key, v_entry, v_request);
+        PERFORM credits_internal._remember_key(p_account, p_key, v_entry, v_request);
     END IF;
     RETURN v_entry;
 END

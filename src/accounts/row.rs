@@ -21,7 +21,7 @@ pub(crate) struct Account {
 }
 
 impl Account {
-    /// The instant a call at `now` decides at (credits._account_now): time
+    /// The instant a call at `now` decides at (credits_internal._account_now): time
     /// only moves forward per account, so a clock behind the account's
     /// windows or its last write counts at the later of the two.
     pub(crate) fn now(&self, now: i64) -> i64 {

@@ -5,7 +5,7 @@
 //! counters moved to the windows of `at`, and a reset event for a window
 //! that had run out.
 //!
-//! One copy, two callers: `credits._close_windows(accounts, at)` below (a
+//! One copy, two callers: `credits_internal._close_windows(accounts, at)` below (a
 //! maintenance batch, or one account in `_lock_account`), and the debit fast
 //! path, which writes an account's closing in the same writes as its debit.
 //! Both hold the account's row lock, which every writer of its windows,
@@ -46,7 +46,7 @@ impl Window {
         }
     }
 
-    /// Its name in events (credits._window_key). Made only when an event is
+    /// Its name in events (credits_internal._window_key). Made only when an event is
     /// found: most accounts have none.
     fn key(&self) -> String {
         if !self.monthly {
@@ -65,7 +65,7 @@ pub(crate) struct Closing {
     windows: Vec<Window>,
 }
 
-/// Has a window of `a` ended, with something to record (credits._windows_passed)?
+/// Has a window of `a` ended, with something to record (credits_internal._windows_passed)?
 pub(crate) unsafe fn passed(a: &Account, today: i32, this_month: i32) -> bool {
     day_ended(a, today) || a.month < this_month
 }
@@ -268,7 +268,7 @@ v1_functions!(
     pg_finfo_credits_close_windows_after
 );
 
-/// `credits._close_windows(accounts text[], at timestamptz) RETURNS integer`:
+/// `credits_internal._close_windows(accounts text[], at timestamptz) RETURNS integer`:
 /// closes the ended windows of the given accounts (each locked by the
 /// caller, in key order) and returns the windows recorded.
 #[no_mangle]
@@ -288,7 +288,7 @@ pub unsafe extern "C-unwind" fn credits_close_windows(fcinfo: pg_sys::FunctionCa
     ret(fcinfo, Some(Datum::from(recorded)))
 }
 
-/// `credits._close_windows_after(after text, at timestamptz, accounts integer,
+/// `credits_internal._close_windows_after(after text, at timestamptz, accounts integer,
 /// OUT last_account text, OUT accounts integer, OUT windows integer)`: a
 /// maintenance batch. Closes the ended windows of up to `accounts` accounts
 /// that have one, the first after `after` in key order (NULL: from the
@@ -301,7 +301,7 @@ pub unsafe extern "C-unwind" fn credits_close_windows_after(
 ) -> Datum {
     let a = args(fcinfo);
     let (Some(at), Some(limit)) = (a[1], a[2]) else {
-        error!("credits._close_windows_after: NULL instant or batch size");
+        error!("credits_internal._close_windows_after: NULL instant or batch size");
     };
     let limit = limit.value() as i32;
     let mut closer = Closer::begin(at);
@@ -350,7 +350,7 @@ pub unsafe extern "C-unwind" fn credits_close_windows_after(
     if pg_sys::get_call_result_type(fcinfo, std::ptr::null_mut(), &mut desc)
         != pg_sys::TypeFuncClass::TYPEFUNC_COMPOSITE
     {
-        error!("credits._close_windows_after must return a record");
+        error!("credits_internal._close_windows_after must return a record");
     }
     let desc = pg_sys::BlessTupleDesc(desc);
     let skipped = (!skipped.is_empty())
@@ -531,7 +531,7 @@ impl Closer {
         for (at, account_id, window) in resets {
             let at = TimestampWithTimeZone::try_from(at).expect("a finite instant");
             Spi::run_with_args(
-                "SELECT credits._emit(a, 'reset', $2, NULL, $3, credits._state(a, $3))
+                "SELECT credits_internal._emit(a, 'reset', $2, NULL, $3, credits_internal._state(a, $3))
                    FROM credits.accounts a WHERE a.account_id = $1",
                 &[
                     DatumWithOid::from(account_id),

@@ -10,9 +10,9 @@
 
 -- Has a window of this account ended by `at` with something left to record?
 -- A daily window with nothing used has nothing to close.
-CREATE FUNCTION _windows_passed(a credits.accounts, p_at timestamptz) RETURNS boolean
+CREATE FUNCTION credits_internal._windows_passed(a credits.accounts, p_at timestamptz) RETURNS boolean
 LANGUAGE sql IMMUTABLE
-RETURN (a.day < credits._utc_day(p_at) AND a.daily_used > 0) OR a.month < credits._utc_month(p_at);
+RETURN (a.day < credits_internal._utc_day(p_at) AND a.daily_used > 0) OR a.month < credits_internal._utc_month(p_at);
 
 -- Close the ended windows of locked accounts: one closed_windows row per
 -- window (every missed month, in order, each once), an 'F' entry for the
@@ -20,7 +20,7 @@ RETURN (a.day < credits._utc_day(p_at) AND a.daily_used > 0) OR a.month < credit
 -- and the counters moved to the window of `at`. Returns the windows closed.
 -- In Rust (src/maintenance/close.rs), one copy with the debit fast path,
 -- which closes an account's windows in the same writes as its debit.
-CREATE FUNCTION _close_windows(p_accounts text[], p_at timestamptz) RETURNS integer
+CREATE FUNCTION credits_internal._close_windows(p_accounts text[], p_at timestamptz) RETURNS integer
 LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'credits_close_windows';
 
 -- A maintenance batch: the ended windows of up to `p_accounts` accounts that
@@ -30,7 +30,7 @@ LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'credits_close_windows';
 -- Returns the last account closed (NULL: none was left), how many, the
 -- windows recorded, and the accounts skipped. Rust
 -- (src/maintenance/close.rs), as _close_windows.
-CREATE FUNCTION _close_windows_after(p_after text, p_at timestamptz, p_accounts integer,
+CREATE FUNCTION credits_internal._close_windows_after(p_after text, p_at timestamptz, p_accounts integer,
                                      OUT last_account text, OUT accounts integer, OUT windows integer,
                                      OUT skipped text[])
 LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'credits_close_windows_after';
@@ -40,7 +40,7 @@ LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'credits_close_windows_after';
 -- left are closed by an 'E' entry, both stamped at their deadline whoever
 -- sees it first. Each resolves once. An account a grant's expiry leaves
 -- with nothing available gets an exhausted event. Returns how many.
-CREATE FUNCTION _expire_due(p_accounts text[], p_at timestamptz) RETURNS integer
+CREATE FUNCTION credits_internal._expire_due(p_accounts text[], p_at timestamptz) RETURNS integer
 LANGUAGE plpgsql SET jit = off SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     v_holds    integer;
@@ -49,7 +49,7 @@ DECLARE
     v_entries  bigint[];
     v_old_holds bigint[];
     v_acct     credits.accounts;
-    v_state    credits._account_state;
+    v_state    credits_internal._account_state;
 BEGIN
     WITH due AS (
         SELECT h.account_id, h.hold_id, h.feature_id, h.amount, h.expires_at, h.month
@@ -70,13 +70,13 @@ BEGIN
           FROM (SELECT account_id, sum(amount) AS total FROM freed GROUP BY account_id) f
          WHERE a.account_id = f.account_id
     )
-    SELECT count(*), array_agg(f.ref) FILTER (WHERE d.month < credits._utc_month(p_at)),
-           array_agg(f.entry_id) FILTER (WHERE d.month < credits._utc_month(p_at))
+    SELECT count(*), array_agg(f.ref) FILTER (WHERE d.month < credits_internal._utc_month(p_at)),
+           array_agg(f.entry_id) FILTER (WHERE d.month < credits_internal._utc_month(p_at))
       INTO v_holds, v_old_holds, v_entries
       FROM freed f JOIN due d ON d.account_id = f.account_id AND d.hold_id = f.ref;
     -- A hold of a month that has closed: what it kept aside there is forfeited.
     FOR i IN 1 .. coalesce(array_length(v_old_holds, 1), 0) LOOP
-        PERFORM credits._hold_resolved(h, v_entries[i], 0, 0, p_at)
+        PERFORM credits_internal._hold_resolved(h, v_entries[i], 0, 0, p_at)
            FROM credits.holds h WHERE h.hold_id = v_old_holds[i];
     END LOOP;
 
@@ -104,9 +104,9 @@ BEGIN
       FROM (SELECT e.account_id, max(e.entry_id) AS entry_id FROM expired e GROUP BY e.account_id) l;
     FOR i IN 1 .. coalesce(array_length(v_accounts, 1), 0) LOOP
         SELECT * INTO v_acct FROM credits.accounts ac WHERE ac.account_id = v_accounts[i];
-        v_state := credits._state(v_acct, p_at);
+        v_state := credits_internal._state(v_acct, p_at);
         IF v_state.allowance_available + v_state.grants_available = 0 THEN
-            PERFORM credits._emit(v_acct, 'exhausted', 'monthly', NULL, p_at, v_state, v_entries[i]);
+            PERFORM credits_internal._emit(v_acct, 'exhausted', 'monthly', NULL, p_at, v_state, v_entries[i]);
         END IF;
     END LOOP;
     RETURN v_holds + v_grants;
@@ -116,7 +116,7 @@ $$;
 -- Does this account have a hold or grant whose deadline has passed unrecorded?
 -- plpgsql: a SQL function with subqueries is not inlined, and would be
 -- planned again in every transaction (see _state).
-CREATE FUNCTION _expiry_due(a credits.accounts, p_at timestamptz) RETURNS boolean
+CREATE FUNCTION credits_internal._expiry_due(a credits.accounts, p_at timestamptz) RETURNS boolean
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
     RETURN (a.reserved > 0 AND EXISTS (SELECT 1 FROM credits.holds h
@@ -133,7 +133,7 @@ $$;
 -- _account_now) before anyone decides: ended windows closed, holds and
 -- grants past their deadline expired. Callers then decide at the returned
 -- row's last_at.
-CREATE FUNCTION _lock_account(p_account text, p_now timestamptz) RETURNS credits.accounts
+CREATE FUNCTION credits_internal._lock_account(p_account text, p_now timestamptz) RETURNS credits.accounts
 LANGUAGE plpgsql AS $$
 DECLARE
     v credits.accounts;
@@ -142,19 +142,19 @@ BEGIN
     -- call decided at, including one that writes nothing else (a denial),
     -- so what it expires or closes now stays expired and closed for a call
     -- whose clock is behind. (Callers decide at last_at, and write no other.)
-    UPDATE credits.accounts a SET last_at = credits._account_now(a, p_now)
+    UPDATE credits.accounts a SET last_at = credits_internal._account_now(a, p_now)
      WHERE a.account_id = p_account
     RETURNING * INTO v;
     IF NOT FOUND THEN
-        PERFORM credits._raise_unknown_account(p_account);
+        PERFORM credits_internal._raise_unknown_account(p_account);
     END IF;
     p_now := v.last_at;
-    IF credits._windows_passed(v, p_now) THEN
-        PERFORM credits._close_windows(ARRAY[p_account], p_now);
+    IF credits_internal._windows_passed(v, p_now) THEN
+        PERFORM credits_internal._close_windows(ARRAY[p_account], p_now);
         SELECT * INTO v FROM credits.accounts a WHERE a.account_id = p_account;
     END IF;
-    IF credits._expiry_due(v, p_now) THEN
-        PERFORM credits._expire_due(ARRAY[p_account], p_now);
+    IF credits_internal._expiry_due(v, p_now) THEN
+        PERFORM credits_internal._expire_due(ARRAY[p_account], p_now);
         SELECT * INTO v FROM credits.accounts a WHERE a.account_id = p_account;
     END IF;
     RETURN v;
@@ -170,11 +170,11 @@ $$;
 
 -- The earliest instant at which something is or was due after `done_through`:
 -- the next UTC day boundary, the next hold or grant deadline.
-CREATE FUNCTION _next_due(p_done_through timestamptz) RETURNS timestamptz
+CREATE FUNCTION credits_internal._next_due(p_done_through timestamptz) RETURNS timestamptz
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp  -- used by the status view
 RETURN least(
     CASE WHEN p_done_through IS NULL THEN '-infinity'::timestamptz
-         ELSE (credits._utc_day(p_done_through) + 1)::timestamp AT TIME ZONE 'UTC' END,
+         ELSE (credits_internal._utc_day(p_done_through) + 1)::timestamp AT TIME ZONE 'UTC' END,
     (SELECT min(h.expires_at) FROM credits.holds h WHERE h.resolved_entry IS NULL),
     (SELECT min(g.expires_at) FROM credits.grants g WHERE g.expired_entry IS NULL AND g.expires_at IS NOT NULL));
 
@@ -182,7 +182,7 @@ RETURN least(
 -- starts a run if something is due, or does one batch of the run in
 -- progress (which keeps its own instant, so a run cut short resumes as it
 -- began). Returns the seconds until more is due: 0 = call again now.
-CREATE FUNCTION _maintenance_step(p_at timestamptz, p_batch integer) RETURNS double precision
+CREATE FUNCTION credits_internal._maintenance_step(p_at timestamptz, p_batch integer) RETURNS double precision
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off AS $$
 DECLARE
     st       credits.maintenance_state;
@@ -201,12 +201,12 @@ BEGIN
     SELECT * INTO st FROM credits.maintenance_state FOR UPDATE;
 
     IF st.run_id IS NULL THEN
-        IF credits._next_due(st.done_through) > p_at THEN
-            RETURN greatest(0, extract(epoch FROM credits._next_due(greatest(st.done_through, p_at)) - p_at));
+        IF credits_internal._next_due(st.done_through) > p_at THEN
+            RETURN greatest(0, extract(epoch FROM credits_internal._next_due(greatest(st.done_through, p_at)) - p_at));
         END IF;
         INSERT INTO credits.maintenance_runs (run_at, previous, phase)
         VALUES (p_at, st.done_through,
-                CASE WHEN st.done_through IS NULL OR credits._utc_day(st.done_through) < credits._utc_day(p_at)
+                CASE WHEN st.done_through IS NULL OR credits_internal._utc_day(st.done_through) < credits_internal._utc_day(p_at)
                      THEN 'windows' ELSE 'expiries' END)
         RETURNING * INTO run;
         UPDATE credits.maintenance_state SET run_id = run.run_id;
@@ -217,7 +217,7 @@ BEGIN
     IF run.phase = 'windows' THEN
         -- One batch per transaction, locks taken in key order; accounts
         -- held by another transaction are noted and closed once free.
-        SELECT * INTO v_done FROM credits._close_windows_after(run.cursor, run.run_at, p_batch);
+        SELECT * INTO v_done FROM credits_internal._close_windows_after(run.cursor, run.run_at, p_batch);
         INSERT INTO credits.maintenance_waiting (run_id, account_id, since)
         SELECT run.run_id, s.id, clock_timestamp() FROM unnest(v_done.skipped) s(id)
         ON CONFLICT DO NOTHING;
@@ -247,7 +247,7 @@ BEGIN
              ORDER BY a.account_id
                FOR UPDATE SKIP LOCKED) x;
     IF v_ids IS NOT NULL THEN
-        v_n := credits._expire_due(v_ids, run.run_at);
+        v_n := credits_internal._expire_due(v_ids, run.run_at);
         UPDATE credits.maintenance_runs r SET batches = r.batches + 1, expired = r.expired + v_n
          WHERE r.run_id = run.run_id;
         RETURN 0;
@@ -261,7 +261,7 @@ BEGIN
              ORDER BY a.account_id
                FOR UPDATE SKIP LOCKED) x;
     IF v_ids IS NOT NULL THEN
-        v_n := credits._close_windows(v_ids, run.run_at);
+        v_n := credits_internal._close_windows(v_ids, run.run_at);
         DELETE FROM credits.maintenance_waiting w WHERE w.run_id = run.run_id AND w.account_id = ANY (v_ids);
         UPDATE credits.maintenance_runs r
            SET batches = r.batches + 1, accounts = r.accounts + cardinality(v_ids), windows = r.windows + v_n
@@ -281,7 +281,7 @@ BEGIN
      WHERE r.run_id = run.run_id;
     UPDATE credits.maintenance_state
        SET run_id = NULL, done_through = greatest(done_through, run.run_at);
-    RETURN greatest(0, extract(epoch FROM credits._next_due(greatest(st.done_through, run.run_at)) - p_at));
+    RETURN greatest(0, extract(epoch FROM credits_internal._next_due(greatest(st.done_through, run.run_at)) - p_at));
 END
 $$;
 
@@ -291,10 +291,10 @@ $$;
 -- (The worker runs as the bootstrap superuser: every name it resolves, in
 -- the exception handler too, comes from pg_catalog, never from a schema a
 -- user can create objects in.)
-CREATE FUNCTION _worker_step(p_batch integer, p_retry double precision) RETURNS double precision
+CREATE FUNCTION credits_internal._worker_step(p_batch integer, p_retry double precision) RETURNS double precision
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    RETURN credits._maintenance_step(credits.now(), p_batch);
+    RETURN credits_internal._maintenance_step(credits.now(), p_batch);
 EXCEPTION WHEN OTHERS THEN
     UPDATE credits.maintenance_state
        SET last_error = format('%s (SQLSTATE %s)', SQLERRM, SQLSTATE), last_error_at = clock_timestamp();
@@ -304,11 +304,11 @@ END
 $$;
 
 -- One line on the latest run, for run_maintenance's NOTICEs.
-CREATE FUNCTION _maintenance_progress() RETURNS text
+CREATE FUNCTION credits_internal._maintenance_progress() RETURNS text
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 RETURN (SELECT format('credits maintenance: run %s at %s, %s: %s accounts, %s windows closed, %s expired; done through %s',
-                      r.run_id, credits._utc_text(r.run_at), r.phase, r.accounts, r.windows, r.expired,
-                      coalesce(credits._utc_text(s.done_through), 'never'))
+                      r.run_id, credits_internal._utc_text(r.run_at), r.phase, r.accounts, r.windows, r.expired,
+                      coalesce(credits_internal._utc_text(s.done_through), 'never'))
           FROM credits.maintenance_state s
           LEFT JOIN LATERAL (SELECT * FROM credits.maintenance_runs mr ORDER BY mr.run_id DESC LIMIT 1) r ON true);
 
@@ -326,15 +326,15 @@ DECLARE
 BEGIN
     -- (each batch is idempotent, so it commits without waiting for the WAL flush)
     WHILE pg_catalog.set_config('synchronous_commit', 'off', true) IS NOT NULL
-          AND credits._maintenance_step(v_at, v_batch) = 0 LOOP
+          AND credits_internal._maintenance_step(v_at, v_batch) = 0 LOOP
         COMMIT;
         v_steps := v_steps + 1;
         IF v_steps % 10 = 0 THEN
-            RAISE NOTICE '%', credits._maintenance_progress();
+            RAISE NOTICE '%', credits_internal._maintenance_progress();
         END IF;
     END LOOP;
     COMMIT;
-    RAISE NOTICE '%', credits._maintenance_progress();
+    RAISE NOTICE '%', credits_internal._maintenance_progress();
 END
 $$;
 
@@ -343,14 +343,14 @@ $$;
 -- The pid of the worker serving this database (NULL: none does). Readers
 -- without pg_monitor cannot see other roles' backends in pg_stat_activity,
 -- hence SECURITY DEFINER.
-CREATE FUNCTION _worker_pid() RETURNS integer
+CREATE FUNCTION credits_internal._worker_pid() RETURNS integer
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 RETURN (SELECT a.pid FROM pg_catalog.pg_stat_activity a
          WHERE a.backend_type = 'credits maintenance' AND a.datname = pg_catalog.current_database()
          LIMIT 1);
 
 CREATE VIEW maintenance_status AS
-SELECT credits._worker_pid() AS worker_pid,
+SELECT credits_internal._worker_pid() AS worker_pid,
        s.done_through,
        s.run_id IS NOT NULL AS running,
        r.run_id AS last_run_id,
@@ -372,7 +372,7 @@ SELECT credits._worker_pid() AS worker_pid,
        -- library is not preloaded): another one's worker_pid is NULL
        pg_catalog.current_setting('credits.database', true) AS worker_database
   FROM credits.maintenance_state s
-  CROSS JOIN LATERAL (SELECT credits._next_due(s.done_through) AS next_due) d
+  CROSS JOIN LATERAL (SELECT credits_internal._next_due(s.done_through) AS next_due) d
   LEFT JOIN LATERAL (SELECT * FROM credits.maintenance_runs mr ORDER BY mr.run_id DESC LIMIT 1) r ON true
   CROSS JOIN LATERAL (SELECT count(*) AS accounts, min(mw.since) AS since FROM credits.maintenance_waiting mw
                        WHERE mw.run_id = s.run_id) w;

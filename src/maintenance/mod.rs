@@ -47,7 +47,7 @@ mod tests {
         Spi::run("SET credits.clock_override = '2031-05-31 23:00:00+00'").unwrap();
         Spi::run("SELECT credits.subscribe('pt_pro', 'pro'), credits.debit('pt_pro', 'agent', 12)")
             .unwrap();
-        let step = "SELECT credits._maintenance_step('2031-06-01 00:00:01+00', 100)";
+        let step = "SELECT credits_internal._maintenance_step('2031-06-01 00:00:01+00', 100)";
         // Steps until the run reports a wait (> 0): one run, one window pair.
         for _ in 0..10 {
             if Spi::get_one::<f64>(step).unwrap().unwrap() > 0.0 {

@@ -179,7 +179,7 @@ enum Step {
     OtherVersion(String),
     /// A step ran; the seconds until the next is due (0 = now).
     Due(f64),
-    /// A step failed (recorded by credits._worker_step).
+    /// A step failed (recorded by credits_internal._worker_step).
     Failed,
 }
 
@@ -208,7 +208,7 @@ fn run_step() -> Option<Step> {
     let batch = BATCH_SIZE.get().max(1);
     let retry = RETRY.as_secs_f64();
     // (a failed step returns minus the seconds to wait)
-    let seconds = Spi::get_one::<f64>(&format!("SELECT credits._worker_step({batch}, {retry})"))
+    let seconds = Spi::get_one::<f64>(&format!("SELECT credits_internal._worker_step({batch}, {retry})"))
         .ok()
         .flatten()?;
     Some(if seconds < 0.0 {
@@ -231,8 +231,8 @@ fn refresh_rollups() -> i64 {
         return 0;
     }
     Spi::get_one::<i64>(&format!(
-        "SELECT credits._worker_rollups({ROLLUP_BATCH}, '100 ms') \
-          WHERE pg_catalog.to_regproc('credits._worker_rollups') IS NOT NULL"
+        "SELECT credits_internal._worker_rollups({ROLLUP_BATCH}, '100 ms') \
+          WHERE pg_catalog.to_regproc('credits_internal._worker_rollups') IS NOT NULL"
     ))
     .ok()
     .flatten()

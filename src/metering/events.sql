@@ -11,27 +11,27 @@
 -- both are transactional, so a rolled-back operation emits nothing.
 -- (reset events are emitted where windows are closed: maintenance.sql.)
 
--- credits._thresholds() (thresholds.rs): the configured thresholds, in percent, ascending.
+-- credits_internal._thresholds() (thresholds.rs): the configured thresholds, in percent, ascending.
 
 -- The window an event is about, as a stable key (see schema.sql).
-CREATE FUNCTION _window_key(a credits.accounts, p_window text, p_now timestamptz) RETURNS text
+CREATE FUNCTION credits_internal._window_key(a credits.accounts, p_window text, p_now timestamptz) RETURNS text
 LANGUAGE sql STABLE
 RETURN CASE p_window
-    WHEN 'daily' THEN to_char(credits._utc_day(p_now), 'YYYY-MM-DD')
-    ELSE to_char(credits._utc_month(p_now), 'YYYY-MM')
-         || CASE WHEN a.month = credits._utc_month(p_now) AND a.monthly_epoch > 0
+    WHEN 'daily' THEN to_char(credits_internal._utc_day(p_now), 'YYYY-MM-DD')
+    ELSE to_char(credits_internal._utc_month(p_now), 'YYYY-MM')
+         || CASE WHEN a.month = credits_internal._utc_month(p_now) AND a.monthly_epoch > 0
                  THEN '#' || a.monthly_epoch ELSE '' END
 END;
 
 -- Emit one event (once: the events' unique key). `p_cause` is the ledger
 -- entry that ran an exhausted window out (0 for the other kinds). A reset
 -- is sent only when the new window has credits (SPEC §4.7).
-CREATE FUNCTION _emit(a credits.accounts, p_kind text, p_window text, p_threshold numeric,
-                      p_now timestamptz, s credits._account_state, p_cause bigint DEFAULT 0)
+CREATE FUNCTION credits_internal._emit(a credits.accounts, p_kind text, p_window text, p_threshold numeric,
+                      p_now timestamptz, s credits_internal._account_state, p_cause bigint DEFAULT 0)
 RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_key       text := credits._window_key(a, p_window, p_now);
+    v_key       text := credits_internal._window_key(a, p_window, p_now);
     v_available numeric := least(coalesce(s.daily_available, s.allowance_available + s.grants_available),
                                  s.allowance_available + s.grants_available);
     v_id        bigint;
@@ -42,7 +42,7 @@ BEGIN
     END IF;
     v_event := jsonb_strip_nulls(jsonb_build_object(
         'account_id', a.account_id, 'kind', p_kind, 'window', p_window, 'window_key', v_key,
-        'threshold', p_threshold, 'at', credits._utc_text(p_now), 'plan', s.plan,
+        'threshold', p_threshold, 'at', credits_internal._utc_text(p_now), 'plan', s.plan,
         'monthly_limit', s.monthly_limit, 'monthly_used', s.monthly_used,
         'daily_limit', s.daily_limit, 'daily_used', CASE WHEN s.daily_limit IS NOT NULL THEN s.daily_used END,
         'available', v_available));
@@ -61,29 +61,29 @@ $$;
 -- before and has none now ran out: an exhausted event for each window that
 -- did (the daily and the monthly in one debit: two), again after new
 -- credits ran out once more.
-CREATE FUNCTION _after_write(p_account text, p_now timestamptz, p_entry bigint,
-                             p_before credits._account_state)
+CREATE FUNCTION credits_internal._after_write(p_account text, p_now timestamptz, p_entry bigint,
+                             p_before credits_internal._account_state)
 RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     a credits.accounts;
-    s credits._account_state;
+    s credits_internal._account_state;
     t numeric;
 BEGIN
     SELECT * INTO a FROM credits.accounts ac WHERE ac.account_id = p_account;
-    s := credits._state(a, p_now);
+    s := credits_internal._state(a, p_now);
     IF s.monthly_limit > 0 THEN
-        FOREACH t IN ARRAY credits._thresholds() LOOP
+        FOREACH t IN ARRAY credits_internal._thresholds() LOOP
             EXIT WHEN s.monthly_used * 100 < s.monthly_limit * t;
-            PERFORM credits._emit(a, 'threshold', 'monthly', t, p_now, s);
+            PERFORM credits_internal._emit(a, 'threshold', 'monthly', t, p_now, s);
         END LOOP;
     END IF;
     IF s.daily_available = 0 AND p_before.daily_available > 0 THEN
-        PERFORM credits._emit(a, 'exhausted', 'daily', NULL, p_now, s, p_entry);
+        PERFORM credits_internal._emit(a, 'exhausted', 'daily', NULL, p_now, s, p_entry);
     END IF;
     IF s.allowance_available + s.grants_available = 0
        AND p_before.allowance_available + p_before.grants_available > 0 THEN
-        PERFORM credits._emit(a, 'exhausted', 'monthly', NULL, p_now, s, p_entry);
+        PERFORM credits_internal._emit(a, 'exhausted', 'monthly', NULL, p_now, s, p_entry);
     END IF;
 END
 $$;
@@ -91,24 +91,24 @@ $$;
 -- A denied try_debit or try_reserve: a window with nothing left is
 -- exhausted (once per window, if nothing recorded it running out); one with
 -- credits left but too few is a denied event (SPEC §4.7), once per window.
-CREATE FUNCTION _denied(p_account text, p_amount numeric, p_now timestamptz) RETURNS void
+CREATE FUNCTION credits_internal._denied(p_account text, p_amount numeric, p_now timestamptz) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     a        credits.accounts;
-    s        credits._account_state;
+    s        credits_internal._account_state;
     v_window text;
     v_left   numeric;
 BEGIN
     SELECT * INTO a FROM credits.accounts ac WHERE ac.account_id = p_account;
-    s := credits._state(a, p_now);
-    v_window := credits._lacking_window(s, p_amount);
+    s := credits_internal._state(a, p_now);
+    v_window := credits_internal._lacking_window(s, p_amount);
     v_left := CASE v_window WHEN 'daily' THEN s.daily_available ELSE s.allowance_available + s.grants_available END;
     IF v_left > 0 THEN
-        PERFORM credits._emit(a, 'denied', v_window, NULL, p_now, s);
+        PERFORM credits_internal._emit(a, 'denied', v_window, NULL, p_now, s);
     ELSIF NOT EXISTS (SELECT FROM credits.events e
                        WHERE e.account_id = p_account AND e.kind = 'exhausted' AND e.window_kind = v_window
-                         AND e.window_key = credits._window_key(a, v_window, p_now)) THEN
-        PERFORM credits._emit(a, 'exhausted', v_window, NULL, p_now, s);
+                         AND e.window_key = credits_internal._window_key(a, v_window, p_now)) THEN
+        PERFORM credits_internal._emit(a, 'exhausted', v_window, NULL, p_now, s);
     END IF;
 END
 $$;

@@ -11,7 +11,7 @@
 //! and the arguments are valid. Windows that ended since the account's last
 //! call are closed in the same writes (maintenance/close.rs), unless one
 //! had run out (its reset event is the SQL path's). For anything else it
-//! writes nothing and declines, and `credits._debit` (metering.sql) decides:
+//! writes nothing and declines, and `credits_internal._debit` (metering.sql) decides:
 //! it brings the account up to date and tries the fast path once more, or
 //! takes the slow path, which decides every case and raises every error.
 //!
@@ -55,7 +55,7 @@ pub unsafe extern "C-unwind" fn credits_try_debit(fcinfo: pg_sys::FunctionCallIn
     fast_then_sql(fcinfo, false)
 }
 
-/// The fast path; if it declined, `credits._debit` (metering.sql), which
+/// The fast path; if it declined, `credits_internal._debit` (metering.sql), which
 /// decides every case. Deliberately not guarded: the SQL path's errors
 /// (UC001 and the other documented SQLSTATEs) must reach the caller as
 /// raised, and pgrx's guard would rewrite a SQLSTATE it does not know to
@@ -75,7 +75,7 @@ unsafe fn fast_then_sql(fcinfo: pg_sys::FunctionCallInfo, raise: bool) -> Datum 
 }
 
 /// The fast path for a debit or try_debit call; if it declined, `slow` is
-/// set to a call of credits._debit with the same arguments.
+/// set to a call of credits_internal._debit with the same arguments.
 #[pg_guard]
 unsafe extern "C-unwind" fn decide(
     fcinfo: pg_sys::FunctionCallInfo,
@@ -90,7 +90,7 @@ unsafe extern "C-unwind" fn decide(
     let name = pg_sys::lappend(
         pg_sys::lappend(
             ptr::null_mut(),
-            pg_sys::makeString(pg_sys::pstrdup(c"credits".as_ptr())).cast(),
+            pg_sys::makeString(pg_sys::pstrdup(c"credits_internal".as_ptr())).cast(),
         ),
         pg_sys::makeString(pg_sys::pstrdup(c"_debit".as_ptr())).cast(),
     );
@@ -126,7 +126,7 @@ unsafe extern "C-unwind" fn decide(
     Datum::from(0)
 }
 
-/// `credits._debit_fast(account_id text, feature text, quantity numeric,
+/// `credits_internal._debit_fast(account_id text, feature text, quantity numeric,
 /// key text, metadata jsonb, now timestamptz) RETURNS bigint`: the new 'D'
 /// entry's id, or NULL when the SQL path must decide.
 #[no_mangle]
@@ -260,7 +260,7 @@ fn debit(req: &DebitRequest) -> Option<i64> {
             )
         });
 
-        // Every limit, windows rolled (credits._in_window): the daily limit
+        // Every limit, windows rolled (credits_internal._in_window): the daily limit
         // caps all spending, the allowance is what the fast path draws on.
         let value = |datum| Decimal::from_datum(datum);
         let daily_used = if a.day == today {

@@ -22,7 +22,7 @@
 
 -- (IntervalStyle pinned: the ttl is part of the key's fingerprint, which
 -- must not depend on session settings, SPEC §4.8.)
-CREATE FUNCTION _reserve(p_account text, p_feature text, p_amount numeric, p_ttl interval,
+CREATE FUNCTION credits_internal._reserve(p_account text, p_feature text, p_amount numeric, p_ttl interval,
                          p_key text, p_raise boolean)
 RETURNS bigint
 LANGUAGE plpgsql SET IntervalStyle = postgres AS $$
@@ -30,40 +30,40 @@ DECLARE
     v_now     timestamptz := credits.now();
     v_feature credits.features;
     v_acct    credits.accounts;
-    v_state   credits._account_state;
+    v_state   credits_internal._account_state;
     v_request uuid;
     v_entry   bigint;
     v_expires timestamptz;
     v_grants  numeric;
 BEGIN
-    PERFORM credits._check_text(p_account, 'account_id');
-    v_feature := credits._feature(p_feature);
-    PERFORM credits._check_amount(p_amount, 'amount');
+    PERFORM credits_internal._check_text(p_account, 'account_id');
+    v_feature := credits_internal._feature(p_feature);
+    PERFORM credits_internal._check_amount(p_amount, 'amount');
     p_amount := trim_scale(p_amount);
     IF p_ttl IS NULL OR p_ttl <= interval '0' OR p_ttl > interval '31 days' THEN
         RAISE EXCEPTION 'invalid ttl: %', coalesce(trim_scale(extract(epoch FROM p_ttl)) || ' seconds', 'NULL')
             USING ERRCODE = 'UC009', DETAIL = 'ttl must be more than 0 and at most 31 days';
     END IF;
     IF p_key IS NOT NULL THEN
-        PERFORM credits._check_text(p_key, 'idempotency_key');
+        PERFORM credits_internal._check_text(p_key, 'idempotency_key');
     END IF;
 
-    v_acct := credits._lock_account(p_account, v_now);
+    v_acct := credits_internal._lock_account(p_account, v_now);
     v_now := v_acct.last_at;  -- the account's time (_lock_account)
     IF p_key IS NOT NULL THEN
-        v_request := credits._fingerprint('reserve', p_feature, p_amount::text, p_ttl::text);
-        v_entry := credits._replay(p_account, p_key, v_request);
+        v_request := credits_internal._fingerprint('reserve', p_feature, p_amount::text, p_ttl::text);
+        v_entry := credits_internal._replay(p_account, p_key, v_request);
         IF v_entry IS NOT NULL THEN
             RETURN v_entry;
         END IF;
     END IF;
-    v_state := credits._state(v_acct, v_now);
-    IF credits._lacking_window(v_state, p_amount) IS NOT NULL THEN
+    v_state := credits_internal._state(v_acct, v_now);
+    IF credits_internal._lacking_window(v_state, p_amount) IS NOT NULL THEN
         IF NOT p_raise THEN
-            PERFORM credits._denied(p_account, p_amount, v_now);
+            PERFORM credits_internal._denied(p_account, p_amount, v_now);
             RETURN NULL;
         END IF;
-        PERFORM credits._raise_insufficient(p_account, p_amount, p_feature, v_state, v_now);
+        PERFORM credits_internal._raise_insufficient(p_account, p_amount, p_feature, v_state, v_now);
     END IF;
 
     -- (in UTC: a day of ttl is 24 hours whatever the session's TimeZone)
@@ -75,11 +75,11 @@ BEGIN
     RETURNING entry_id INTO v_entry;
     INSERT INTO credits.holds (account_id, hold_id, feature_id, amount, expires_at, from_grants, day, month)
     VALUES (p_account, v_entry, v_feature.feature_id, p_amount, v_expires, v_grants,
-            credits._utc_day(v_now), credits._utc_month(v_now));
+            credits_internal._utc_day(v_now), credits_internal._utc_month(v_now));
     UPDATE credits.accounts a SET reserved = a.reserved + p_amount WHERE a.account_id = p_account;
-    PERFORM credits._after_write(p_account, v_now, v_entry, v_state);
+    PERFORM credits_internal._after_write(p_account, v_now, v_entry, v_state);
     IF p_key IS NOT NULL THEN
-        PERFORM credits._remember_key(p_account, p_key, v_entry, v_request);
+        PERFORM credits_internal._remember_key(p_account, p_key, v_entry, v_request);
     END IF;
     RETURN v_entry;
 END
@@ -91,7 +91,7 @@ CREATE FUNCTION reserve(account_id text, feature text, amount numeric,
 RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    RETURN credits._reserve($1, $2, $3, $4, $5, true);
+    RETURN credits_internal._reserve($1, $2, $3, $4, $5, true);
 END
 $$;
 
@@ -101,7 +101,7 @@ CREATE FUNCTION try_reserve(account_id text, feature text, amount numeric,
 RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    RETURN credits._reserve($1, $2, $3, $4, $5, false);
+    RETURN credits_internal._reserve($1, $2, $3, $4, $5, false);
 END
 $$;
 
@@ -109,7 +109,7 @@ $$;
 -- unknown or already resolved (settled, released or expired). The hold is
 -- marked resolved by entry 0 until the caller writes the entry that resolves
 -- it (so the account's state no longer counts it).
-CREATE FUNCTION _take_hold(p_hold bigint, p_now timestamptz) RETURNS credits.holds
+CREATE FUNCTION credits_internal._take_hold(p_hold bigint, p_now timestamptz) RETURNS credits.holds
 LANGUAGE plpgsql AS $$
 DECLARE
     v_hold credits.holds;
@@ -123,7 +123,7 @@ BEGIN
         RAISE EXCEPTION 'hold % is not active', p_hold
             USING ERRCODE = 'UC008', DETAIL = 'no hold has that id';
     END IF;
-    PERFORM credits._lock_account(v_hold.account_id, p_now);  -- may expire it
+    PERFORM credits_internal._lock_account(v_hold.account_id, p_now);  -- may expire it
     SELECT * INTO v_hold FROM credits.holds h WHERE h.hold_id = p_hold;
     IF v_hold.resolved_entry IS NOT NULL THEN
         SELECT CASE WHEN l.kind = 'D' THEN 'settled'
@@ -144,7 +144,7 @@ $$;
 -- aside for it. Its month, if closed: `p_charged_allowance` is used, the rest
 -- of what it held on the allowance is forfeited ('F', reason hold). Its day,
 -- if closed (settles only): the charge is used there.
-CREATE FUNCTION _hold_resolved(p_hold credits.holds, p_entry bigint, p_charged numeric,
+CREATE FUNCTION credits_internal._hold_resolved(p_hold credits.holds, p_entry bigint, p_charged numeric,
                                p_charged_allowance numeric, p_at timestamptz)
 RETURNS void
 LANGUAGE plpgsql AS $$
@@ -155,7 +155,7 @@ BEGIN
     UPDATE credits.holds h SET resolved_entry = p_entry
      WHERE h.account_id = p_hold.account_id AND h.hold_id = p_hold.hold_id;
     -- (a hold whose deadline came before its month ended was not kept aside)
-    IF p_hold.month < credits._utc_month(p_at)
+    IF p_hold.month < credits_internal._utc_month(p_at)
        AND p_hold.expires_at > (p_hold.month + interval '1 month')::timestamp AT TIME ZONE 'UTC' THEN
         UPDATE credits.closed_windows c
            SET used = c.used + p_charged_allowance,
@@ -172,7 +172,7 @@ BEGIN
                     jsonb_build_object('reason', 'hold', 'month', to_char(p_hold.month, 'YYYY-MM')));
         END IF;
     END IF;
-    IF p_charged > 0 AND p_hold.day < credits._utc_day(p_at) THEN
+    IF p_charged > 0 AND p_hold.day < credits_internal._utc_day(p_at) THEN
         INSERT INTO credits.closed_windows AS c
                (account_id, window_kind, window_start, plan, window_limit, used, forfeited, closed_at)
         SELECT p_hold.account_id, 'daily', p_hold.day, a.plan, p.daily_limit, p_charged, NULL,
@@ -192,33 +192,33 @@ DECLARE
     v_now    timestamptz := credits.now();
     v_hold   credits.holds;
     v_acct   credits.accounts;
-    v_state  credits._account_state;
+    v_state  credits_internal._account_state;
     v_own    numeric;  -- what the hold held on the allowance
     v_alloc  numeric;
     v_entry  bigint;
 BEGIN
-    PERFORM credits._check_amount(p_amount, 'amount');
+    PERFORM credits_internal._check_amount(p_amount, 'amount');
     p_amount := trim_scale(p_amount);
-    v_hold := credits._take_hold(settle.hold_id, v_now);
+    v_hold := credits_internal._take_hold(settle.hold_id, v_now);
     SELECT * INTO v_acct FROM credits.accounts a WHERE a.account_id = v_hold.account_id;
     v_now := v_acct.last_at;  -- the account's time (_lock_account)
-    v_state := credits._state(v_acct, v_now);
+    v_state := credits_internal._state(v_acct, v_now);
     v_own := v_hold.amount - v_hold.from_grants;
 
-    IF v_hold.day >= credits._utc_day(v_now) THEN
+    IF v_hold.day >= credits_internal._utc_day(v_now) THEN
         -- Its windows are the current ones: what it held is there again, and
         -- up to its amount it is charged whatever the limits say now.
         IF p_amount <= v_hold.amount THEN
             v_state.daily_available := greatest(v_state.daily_available, p_amount);
             v_state.allowance_available := greatest(v_state.allowance_available, least(p_amount, v_own));
         END IF;
-        IF credits._lacking_window(v_state, p_amount) IS NOT NULL THEN
-            PERFORM credits._raise_insufficient(v_hold.account_id, p_amount,
+        IF credits_internal._lacking_window(v_state, p_amount) IS NOT NULL THEN
+            PERFORM credits_internal._raise_insufficient(v_hold.account_id, p_amount,
                                                 format('hold %s', v_hold.hold_id), v_state, v_now);
         END IF;
-        v_entry := credits._charge(v_hold.account_id, v_state, v_hold.feature_id, p_amount, NULL, v_hold.hold_id, v_now);
-        PERFORM credits._hold_resolved(v_hold, v_entry, p_amount, 0, v_now);
-        PERFORM credits._after_write(v_hold.account_id, v_now, v_entry, v_state);
+        v_entry := credits_internal._charge(v_hold.account_id, v_state, v_hold.feature_id, p_amount, NULL, v_hold.hold_id, v_now);
+        PERFORM credits_internal._hold_resolved(v_hold, v_entry, p_amount, 0, v_now);
+        PERFORM credits_internal._after_write(v_hold.account_id, v_now, v_entry, v_state);
         RETURN v_entry;
     END IF;
 
@@ -232,16 +232,16 @@ BEGIN
                   HINT = 'Settle the hold for at most its amount and debit the rest.';
     END IF;
     v_alloc := least(p_amount, v_own);
-    IF v_hold.month >= credits._utc_month(v_now) THEN
+    IF v_hold.month >= credits_internal._utc_month(v_now) THEN
         -- The month is current: the monthly allowance counts it now.
         v_state.allowance_available := greatest(v_state.allowance_available, v_alloc);
         IF p_amount > v_state.allowance_available + v_state.grants_available THEN
-            PERFORM credits._raise_insufficient(v_hold.account_id, p_amount,
+            PERFORM credits_internal._raise_insufficient(v_hold.account_id, p_amount,
                                                 format('hold %s', v_hold.hold_id), v_state, v_now);
         END IF;
-        v_entry := credits._charge(v_hold.account_id, v_state, v_hold.feature_id, p_amount, NULL, v_hold.hold_id,
+        v_entry := credits_internal._charge(v_hold.account_id, v_state, v_hold.feature_id, p_amount, NULL, v_hold.hold_id,
                                    v_now, p_today => false);
-        PERFORM credits._hold_resolved(v_hold, v_entry, p_amount, 0, v_now);
+        PERFORM credits_internal._hold_resolved(v_hold, v_entry, p_amount, 0, v_now);
     ELSE
         -- The month has closed too: its allowance part is charged there.
         IF p_amount - v_alloc > v_state.grants_available THEN
@@ -257,11 +257,11 @@ BEGIN
                 v_hold.hold_id)
         RETURNING entry_id INTO v_entry;
         IF p_amount > v_alloc THEN
-            PERFORM credits._draw_grants(v_hold.account_id, v_entry, p_amount - v_alloc, v_now);
+            PERFORM credits_internal._draw_grants(v_hold.account_id, v_entry, p_amount - v_alloc, v_now);
         END IF;
-        PERFORM credits._hold_resolved(v_hold, v_entry, p_amount, v_alloc, v_now);
+        PERFORM credits_internal._hold_resolved(v_hold, v_entry, p_amount, v_alloc, v_now);
     END IF;
-    PERFORM credits._after_write(v_hold.account_id, v_now, v_entry, v_state);
+    PERFORM credits_internal._after_write(v_hold.account_id, v_now, v_entry, v_state);
     RETURN v_entry;
 END
 $$;
@@ -273,11 +273,11 @@ DECLARE
     v_hold  credits.holds;
     v_entry bigint;
 BEGIN
-    v_hold := credits._take_hold(release.hold_id, v_now);
+    v_hold := credits_internal._take_hold(release.hold_id, v_now);
     v_now := (SELECT a.last_at FROM credits.accounts a WHERE a.account_id = v_hold.account_id);
     INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, ref, metadata)
     VALUES (v_hold.account_id, v_now, 'X', v_hold.feature_id, v_hold.amount, v_hold.hold_id, '{"reason": "release"}')
     RETURNING entry_id INTO v_entry;
-    PERFORM credits._hold_resolved(v_hold, v_entry, 0, 0, v_now);
+    PERFORM credits_internal._hold_resolved(v_hold, v_entry, 0, 0, v_now);
 END
 $$;

@@ -11,7 +11,7 @@
 
 -- Draw `p_need` from the valid grants of a locked account, soonest-expiring
 -- first, for ledger entry `p_entry` (its grant draws).
-CREATE FUNCTION _draw_grants(p_account text, p_entry bigint, p_need numeric, p_now timestamptz)
+CREATE FUNCTION credits_internal._draw_grants(p_account text, p_entry bigint, p_need numeric, p_now timestamptz)
 RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -45,7 +45,7 @@ $$;
 -- charge takes allowance that this month's holds hold before it takes a
 -- grant, and those holds are backed by the grants instead, so a hold never
 -- makes a debit spend a grant while allowance it did not use is left.
-CREATE FUNCTION _charge(p_account text, s credits._account_state, p_feature_id smallint,
+CREATE FUNCTION credits_internal._charge(p_account text, s credits_internal._account_state, p_feature_id smallint,
                         p_amount numeric, p_metadata jsonb, p_ref bigint, p_now timestamptz,
                         p_today boolean DEFAULT true)
 RETURNS bigint
@@ -66,7 +66,7 @@ BEGIN
         v_need := v_need - v_shift;
         FOR h IN SELECT ho.hold_id, ho.amount - ho.from_grants AS on_allowance FROM credits.holds ho
                   WHERE ho.account_id = p_account AND ho.resolved_entry IS NULL AND ho.expires_at > p_now
-                    AND ho.month >= credits._utc_month(p_now) AND ho.amount > ho.from_grants
+                    AND ho.month >= credits_internal._utc_month(p_now) AND ho.amount > ho.from_grants
                   ORDER BY ho.hold_id DESC
         LOOP
             EXIT WHEN v_shift = 0;
@@ -81,15 +81,15 @@ BEGIN
     VALUES (p_account, p_now, 'D', p_feature_id, p_amount, nullif(v_need, 0), p_ref, p_metadata)
     RETURNING entry_id INTO v_entry;
     IF v_need > 0 THEN
-        PERFORM credits._draw_grants(p_account, v_entry, v_need, p_now);
+        PERFORM credits_internal._draw_grants(p_account, v_entry, v_need, p_now);
     END IF;
 
     UPDATE credits.accounts a
-       SET day = credits._utc_day(p_now),
+       SET day = credits_internal._utc_day(p_now),
            daily_used = CASE WHEN p_today THEN s.daily_used + p_amount ELSE s.daily_used END,
-           month = credits._utc_month(p_now),
+           month = credits_internal._utc_month(p_now),
            monthly_used = s.monthly_used + v_alloc,
-           monthly_epoch = CASE WHEN a.month = credits._utc_month(p_now) THEN a.monthly_epoch ELSE 0 END
+           monthly_epoch = CASE WHEN a.month = credits_internal._utc_month(p_now) THEN a.monthly_epoch ELSE 0 END
      WHERE a.account_id = p_account;
     RETURN v_entry;
 END
@@ -97,16 +97,16 @@ $$;
 
 -- The fingerprint a debit's idempotency key is stored with (UC005 on a
 -- mismatch): feature, quantity and metadata (src/metering/requests.rs).
-CREATE FUNCTION _debit_request(p_feature text, p_quantity numeric, p_metadata jsonb) RETURNS uuid
+CREATE FUNCTION credits_internal._debit_request(p_feature text, p_quantity numeric, p_metadata jsonb) RETURNS uuid
 LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'credits_debit_request';
 
 -- A feature by key, UC003 if unknown.
-CREATE FUNCTION _feature(p_feature text) RETURNS credits.features
+CREATE FUNCTION credits_internal._feature(p_feature text) RETURNS credits.features
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     v credits.features;
 BEGIN
-    PERFORM credits._check_text(p_feature, 'feature');
+    PERFORM credits_internal._check_text(p_feature, 'feature');
     SELECT * INTO v FROM credits.features f WHERE f.feature = p_feature;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'unknown feature: %', quote_literal(p_feature) USING ERRCODE = 'UC003',
@@ -117,7 +117,7 @@ END
 $$;
 
 -- The slow path: full validation, grants, precise errors.
-CREATE FUNCTION _debit_slow(p_account text, p_feature text, p_quantity numeric, p_key text,
+CREATE FUNCTION credits_internal._debit_slow(p_account text, p_feature text, p_quantity numeric, p_key text,
                             p_metadata jsonb, p_raise boolean, p_now timestamptz)
 RETURNS bigint
 LANGUAGE plpgsql AS $$
@@ -125,46 +125,46 @@ DECLARE
     v_feature credits.features;
     v_amount  numeric;
     v_acct    credits.accounts;
-    v_state   credits._account_state;
+    v_state   credits_internal._account_state;
     v_request uuid;
     v_entry   bigint;
 BEGIN
-    PERFORM credits._check_text(p_account, 'account_id');
-    v_feature := credits._feature(p_feature);
-    PERFORM credits._check_amount(p_quantity, 'quantity');
+    PERFORM credits_internal._check_text(p_account, 'account_id');
+    v_feature := credits_internal._feature(p_feature);
+    PERFORM credits_internal._check_amount(p_quantity, 'quantity');
     v_amount := trim_scale(v_feature.cost * p_quantity);
     IF scale(v_amount) > 4 THEN
         RAISE EXCEPTION 'invalid amount: % (cost % x quantity %)', v_amount, v_feature.cost, p_quantity
             USING ERRCODE = 'UC004', DETAIL = 'the charge must be exact to 4 decimal places';
     END IF;
-    PERFORM credits._check_metadata(p_metadata);
+    PERFORM credits_internal._check_metadata(p_metadata);
     IF p_key IS NOT NULL THEN
-        PERFORM credits._check_text(p_key, 'idempotency_key');
+        PERFORM credits_internal._check_text(p_key, 'idempotency_key');
     END IF;
 
-    v_acct := credits._lock_account(p_account, p_now);
+    v_acct := credits_internal._lock_account(p_account, p_now);
     p_now := v_acct.last_at;  -- the account's time (_lock_account)
     IF p_key IS NOT NULL THEN
-        v_request := credits._debit_request(p_feature, p_quantity, p_metadata);
-        v_entry := credits._replay(p_account, p_key, v_request);
+        v_request := credits_internal._debit_request(p_feature, p_quantity, p_metadata);
+        v_entry := credits_internal._replay(p_account, p_key, v_request);
         IF v_entry IS NOT NULL THEN
             RETURN v_entry;
         END IF;
     END IF;
 
-    v_state := credits._state(v_acct, p_now);
-    IF credits._lacking_window(v_state, v_amount) IS NOT NULL THEN
+    v_state := credits_internal._state(v_acct, p_now);
+    IF credits_internal._lacking_window(v_state, v_amount) IS NOT NULL THEN
         IF NOT p_raise THEN
-            PERFORM credits._denied(p_account, v_amount, p_now);
+            PERFORM credits_internal._denied(p_account, v_amount, p_now);
             RETURN NULL;
         END IF;
-        PERFORM credits._raise_insufficient(p_account, v_amount, p_feature, v_state, p_now);
+        PERFORM credits_internal._raise_insufficient(p_account, v_amount, p_feature, v_state, p_now);
     END IF;
-    v_entry := credits._charge(p_account, v_state, v_feature.feature_id, v_amount, p_metadata, NULL, p_now);
-    PERFORM credits._after_write(p_account, p_now, v_entry, v_state);
+    v_entry := credits_internal._charge(p_account, v_state, v_feature.feature_id, v_amount, p_metadata, NULL, p_now);
+    PERFORM credits_internal._after_write(p_account, p_now, v_entry, v_state);
 
     IF p_key IS NOT NULL THEN
-        PERFORM credits._remember_key(p_account, p_key, v_entry, v_request);
+        PERFORM credits_internal._remember_key(p_account, p_key, v_entry, v_request);
     END IF;
     RETURN v_entry;
 END
@@ -174,7 +174,7 @@ $$;
 -- (allowance enough, key new, arguments valid; windows that ended are
 -- closed in the same writes) decided and written without executing a
 -- statement; NULL, with nothing written, for anything else.
-CREATE FUNCTION _debit_fast(p_account text, p_feature text, p_quantity numeric, p_key text,
+CREATE FUNCTION credits_internal._debit_fast(p_account text, p_feature text, p_quantity numeric, p_key text,
                             p_metadata jsonb, p_now timestamptz)
 RETURNS bigint
 LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'credits_debit_fast';
@@ -184,7 +184,7 @@ LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'credits_debit_fast';
 -- had run out (whose reset event is emitted in SQL), is brought up to date,
 -- and the fast path tried once more;
 -- anything else is the slow path's.
-CREATE FUNCTION _debit(p_account text, p_feature text, p_quantity numeric, p_key text,
+CREATE FUNCTION credits_internal._debit(p_account text, p_feature text, p_quantity numeric, p_key text,
                        p_metadata jsonb, p_raise boolean)
 RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -193,19 +193,19 @@ DECLARE
     v_entry bigint;
 BEGIN
     IF EXISTS (SELECT FROM credits.accounts a WHERE a.account_id = p_account
-                  AND (credits._windows_passed(a, v_now) OR credits._expiry_due(a, v_now))) THEN
-        PERFORM credits._lock_account(p_account, v_now);
-        v_entry := credits._debit_fast(p_account, p_feature, p_quantity, p_key, p_metadata, v_now);
+                  AND (credits_internal._windows_passed(a, v_now) OR credits_internal._expiry_due(a, v_now))) THEN
+        PERFORM credits_internal._lock_account(p_account, v_now);
+        v_entry := credits_internal._debit_fast(p_account, p_feature, p_quantity, p_key, p_metadata, v_now);
         IF v_entry IS NOT NULL THEN
             RETURN v_entry;
         END IF;
     END IF;
-    RETURN credits._debit_slow(p_account, p_feature, p_quantity, p_key, p_metadata, p_raise, v_now);
+    RETURN credits_internal._debit_slow(p_account, p_feature, p_quantity, p_key, p_metadata, p_raise, v_now);
 END
 $$;
 
 -- debit: charge cost x quantity; UC001 when any window lacks credits.
--- In Rust (src/metering/fast_path.rs): the fast path, then credits._debit,
+-- In Rust (src/metering/fast_path.rs): the fast path, then credits_internal._debit,
 -- which pins the search_path (nothing before it depends on one).
 CREATE FUNCTION debit(account_id text, feature text, quantity numeric DEFAULT 1,
                       idempotency_key text DEFAULT NULL, metadata jsonb DEFAULT NULL)
@@ -252,11 +252,11 @@ BEGIN
         RAISE EXCEPTION 'invalid entry_id: NULL' USING ERRCODE = 'UC009';
     END IF;
     IF p_amount IS NOT NULL THEN
-        PERFORM credits._check_amount(p_amount, 'amount');
+        PERFORM credits_internal._check_amount(p_amount, 'amount');
         p_amount := trim_scale(p_amount);
     END IF;
     IF p_reason IS NOT NULL THEN
-        PERFORM credits._check_text(p_reason, 'reason');
+        PERFORM credits_internal._check_text(p_reason, 'reason');
     END IF;
     SELECT * INTO v_debit FROM credits.ledger l WHERE l.entry_id = p_entry;
     IF NOT FOUND OR v_debit.kind <> 'D' THEN
@@ -264,7 +264,7 @@ BEGIN
             DETAIL = CASE WHEN FOUND THEN format('entry %s is of kind %s', p_entry, v_debit.kind)
                           ELSE 'no ledger entry has that id' END;
     END IF;
-    v_acct := credits._lock_account(v_debit.account_id, v_now);
+    v_acct := credits_internal._lock_account(v_debit.account_id, v_now);
     v_now := v_acct.last_at;  -- the account's time (_lock_account)
     -- (a settle counted in the windows of its hold, SPEC §4.3)
     v_debit_at := coalesce((SELECT h.at FROM credits.ledger h WHERE h.entry_id = v_debit.ref AND h.kind = 'H'),
@@ -325,9 +325,9 @@ BEGIN
     END LOOP;
 
     UPDATE credits.accounts a
-       SET daily_used = CASE WHEN a.day = credits._utc_day(v_debit_at) AND a.day = credits._utc_day(v_now)
+       SET daily_used = CASE WHEN a.day = credits_internal._utc_day(v_debit_at) AND a.day = credits_internal._utc_day(v_now)
                              THEN a.daily_used - p_amount ELSE a.daily_used END,
-           monthly_used = CASE WHEN a.month = credits._utc_month(v_debit_at) AND a.month = credits._utc_month(v_now)
+           monthly_used = CASE WHEN a.month = credits_internal._utc_month(v_debit_at) AND a.month = credits_internal._utc_month(v_now)
                                     AND p_entry > a.monthly_epoch
                                THEN a.monthly_used - (p_amount - v_to_grants) ELSE a.monthly_used END
      WHERE a.account_id = v_debit.account_id;

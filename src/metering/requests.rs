@@ -1,9 +1,9 @@
 //! What a request must be before it is charged, in one copy for the SQL
 //! functions and the debit fast path (fast_path.rs):
-//!   `credits._metadata_ok(jsonb)`        metadata is NULL or a JSON object of at most 4 kB;
-//!   `credits._fingerprint(VARIADIC text[])` a request's fingerprint, stored with its
+//!   `credits_internal._metadata_ok(jsonb)`        metadata is NULL or a JSON object of at most 4 kB;
+//!   `credits_internal._fingerprint(VARIADIC text[])` a request's fingerprint, stored with its
 //!                                        idempotency key (UC005 on a mismatch);
-//!   `credits._debit_request(feature, quantity, metadata)` a debit's fingerprint.
+//!   `credits_internal._debit_request(feature, quantity, metadata)` a debit's fingerprint.
 //! Fingerprints are md5(parts joined by chr(31), NULL as chr(30)) as a uuid:
 //! the keys recorded by 0.1.0 (where this was SQL) still match.
 
@@ -84,14 +84,14 @@ v1_functions!(
     pg_finfo_credits_debit_request
 );
 
-/// `credits._metadata_ok(value jsonb) RETURNS boolean`
+/// `credits_internal._metadata_ok(value jsonb) RETURNS boolean`
 #[no_mangle]
 #[pgrx::pg_guard]
 pub unsafe extern "C-unwind" fn credits_metadata_ok(fcinfo: pg_sys::FunctionCallInfo) -> Datum {
     Datum::from(metadata_ok(args(fcinfo)[0]))
 }
 
-/// `credits._fingerprint(VARIADIC parts text[]) RETURNS uuid`
+/// `credits_internal._fingerprint(VARIADIC parts text[]) RETURNS uuid`
 #[no_mangle]
 #[pgrx::pg_guard]
 pub unsafe extern "C-unwind" fn credits_fingerprint(fcinfo: pg_sys::FunctionCallInfo) -> Datum {
@@ -102,7 +102,7 @@ pub unsafe extern "C-unwind" fn credits_fingerprint(fcinfo: pg_sys::FunctionCall
     ret(fcinfo, Some(fingerprint(&parts)))
 }
 
-/// `credits._debit_request(feature text, quantity numeric, metadata jsonb) RETURNS uuid`
+/// `credits_internal._debit_request(feature text, quantity numeric, metadata jsonb) RETURNS uuid`
 #[no_mangle]
 #[pgrx::pg_guard]
 pub unsafe extern "C-unwind" fn credits_debit_request(fcinfo: pg_sys::FunctionCallInfo) -> Datum {

@@ -1,4 +1,4 @@
-//! `credits._thresholds()`: the `credits.thresholds` setting as a sorted
+//! `credits_internal._thresholds()`: the `credits.thresholds` setting as a sorted
 //! numeric array. In Rust because the debit fast path asks for it on every
 //! call; parsing the setting in SQL cost more than the rest of the check.
 
@@ -9,7 +9,8 @@ use std::cell::RefCell;
 use std::ffi::CString;
 use std::str::FromStr;
 
-#[pg_extern(stable, parallel_safe, name = "_thresholds")]
+// Declared in src/schema/internal.sql (schema credits_internal).
+#[pg_extern(sql = false)]
 #[allow(unreachable_code)] // ereport!(ERROR) does not return
 pub(crate) fn thresholds() -> Vec<AnyNumeric> {
     // An empty setting means the default, as an unset one does.

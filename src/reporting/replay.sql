@@ -45,16 +45,16 @@ DECLARE
     -- charges: entry, the instant whose windows it counted in
     c_entry bigint[] := '{}';  c_win timestamptz[] := '{}';
 BEGIN
-    PERFORM credits._check_text(p_account, 'account_id');
+    PERFORM credits_internal._check_text(p_account, 'account_id');
     FOR l IN SELECT * FROM credits.ledger le WHERE le.account_id = p_account ORDER BY le.entry_id LOOP
         -- Windows only move forward (§4.6): entries stamped at an earlier
         -- deadline or boundary (E, X, F) do not move them back.
-        IF v_day IS NULL OR credits._utc_day(l.at) > v_day THEN
-            v_day := credits._utc_day(l.at);
+        IF v_day IS NULL OR credits_internal._utc_day(l.at) > v_day THEN
+            v_day := credits_internal._utc_day(l.at);
             v_daily := 0;
         END IF;
-        IF v_month IS NULL OR credits._utc_month(l.at) > v_month THEN
-            v_month := credits._utc_month(l.at);
+        IF v_month IS NULL OR credits_internal._utc_month(l.at) > v_month THEN
+            v_month := credits_internal._utc_month(l.at);
             v_monthly := 0;
             v_epoch := 0;
         END IF;
@@ -98,10 +98,10 @@ BEGIN
             END IF;
             c_entry := c_entry || l.entry_id;
             c_win := c_win || v_win;
-            IF credits._utc_day(v_win) = v_day THEN
+            IF credits_internal._utc_day(v_win) = v_day THEN
                 v_daily := v_daily + l.amount;
             END IF;
-            IF credits._utc_month(v_win) = v_month THEN
+            IF credits_internal._utc_month(v_win) = v_month THEN
                 v_monthly := v_monthly + l.amount - coalesce(l.from_grants, 0);
             END IF;
             -- its grant part, soonest-expiring first
@@ -118,10 +118,10 @@ BEGIN
             END LOOP;
         WHEN 'R' THEN
             v_win := c_win[array_position(c_entry, l.ref)];
-            IF credits._utc_day(v_win) = v_day THEN
+            IF credits_internal._utc_day(v_win) = v_day THEN
                 v_daily := v_daily - l.amount;
             END IF;
-            IF credits._utc_month(v_win) = v_month AND l.ref > v_epoch THEN
+            IF credits_internal._utc_month(v_win) = v_month AND l.ref > v_epoch THEN
                 v_monthly := v_monthly - (l.amount - coalesce(l.from_grants, 0));
             END IF;
             -- back to the grants its debit drew, latest-expiring first, while valid
@@ -145,15 +145,15 @@ BEGIN
         END CASE;
     END LOOP;
     IF v_plan IS NULL THEN
-        PERFORM credits._raise_unknown_account(p_account);
+        PERFORM credits_internal._raise_unknown_account(p_account);
     END IF;
 
     -- As of `at`, or the account's own time if that is later.
     v_now := greatest(v_now, (SELECT max(le.at) FROM credits.ledger le WHERE le.account_id = p_account));
     plan := v_plan;
     purchased := v_purchased;
-    daily_used := CASE WHEN credits._utc_day(v_now) = v_day THEN v_daily ELSE 0 END;
-    monthly_used := CASE WHEN credits._utc_month(v_now) = v_month THEN v_monthly ELSE 0 END;
+    daily_used := CASE WHEN credits_internal._utc_day(v_now) = v_day THEN v_daily ELSE 0 END;
+    monthly_used := CASE WHEN credits_internal._utc_month(v_now) = v_month THEN v_monthly ELSE 0 END;
     granted_remaining := coalesce((SELECT sum(g_rem[k]) FROM generate_subscripts(g_id, 1) k
                                     WHERE NOT g_gone[k] AND (g_exp[k] IS NULL OR g_exp[k] > v_now)), 0);
     reserved := coalesce((SELECT sum(h_amt[k]) FROM generate_subscripts(h_id, 1) k

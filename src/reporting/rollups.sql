@@ -14,22 +14,22 @@
 -- The month an entry is reported in: its UTC month, except a month-end
 -- forfeit (stamped at the next month's first instant), which belongs to the
 -- month it ends, and the forfeit of a hold that month kept aside (SPEC §4.3).
-CREATE FUNCTION _report_month(kind "char", at timestamptz, metadata jsonb) RETURNS date
+CREATE FUNCTION credits_internal._report_month(kind "char", at timestamptz, metadata jsonb) RETURNS date
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN CASE WHEN kind = 'F' AND metadata ->> 'reason' IN ('month_end', 'hold')
             THEN make_date(substr(metadata ->> 'month', 1, 4)::integer,
                            substr(metadata ->> 'month', 6, 2)::integer, 1)
-            ELSE credits._utc_month(at) END;
+            ELSE credits_internal._utc_month(at) END;
 
 -- The ledger's totals per account, reporting month, kind and feature for
 -- the entries after `p_after` up to `p_upto`: what usage_rollup adds up
 -- (_refresh_rollups) and what verify() checks it against.
-CREATE FUNCTION _ledger_totals(p_after bigint, p_upto bigint)
+CREATE FUNCTION credits_internal._ledger_totals(p_after bigint, p_upto bigint)
 RETURNS TABLE (account_id text, month date, kind "char", feature_id smallint,
                amount numeric, from_grants numeric, entries bigint)
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-    SELECT l.account_id, credits._report_month(l.kind, l.at, l.metadata), l.kind, l.feature_id,
+    SELECT l.account_id, credits_internal._report_month(l.kind, l.at, l.metadata), l.kind, l.feature_id,
            sum(l.amount), coalesce(sum(l.from_grants), 0), count(*)
       FROM credits.ledger l
      WHERE l.entry_id > p_after AND l.entry_id <= p_upto
@@ -42,7 +42,7 @@ END;
 -- no entry in flight (a psql session left open after a SELECT does not hold
 -- the rollups back). (pg_stat_activity is cached per transaction, hence the
 -- clear.) Without track_activities there is no telling: assume one is.
-CREATE FUNCTION _older_transactions_open(since timestamptz) RETURNS boolean
+CREATE FUNCTION credits_internal._older_transactions_open(since timestamptz) RETURNS boolean
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF NOT current_setting('track_activities')::boolean THEN
@@ -65,7 +65,7 @@ $$;
 -- the transactions older than it end within p_wait (typically milliseconds),
 -- rolls up to it at once. At most p_max entry ids per call. Returns the
 -- entry ids rolled up (0: nothing was final).
-CREATE FUNCTION _refresh_rollups(p_max bigint, p_wait interval DEFAULT '0') RETURNS bigint
+CREATE FUNCTION credits_internal._refresh_rollups(p_max bigint, p_wait interval DEFAULT '0') RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off AS $$
 DECLARE
     st       credits.rollup_state;
@@ -94,14 +94,14 @@ BEGIN
         IF st.candidate > st.rolled_through THEN
             v_until := clock_timestamp() + CASE WHEN v_picked THEN p_wait ELSE interval '0' END;
             LOOP
-                v_open := credits._older_transactions_open(st.candidate_at);
+                v_open := credits_internal._older_transactions_open(st.candidate_at);
                 EXIT WHEN NOT v_open OR clock_timestamp() >= v_until;
                 PERFORM pg_catalog.pg_sleep(0.002);
             END LOOP;
             EXIT WHEN v_open;
             v_upto := least(st.candidate, st.rolled_through + p_max - v_n);
             INSERT INTO credits.usage_rollup AS r (account_id, month, kind, feature_id, amount, from_grants, entries)
-            SELECT * FROM credits._ledger_totals(st.rolled_through, v_upto)
+            SELECT * FROM credits_internal._ledger_totals(st.rolled_through, v_upto)
             ON CONFLICT (account_id, month, kind, feature_id) DO UPDATE
                SET amount = r.amount + excluded.amount,
                    from_grants = r.from_grants + excluded.from_grants,
@@ -127,17 +127,17 @@ $$;
 
 -- The watermark, for the views: a stable function, so the planner reads its
 -- value when it estimates how many ledger entries a report must add.
-CREATE FUNCTION _rolled_through() RETURNS bigint
+CREATE FUNCTION credits_internal._rolled_through() RETURNS bigint
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 RETURN (SELECT s.rolled_through FROM credits.rollup_state s);
 
 -- The worker's rollup step: like _refresh_rollups, but an error is recorded
 -- in rollup_state (and the server log) instead of ending the worker.
 -- (pinned search_path: see _worker_step)
-CREATE FUNCTION _worker_rollups(p_max bigint, p_wait interval) RETURNS bigint
+CREATE FUNCTION credits_internal._worker_rollups(p_max bigint, p_wait interval) RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    RETURN credits._refresh_rollups(p_max, p_wait);
+    RETURN credits_internal._refresh_rollups(p_max, p_wait);
 EXCEPTION WHEN OTHERS THEN
     UPDATE credits.rollup_state
        SET last_error = format('%s (SQLSTATE %s)', SQLERRM, SQLSTATE), last_error_at = clock_timestamp();
@@ -165,7 +165,7 @@ BEGIN
         RAISE EXCEPTION 'invalid wait: %', coalesce(refresh_rollups.wait::text, 'NULL') USING ERRCODE = 'UC009';
     END IF;
     LOOP
-        v_n := credits._refresh_rollups(refresh_rollups.batch, interval '10 ms');
+        v_n := credits_internal._refresh_rollups(refresh_rollups.batch, interval '10 ms');
         SELECT s.rolled_through INTO v_done FROM credits.rollup_state s;
         COMMIT;
         v_batches := v_batches + CASE WHEN v_n > 0 THEN 1 ELSE 0 END;
@@ -176,7 +176,7 @@ BEGIN
             END IF;
         ELSIF pg_catalog.clock_timestamp() - v_start > refresh_rollups.wait THEN
             RAISE WARNING 'credits rollups: still waiting for transactions open since before %; the views stay exact meanwhile',
-                          credits._utc_text(v_start)
+                          credits_internal._utc_text(v_start)
                 USING HINT = 'See pg_stat_activity for old transactions, pg_prepared_xacts for prepared ones.';
             RETURN;
         ELSE

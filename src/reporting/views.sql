@@ -13,7 +13,7 @@
 
 CREATE VIEW usage_daily AS
 SELECT l.account_id,
-       credits._utc_day(l.at) AS day,
+       credits_internal._utc_day(l.at) AS day,
        f.product,
        f.feature,
        coalesce(sum(l.amount) FILTER (WHERE l.kind = 'D'), 0) AS debited,
@@ -24,21 +24,21 @@ SELECT l.account_id,
   FROM credits.ledger l
   JOIN credits.features f ON f.feature_id = l.feature_id
  WHERE l.kind IN ('D', 'R')
- GROUP BY l.account_id, credits._utc_day(l.at), f.product, f.feature;
+ GROUP BY l.account_id, credits_internal._utc_day(l.at), f.product, f.feature;
 COMMENT ON VIEW usage_daily IS 'Usage per account, UTC day, product and feature: debited, refunded (on the day of the refund), net.';
 
 -- Ledger totals per account, reporting month, kind and feature: the rollups
 -- plus the entries after them. A filter on account_id or month reaches both
 -- branches (an index each), so one account's month reads a few rows.
-CREATE VIEW _ledger_months AS
+CREATE VIEW credits_internal._ledger_months AS
 SELECT r.account_id, r.month, r.kind, r.feature_id, r.amount, r.from_grants, r.entries
   FROM credits.usage_rollup r
 UNION ALL
-SELECT l.account_id, credits._report_month(l.kind, l.at, l.metadata), l.kind, l.feature_id,
+SELECT l.account_id, credits_internal._report_month(l.kind, l.at, l.metadata), l.kind, l.feature_id,
        l.amount, coalesce(l.from_grants, 0), 1::bigint
   FROM credits.ledger l
- WHERE l.entry_id > credits._rolled_through();
-COMMENT ON VIEW _ledger_months IS 'Internal: usage_rollup plus the ledger entries not rolled up yet.';
+ WHERE l.entry_id > credits_internal._rolled_through();
+COMMENT ON VIEW credits_internal._ledger_months IS 'Internal: usage_rollup plus the ledger entries not rolled up yet.';
 
 CREATE VIEW usage_monthly AS
 SELECT u.account_id,
@@ -50,7 +50,7 @@ SELECT u.account_id,
        coalesce(sum(CASE u.kind WHEN 'D' THEN u.amount ELSE -u.amount END), 0) AS net,
        coalesce(sum(u.entries) FILTER (WHERE u.kind = 'D'), 0) AS debits,
        coalesce(sum(u.entries) FILTER (WHERE u.kind = 'R'), 0) AS refunds
-  FROM credits._ledger_months u
+  FROM credits_internal._ledger_months u
   JOIN credits.features f ON f.feature_id = u.feature_id
  WHERE u.kind IN ('D', 'R')
  GROUP BY u.account_id, u.month, f.product, f.feature;
@@ -69,7 +69,7 @@ SELECT u.account_id,
        coalesce(sum(u.amount) FILTER (WHERE u.kind = 'G'), 0) AS granted,
        coalesce(sum(u.amount) FILTER (WHERE u.kind = 'P'), 0) AS purchased,
        coalesce(sum(u.amount) FILTER (WHERE u.kind = 'E'), 0) AS expired
-  FROM credits._ledger_months u
+  FROM credits_internal._ledger_months u
  GROUP BY u.account_id, u.month;
 COMMENT ON VIEW account_months IS 'Per account and UTC month: usage, refunds, forfeited allowance, grants, purchases, expired grant credits.';
 
@@ -88,10 +88,10 @@ SELECT t.month,
                coalesce(sum(u.amount) FILTER (WHERE u.kind = 'G'), 0) AS granted,
                coalesce(sum(u.amount) FILTER (WHERE u.kind = 'P'), 0) AS purchased,
                coalesce(sum(u.amount) FILTER (WHERE u.kind = 'E'), 0) AS expired
-          FROM credits._ledger_months u
+          FROM credits_internal._ledger_months u
          GROUP BY u.month) t
   LEFT JOIN (SELECT d.month, count(*) AS active_accounts
-               FROM (SELECT u.month, u.account_id FROM credits._ledger_months u
+               FROM (SELECT u.month, u.account_id FROM credits_internal._ledger_months u
                       WHERE u.kind = 'D' GROUP BY u.month, u.account_id) d
               GROUP BY d.month) a ON a.month = t.month;
 COMMENT ON VIEW tenant_months IS 'All accounts per UTC month: active accounts, usage, refunds, forfeits, grants, purchases, expiries.';

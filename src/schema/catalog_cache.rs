@@ -4,7 +4,7 @@
 //! four index lookups were catalog rows that change a few times a year).
 //!
 //! A change to plans or features (any statement, including TRUNCATE and a
-//! restore's COPY) fires `credits._catalog_changed()`, which queues a
+//! restore's COPY) fires `credits_internal._catalog_changed()`, which queues a
 //! relcache invalidation of the table; PostgreSQL delivers it to every
 //! session when the change commits (and to the changing session at once).
 //! The relations are found again after an invalidation of any of them (DDL,
@@ -172,13 +172,13 @@ unsafe fn cached<V, R>(
 
 v1_functions!(pg_finfo_credits_catalog_changed);
 
-/// `credits._catalog_changed()`: a statement trigger on plans and features.
+/// `credits_internal._catalog_changed()`: a statement trigger on plans and features.
 #[no_mangle]
 #[pgrx::pg_guard]
 pub unsafe extern "C-unwind" fn credits_catalog_changed(fcinfo: pg_sys::FunctionCallInfo) -> Datum {
     let context = (*fcinfo).context;
     if context.is_null() || (*context).type_ != pg_sys::NodeTag::T_TriggerData {
-        pgrx::error!("credits._catalog_changed() is a trigger function");
+        pgrx::error!("credits_internal._catalog_changed() is a trigger function");
     }
     let trigger = context as *mut pg_sys::TriggerData;
     pg_sys::CacheInvalidateRelcache((*trigger).tg_relation);

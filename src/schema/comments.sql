@@ -36,7 +36,7 @@ COMMENT ON FUNCTION credits.ledger_balance(text, timestamptz) IS
 'An account''s plan, purchases, window usage, grants and holds rebuilt from its ledger rows alone, as of an instant (default now): an auditor''s second opinion on balance().';
 COMMENT ON FUNCTION credits.now() IS
 'The extension''s clock: credits.clock_override if set (superuser-only, for tests), else the transaction''s start.';
-COMMENT ON FUNCTION credits.ledger_refuse_change() IS
+COMMENT ON FUNCTION credits_internal.ledger_refuse_change() IS
 'Trigger function: the ledger is append-only (UC010), for every role.';
 COMMENT ON PROCEDURE credits.run_maintenance(timestamptz) IS
 'Do everything due at an instant (default now): window resets, expiries, events; committing per batch, with progress NOTICEs. What the worker runs; idempotent. Admin.';

@@ -5,17 +5,17 @@
 -- stored for an earlier day or month reads as zero. (One stored for a later
 -- window than `current_window` is the current one: see _account_now.)
 -- Inlined by the planner.
-CREATE FUNCTION _in_window(stored_window date, current_window date, used numeric)
+CREATE FUNCTION credits_internal._in_window(stored_window date, current_window date, used numeric)
 RETURNS numeric LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN CASE WHEN stored_window >= current_window THEN used ELSE 0 END;
 
 -- UTC calendar windows. AT TIME ZONE 'UTC' makes them independent of the
 -- session's TimeZone.
-CREATE FUNCTION _utc_day(at timestamptz) RETURNS date
+CREATE FUNCTION credits_internal._utc_day(at timestamptz) RETURNS date
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN (at AT TIME ZONE 'UTC')::date;
 
-CREATE FUNCTION _utc_month(at timestamptz) RETURNS date
+CREATE FUNCTION credits_internal._utc_month(at timestamptz) RETURNS date
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN date_trunc('month', at AT TIME ZONE 'UTC')::date;
 
@@ -28,18 +28,18 @@ RETURN date_trunc('month', at AT TIME ZONE 'UTC')::date;
 -- window or un-expires a hold, and an account's entries are in time order.
 -- Every call that locks an account (_lock_account) and the debit fast path
 -- set last_at to the time they decide at.
-CREATE FUNCTION _account_now(a credits.accounts, p_now timestamptz) RETURNS timestamptz
+CREATE FUNCTION credits_internal._account_now(a credits.accounts, p_now timestamptz) RETURNS timestamptz
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN greatest(p_now, a.last_at, a.day::timestamp AT TIME ZONE 'UTC', a.month::timestamp AT TIME ZONE 'UTC');
 
 -- Instants in messages: UTC, whatever the session's TimeZone and DateStyle.
 
-CREATE FUNCTION _utc_text(at timestamptz) RETURNS text
+CREATE FUNCTION credits_internal._utc_text(at timestamptz) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN CASE WHEN isfinite(at) THEN to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.MS "UTC"') ELSE at::text END;
 
 -- UC004: amounts are positive, finite and exact to 4 decimal places.
-CREATE FUNCTION _check_amount(value numeric, what text) RETURNS void
+CREATE FUNCTION credits_internal._check_amount(value numeric, what text) RETURNS void
 LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
     IF value IS NULL THEN
@@ -62,7 +62,7 @@ END
 $$;
 
 -- UC009: identifiers and other text arguments.
-CREATE FUNCTION _check_text(value text, what text) RETURNS void
+CREATE FUNCTION credits_internal._check_text(value text, what text) RETURNS void
 LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
     IF value IS NULL OR value = '' THEN
@@ -79,29 +79,34 @@ $$;
 -- however it is stored or compressed: it is stored on the ledger row it
 -- comes with. The predicate is shared with the debit fast path, which
 -- cannot raise (both in src/metering/requests.rs).
-CREATE FUNCTION _metadata_ok(value jsonb) RETURNS boolean
+CREATE FUNCTION credits_internal._metadata_ok(value jsonb) RETURNS boolean
 LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'credits_metadata_ok';
 
-CREATE FUNCTION _check_metadata(value jsonb) RETURNS void
+CREATE FUNCTION credits_internal._check_metadata(value jsonb) RETURNS void
 LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
-    IF NOT credits._metadata_ok(value) THEN
+    IF NOT credits_internal._metadata_ok(value) THEN
         RAISE EXCEPTION 'invalid metadata: a JSON % of % bytes', jsonb_typeof(value), octet_length(value::text)
             USING ERRCODE = 'UC009', DETAIL = 'metadata must be a JSON object of at most 4096 bytes, or NULL';
     END IF;
 END
 $$;
 
+-- credits.thresholds as a sorted numeric array (src/metering/thresholds.rs:
+-- in Rust, as the debit fast path reads it on every call).
+CREATE FUNCTION credits_internal._thresholds() RETURNS numeric[]
+LANGUAGE c STRICT STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'thresholds_wrapper';
+
 -- Fingerprint of a request, stored with its idempotency key (UC005):
 -- md5 of the parts joined by chr(31), NULL as chr(30), as a uuid
 -- (src/metering/requests.rs, shared with the debit fast path).
-CREATE FUNCTION _fingerprint(VARIADIC parts text[]) RETURNS uuid
+CREATE FUNCTION credits_internal._fingerprint(VARIADIC parts text[]) RETURNS uuid
 LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'credits_fingerprint';
 
 -- The replay half of idempotency: the entry a key already produced, NULL if
 -- the key is new, UC005 if the key was used for a different request.
 -- Callers hold the account lock, so a concurrent twin has committed or not.
-CREATE FUNCTION _replay(p_account text, p_key text, p_request uuid) RETURNS bigint
+CREATE FUNCTION credits_internal._replay(p_account text, p_key text, p_request uuid) RETURNS bigint
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     v_entry bigint;
@@ -121,7 +126,7 @@ END
 $$;
 
 -- UC002, the one message for an account that does not exist.
-CREATE FUNCTION _raise_unknown_account(p_account text) RETURNS void
+CREATE FUNCTION credits_internal._raise_unknown_account(p_account text) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
     RAISE EXCEPTION 'unknown account: %', quote_literal(p_account)
@@ -130,15 +135,15 @@ END
 $$;
 
 -- Read an account for reporting (no lock): UC009 / UC002 when there is none.
-CREATE FUNCTION _account(p_account text) RETURNS credits.accounts
+CREATE FUNCTION credits_internal._account(p_account text) RETURNS credits.accounts
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     v credits.accounts;
 BEGIN
-    PERFORM credits._check_text(p_account, 'account_id');
+    PERFORM credits_internal._check_text(p_account, 'account_id');
     SELECT * INTO v FROM credits.accounts a WHERE a.account_id = p_account;
     IF NOT FOUND THEN
-        PERFORM credits._raise_unknown_account(p_account);
+        PERFORM credits_internal._raise_unknown_account(p_account);
     END IF;
     RETURN v;
 END
@@ -148,7 +153,7 @@ $$;
 -- Helpers called on every request are plpgsql, not SQL functions: PostgreSQL
 -- parses and plans a SQL function's statement again in every transaction
 -- (_state's was 75% of a reserve), a plpgsql one keeps its plan.
-CREATE FUNCTION _remember_key(p_account text, p_key text, p_entry bigint, p_request uuid) RETURNS void
+CREATE FUNCTION credits_internal._remember_key(p_account text, p_key text, p_entry bigint, p_request uuid) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO credits.idempotency (account_id, idempotency_key, entry_id, request)
@@ -164,7 +169,7 @@ $$;
 -- grant part against grants; a hold larger than a new, smaller limit keeps
 -- what it reserved without making anything negative, so credits granted or
 -- bought later are usable at once.
-CREATE TYPE _account_state AS (
+CREATE TYPE credits_internal._account_state AS (
     plan              text,
     daily_limit       numeric,
     daily_used        numeric,
@@ -179,16 +184,16 @@ CREATE TYPE _account_state AS (
     reserved_grants   numeric   -- every open hold's part on grants
 );
 
-CREATE FUNCTION _state(a credits.accounts, p_now timestamptz) RETURNS credits._account_state
+CREATE FUNCTION credits_internal._state(a credits.accounts, p_now timestamptz) RETURNS credits_internal._account_state
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
-    v         credits._account_state;
+    v         credits_internal._account_state;
     v_today   numeric := 0;  -- held by holds placed today
 BEGIN
     SELECT p.plan, p.daily_limit,
-           credits._in_window(a.day, credits._utc_day(p_now), a.daily_used),
+           credits_internal._in_window(a.day, credits_internal._utc_day(p_now), a.daily_used),
            p.monthly_allowance + a.purchased,
-           credits._in_window(a.month, credits._utc_month(p_now), a.monthly_used),
+           credits_internal._in_window(a.month, credits_internal._utc_month(p_now), a.monthly_used),
            coalesce((SELECT sum(g.remaining) FROM credits.grants g
                       WHERE g.account_id = a.account_id AND g.remaining > 0 AND g.expired_entry IS NULL
                         AND (g.expires_at IS NULL OR g.expires_at > p_now)), 0),
@@ -200,8 +205,8 @@ BEGIN
     IF a.reserved > 0 THEN
         -- (holds past their deadline no longer count, even before they are freed)
         SELECT coalesce(sum(h.amount), 0),
-               coalesce(sum(h.amount) FILTER (WHERE h.day >= credits._utc_day(p_now)), 0),
-               coalesce(sum(h.amount - h.from_grants) FILTER (WHERE h.month >= credits._utc_month(p_now)), 0),
+               coalesce(sum(h.amount) FILTER (WHERE h.day >= credits_internal._utc_day(p_now)), 0),
+               coalesce(sum(h.amount - h.from_grants) FILTER (WHERE h.month >= credits_internal._utc_month(p_now)), 0),
                coalesce(sum(h.from_grants), 0)
           INTO v.reserved, v_today, v.reserved_allowance, v.reserved_grants
           FROM credits.holds h
@@ -217,18 +222,18 @@ $$;
 
 -- UC001 when `amount` does not fit every window of `s` (NULL = it fits):
 -- the window that lacks it, raised or, for try_ variants, returned.
-CREATE FUNCTION _lacking_window(s credits._account_state, p_amount numeric) RETURNS text
+CREATE FUNCTION credits_internal._lacking_window(s credits_internal._account_state, p_amount numeric) RETURNS text
 LANGUAGE sql IMMUTABLE
 RETURN CASE
     WHEN s.daily_available IS NOT NULL AND p_amount > s.daily_available THEN 'daily'
     WHEN p_amount > s.allowance_available + s.grants_available THEN 'monthly'
 END;
 
-CREATE FUNCTION _raise_insufficient(p_account text, p_amount numeric, p_what text,
-                                    s credits._account_state, p_now timestamptz)
+CREATE FUNCTION credits_internal._raise_insufficient(p_account text, p_amount numeric, p_what text,
+                                    s credits_internal._account_state, p_now timestamptz)
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
-    v_window text := credits._lacking_window(s, p_amount);
+    v_window text := credits_internal._lacking_window(s, p_amount);
 BEGIN
     RAISE EXCEPTION 'insufficient credits: account % needs % for %, the % window has % available',
                     quote_literal(p_account), p_amount, p_what, v_window,
@@ -237,10 +242,10 @@ BEGIN
         USING ERRCODE = 'UC001',
               DETAIL = CASE v_window
                   WHEN 'daily' THEN format('window=daily day=%s limit=%s used=%s reserved=%s',
-                                           to_char(credits._utc_day(p_now), 'YYYY-MM-DD'), s.daily_limit,
+                                           to_char(credits_internal._utc_day(p_now), 'YYYY-MM-DD'), s.daily_limit,
                                            s.daily_used, s.reserved)
                   ELSE format('window=monthly month=%s limit=%s used=%s granted=%s reserved=%s',
-                              to_char(credits._utc_month(p_now), 'YYYY-MM'), s.monthly_limit,
+                              to_char(credits_internal._utc_month(p_now), 'YYYY-MM'), s.monthly_limit,
                               s.monthly_used, s.granted_remaining, s.reserved)
               END;
 END

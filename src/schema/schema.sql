@@ -5,6 +5,16 @@
 -- distributed by account_id (Citus) and every operation touches one account.
 --
 -- Amounts are numeric, exact to 4 decimal places (validated on the way in).
+--
+-- Two schemas: `credits` holds the public contract (what `\df credits.*`
+-- and `\d credits.*` list, every object documented); `credits_internal`
+-- holds the helpers the public functions share (names start with an
+-- underscore), which no role but the owner may call unless a privilege says
+-- so (src/security/privileges.sql). Both belong to the extension.
+
+CREATE SCHEMA credits_internal;
+COMMENT ON SCHEMA credits_internal IS
+'Internal helpers of the credits extension: not an API, may change in any release.';
 
 -------------------------------------------------------------------------------
 -- Catalogs: plans and features are data, not code (SPEC rule 1 and 7).
@@ -325,7 +335,7 @@ INSERT INTO rollup_state DEFAULT VALUES;
 -- The ledger refuses changes after the fact.
 -------------------------------------------------------------------------------
 
-CREATE FUNCTION ledger_refuse_change() RETURNS trigger
+CREATE FUNCTION credits_internal.ledger_refuse_change() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 BEGIN
     RAISE EXCEPTION 'the credits ledger is append-only: % is refused', TG_OP
@@ -336,10 +346,10 @@ $$;
 
 CREATE TRIGGER ledger_append_only
     BEFORE UPDATE OR DELETE ON ledger
-    FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change();
+    FOR EACH ROW EXECUTE FUNCTION credits_internal.ledger_refuse_change();
 CREATE TRIGGER ledger_no_truncate
     BEFORE TRUNCATE ON ledger
-    FOR EACH STATEMENT EXECUTE FUNCTION ledger_refuse_change();
+    FOR EACH STATEMENT EXECUTE FUNCTION credits_internal.ledger_refuse_change();
 -- For superusers too: session_replication_role = replica (which skips
 -- ordinary triggers, as logical replication and some restore tools set it)
 -- does not make the ledger writable.
@@ -355,7 +365,7 @@ ALTER TABLE ledger ENABLE ALWAYS TRIGGER ledger_no_truncate;
 -- whose key is a seed row's replaces the seed's values instead of failing.
 -------------------------------------------------------------------------------
 
-CREATE FUNCTION _catalog_unseed() RETURNS trigger
+CREATE FUNCTION credits_internal._catalog_unseed() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     NEW.seeded := false;
@@ -363,7 +373,7 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION _plans_replace_seed() RETURNS trigger
+CREATE FUNCTION credits_internal._plans_replace_seed() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     UPDATE credits.plans p
@@ -374,7 +384,7 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION _features_replace_seed() RETURNS trigger
+CREATE FUNCTION credits_internal._features_replace_seed() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     UPDATE credits.features f
@@ -385,24 +395,24 @@ END
 $$;
 
 CREATE TRIGGER plans_edited_seed BEFORE UPDATE ON plans
-    FOR EACH ROW WHEN (OLD.seeded) EXECUTE FUNCTION _catalog_unseed();
+    FOR EACH ROW WHEN (OLD.seeded) EXECUTE FUNCTION credits_internal._catalog_unseed();
 CREATE TRIGGER features_edited_seed BEFORE UPDATE ON features
-    FOR EACH ROW WHEN (OLD.seeded) EXECUTE FUNCTION _catalog_unseed();
+    FOR EACH ROW WHEN (OLD.seeded) EXECUTE FUNCTION credits_internal._catalog_unseed();
 CREATE TRIGGER plans_replace_seed BEFORE INSERT ON plans
-    FOR EACH ROW EXECUTE FUNCTION _plans_replace_seed();
+    FOR EACH ROW EXECUTE FUNCTION credits_internal._plans_replace_seed();
 CREATE TRIGGER features_replace_seed BEFORE INSERT ON features
-    FOR EACH ROW EXECUTE FUNCTION _features_replace_seed();
+    FOR EACH ROW EXECUTE FUNCTION credits_internal._features_replace_seed();
 
 -- Sessions cache plans and features for the debit fast path
 -- (src/metering/catalog_cache.rs); any change to either tells every session
 -- to read them again, when it commits.
-CREATE FUNCTION _catalog_changed() RETURNS trigger
+CREATE FUNCTION credits_internal._catalog_changed() RETURNS trigger
 LANGUAGE c AS 'MODULE_PATHNAME', 'credits_catalog_changed';
 
 CREATE TRIGGER plans_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON plans
-    FOR EACH STATEMENT EXECUTE FUNCTION _catalog_changed();
+    FOR EACH STATEMENT EXECUTE FUNCTION credits_internal._catalog_changed();
 CREATE TRIGGER features_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON features
-    FOR EACH STATEMENT EXECUTE FUNCTION _catalog_changed();
+    FOR EACH STATEMENT EXECUTE FUNCTION credits_internal._catalog_changed();
 
 SELECT pg_catalog.pg_extension_config_dump('accounts', '');
 SELECT pg_catalog.pg_extension_config_dump('ledger', '');

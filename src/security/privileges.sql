@@ -1,4 +1,5 @@
--- Least privilege (SPEC §3). Nothing in schema credits is usable by PUBLIC.
+-- Least privilege (SPEC §3). Nothing in schemas credits and credits_internal
+-- is usable by PUBLIC.
 -- Three NOLOGIN roles carry the rights; a DBA grants them to login roles:
 --   credits_app     the application backend: charge, refund, hold, read a balance;
 --   credits_reader  analysts: read the reporting views, nothing else;
@@ -22,10 +23,13 @@ BEGIN
 END
 $$;
 
-REVOKE ALL ON ALL ROUTINES IN SCHEMA credits FROM PUBLIC;
+REVOKE ALL ON ALL ROUTINES IN SCHEMA credits, credits_internal FROM PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA credits FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA credits FROM PUBLIC;
 GRANT USAGE ON SCHEMA credits TO credits_app, credits_reader, credits_admin;
+-- The internal helpers run inside public functions, as their owner; only
+-- run_maintenance and refresh_rollups, which run as their caller, name some.
+GRANT USAGE ON SCHEMA credits_internal TO credits_admin;
 
 GRANT EXECUTE ON FUNCTION
     credits.debit(text, text, numeric, text, jsonb),
@@ -46,9 +50,9 @@ GRANT SELECT ON credits.closed_windows, credits.events, credits.maintenance_stat
                 credits.usage_daily, credits.usage_monthly, credits.account_months,
                 credits.tenant_months, credits.usage_display, credits.rollup_status
 TO credits_reader, credits_admin;
-GRANT EXECUTE ON FUNCTION credits.now(), credits._next_due(timestamptz), credits._worker_pid(),
-                          credits._utc_day(timestamptz), credits._utc_month(timestamptz),
-                          credits._report_month("char", timestamptz, jsonb), credits._rolled_through(),
+GRANT EXECUTE ON FUNCTION credits.now(), credits_internal._next_due(timestamptz), credits_internal._worker_pid(),
+                          credits_internal._utc_day(timestamptz), credits_internal._utc_month(timestamptz),
+                          credits_internal._report_month("char", timestamptz, jsonb), credits_internal._rolled_through(),
                           credits.balance(text)
 TO credits_reader, credits_admin;
 
@@ -62,11 +66,11 @@ TO credits_admin;
 GRANT EXECUTE ON PROCEDURE credits.run_maintenance(timestamptz) TO credits_admin;
 -- run_maintenance runs as its caller (a procedure that COMMITs cannot be
 -- SECURITY DEFINER); the two functions it calls are.
-GRANT EXECUTE ON FUNCTION credits._maintenance_step(timestamptz, integer), credits._maintenance_progress()
+GRANT EXECUTE ON FUNCTION credits_internal._maintenance_step(timestamptz, integer), credits_internal._maintenance_progress()
 TO credits_admin;
 -- likewise refresh_rollups
 GRANT EXECUTE ON PROCEDURE credits.refresh_rollups(bigint, interval) TO credits_admin;
-GRANT EXECUTE ON FUNCTION credits._refresh_rollups(bigint, interval) TO credits_admin;
+GRANT EXECUTE ON FUNCTION credits_internal._refresh_rollups(bigint, interval) TO credits_admin;
 -- Catalogs are data the operator edits; everything else is read-only to them.
 GRANT SELECT ON ALL TABLES IN SCHEMA credits TO credits_admin;
 GRANT INSERT, UPDATE ON credits.plans, credits.features TO credits_admin;

@@ -41,7 +41,7 @@ fn fast_debit(
 ) -> Option<i64> {
     client
         .query_one(
-            "SELECT credits._debit_fast($1, 'agent', $2::text::numeric, $3, NULL, credits.now())",
+            "SELECT credits_internal._debit_fast($1, 'agent', $2::text::numeric, $3, NULL, credits.now())",
             &[&account, &quantity, &key],
         )
         .unwrap()

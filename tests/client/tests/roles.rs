@@ -86,7 +86,7 @@ fn each_role_can_do_its_job_and_nothing_else() {
             "UPDATE credits.accounts SET purchased = 1000000",
             "DELETE FROM credits.accounts",
             "UPDATE credits.grants SET remaining = 1000",
-            "SELECT credits._charge('r_pro', NULL, 1::smallint, 1, NULL, NULL, now())",
+            "SELECT credits_internal._charge('r_pro', NULL, 1::smallint, 1, NULL, NULL, now())",
         ],
     );
     assert_rights(
@@ -118,8 +118,8 @@ fn each_role_can_do_its_job_and_nothing_else() {
             "UPDATE credits.accounts SET purchased = 1000000",
             "UPDATE credits.plans SET monthly_allowance = 1000000",
             "INSERT INTO credits.ledger (account_id, at, kind, amount) VALUES ('r_pro', now(), 'G', 1000)",
-            "SELECT credits._lock_account('r_pro', now())",
-            "SELECT credits._charge('r_pro', NULL, 1::smallint, 1, NULL, NULL, now())",
+            "SELECT credits_internal._lock_account('r_pro', now())",
+            "SELECT credits_internal._charge('r_pro', NULL, 1::smallint, 1, NULL, NULL, now())",
             "SET credits.clock_override = '2020-01-01 00:00:00+00'",
         ],
     );
@@ -140,7 +140,7 @@ fn each_role_can_do_its_job_and_nothing_else() {
         &[
             "SELECT credits.debit('r_pro', 'agent', 1)",
             "SELECT * FROM credits.usage_rollup",
-            "SELECT * FROM credits._ledger_months",
+            "SELECT * FROM credits_internal._ledger_months",
             "CALL credits.refresh_rollups()",
             "SELECT * FROM credits.ledger",
             "SELECT * FROM credits.accounts",

@@ -28,7 +28,7 @@ fn refresh_all(client: &mut Client) {
         .get(0);
     wait_until(30, "the rollups to catch up", || {
         client
-            .query_one("SELECT credits._refresh_rollups(1000)", &[])
+            .query_one("SELECT credits_internal._refresh_rollups(1000)", &[])
             .unwrap();
         rolled_through(client) >= target
     });
@@ -52,7 +52,7 @@ fn months_both_ways(client: &mut Client, prefix: &str) -> (Vec<String>, Vec<Stri
     );
     let ledger = rows(
         client,
-        "SELECT concat_ws(' ', account_id, credits._report_month(kind, at, metadata),
+        "SELECT concat_ws(' ', account_id, credits_internal._report_month(kind, at, metadata),
                           coalesce(sum(amount) FILTER (WHERE kind = 'D'), 0),
                           coalesce(sum(amount) FILTER (WHERE kind = 'R'), 0),
                           coalesce(sum(from_grants) FILTER (WHERE kind = 'D'), 0)
@@ -61,7 +61,7 @@ fn months_both_ways(client: &mut Client, prefix: &str) -> (Vec<String>, Vec<Stri
                           coalesce(sum(amount) FILTER (WHERE kind = 'G'), 0),
                           coalesce(sum(amount) FILTER (WHERE kind = 'P'), 0))
            FROM credits.ledger WHERE account_id LIKE $1
-          GROUP BY account_id, credits._report_month(kind, at, metadata) ORDER BY 1",
+          GROUP BY account_id, credits_internal._report_month(kind, at, metadata) ORDER BY 1",
     );
     (view, ledger)
 }
@@ -96,7 +96,7 @@ fn an_entry_still_in_flight_below_a_visible_one_is_not_skipped() {
 
     for _ in 0..5 {
         client
-            .query_one("SELECT credits._refresh_rollups(1000)", &[])
+            .query_one("SELECT credits_internal._refresh_rollups(1000)", &[])
             .unwrap();
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -150,7 +150,7 @@ fn debits_of_every_length_racing_refreshes_end_equal_to_the_ledger() {
                 let wait = if calls % 2 == 0 { "0" } else { "5 ms" };
                 let n: i64 = c
                     .query_one(
-                        "SELECT credits._refresh_rollups(7, $1::text::interval)",
+                        "SELECT credits_internal._refresh_rollups(7, $1::text::interval)",
                         &[&wait],
                     )
                     .unwrap()

@@ -15,12 +15,12 @@ fn fingerprint(client: &mut Client) -> Vec<String> {
     let sql = "
         SELECT 'function ' || p.oid::regprocedure::text || E'\\n' || pg_get_functiondef(p.oid)
                || E'\\nacl ' || coalesce(p.proacl::text, '') || ' owner ' || pg_get_userbyid(p.proowner)
-          FROM pg_proc p WHERE p.pronamespace = 'credits'::regnamespace
+          FROM pg_proc p WHERE p.pronamespace IN ('credits'::regnamespace, 'credits_internal'::regnamespace)
         UNION ALL
-        SELECT format('relation %s kind %s acl %s options %s comment %s', c.relname, c.relkind,
+        SELECT format('relation %s.%s kind %s acl %s options %s comment %s', c.relnamespace::regnamespace, c.relname, c.relkind,
                       coalesce(c.relacl::text, ''), coalesce(c.reloptions::text, ''),
                       coalesce(obj_description(c.oid, 'pg_class'), ''))
-          FROM pg_class c WHERE c.relnamespace = 'credits'::regnamespace
+          FROM pg_class c WHERE c.relnamespace IN ('credits'::regnamespace, 'credits_internal'::regnamespace)
         UNION ALL
         SELECT format('column %s.%s #%s %s collate %s not null %s default %s identity %s generated %s',
                       c.relname, a.attname, row_number() OVER (PARTITION BY c.oid ORDER BY a.attnum),
@@ -29,30 +29,30 @@ fn fingerprint(client: &mut Client) -> Vec<String> {
           FROM pg_class c
           JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
           LEFT JOIN pg_attrdef d ON d.adrelid = c.oid AND d.adnum = a.attnum
-         WHERE c.relnamespace = 'credits'::regnamespace
+         WHERE c.relnamespace IN ('credits'::regnamespace, 'credits_internal'::regnamespace)
         UNION ALL
         SELECT format('constraint %s.%s %s', c.relname, k.conname, pg_get_constraintdef(k.oid))
           FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid
-         WHERE c.relnamespace = 'credits'::regnamespace
+         WHERE c.relnamespace IN ('credits'::regnamespace, 'credits_internal'::regnamespace)
         UNION ALL
         SELECT 'index ' || pg_get_indexdef(i.indexrelid)
           FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
-         WHERE c.relnamespace = 'credits'::regnamespace
+         WHERE c.relnamespace IN ('credits'::regnamespace, 'credits_internal'::regnamespace)
         UNION ALL
         SELECT 'trigger ' || pg_get_triggerdef(t.oid) || ' enabled ' || t.tgenabled::text
           FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
-         WHERE c.relnamespace = 'credits'::regnamespace AND NOT t.tgisinternal
+         WHERE c.relnamespace IN ('credits'::regnamespace, 'credits_internal'::regnamespace) AND NOT t.tgisinternal
         UNION ALL
         SELECT format('view %s %s', c.relname, pg_get_viewdef(c.oid))
-          FROM pg_class c WHERE c.relnamespace = 'credits'::regnamespace AND c.relkind = 'v'
+          FROM pg_class c WHERE c.relnamespace IN ('credits'::regnamespace, 'credits_internal'::regnamespace) AND c.relkind = 'v'
         UNION ALL
-        SELECT format('type %s', t.typname)
-          FROM pg_type t WHERE t.typnamespace = 'credits'::regnamespace
+        SELECT format('type %s.%s', t.typnamespace::regnamespace, t.typname)
+          FROM pg_type t WHERE t.typnamespace IN ('credits'::regnamespace, 'credits_internal'::regnamespace)
         UNION ALL
         SELECT format('domain %s over %s: %s', t.typname, format_type(t.typbasetype, t.typtypmod),
                       pg_get_constraintdef(k.oid))
           FROM pg_type t JOIN pg_constraint k ON k.contypid = t.oid
-         WHERE t.typnamespace = 'credits'::regnamespace
+         WHERE t.typnamespace IN ('credits'::regnamespace, 'credits_internal'::regnamespace)
         UNION ALL
         SELECT format('dumped %s %s', x.cfg::regclass, x.cond)
           FROM pg_extension e, unnest(e.extconfig, e.extcondition) AS x(cfg, cond)
@@ -66,7 +66,8 @@ fn fingerprint(client: &mut Client) -> Vec<String> {
         UNION ALL
         SELECT format('feature %s', f) FROM credits.features f
         UNION ALL
-        SELECT format('schema acl %s', n.nspacl) FROM pg_namespace n WHERE n.nspname = 'credits'";
+        SELECT format('schema %s acl %s comment %s', n.nspname, n.nspacl, obj_description(n.oid, 'pg_namespace'))
+          FROM pg_namespace n WHERE n.nspname IN ('credits', 'credits_internal')";
     let mut facts: Vec<String> = client
         .query(sql, &[])
         .unwrap()

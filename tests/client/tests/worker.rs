@@ -558,7 +558,7 @@ fn the_worker_never_runs_what_a_user_put_in_public() {
     let unpinned: Vec<String> = client
         .query(
             "SELECT p.oid::regprocedure::text FROM pg_proc p
-              WHERE p.pronamespace = 'credits'::regnamespace
+              WHERE p.pronamespace IN ('credits'::regnamespace, 'credits_internal'::regnamespace)
                 AND (p.prosecdef OR p.proname IN ('_worker_step', '_worker_rollups'))
                 AND NOT coalesce(p.proconfig @> '{\"search_path=pg_catalog, pg_temp\"}', false)
                 AND p.prolang <> (SELECT oid FROM pg_language WHERE lanname = 'c')

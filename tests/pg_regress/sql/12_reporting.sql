@@ -72,8 +72,8 @@ SELECT * FROM credits.verify();
 -- Refreshing needs READ COMMITTED: an older snapshot could miss entries.
 \set VERBOSITY sqlstate
 BEGIN ISOLATION LEVEL REPEATABLE READ;
-SELECT credits._refresh_rollups(1000);
+SELECT credits_internal._refresh_rollups(1000);
 ROLLBACK;
-SELECT credits._refresh_rollups(0);
+SELECT credits_internal._refresh_rollups(0);
 CALL credits.refresh_rollups(wait => NULL);
 \set VERBOSITY default
