@@ -31,12 +31,18 @@ $$;
 --     before it does not go back to the allowance) and its events.
 --   Purchased credits carry over to plans that may buy, and lapse otherwise.
 --   Subscribing to the current plan changes nothing.
-CREATE FUNCTION subscribe(account_id text, plan text, fresh_allowance boolean DEFAULT NULL) RETURNS void
+--   idempotency_key: a billing webhook retried takes effect once (a retry
+--     of an old change after a newer one changes nothing); the key is kept
+--     with the plan-change entry that answers it.
+CREATE FUNCTION subscribe(account_id text, plan text, fresh_allowance boolean DEFAULT NULL,
+                          idempotency_key text DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     p_account   text := subscribe.account_id;
     p_plan      text := subscribe.plan;
     p_fresh     boolean := subscribe.fresh_allowance;
+    p_key       text := subscribe.idempotency_key;
+    v_request   uuid;
     v_now       timestamptz := credits.now();
     v_month     date;
     v_new       credits.plans;
@@ -59,6 +65,10 @@ BEGIN
         RAISE EXCEPTION 'unknown plan: %', quote_literal(p_plan) USING ERRCODE = 'UC003',
             HINT = 'Plans are listed in credits.plans.';
     END IF;
+    IF p_key IS NOT NULL THEN
+        PERFORM credits_internal._check_text(p_key, 'idempotency_key');
+        v_request := credits_internal._fingerprint('subscribe', p_plan, p_fresh::text);
+    END IF;
 
     INSERT INTO credits.accounts AS a (account_id, plan, created_at, day, month, last_at)
     VALUES (p_account, p_plan, v_now, credits_internal._utc_day(v_now), credits_internal._utc_month(v_now), v_now)
@@ -66,14 +76,27 @@ BEGIN
     IF FOUND THEN
         INSERT INTO credits.ledger (account_id, at, kind, amount, metadata)
         VALUES (p_account, v_now, 'S', 0,
-                jsonb_build_object('plan', p_plan, 'purchased', 0, 'limit', v_new.monthly_allowance));
+                jsonb_build_object('plan', p_plan, 'purchased', 0, 'limit', v_new.monthly_allowance))
+        RETURNING entry_id INTO v_entry;
+        IF p_key IS NOT NULL THEN
+            PERFORM credits_internal._remember_key(p_account, p_key, v_entry, v_request);
+        END IF;
         RETURN;
     END IF;
 
     v_acct := credits_internal._lock_account(p_account, v_now);
     v_now := v_acct.last_at;  -- the account's time (_lock_account)
     v_month := credits_internal._utc_month(v_now);
+    IF p_key IS NOT NULL AND credits_internal._replay(p_account, p_key, v_request) IS NOT NULL THEN
+        RETURN;
+    END IF;
     IF v_acct.plan = p_plan THEN
+        IF p_key IS NOT NULL THEN
+            -- (answered by the entry that put the account on this plan)
+            PERFORM credits_internal._remember_key(p_account, p_key,
+                (SELECT max(l.entry_id) FROM credits.ledger l WHERE l.account_id = p_account AND l.kind = 'S'),
+                v_request);
+        END IF;
         RETURN;
     END IF;
     v_old := credits_internal._state(v_acct, v_now);
@@ -114,6 +137,9 @@ BEGIN
     PERFORM credits_internal._record_month(p_account, v_month, greatest(v_peak, v_new_limit),
                                   CASE WHEN v_upgrade THEN v_before + v_old.monthly_used ELSE 0 END);
     PERFORM credits_internal._after_write(p_account, v_now, v_entry, v_old);
+    IF p_key IS NOT NULL THEN
+        PERFORM credits_internal._remember_key(p_account, p_key, v_entry, v_request);
+    END IF;
 END
 $$;
 
@@ -121,11 +147,14 @@ $$;
 -- until the plan changes to one that may not buy. Available at once and in
 -- full (SPEC §4.2): when the month's usage already exceeds the old limit
 -- (after a downgrade), the excess is not charged against what was bought.
-CREATE FUNCTION purchase(account_id text, credits numeric) RETURNS void
+-- Returns the purchase's ledger entry id; an idempotency key replays it.
+CREATE FUNCTION purchase(account_id text, credits numeric, idempotency_key text DEFAULT NULL) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     p_account text := purchase.account_id;
     p_credits numeric := purchase.credits;
+    p_key     text := purchase.idempotency_key;
+    v_request uuid;
     v_now     timestamptz := credits.now();
     v_acct    credits.accounts;
     v_state   credits_internal._account_state;
@@ -137,12 +166,23 @@ BEGIN
     PERFORM credits_internal._check_text(p_account, 'account_id');
     PERFORM credits_internal._check_amount(p_credits, 'credits');
     p_credits := trim_scale(p_credits);
+    IF p_key IS NOT NULL THEN
+        PERFORM credits_internal._check_text(p_key, 'idempotency_key');
+    END IF;
     v_acct := credits_internal._lock_account(p_account, v_now);
     v_now := v_acct.last_at;  -- the account's time (_lock_account)
+    IF p_key IS NOT NULL THEN
+        v_request := credits_internal._fingerprint('purchase', p_credits::text);
+        v_entry := credits_internal._replay(p_account, p_key, v_request);
+        IF v_entry IS NOT NULL THEN
+            RETURN v_entry;
+        END IF;
+    END IF;
     SELECT p.may_purchase INTO v_may FROM credits.plans p WHERE p.plan = v_acct.plan;
     IF NOT v_may THEN
         RAISE EXCEPTION 'plan % may not buy credits (account %)', quote_literal(v_acct.plan), quote_literal(p_account)
-            USING ERRCODE = 'UC006', HINT = 'Upgrade to a plan that allows purchases first.';
+            USING ERRCODE = 'UC006', HINT = 'Upgrade to a plan that allows purchases first.',
+                  DETAIL = jsonb_build_object('account_id', p_account, 'plan', v_acct.plan)::text;
     END IF;
     v_state := credits_internal._state(v_acct, v_now);
     v_capped := v_state.monthly_used > v_state.monthly_limit;
@@ -164,6 +204,10 @@ BEGIN
                                   greatest(v_held.peak_limit, v_state.monthly_limit + p_credits),
                                   coalesce(v_held.used_before, 0)
                                   + CASE WHEN v_capped THEN v_state.monthly_used - v_state.monthly_limit ELSE 0 END);
+    IF p_key IS NOT NULL THEN
+        PERFORM credits_internal._remember_key(p_account, p_key, v_entry, v_request);
+    END IF;
+    RETURN v_entry;
 END
 $$;
 
@@ -218,6 +262,124 @@ BEGIN
     IF p_key IS NOT NULL THEN
         PERFORM credits_internal._remember_key(p_account, p_key, v_entry, v_request);
     END IF;
+    RETURN v_entry;
+END
+$$;
+
+-- reduce_purchase: lower the recurring purchase by `credits` from the next
+-- month on (a subscription downgraded at the end of its period). What is
+-- available this month stays: the part of this month's allowance the lower
+-- limit would take away is given back as an adjustment grant that expires
+-- at the month's end. Returns the reduction's ledger entry id (a 'P' entry
+-- of -credits); UC013 when more is asked than is purchased.
+CREATE FUNCTION reduce_purchase(account_id text, credits numeric, idempotency_key text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p_account text := reduce_purchase.account_id;
+    p_credits numeric := reduce_purchase.credits;
+    p_key     text := reduce_purchase.idempotency_key;
+    v_now     timestamptz := credits.now();
+    v_acct    credits.accounts;
+    v_state   credits_internal._account_state;
+    v_request uuid;
+    v_keep    numeric;
+    v_expires timestamptz;
+    v_entry   bigint;
+    v_grant   bigint;
+BEGIN
+    PERFORM credits_internal._check_text(p_account, 'account_id');
+    PERFORM credits_internal._check_amount(p_credits, 'credits');
+    p_credits := trim_scale(p_credits);
+    IF p_key IS NOT NULL THEN
+        PERFORM credits_internal._check_text(p_key, 'idempotency_key');
+    END IF;
+    v_acct := credits_internal._lock_account(p_account, v_now);
+    v_now := v_acct.last_at;  -- the account's time (_lock_account)
+    IF p_key IS NOT NULL THEN
+        v_request := credits_internal._fingerprint('reduce_purchase', p_credits::text);
+        v_entry := credits_internal._replay(p_account, p_key, v_request);
+        IF v_entry IS NOT NULL THEN
+            RETURN v_entry;
+        END IF;
+    END IF;
+    IF p_credits > v_acct.purchased THEN
+        RAISE EXCEPTION 'cannot reduce the recurring purchase by %: account % has % purchased',
+                        p_credits, quote_literal(p_account), trim_scale(v_acct.purchased)
+            USING ERRCODE = 'UC013',
+                  DETAIL = jsonb_build_object('account_id', p_account, 'purchased', trim_scale(v_acct.purchased),
+                                              'requested', p_credits)::text;
+    END IF;
+    v_state := credits_internal._state(v_acct, v_now);
+    v_keep := least(p_credits, v_state.allowance_available);
+    INSERT INTO credits.ledger (account_id, at, kind, amount, metadata)
+    VALUES (p_account, v_now, 'P', -p_credits, '{"reduction": true}')
+    RETURNING entry_id INTO v_entry;
+    UPDATE credits.accounts a SET purchased = a.purchased - p_credits WHERE a.account_id = p_account;
+    IF v_keep > 0 THEN
+        v_expires := credits_internal._resets_at('monthly', v_now);
+        INSERT INTO credits.ledger (account_id, at, kind, amount, ref, metadata)
+        VALUES (p_account, v_now, 'G', v_keep, v_entry,
+                jsonb_build_object('kind', 'adjustment', 'expires_at', v_expires, 'reason', 'reduce_purchase'))
+        RETURNING entry_id INTO v_grant;
+        INSERT INTO credits.grants (account_id, grant_id, kind, amount, remaining, expires_at)
+        VALUES (p_account, v_grant, 'adjustment', v_keep, v_keep, v_expires);
+    END IF;
+    PERFORM credits_internal._after_write(p_account, v_now, v_entry, v_state);
+    IF p_key IS NOT NULL THEN
+        PERFORM credits_internal._remember_key(p_account, p_key, v_entry, v_request);
+    END IF;
+    RETURN v_entry;
+END
+$$;
+
+-- void_grant: remove what is left of a grant (a promotion withdrawn, a
+-- grant made by mistake), as an expiry would: an 'E' entry of what was
+-- left, with the reason. Nothing given back to the grant afterwards (a
+-- refund of a debit that drew on it) returns to it. Voiding it again returns
+-- the same entry; a grant that has expired cannot be voided (UC012).
+CREATE FUNCTION void_grant(entry_id bigint, reason text DEFAULT NULL) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p_entry  bigint := void_grant.entry_id;
+    p_reason text := void_grant.reason;
+    v_now    timestamptz := credits.now();
+    v_grant  credits.grants;
+    v_state  credits_internal._account_state;
+    v_gone   credits.ledger;
+    v_entry  bigint;
+BEGIN
+    IF p_entry IS NULL THEN
+        RAISE EXCEPTION 'invalid entry_id: NULL' USING ERRCODE = 'UC009';
+    END IF;
+    IF p_reason IS NOT NULL THEN
+        PERFORM credits_internal._check_text(p_reason, 'reason');
+    END IF;
+    SELECT * INTO v_grant FROM credits.grants g WHERE g.grant_id = p_entry;
+    IF NOT FOUND THEN
+        PERFORM credits_internal._raise_wrong_entry(p_entry, 'a grant');
+    END IF;
+    v_now := (credits_internal._lock_account(v_grant.account_id, v_now)).last_at;  -- may expire it
+    SELECT * INTO v_grant FROM credits.grants g WHERE g.account_id = v_grant.account_id AND g.grant_id = p_entry;
+    IF v_grant.expired_entry IS NOT NULL THEN
+        SELECT * INTO v_gone FROM credits.ledger l WHERE l.entry_id = v_grant.expired_entry;
+        IF v_gone.metadata ? 'void' THEN
+            RETURN v_gone.entry_id;
+        END IF;
+        RAISE EXCEPTION 'grant % is not active: it expired at %', p_entry, credits_internal._utc_text(v_grant.expires_at)
+            USING ERRCODE = 'UC012',
+                  DETAIL = jsonb_build_object('grant_id', p_entry, 'state', 'expired',
+                                              'entry_id', nullif(v_grant.expired_entry, 0),
+                                              'expires_at', credits_internal._iso(v_grant.expires_at))::text;
+    END IF;
+    v_state := credits_internal._state((SELECT a FROM credits.accounts a WHERE a.account_id = v_grant.account_id), v_now);
+    INSERT INTO credits.ledger (account_id, at, kind, amount, ref, metadata)
+    VALUES (v_grant.account_id, v_now, 'E', v_grant.remaining, p_entry,
+            jsonb_strip_nulls(jsonb_build_object('grant_kind', v_grant.kind, 'void', true, 'reason', p_reason)))
+    RETURNING ledger.entry_id INTO v_entry;
+    UPDATE credits.grants g SET expired_entry = v_entry
+     WHERE g.account_id = v_grant.account_id AND g.grant_id = p_entry;
+    PERFORM credits_internal._after_write(v_grant.account_id, v_now, v_entry, v_state);
     RETURN v_entry;
 END
 $$;

@@ -16,7 +16,8 @@
 -- forfeited ('F', reason hold) when it is settled, released or expires.
 --   try_reserve  like reserve, NULL instead of UC001 (the denial's exhausted
 --            event commits, which a raised error's cannot).
--- A hold resolves at most once (UC008 afterwards). A hold past its ttl is
+-- A hold resolves at most once: settling or releasing it again the same
+-- way returns the first result, any other way is UC008. A hold past its ttl is
 -- freed at the next call on its account or by maintenance, whichever comes
 -- first (ledger 'X', reason expired, stamped at the deadline).
 
@@ -63,7 +64,7 @@ BEGIN
             PERFORM credits_internal._denied(p_account, p_amount, v_now);
             RETURN NULL;
         END IF;
-        PERFORM credits_internal._raise_insufficient(p_account, p_amount, p_feature, v_state, v_now);
+        PERFORM credits_internal._raise_insufficient(p_amount, p_feature, v_state, v_now);
     END IF;
 
     -- (in UTC: a day of ttl is 24 hours whatever the session's TimeZone)
@@ -105,14 +106,20 @@ BEGIN
 END
 $$;
 
--- Lock the account of an open hold and free the hold; UC008 if the hold is
--- unknown or already resolved (settled, released or expired). The hold is
--- marked resolved by entry 0 until the caller writes the entry that resolves
--- it (so the account's state no longer counts it).
-CREATE FUNCTION credits_internal._take_hold(p_hold bigint, p_now timestamptz) RETURNS credits.holds
+-- Lock the account of an open hold and free the hold, for a settle of
+-- `p_settle` (NULL: a release). A hold resolves at most once: one already
+-- resolved the same way (settled for the same amount, or released) comes
+-- back with its resolving entry, which the caller returns (a retry gets the
+-- first result); anything else is UC008 (unknown, or resolved otherwise:
+-- settled for another amount, released, expired). A hold taken is marked
+-- resolved by entry 0 until the caller writes the entry that resolves it
+-- (so the account's state no longer counts it).
+CREATE FUNCTION credits_internal._take_hold(p_hold bigint, p_now timestamptz, p_settle numeric)
+RETURNS credits.holds
 LANGUAGE plpgsql AS $$
 DECLARE
     v_hold credits.holds;
+    v_by   credits.ledger;
     v_how  text;
 BEGIN
     IF p_hold IS NULL THEN
@@ -120,21 +127,29 @@ BEGIN
     END IF;
     SELECT * INTO v_hold FROM credits.holds h WHERE h.hold_id = p_hold;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'hold % is not active', p_hold
-            USING ERRCODE = 'UC008', DETAIL = 'no hold has that id';
+        RAISE EXCEPTION 'hold % is not active: no hold has that id', p_hold
+            USING ERRCODE = 'UC008', DETAIL = jsonb_build_object('hold_id', p_hold, 'state', 'unknown')::text;
     END IF;
     PERFORM credits_internal._lock_account(v_hold.account_id, p_now);  -- may expire it
-    SELECT * INTO v_hold FROM credits.holds h WHERE h.hold_id = p_hold;
+    SELECT * INTO v_hold FROM credits.holds h WHERE h.account_id = v_hold.account_id AND h.hold_id = p_hold;
     IF v_hold.resolved_entry IS NOT NULL THEN
-        SELECT CASE WHEN l.kind = 'D' THEN 'settled'
-                    WHEN l.metadata ->> 'reason' = 'expired' THEN 'expired'
-                    ELSE 'released' END
-          INTO v_how FROM credits.ledger l WHERE l.entry_id = v_hold.resolved_entry;
-        RAISE EXCEPTION 'hold % is not active: already %', p_hold, v_how
-            USING ERRCODE = 'UC008', DETAIL = format('resolved by ledger entry %s', v_hold.resolved_entry);
+        SELECT * INTO v_by FROM credits.ledger l WHERE l.entry_id = v_hold.resolved_entry;
+        v_how := CASE WHEN v_by.kind = 'D' THEN 'settled'
+                      WHEN v_by.metadata ->> 'reason' = 'expired' THEN 'expired'
+                      ELSE 'released' END;
+        IF (v_how = 'settled' AND v_by.amount = p_settle) OR (v_how = 'released' AND p_settle IS NULL) THEN
+            RETURN v_hold;
+        END IF;
+        RAISE EXCEPTION 'hold % is not active: already %', p_hold,
+                        v_how || CASE WHEN v_how = 'settled' THEN ' for ' || trim_scale(v_by.amount) ELSE '' END
+            USING ERRCODE = 'UC008',
+                  DETAIL = jsonb_strip_nulls(jsonb_build_object(
+                      'hold_id', p_hold, 'state', v_how, 'entry_id', v_by.entry_id,
+                      'amount', CASE WHEN v_how = 'settled' THEN trim_scale(v_by.amount) END))::text;
     END IF;
     UPDATE credits.accounts a SET reserved = a.reserved - v_hold.amount WHERE a.account_id = v_hold.account_id;
     UPDATE credits.holds h SET resolved_entry = 0 WHERE h.account_id = v_hold.account_id AND h.hold_id = p_hold;
+    v_hold.resolved_entry := NULL;
     RETURN v_hold;
 END
 $$;
@@ -184,7 +199,8 @@ BEGIN
 END
 $$;
 
--- settle: charge the actual amount of a hold (see the top of this file).
+-- settle: charge the actual amount of a hold (see the top of this file);
+-- settle(hold, 0) is a release (and returns the release's entry).
 CREATE FUNCTION settle(hold_id bigint, amount numeric) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -197,9 +213,15 @@ DECLARE
     v_alloc  numeric;
     v_entry  bigint;
 BEGIN
+    IF p_amount = 0 THEN
+        RETURN credits_internal._release(settle.hold_id);
+    END IF;
     PERFORM credits_internal._check_amount(p_amount, 'amount');
     p_amount := trim_scale(p_amount);
-    v_hold := credits_internal._take_hold(settle.hold_id, v_now);
+    v_hold := credits_internal._take_hold(settle.hold_id, v_now, p_amount);
+    IF v_hold.resolved_entry IS NOT NULL THEN
+        RETURN v_hold.resolved_entry;
+    END IF;
     SELECT * INTO v_acct FROM credits.accounts a WHERE a.account_id = v_hold.account_id;
     v_now := v_acct.last_at;  -- the account's time (_lock_account)
     v_state := credits_internal._state(v_acct, v_now);
@@ -213,7 +235,7 @@ BEGIN
             v_state.allowance_available := greatest(v_state.allowance_available, least(p_amount, v_own));
         END IF;
         IF credits_internal._lacking_window(v_state, p_amount) IS NOT NULL THEN
-            PERFORM credits_internal._raise_insufficient(v_hold.account_id, p_amount,
+            PERFORM credits_internal._raise_insufficient(p_amount,
                                                 format('hold %s', v_hold.hold_id), v_state, v_now);
         END IF;
         v_entry := credits_internal._charge(v_hold.account_id, v_state, v_hold.feature_id, p_amount, NULL, v_hold.hold_id, v_now);
@@ -224,11 +246,11 @@ BEGIN
 
     -- Its day (and perhaps its month) has closed: at most its amount.
     IF p_amount > v_hold.amount THEN
-        RAISE EXCEPTION 'hold % was placed on %, a window that has closed: it settles for at most %',
-                        v_hold.hold_id, to_char(v_hold.day, 'YYYY-MM-DD'), trim_scale(v_hold.amount)
+        RAISE EXCEPTION 'insufficient credits: % needed for hold %, placed on %, a day that has closed: it settles for at most %',
+                        p_amount, v_hold.hold_id, to_char(v_hold.day, 'YYYY-MM-DD'), trim_scale(v_hold.amount)
             USING ERRCODE = 'UC001',
-                  DETAIL = format('window=daily day=%s hold=%s amount=%s', to_char(v_hold.day, 'YYYY-MM-DD'),
-                                  v_hold.hold_id, p_amount),
+                  DETAIL = jsonb_build_object('window', 'daily', 'day', v_hold.day, 'hold_id', v_hold.hold_id,
+                                              'available', trim_scale(v_hold.amount), 'needed', p_amount)::text,
                   HINT = 'Settle the hold for at most its amount and debit the rest.';
     END IF;
     v_alloc := least(p_amount, v_own);
@@ -236,7 +258,7 @@ BEGIN
         -- The month is current: the monthly allowance counts it now.
         v_state.allowance_available := greatest(v_state.allowance_available, v_alloc);
         IF p_amount > v_state.allowance_available + v_state.grants_available THEN
-            PERFORM credits_internal._raise_insufficient(v_hold.account_id, p_amount,
+            PERFORM credits_internal._raise_insufficient(p_amount,
                                                 format('hold %s', v_hold.hold_id), v_state, v_now);
         END IF;
         v_entry := credits_internal._charge(v_hold.account_id, v_state, v_hold.feature_id, p_amount, NULL, v_hold.hold_id,
@@ -245,11 +267,13 @@ BEGIN
     ELSE
         -- The month has closed too: its allowance part is charged there.
         IF p_amount - v_alloc > v_state.grants_available THEN
-            RAISE EXCEPTION 'insufficient credits: hold % needs % from grants, % are available',
-                            v_hold.hold_id, p_amount - v_alloc, v_state.grants_available
+            RAISE EXCEPTION 'insufficient credits: % needed from grants for hold %, % available',
+                            p_amount - v_alloc, v_hold.hold_id, trim_scale(v_state.grants_available)
                 USING ERRCODE = 'UC001',
-                      DETAIL = format('window=monthly month=%s hold=%s granted=%s', to_char(v_hold.month, 'YYYY-MM'),
-                                      v_hold.hold_id, v_state.granted_remaining),
+                      DETAIL = jsonb_build_object('window', 'monthly', 'month', to_char(v_hold.month, 'YYYY-MM'),
+                                                  'hold_id', v_hold.hold_id,
+                                                  'available', trim_scale(v_state.grants_available),
+                                                  'needed', p_amount - v_alloc)::text,
                       HINT = 'The grants the hold was backed by have expired since.';
         END IF;
         INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, from_grants, ref)
@@ -266,18 +290,32 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION release(hold_id bigint) RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+-- Free a hold without charge: the release's entry ('X'); a hold already
+-- released gives its release back.
+CREATE FUNCTION credits_internal._release(p_hold bigint) RETURNS bigint
+LANGUAGE plpgsql AS $$
 DECLARE
     v_now   timestamptz := credits.now();
     v_hold  credits.holds;
     v_entry bigint;
 BEGIN
-    v_hold := credits_internal._take_hold(release.hold_id, v_now);
+    v_hold := credits_internal._take_hold(p_hold, v_now, NULL);
+    IF v_hold.resolved_entry IS NOT NULL THEN
+        RETURN v_hold.resolved_entry;
+    END IF;
     v_now := (SELECT a.last_at FROM credits.accounts a WHERE a.account_id = v_hold.account_id);
     INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, ref, metadata)
     VALUES (v_hold.account_id, v_now, 'X', v_hold.feature_id, v_hold.amount, v_hold.hold_id, '{"reason": "release"}')
     RETURNING entry_id INTO v_entry;
     PERFORM credits_internal._hold_resolved(v_hold, v_entry, 0, 0, v_now);
+    RETURN v_entry;
+END
+$$;
+
+-- release: free a hold without charge (see the top of this file).
+CREATE FUNCTION release(hold_id bigint) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM credits_internal._release(release.hold_id);
 END
 $$;

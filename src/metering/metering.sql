@@ -116,6 +116,23 @@ BEGIN
 END
 $$;
 
+-- What `p_quantity` of a feature costs: UC004 unless the quantity is a valid
+-- amount and the charge is exact to 4 decimal places.
+CREATE FUNCTION credits_internal._cost(p_feature credits.features, p_quantity numeric) RETURNS numeric
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    v_amount numeric;
+BEGIN
+    PERFORM credits_internal._check_amount(p_quantity, 'quantity');
+    v_amount := trim_scale(p_feature.cost * p_quantity);
+    IF scale(v_amount) > 4 THEN
+        RAISE EXCEPTION 'invalid amount: % (cost % x quantity %)', v_amount, p_feature.cost, p_quantity
+            USING ERRCODE = 'UC004', DETAIL = 'the charge must be exact to 4 decimal places';
+    END IF;
+    RETURN v_amount;
+END
+$$;
+
 -- The slow path: full validation, grants, precise errors.
 CREATE FUNCTION credits_internal._debit_slow(p_account text, p_feature text, p_quantity numeric, p_key text,
                             p_metadata jsonb, p_raise boolean, p_now timestamptz)
@@ -131,12 +148,7 @@ DECLARE
 BEGIN
     PERFORM credits_internal._check_text(p_account, 'account_id');
     v_feature := credits_internal._feature(p_feature);
-    PERFORM credits_internal._check_amount(p_quantity, 'quantity');
-    v_amount := trim_scale(v_feature.cost * p_quantity);
-    IF scale(v_amount) > 4 THEN
-        RAISE EXCEPTION 'invalid amount: % (cost % x quantity %)', v_amount, v_feature.cost, p_quantity
-            USING ERRCODE = 'UC004', DETAIL = 'the charge must be exact to 4 decimal places';
-    END IF;
+    v_amount := credits_internal._cost(v_feature, p_quantity);
     PERFORM credits_internal._check_metadata(p_metadata);
     IF p_key IS NOT NULL THEN
         PERFORM credits_internal._check_text(p_key, 'idempotency_key');
@@ -158,7 +170,7 @@ BEGIN
             PERFORM credits_internal._denied(p_account, v_amount, p_now);
             RETURN NULL;
         END IF;
-        PERFORM credits_internal._raise_insufficient(p_account, v_amount, p_feature, v_state, p_now);
+        PERFORM credits_internal._raise_insufficient(v_amount, p_feature, v_state, p_now);
     END IF;
     v_entry := credits_internal._charge(p_account, v_state, v_feature.feature_id, v_amount, p_metadata, NULL, p_now);
     PERFORM credits_internal._after_write(p_account, p_now, v_entry, v_state);
@@ -218,6 +230,41 @@ CREATE FUNCTION try_debit(account_id text, feature text, quantity numeric DEFAUL
 RETURNS bigint
 LANGUAGE c VOLATILE SECURITY DEFINER AS 'MODULE_PATHNAME', 'credits_try_debit';
 
+-- check: what a debit of `quantity` of `feature` would do now, writing
+-- nothing (the same state and rules as debit; no lock, so a debit right
+-- after may still be refused by a concurrent one).
+--   allowed          whether the debit would succeed;
+--   cost             what it would charge;
+--   available        what a debit could take now (every window, grants, holds);
+--   limiting_window  the window that refuses it, or when allowed the one
+--                    that caps `available` (daily or monthly);
+--   resets_at        when that window resets.
+CREATE FUNCTION "check"(account_id text, feature text, quantity numeric DEFAULT 1)
+RETURNS TABLE (allowed boolean, cost numeric, available numeric, limiting_window text, resets_at timestamptz)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_now     timestamptz := credits.now();
+    v_acct    credits.accounts;
+    v_feature credits.features;
+    s         credits_internal._account_state;
+    v_total   numeric;
+    v_lacking text;
+BEGIN
+    v_acct := credits_internal._account($1);
+    v_feature := credits_internal._feature($2);
+    cost := credits_internal._cost(v_feature, $3);
+    v_now := credits_internal._account_now(v_acct, v_now);
+    s := credits_internal._state(v_acct, v_now);
+    v_total := s.allowance_available + s.grants_available;
+    v_lacking := credits_internal._lacking_window(s, cost);
+    allowed := v_lacking IS NULL;
+    available := trim_scale(least(coalesce(s.daily_available, v_total), v_total));
+    limiting_window := coalesce(v_lacking, CASE WHEN s.daily_available < v_total THEN 'daily' ELSE 'monthly' END);
+    resets_at := credits_internal._resets_at(limiting_window, v_now);
+    RETURN NEXT;
+END
+$$;
+
 -- refund: give back (part of) a debit to where it came from.
 --   Grants first (they were drawn last), back to the very grants drawn
 --   while they are still valid: a draw from a grant that has expired since
@@ -227,13 +274,17 @@ LANGUAGE c VOLATILE SECURITY DEFINER AS 'MODULE_PATHNAME', 'credits_try_debit';
 --   was in it. A window that has since closed stays closed (no rollover):
 --   that part is recorded in the ledger but not made available again.
 --   amount NULL refunds what is left; repeating it returns the same entry.
-CREATE FUNCTION refund(entry_id bigint, amount numeric DEFAULT NULL, reason text DEFAULT NULL)
+--   idempotency_key (per account) makes a partial refund safe to retry.
+CREATE FUNCTION refund(entry_id bigint, amount numeric DEFAULT NULL, reason text DEFAULT NULL,
+                       idempotency_key text DEFAULT NULL)
 RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     p_entry   bigint := refund.entry_id;
     p_amount  numeric := refund.amount;
     p_reason  text := refund.reason;
+    p_key     text := refund.idempotency_key;
+    v_request uuid;
     v_now     timestamptz := credits.now();
     v_debit   credits.ledger;
     v_debit_at timestamptz;  -- the instant whose windows the debit counted in
@@ -258,14 +309,22 @@ BEGIN
     IF p_reason IS NOT NULL THEN
         PERFORM credits_internal._check_text(p_reason, 'reason');
     END IF;
+    IF p_key IS NOT NULL THEN
+        PERFORM credits_internal._check_text(p_key, 'idempotency_key');
+    END IF;
     SELECT * INTO v_debit FROM credits.ledger l WHERE l.entry_id = p_entry;
     IF NOT FOUND OR v_debit.kind <> 'D' THEN
-        RAISE EXCEPTION 'entry % is not a debit', p_entry USING ERRCODE = 'UC011',
-            DETAIL = CASE WHEN FOUND THEN format('entry %s is of kind %s', p_entry, v_debit.kind)
-                          ELSE 'no ledger entry has that id' END;
+        PERFORM credits_internal._raise_wrong_entry(p_entry, 'a debit');
     END IF;
     v_acct := credits_internal._lock_account(v_debit.account_id, v_now);
     v_now := v_acct.last_at;  -- the account's time (_lock_account)
+    IF p_key IS NOT NULL THEN
+        v_request := credits_internal._fingerprint('refund', p_entry::text, p_amount::text, p_reason);
+        v_entry := credits_internal._replay(v_debit.account_id, p_key, v_request);
+        IF v_entry IS NOT NULL THEN
+            RETURN v_entry;
+        END IF;
+    END IF;
     -- (a settle counted in the windows of its hold, SPEC §4.3)
     v_debit_at := coalesce((SELECT h.at FROM credits.ledger h WHERE h.entry_id = v_debit.ref AND h.kind = 'H'),
                            v_debit.at);
@@ -276,13 +335,17 @@ BEGIN
     v_left := v_debit.amount - v_done;
     IF p_amount IS NULL THEN
         IF v_left = 0 THEN
+            IF p_key IS NOT NULL THEN
+                PERFORM credits_internal._remember_key(v_debit.account_id, p_key, v_last, v_request);
+            END IF;
             RETURN v_last;
         END IF;
         p_amount := v_left;
     ELSIF p_amount > v_left THEN
         RAISE EXCEPTION 'refund of % exceeds what is left of debit %: %', p_amount, p_entry, trim_scale(v_left)
             USING ERRCODE = 'UC007',
-                  DETAIL = format('debited %s, already refunded %s', v_debit.amount, trim_scale(v_done));
+                  DETAIL = jsonb_build_object('entry_id', p_entry, 'debited', trim_scale(v_debit.amount),
+                                              'refunded', trim_scale(v_done), 'left', trim_scale(v_left))::text;
     END IF;
 
     v_to_grants := least(p_amount, coalesce(v_debit.from_grants, 0) - v_grants_done);
@@ -331,6 +394,9 @@ BEGIN
                                     AND p_entry > a.monthly_epoch
                                THEN a.monthly_used - (p_amount - v_to_grants) ELSE a.monthly_used END
      WHERE a.account_id = v_debit.account_id;
+    IF p_key IS NOT NULL THEN
+        PERFORM credits_internal._remember_key(v_debit.account_id, p_key, v_entry, v_request);
+    END IF;
     RETURN v_entry;
 END
 $$;

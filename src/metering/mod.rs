@@ -10,3 +10,8 @@ mod thresholds;
 extension_sql_file!("events.sql", name = "events", requires = ["internal"]);
 extension_sql_file!("metering.sql", name = "metering", requires = ["events"]);
 extension_sql_file!("holds.sql", name = "holds", requires = ["metering"]);
+extension_sql_file!(
+    "float_amounts.sql",
+    name = "float_amounts",
+    requires = ["holds", "accounts", "metering"]
+);

@@ -6,26 +6,56 @@
 -- Functions and procedures
 -------------------------------------------------------------------------------
 
-COMMENT ON FUNCTION credits.subscribe(text, text, boolean) IS
-'Create the account on a plan, or change its plan: an upgrade (above every limit held this month) starts a fresh allowance and forfeits the rest; any other move keeps the month''s usage. fresh_allowance overrides. Admin.';
-COMMENT ON FUNCTION credits.purchase(text, numeric) IS
-'Raise the recurring monthly limit by the credits bought, at once and in full; UC006 on plans that may not buy. Admin.';
+COMMENT ON FUNCTION credits.subscribe(text, text, boolean, text) IS
+'Create the account on a plan, or change its plan: an upgrade (above every limit held this month) starts a fresh allowance and forfeits the rest; any other move keeps the month''s usage. fresh_allowance overrides; an idempotency key makes a retry take effect once. Billing, admin.';
+COMMENT ON FUNCTION credits.purchase(text, numeric, text) IS
+'Raise the recurring monthly limit by the credits bought, at once and in full; UC006 on plans that may not buy. Returns the ledger entry id; an idempotency key replays it. Billing, admin.';
+COMMENT ON FUNCTION credits.purchase(text, double precision, text) IS
+'purchase with the credits as double precision (checked for 4 decimal places).';
+COMMENT ON FUNCTION credits.reduce_purchase(text, numeric, text) IS
+'Lower the recurring purchase from the next month on; what is available this month stays (an adjustment grant until the month ends). Returns the ledger entry id; UC013 beyond what is purchased. Billing, admin.';
+COMMENT ON FUNCTION credits.reduce_purchase(text, double precision, text) IS
+'reduce_purchase with the credits as double precision.';
+COMMENT ON FUNCTION credits.void_grant(bigint, text) IS
+'Remove what is left of a grant (an expiry entry with the reason); voiding it again returns the same entry; UC012 if it has expired. Billing, admin.';
 COMMENT ON FUNCTION credits."grant"(text, numeric, text, timestamptz, text) IS
-'One-off credits (promotional, purchased, adjustment), optionally expiring, used after the monthly allowance, soonest-expiring first. Returns the ledger entry id. Admin.';
+'One-off credits (promotional, purchased, adjustment), optionally expiring, used after the monthly allowance, soonest-expiring first. Returns the ledger entry id. Billing, admin.';
+COMMENT ON FUNCTION credits."grant"(text, double precision, text, timestamptz, text) IS
+'grant with the amount as double precision.';
 COMMENT ON FUNCTION credits.debit(text, text, numeric, text, jsonb) IS
 'Charge cost x quantity of a feature inside the caller''s transaction; every window must have it (UC001 otherwise). Returns the ledger entry id; an idempotency key replays the first result.';
+COMMENT ON FUNCTION credits.debit(text, text, double precision, text, jsonb) IS
+'debit with the quantity as double precision (a Python float; checked for 4 decimal places).';
 COMMENT ON FUNCTION credits.try_debit(text, text, numeric, text, jsonb) IS
 'As debit, but NULL instead of UC001 (and a denied or exhausted event that commits).';
-COMMENT ON FUNCTION credits.refund(bigint, numeric, text) IS
-'Give back (part of) a debit: to the grants it drew while they are valid, then to its window while current. NULL amount = what is left; repeating it returns the same entry.';
+COMMENT ON FUNCTION credits.try_debit(text, text, double precision, text, jsonb) IS
+'try_debit with the quantity as double precision.';
+COMMENT ON FUNCTION credits."check"(text, text, numeric) IS
+'What a debit would do now, writing nothing: allowed, cost, available, the limiting window and when it resets.';
+COMMENT ON FUNCTION credits."check"(text, text, double precision) IS
+'check with the quantity as double precision.';
+COMMENT ON FUNCTION credits.refund(bigint, numeric, text, text) IS
+'Give back (part of) a debit: to the grants it drew while they are valid, then to its window while current. NULL amount = what is left; repeating it returns the same entry; an idempotency key makes a partial refund safe to retry.';
+COMMENT ON FUNCTION credits.refund(bigint, double precision, text, text) IS
+'refund with the amount as double precision.';
 COMMENT ON FUNCTION credits.reserve(text, text, numeric, interval, text) IS
 'Hold credits for work whose cost is known at the end; UC001 when a window lacks them. Returns the hold id. The hold belongs to the window it was placed in.';
+COMMENT ON FUNCTION credits.reserve(text, text, double precision, interval, text) IS
+'reserve with the amount as double precision.';
 COMMENT ON FUNCTION credits.try_reserve(text, text, numeric, interval, text) IS
 'As reserve, but NULL instead of UC001.';
+COMMENT ON FUNCTION credits.try_reserve(text, text, double precision, interval, text) IS
+'try_reserve with the amount as double precision.';
 COMMENT ON FUNCTION credits.settle(bigint, numeric) IS
-'Charge the actual amount of a hold and free the rest; up to the hold''s amount it always succeeds. Returns the debit''s ledger entry id; UC008 if the hold is not active.';
+'Charge the actual amount of a hold and free the rest; up to the hold''s amount it always succeeds; 0 releases it. Returns the resolving ledger entry id; settling again for the same amount returns it again; UC008 if the hold was resolved otherwise.';
+COMMENT ON FUNCTION credits.settle(bigint, double precision) IS
+'settle with the amount as double precision.';
 COMMENT ON FUNCTION credits.release(bigint) IS
-'Free a hold without charge; UC008 if it is not active.';
+'Free a hold without charge; releasing it again changes nothing; UC008 if it was settled or expired.';
+COMMENT ON FUNCTION credits.history(text, bigint, integer) IS
+'An account''s transactions newest first, kinds as words, features by name, the windows each counted in; keyset-paginated by before_entry.';
+COMMENT ON FUNCTION credits.grants(text) IS
+'Each grant of an account: kind, amount, remaining, expiry, status (active, used, expired, void).';
 COMMENT ON FUNCTION credits.balance(text) IS
 'The usage display of one account now: plan, daily and monthly limits, used and remaining, grants, holds, what a debit could take, and when the windows reset.';
 COMMENT ON FUNCTION credits.bandwidth_allowance(text) IS

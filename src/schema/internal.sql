@@ -38,6 +38,22 @@ CREATE FUNCTION credits_internal._utc_text(at timestamptz) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN CASE WHEN isfinite(at) THEN to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.MS "UTC"') ELSE at::text END;
 
+-- Instants in JSON (error details, check(), events): ISO 8601 in UTC,
+-- '2026-12-01T00:00:00Z', whatever the session's settings (jsonb writes a
+-- timestamp in ISO form and drops a zero fraction).
+CREATE FUNCTION credits_internal._iso(at timestamptz) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE WHEN isfinite(at) THEN (to_jsonb(at AT TIME ZONE 'UTC') #>> '{}') || 'Z' ELSE at::text END;
+
+-- When the window of `p_window` kind that holds `p_now` resets: the next
+-- 00:00 UTC, or the next 1st of a month at 00:00 UTC.
+CREATE FUNCTION credits_internal._resets_at(p_window text, p_now timestamptz) RETURNS timestamptz
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE p_window
+    WHEN 'daily' THEN (credits_internal._utc_day(p_now) + 1)::timestamp AT TIME ZONE 'UTC'
+    WHEN 'monthly' THEN (credits_internal._utc_month(p_now) + interval '1 month') AT TIME ZONE 'UTC'
+END;
+
 -- UC004: amounts are positive, finite and exact to 4 decimal places.
 CREATE FUNCTION credits_internal._check_amount(value numeric, what text) RETURNS void
 LANGUAGE plpgsql IMMUTABLE AS $$
@@ -118,10 +134,38 @@ BEGIN
     IF v_entry IS NOT NULL AND v_request <> p_request THEN
         RAISE EXCEPTION 'idempotency key % was already used with a different request', quote_literal(p_key)
             USING ERRCODE = 'UC005',
-                  DETAIL = format('account %s, first entry %s', quote_literal(p_account), v_entry),
+                  DETAIL = jsonb_build_object('account_id', p_account, 'idempotency_key', p_key,
+                                              'entry_id', v_entry)::text,
                   HINT = 'Use a new key for a new request.';
     END IF;
     RETURN v_entry;
+END
+$$;
+
+-- A ledger entry's kind as a word (history, errors): what a customer or a
+-- client reads instead of the one-letter code.
+CREATE FUNCTION credits_internal._kind_word(kind "char", metadata jsonb) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE kind
+    WHEN 'S' THEN 'plan'
+    WHEN 'P' THEN CASE WHEN metadata ? 'reduction' THEN 'purchase_reduction' ELSE 'purchase' END
+    WHEN 'G' THEN 'grant'
+    WHEN 'D' THEN 'debit'
+    WHEN 'R' THEN 'refund'
+    WHEN 'H' THEN 'hold'
+    WHEN 'X' THEN CASE WHEN metadata ->> 'reason' = 'expired' THEN 'hold_expiry' ELSE 'release' END
+    WHEN 'F' THEN 'forfeit'
+    WHEN 'E' THEN CASE WHEN metadata ? 'void' THEN 'void' ELSE 'expiry' END
+END;
+
+-- UC011: the entry a call names is not of the kind it acts on.
+CREATE FUNCTION credits_internal._raise_wrong_entry(p_entry bigint, p_wanted text) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_kind text := (SELECT credits_internal._kind_word(l.kind, l.metadata) FROM credits.ledger l WHERE l.entry_id = p_entry);
+BEGIN
+    RAISE EXCEPTION 'entry % is not %: %', p_entry, p_wanted, coalesce('it is a ' || v_kind, 'no entry has that id')
+        USING ERRCODE = 'UC011', DETAIL = jsonb_build_object('entry_id', p_entry, 'kind', v_kind)::text;
 END
 $$;
 
@@ -181,14 +225,14 @@ CREATE TYPE credits_internal._account_state AS (
     allowance_available numeric,
     grants_available  numeric,
     reserved_allowance numeric, -- this month's open holds, on the allowance
-    reserved_grants   numeric   -- every open hold's part on grants
+    reserved_grants   numeric,  -- every open hold's part on grants
+    reserved_today    numeric   -- today's open holds (against the daily limit)
 );
 
 CREATE FUNCTION credits_internal._state(a credits.accounts, p_now timestamptz) RETURNS credits_internal._account_state
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     v         credits_internal._account_state;
-    v_today   numeric := 0;  -- held by holds placed today
 BEGIN
     SELECT p.plan, p.daily_limit,
            credits_internal._in_window(a.day, credits_internal._utc_day(p_now), a.daily_used),
@@ -197,9 +241,9 @@ BEGIN
            coalesce((SELECT sum(g.remaining) FROM credits.grants g
                       WHERE g.account_id = a.account_id AND g.remaining > 0 AND g.expired_entry IS NULL
                         AND (g.expires_at IS NULL OR g.expires_at > p_now)), 0),
-           0, 0, 0
+           0, 0, 0, 0
       INTO v.plan, v.daily_limit, v.daily_used, v.monthly_limit, v.monthly_used, v.granted_remaining,
-           v.reserved, v.reserved_allowance, v.reserved_grants
+           v.reserved, v.reserved_allowance, v.reserved_grants, v.reserved_today
       FROM credits.plans p
      WHERE p.plan = a.plan;
     IF a.reserved > 0 THEN
@@ -208,45 +252,61 @@ BEGIN
                coalesce(sum(h.amount) FILTER (WHERE h.day >= credits_internal._utc_day(p_now)), 0),
                coalesce(sum(h.amount - h.from_grants) FILTER (WHERE h.month >= credits_internal._utc_month(p_now)), 0),
                coalesce(sum(h.from_grants), 0)
-          INTO v.reserved, v_today, v.reserved_allowance, v.reserved_grants
+          INTO v.reserved, v.reserved_today, v.reserved_allowance, v.reserved_grants
           FROM credits.holds h
          WHERE h.account_id = a.account_id AND h.resolved_entry IS NULL AND h.expires_at > p_now;
     END IF;
     v.daily_available := CASE WHEN v.daily_limit IS NOT NULL
-                              THEN greatest(0, v.daily_limit - v.daily_used - v_today) END;
+                              THEN greatest(0, v.daily_limit - v.daily_used - v.reserved_today) END;
     v.allowance_available := greatest(0, v.monthly_limit - v.monthly_used - v.reserved_allowance);
     v.grants_available := greatest(0, v.granted_remaining - v.reserved_grants);
     RETURN v;
 END
 $$;
 
--- UC001 when `amount` does not fit every window of `s` (NULL = it fits):
--- the window that lacks it, raised or, for try_ variants, returned.
+-- The window that refuses `p_amount` in state `s` (NULL = it fits): the
+-- monthly one when it lacks it (waiting for tomorrow would not help), else
+-- the daily one. What UC001, check() and denied events name.
 CREATE FUNCTION credits_internal._lacking_window(s credits_internal._account_state, p_amount numeric) RETURNS text
 LANGUAGE sql IMMUTABLE
 RETURN CASE
-    WHEN s.daily_available IS NOT NULL AND p_amount > s.daily_available THEN 'daily'
     WHEN p_amount > s.allowance_available + s.grants_available THEN 'monthly'
+    WHEN s.daily_available IS NOT NULL AND p_amount > s.daily_available THEN 'daily'
 END;
 
-CREATE FUNCTION credits_internal._raise_insufficient(p_account text, p_amount numeric, p_what text,
+-- The facts of one window of `s` at `p_now`, as UC001's DETAIL and check()
+-- give them (docs/sqlstates.md): its limit, what is used and reserved in it,
+-- what is available (grants included for the monthly window), what the
+-- request needs and when the window resets.
+CREATE FUNCTION credits_internal._window_facts(s credits_internal._account_state, p_window text,
+                                               p_needed numeric, p_now timestamptz) RETURNS jsonb
+LANGUAGE sql IMMUTABLE
+RETURN CASE p_window
+    WHEN 'daily' THEN jsonb_build_object(
+        'window', 'daily', 'limit', trim_scale(s.daily_limit), 'used', trim_scale(s.daily_used),
+        'reserved', trim_scale(s.reserved_today),
+        'available', trim_scale(s.daily_available), 'needed', trim_scale(p_needed),
+        'resets_at', credits_internal._iso(credits_internal._resets_at('daily', p_now)))
+    ELSE jsonb_build_object(
+        'window', 'monthly', 'limit', trim_scale(s.monthly_limit), 'used', trim_scale(s.monthly_used),
+        'granted', trim_scale(s.granted_remaining), 'reserved', trim_scale(s.reserved_allowance + s.reserved_grants),
+        'available', trim_scale(s.allowance_available + s.grants_available), 'needed', trim_scale(p_needed),
+        'resets_at', credits_internal._iso(credits_internal._resets_at('monthly', p_now)))
+END;
+
+-- UC001, the one way to refuse a request for `p_amount` (`p_what`: the
+-- feature, or the hold settled) that `s` lacks: the message a person can
+-- read, the window's facts as JSON in DETAIL, the reset in HINT.
+CREATE FUNCTION credits_internal._raise_insufficient(p_amount numeric, p_what text,
                                     s credits_internal._account_state, p_now timestamptz)
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
-    v_window text := credits_internal._lacking_window(s, p_amount);
+    v_window text := coalesce(credits_internal._lacking_window(s, p_amount), 'monthly');
+    v_facts  jsonb := credits_internal._window_facts(s, v_window, p_amount, p_now);
 BEGIN
-    RAISE EXCEPTION 'insufficient credits: account % needs % for %, the % window has % available',
-                    quote_literal(p_account), p_amount, p_what, v_window,
-                    CASE v_window WHEN 'daily' THEN s.daily_available
-                                  ELSE s.allowance_available + s.grants_available END
-        USING ERRCODE = 'UC001',
-              DETAIL = CASE v_window
-                  WHEN 'daily' THEN format('window=daily day=%s limit=%s used=%s reserved=%s',
-                                           to_char(credits_internal._utc_day(p_now), 'YYYY-MM-DD'), s.daily_limit,
-                                           s.daily_used, s.reserved)
-                  ELSE format('window=monthly month=%s limit=%s used=%s granted=%s reserved=%s',
-                              to_char(credits_internal._utc_month(p_now), 'YYYY-MM'), s.monthly_limit,
-                              s.monthly_used, s.granted_remaining, s.reserved)
-              END;
+    RAISE EXCEPTION 'insufficient credits: % needed for %, the % window has % available',
+                    trim_scale(p_amount), p_what, v_window, v_facts ->> 'available'
+        USING ERRCODE = 'UC001', DETAIL = v_facts::text,
+              HINT = format('The %s window resets at %s.', v_window, v_facts ->> 'resets_at');
 END
 $$;

@@ -24,6 +24,7 @@ extension_sql_file!(
         "reporting",
         "reporting_views",
         "replay",
-        "rollups"
+        "rollups",
+        "float_amounts"
     ]
 );

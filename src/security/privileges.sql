@@ -1,10 +1,16 @@
 -- Least privilege (SPEC §3). Nothing in schemas credits and credits_internal
 -- is usable by PUBLIC.
--- Three NOLOGIN roles carry the rights; a DBA grants them to login roles:
---   credits_app     the application backend: charge, refund, hold, read a balance;
+-- Four NOLOGIN roles carry the rights; a DBA grants them to login roles:
+--   credits_app     the application backend: charge, refund, hold, check;
+--                   read any account's balance, history and grants, and the
+--                   plans and features (the application authorizes its users);
+--   credits_billing the billing system's webhooks: the account lifecycle
+--                   (subscribe, purchase, reduce_purchase, grant, void_grant)
+--                   and what the application may read; no catalog edits or
+--                   maintenance;
 --   credits_reader  analysts: read the reporting views, nothing else;
---   credits_admin   operators: plans, features, subscriptions, purchases,
---                   grants, maintenance, the audit; reads every table.
+--   credits_admin   operators: everything above, plans, features,
+--                   maintenance, the audit; reads every table.
 -- No role can write a table directly: every change goes through a
 -- SECURITY DEFINER function with a pinned search_path (debit and try_debit,
 -- in Rust, resolve nothing through one), which checks it.
@@ -15,7 +21,7 @@ DO $$
 DECLARE
     r text;
 BEGIN
-    FOREACH r IN ARRAY ARRAY['credits_app', 'credits_reader', 'credits_admin'] LOOP
+    FOREACH r IN ARRAY ARRAY['credits_app', 'credits_billing', 'credits_reader', 'credits_admin'] LOOP
         IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r) THEN
             EXECUTE format('CREATE ROLE %I NOLOGIN', r);
         END IF;
@@ -26,22 +32,47 @@ $$;
 REVOKE ALL ON ALL ROUTINES IN SCHEMA credits, credits_internal FROM PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA credits FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA credits FROM PUBLIC;
-GRANT USAGE ON SCHEMA credits TO credits_app, credits_reader, credits_admin;
+GRANT USAGE ON SCHEMA credits TO credits_app, credits_billing, credits_reader, credits_admin;
 -- The internal helpers run inside public functions, as their owner; only
 -- run_maintenance and refresh_rollups, which run as their caller, name some.
 GRANT USAGE ON SCHEMA credits_internal TO credits_admin;
 
 GRANT EXECUTE ON FUNCTION
     credits.debit(text, text, numeric, text, jsonb),
+    credits.debit(text, text, double precision, text, jsonb),
     credits.try_debit(text, text, numeric, text, jsonb),
-    credits.refund(bigint, numeric, text),
+    credits.try_debit(text, text, double precision, text, jsonb),
+    credits.refund(bigint, numeric, text, text),
+    credits.refund(bigint, double precision, text, text),
     credits.reserve(text, text, numeric, interval, text),
+    credits.reserve(text, text, double precision, interval, text),
     credits.try_reserve(text, text, numeric, interval, text),
+    credits.try_reserve(text, text, double precision, interval, text),
     credits.settle(bigint, numeric),
-    credits.release(bigint),
-    credits.balance(text),
-    credits.bandwidth_allowance(text)
+    credits.settle(bigint, double precision),
+    credits.release(bigint)
 TO credits_app, credits_admin;
+-- What the application and the billing system read, for any account.
+GRANT EXECUTE ON FUNCTION
+    credits."check"(text, text, numeric),
+    credits."check"(text, text, double precision),
+    credits.balance(text),
+    credits.history(text, bigint, integer),
+    credits.grants(text),
+    credits.bandwidth_allowance(text)
+TO credits_app, credits_billing, credits_admin;
+GRANT SELECT ON credits.plans, credits.features TO credits_app, credits_billing;
+-- The account lifecycle, for billing webhooks (and operators).
+GRANT EXECUTE ON FUNCTION
+    credits.subscribe(text, text, boolean, text),
+    credits.purchase(text, numeric, text),
+    credits.purchase(text, double precision, text),
+    credits.reduce_purchase(text, numeric, text),
+    credits.reduce_purchase(text, double precision, text),
+    credits."grant"(text, numeric, text, timestamptz, text),
+    credits."grant"(text, double precision, text, timestamptz, text),
+    credits.void_grant(bigint, text)
+TO credits_billing, credits_admin;
 
 -- What analysts read: the reporting views, closed window totals, events, the
 -- maintenance status (a view's functions are called with the reader's
@@ -57,9 +88,6 @@ GRANT EXECUTE ON FUNCTION credits.now(), credits_internal._next_due(timestamptz)
 TO credits_reader, credits_admin;
 
 GRANT EXECUTE ON FUNCTION
-    credits.subscribe(text, text, boolean),
-    credits.purchase(text, numeric),
-    credits."grant"(text, numeric, text, timestamptz, text),
     credits.verify(),
     credits.ledger_balance(text, timestamptz)
 TO credits_admin;

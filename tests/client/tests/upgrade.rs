@@ -12,13 +12,20 @@ use postgres::Client;
 
 /// Everything that makes up the extension's schema, one line per fact.
 fn fingerprint(client: &mut Client) -> Vec<String> {
+    // (privileges compared as a set: their order is the order of the GRANTs)
+    client
+        .batch_execute(
+            "CREATE OR REPLACE FUNCTION pg_temp.sorted_acl(aclitem[]) RETURNS text LANGUAGE sql
+             AS $$ SELECT coalesce(string_agg(x::text, ',' ORDER BY x::text), '') FROM unnest($1) x $$",
+        )
+        .unwrap();
     let sql = "
         SELECT 'function ' || p.oid::regprocedure::text || E'\\n' || pg_get_functiondef(p.oid)
-               || E'\\nacl ' || coalesce(p.proacl::text, '') || ' owner ' || pg_get_userbyid(p.proowner)
+               || E'\\nacl ' || pg_temp.sorted_acl(p.proacl) || ' owner ' || pg_get_userbyid(p.proowner)
           FROM pg_proc p WHERE p.pronamespace IN ('credits'::regnamespace, 'credits_internal'::regnamespace)
         UNION ALL
         SELECT format('relation %s.%s kind %s acl %s options %s comment %s', c.relnamespace::regnamespace, c.relname, c.relkind,
-                      coalesce(c.relacl::text, ''), coalesce(c.reloptions::text, ''),
+                      pg_temp.sorted_acl(c.relacl), coalesce(c.reloptions::text, ''),
                       coalesce(obj_description(c.oid, 'pg_class'), ''))
           FROM pg_class c WHERE c.relnamespace IN ('credits'::regnamespace, 'credits_internal'::regnamespace)
         UNION ALL
@@ -66,7 +73,7 @@ fn fingerprint(client: &mut Client) -> Vec<String> {
         UNION ALL
         SELECT format('feature %s', f) FROM credits.features f
         UNION ALL
-        SELECT format('schema %s acl %s comment %s', n.nspname, n.nspacl, obj_description(n.oid, 'pg_namespace'))
+        SELECT format('schema %s acl %s comment %s', n.nspname, pg_temp.sorted_acl(n.nspacl), obj_description(n.oid, 'pg_namespace'))
           FROM pg_namespace n WHERE n.nspname IN ('credits', 'credits_internal')";
     let mut facts: Vec<String> = client
         .query(sql, &[])
