@@ -1056,6 +1056,421 @@ BEGIN
 END
 $$;
 
+
+-------------------------------------------------------------------------------
+-- Further changes.
+-------------------------------------------------------------------------------
+
+-- verify: recompute every account's balances from the ledger and report
+-- each difference. No rows = every stored balance is what the ledger implies.
+-- Each window counter is checked against the window it says it counts
+-- (accounts.day / accounts.month), so the result does not depend on the clock.
+CREATE OR REPLACE FUNCTION verify() RETURNS TABLE (account_id text, problem text)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    WITH
+    -- The latest plan entry says the plan and the purchases carried into it.
+    last_plan AS (
+        SELECT DISTINCT ON (l.account_id) l.account_id, l.entry_id, l.metadata
+          FROM credits.ledger l
+         WHERE l.kind = 'S'
+         ORDER BY l.account_id, l.entry_id DESC
+    ),
+    -- The monthly window restarted in the counted month at its latest plan
+    -- change (an upgrade from 0, any other move from the usage it recorded)
+    -- or at a purchase that set its usage to the old limit (SPEC §4.1, §4.2).
+    epoch AS (
+        SELECT DISTINCT ON (l.account_id) l.account_id, l.entry_id,
+               coalesce((l.metadata ->> 'monthly_used')::numeric, 0) AS used
+          FROM credits.ledger l
+          JOIN credits.accounts a ON a.account_id = l.account_id
+         WHERE ((l.kind = 'S' AND ((l.metadata ->> 'upgrade')::boolean OR l.metadata ? 'monthly_used'))
+                OR (l.kind = 'P' AND l.metadata ? 'monthly_used'))
+           AND credits_internal._utc_month(l.at) = a.month
+         ORDER BY l.account_id, l.entry_id DESC
+    ),
+    -- Every debit (+) and refund (-) with the instants whose windows it
+    -- counts in: a debit in the windows it was made in (a settle: its hold's,
+    -- SPEC §4.3); a refund gives back to a window only while the window of
+    -- its debit is still the current one (own_at and debit_at both in it).
+    counted AS (
+        SELECT d.account_id, s.sign * d.amount AS amount,
+               s.sign * (d.amount - coalesce(d.from_grants, 0)) AS allowance,
+               coalesce(src.entry_id, d.entry_id) AS debit_entry,
+               CASE d.kind WHEN 'D' THEN coalesce(h.at, d.at) ELSE d.at END AS own_at,
+               coalesce(h.at, src.at, d.at) AS debit_at
+          FROM credits.ledger d
+          CROSS JOIN LATERAL (SELECT CASE d.kind WHEN 'D' THEN 1 ELSE -1 END AS sign) s
+          LEFT JOIN credits.ledger src ON d.kind = 'R' AND src.entry_id = d.ref
+          LEFT JOIN credits.ledger h ON h.kind = 'H' AND h.entry_id = CASE d.kind WHEN 'D' THEN d.ref ELSE src.ref END
+         WHERE d.kind IN ('D', 'R')
+    ),
+    usage AS (
+        SELECT c.account_id,
+               sum(CASE WHEN credits_internal._utc_day(c.own_at) = a.day AND credits_internal._utc_day(c.debit_at) = a.day
+                        THEN c.amount ELSE 0 END) AS daily_used,
+               sum(CASE WHEN credits_internal._utc_month(c.own_at) = a.month AND credits_internal._utc_month(c.debit_at) = a.month
+                         AND c.debit_entry > coalesce(e.entry_id, 0)
+                        THEN c.allowance ELSE 0 END) AS monthly_used
+          FROM counted c
+          JOIN credits.accounts a ON a.account_id = c.account_id
+          LEFT JOIN epoch e ON e.account_id = c.account_id
+         GROUP BY c.account_id
+    ),
+    -- The plan changes of each month (SPEC §4.1), windows numbered by the
+    -- upgrades before them; what each window was granted is the largest limit
+    -- it held (a change's limit before and after it).
+    changes AS (
+        SELECT l.account_id, l.entry_id, credits_internal._utc_month(l.at) AS month,
+               (l.metadata ->> 'from_limit')::numeric AS from_limit,
+               (l.metadata ->> 'limit')::numeric AS new_limit,
+               (l.metadata ->> 'upgrade')::boolean AS upgrade,
+               count(*) FILTER (WHERE (l.metadata ->> 'upgrade')::boolean)
+                   OVER (PARTITION BY l.account_id, credits_internal._utc_month(l.at) ORDER BY l.entry_id) AS window_no
+          FROM credits.ledger l
+         WHERE l.kind = 'S' AND l.metadata ? 'from_limit'
+    ),
+    window_limits AS (
+        SELECT c.account_id, c.month, CASE WHEN c.upgrade THEN c.window_no - 1 ELSE c.window_no END AS window_no,
+               c.from_limit AS window_limit
+          FROM changes c
+        UNION ALL
+        SELECT c.account_id, c.month, c.window_no, c.new_limit FROM changes c
+    ),
+    month_grants AS (
+        SELECT w.account_id, w.month,
+               sum(w.window_limit)
+               -- (a reduction takes effect the next month: the month keeps its grant)
+               + coalesce((SELECT sum(p.amount) FROM credits.ledger p
+                            WHERE p.account_id = w.account_id AND p.kind = 'P' AND p.amount > 0
+                              AND credits_internal._utc_month(p.at) = w.month), 0) AS granted
+          FROM (SELECT wl.account_id, wl.month, wl.window_no, max(wl.window_limit) AS window_limit
+                  FROM window_limits wl GROUP BY wl.account_id, wl.month, wl.window_no) w
+         GROUP BY w.account_id, w.month
+    ),
+    derived AS (
+        SELECT a.account_id,
+               lp.entry_id IS NOT NULL AS has_plan_entry,
+               lp.metadata ->> 'plan' AS plan,
+               (lp.metadata ->> 'purchased')::numeric
+                 + coalesce((SELECT sum(p.amount) FROM credits.ledger p
+                              WHERE p.account_id = a.account_id AND p.kind = 'P'
+                                AND p.entry_id > lp.entry_id), 0) AS purchased,
+               coalesce(u.daily_used, 0) AS daily_used,
+               coalesce(e.used, 0) + coalesce(u.monthly_used, 0) AS monthly_used
+          FROM credits.accounts a
+          LEFT JOIN last_plan lp ON lp.account_id = a.account_id
+          LEFT JOIN usage u ON u.account_id = a.account_id
+          LEFT JOIN epoch e ON e.account_id = a.account_id
+    ),
+    problems AS (
+        SELECT a.account_id, 'the ledger has no plan entry for this account' AS problem
+          FROM credits.accounts a JOIN derived d USING (account_id)
+         WHERE NOT d.has_plan_entry
+        UNION ALL
+        SELECT a.account_id, format('plan is %s, the ledger says %s', a.plan, d.plan)
+          FROM credits.accounts a JOIN derived d USING (account_id)
+         WHERE d.has_plan_entry AND a.plan IS DISTINCT FROM d.plan
+        UNION ALL
+        SELECT a.account_id, format('purchased is %s, the ledger says %s', a.purchased, d.purchased)
+          FROM credits.accounts a JOIN derived d USING (account_id)
+         WHERE d.has_plan_entry AND a.purchased IS DISTINCT FROM d.purchased
+        UNION ALL
+        SELECT a.account_id, format('daily_used of %s is %s, the ledger says %s',
+                                    to_char(a.day, 'YYYY-MM-DD'), a.daily_used, d.daily_used)
+          FROM credits.accounts a JOIN derived d USING (account_id)
+         WHERE a.daily_used <> d.daily_used
+        UNION ALL
+        SELECT a.account_id, format('monthly_used of %s is %s, the ledger says %s',
+                                    to_char(a.month, 'YYYY-MM'), a.monthly_used, d.monthly_used)
+          FROM credits.accounts a JOIN derived d USING (account_id)
+         WHERE a.monthly_used <> d.monthly_used
+        UNION ALL
+        -- SPEC §4: no credits appear through a sequence of calls. In a month
+        -- with plan changes, the allowance used and forfeited is at most the
+        -- allowances granted: for each window (an upgrade starts one) the
+        -- largest limit it held, and the purchases.
+        SELECT m.account_id,
+               format('in %s, %s of allowance was used and %s forfeited, but only %s was granted',
+                      to_char(m.month, 'YYYY-MM'), m.used, m.forfeited, m.granted)
+          FROM (SELECT g.account_id, g.month, g.granted,
+                       coalesce((SELECT sum(c.allowance) FROM counted c
+                                  WHERE c.account_id = g.account_id AND credits_internal._utc_month(c.own_at) = g.month
+                                    AND credits_internal._utc_month(c.debit_at) = g.month), 0) AS used,
+                       coalesce((SELECT sum(f.amount) FROM credits.ledger f
+                                  WHERE f.account_id = g.account_id AND f.kind = 'F'
+                                    AND credits_internal._report_month(f.kind, f.at, f.metadata) = g.month), 0) AS forfeited
+                  FROM month_grants g) m
+         WHERE m.used + m.forfeited > m.granted
+        UNION ALL
+        -- Holds: reserved is the sum of the open holds; each hold has its 'H'
+        -- entry, and a resolved hold points to the entry that resolved it.
+        SELECT a.account_id, format('reserved is %s, open holds sum to %s', a.reserved, coalesce(h.total, 0))
+          FROM credits.accounts a
+          LEFT JOIN (SELECT ho.account_id, sum(ho.amount) AS total FROM credits.holds ho
+                      WHERE ho.resolved_entry IS NULL GROUP BY ho.account_id) h ON h.account_id = a.account_id
+         WHERE a.reserved <> coalesce(h.total, 0)
+        UNION ALL
+        SELECT ho.account_id, format('hold %s has no matching hold entry in the ledger', ho.hold_id)
+          FROM credits.holds ho
+         WHERE NOT EXISTS (SELECT 1 FROM credits.ledger l
+                            WHERE l.entry_id = ho.hold_id AND l.kind = 'H'
+                              AND l.account_id = ho.account_id AND l.amount = ho.amount)
+        UNION ALL
+        SELECT ho.account_id, format('hold %s is resolved by entry %s, which does not resolve it',
+                                     ho.hold_id, ho.resolved_entry)
+          FROM credits.holds ho
+         WHERE ho.resolved_entry IS NOT NULL
+           AND NOT EXISTS (SELECT 1 FROM credits.ledger l
+                            WHERE l.entry_id = ho.resolved_entry AND l.ref = ho.hold_id
+                              AND l.kind IN ('D', 'X'))
+        UNION ALL
+        SELECT l.account_id, format('hold entry %s has no hold', l.entry_id)
+          FROM credits.ledger l
+         WHERE l.kind = 'H'
+           AND NOT EXISTS (SELECT 1 FROM credits.holds ho
+                            WHERE ho.account_id = l.account_id AND ho.hold_id = l.entry_id)
+        UNION ALL
+        -- Each grant: what is left = granted - drawn + given back.
+        SELECT g.account_id, format('grant %s has %s remaining, the ledger says %s', g.grant_id, g.remaining,
+                                    g.amount - coalesce(dr.drawn, 0))
+          FROM credits.grants g
+          LEFT JOIN (SELECT gd.account_id, gd.grant_id, sum(gd.amount) AS drawn
+                       FROM credits.grant_draws gd GROUP BY gd.account_id, gd.grant_id) dr
+                 ON dr.account_id = g.account_id AND dr.grant_id = g.grant_id
+         WHERE g.remaining <> g.amount - coalesce(dr.drawn, 0)
+        UNION ALL
+        -- The ledger alone: granted - drawn + given back - expired is what the
+        -- grants not yet expired hold (SPEC §4.5: nothing goes back to an
+        -- expired grant).
+        SELECT a.account_id, format('grants not yet expired hold %s, the ledger says %s',
+                                    coalesce(g.held, 0), coalesce(l.held, 0))
+          FROM credits.accounts a
+          LEFT JOIN (SELECT gr.account_id, sum(gr.remaining) AS held FROM credits.grants gr
+                      WHERE gr.expired_entry IS NULL GROUP BY gr.account_id) g ON g.account_id = a.account_id
+          LEFT JOIN (SELECT le.account_id,
+                            sum(CASE le.kind WHEN 'G' THEN le.amount WHEN 'D' THEN -coalesce(le.from_grants, 0)
+                                             WHEN 'R' THEN coalesce(le.from_grants, 0) WHEN 'E' THEN -le.amount END) AS held
+                       FROM credits.ledger le WHERE le.kind IN ('G', 'D', 'R', 'E')
+                      GROUP BY le.account_id) l ON l.account_id = a.account_id
+         WHERE coalesce(g.held, 0) <> coalesce(l.held, 0)
+        UNION ALL
+        SELECT g.account_id, format('grant %s has no matching grant entry in the ledger', g.grant_id)
+          FROM credits.grants g
+         WHERE NOT EXISTS (SELECT 1 FROM credits.ledger l
+                            WHERE l.entry_id = g.grant_id AND l.kind = 'G'
+                              AND l.account_id = g.account_id AND l.amount = g.amount)
+        UNION ALL
+        SELECT l.account_id, format('grant entry %s has no grant', l.entry_id)
+          FROM credits.ledger l
+         WHERE l.kind = 'G'
+           AND NOT EXISTS (SELECT 1 FROM credits.grants g
+                            WHERE g.account_id = l.account_id AND g.grant_id = l.entry_id)
+        UNION ALL
+        -- Each debit or refund: its grant part equals its grant draws.
+        SELECT l.account_id, format('entry %s has from_grants %s, its grant draws sum to %s',
+                                    l.entry_id, coalesce(l.from_grants, 0), coalesce(abs(dr.total), 0))
+          FROM credits.ledger l
+          LEFT JOIN (SELECT gd.entry_id, sum(gd.amount) AS total
+                       FROM credits.grant_draws gd GROUP BY gd.entry_id) dr ON dr.entry_id = l.entry_id
+         WHERE l.kind IN ('D', 'R') AND coalesce(l.from_grants, 0) <> coalesce(abs(dr.total), 0)
+        UNION ALL
+        SELECT d.account_id, format('debit %s of %s has %s refunded', d.entry_id, d.amount, r.total)
+          FROM credits.ledger d
+          JOIN (SELECT l.ref, sum(l.amount) AS total FROM credits.ledger l
+                 WHERE l.kind = 'R' GROUP BY l.ref) r ON r.ref = d.entry_id
+         WHERE d.kind = 'D' AND r.total > d.amount
+        UNION ALL
+        SELECT i.account_id, format('idempotency key %s points to entry %s of another account or none',
+                                    quote_literal(i.idempotency_key), i.entry_id)
+          FROM credits.idempotency i
+         WHERE NOT EXISTS (SELECT 1 FROM credits.ledger l
+                            WHERE l.entry_id = i.entry_id AND l.account_id = i.account_id)
+        UNION ALL
+        SELECT DISTINCT l.account_id, 'ledger entries for an account that does not exist'
+          FROM credits.ledger l
+         WHERE NOT EXISTS (SELECT 1 FROM credits.accounts a WHERE a.account_id = l.account_id)
+        UNION ALL
+        -- The usage rollups hold the ledger's totals up to rolled_through, exactly.
+        SELECT coalesce(r.account_id, t.account_id),
+               format('usage rollup of %s kind %s feature %s has %s (%s from grants) in %s entries, the ledger says %s (%s) in %s',
+                      to_char(coalesce(r.month, t.month), 'YYYY-MM'), coalesce(r.kind, t.kind),
+                      coalesce(r.feature_id, t.feature_id)::text, r.amount, r.from_grants, r.entries,
+                      t.amount, t.from_grants, t.entries)
+          FROM credits.usage_rollup r
+          FULL JOIN credits_internal._ledger_totals(0, credits_internal._rolled_through()) t
+            ON t.account_id = r.account_id AND t.month = r.month AND t.kind = r.kind
+           AND coalesce(t.feature_id, -1) = coalesce(r.feature_id, -1)
+         WHERE r.amount IS DISTINCT FROM t.amount OR r.from_grants IS DISTINCT FROM t.from_grants
+            OR r.entries IS DISTINCT FROM t.entries
+    )
+    SELECT p.account_id, p.problem FROM problems p ORDER BY p.account_id, p.problem;
+END;
+
+-- ledger_balance: an account's balance rebuilt from its ledger rows alone
+-- (SPEC §1 "an append-only ledger from which every balance can be
+-- recomputed"), as of `at`. An auditor's second opinion on balance(): it
+-- shares no state with the tables that balance() reads (accounts, grants,
+-- holds, grant_draws), only the plan catalog for the plan's limits.
+--
+-- It replays the entries in the order they were written (entry ids: every
+-- write to an account holds its lock) by the rules of SPEC §1 and §4:
+--   S  plan and purchases carried; a change restarts the monthly window at
+--      the usage it recorded (0 for an upgrade);
+--   P  purchase; one that recorded a usage set the window to it (§4.2);
+--   G  a grant (amount, expiry in its metadata);
+--   D  a charge: today's and this month's windows, or its hold's (§4.3); its
+--      grant part drawn from the valid grants, soonest-expiring first;
+--   R  a refund: back to the windows of its debit while they are current,
+--      back to the grants drawn while they are valid (§4.5);
+--   H  a hold; D or X with ref = the hold resolves it.
+-- (E and F entries record what expired or was forfeited: no balance moves.)
+CREATE OR REPLACE FUNCTION ledger_balance(account_id text, at timestamptz DEFAULT NULL)
+RETURNS TABLE (plan text, purchased numeric, daily_used numeric, monthly_used numeric,
+               granted_remaining numeric, reserved numeric)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p_account  text := ledger_balance.account_id;
+    v_now      timestamptz := coalesce(ledger_balance.at, credits.now());
+    l          credits.ledger;
+    v_day      date;      -- the account's windows, as the entries move them
+    v_month    date;
+    v_daily    numeric := 0;
+    v_monthly  numeric := 0;
+    v_epoch    bigint := 0;
+    v_plan     text;
+    v_purchased numeric := 0;
+    v_win      timestamptz;  -- the instant whose windows a charge counts in
+    v_need     numeric;
+    v_take     numeric;
+    i          integer;
+    -- grants: id, remaining, expiry, expired by an expiry entry
+    g_id  bigint[] := '{}';  g_rem numeric[] := '{}';  g_exp timestamptz[] := '{}';  g_gone boolean[] := '{}';
+    -- holds: id, amount, expiry, placed at, open
+    h_id  bigint[] := '{}';  h_amt numeric[] := '{}';  h_exp timestamptz[] := '{}';  h_at timestamptz[] := '{}';
+    h_open boolean[] := '{}';
+    -- grant draws of each charge (refunds subtract): entry, grant, amount
+    d_entry bigint[] := '{}';  d_grant bigint[] := '{}';  d_amt numeric[] := '{}';
+    -- charges: entry, the instant whose windows it counted in
+    c_entry bigint[] := '{}';  c_win timestamptz[] := '{}';
+BEGIN
+    PERFORM credits_internal._check_text(p_account, 'account_id');
+    FOR l IN SELECT * FROM credits.ledger le WHERE le.account_id = p_account ORDER BY le.entry_id LOOP
+        -- Windows only move forward (§4.6): entries stamped at an earlier
+        -- deadline or boundary (E, X, F) do not move them back.
+        IF v_day IS NULL OR credits_internal._utc_day(l.at) > v_day THEN
+            v_day := credits_internal._utc_day(l.at);
+            v_daily := 0;
+        END IF;
+        IF v_month IS NULL OR credits_internal._utc_month(l.at) > v_month THEN
+            v_month := credits_internal._utc_month(l.at);
+            v_monthly := 0;
+            v_epoch := 0;
+        END IF;
+        CASE l.kind
+        WHEN 'S' THEN
+            v_plan := l.metadata ->> 'plan';
+            v_purchased := (l.metadata ->> 'purchased')::numeric;
+            IF l.metadata ? 'monthly_used' OR (l.metadata ->> 'upgrade')::boolean THEN
+                v_monthly := coalesce((l.metadata ->> 'monthly_used')::numeric, 0);
+                v_epoch := l.entry_id;
+            END IF;
+        WHEN 'P' THEN
+            v_purchased := v_purchased + l.amount;
+            IF l.metadata ? 'monthly_used' THEN
+                v_monthly := (l.metadata ->> 'monthly_used')::numeric;
+                v_epoch := l.entry_id;
+            END IF;
+        WHEN 'G' THEN
+            g_id := g_id || l.entry_id;
+            g_rem := g_rem || l.amount;
+            g_exp := g_exp || (l.metadata ->> 'expires_at')::timestamptz;
+            g_gone := g_gone || false;
+        WHEN 'E' THEN
+            IF NOT l.metadata ? 'refund' THEN
+                g_gone[array_position(g_id, l.ref)] := true;
+            END IF;
+        WHEN 'H' THEN
+            h_id := h_id || l.entry_id;
+            h_amt := h_amt || l.amount;
+            h_exp := h_exp || (l.metadata ->> 'expires_at')::timestamptz;
+            h_at := h_at || l.at;
+            h_open := h_open || true;
+        WHEN 'X' THEN
+            h_open[array_position(h_id, l.ref)] := false;
+        WHEN 'D' THEN
+            v_win := l.at;
+            IF l.ref IS NOT NULL THEN
+                i := array_position(h_id, l.ref);
+                h_open[i] := false;
+                v_win := h_at[i];
+            END IF;
+            c_entry := c_entry || l.entry_id;
+            c_win := c_win || v_win;
+            IF credits_internal._utc_day(v_win) = v_day THEN
+                v_daily := v_daily + l.amount;
+            END IF;
+            IF credits_internal._utc_month(v_win) = v_month THEN
+                v_monthly := v_monthly + l.amount - coalesce(l.from_grants, 0);
+            END IF;
+            -- its grant part, soonest-expiring first
+            v_need := coalesce(l.from_grants, 0);
+            CONTINUE WHEN v_need = 0;
+            FOR i IN SELECT k FROM generate_subscripts(g_id, 1) k
+                      WHERE g_rem[k] > 0 AND NOT g_gone[k] AND (g_exp[k] IS NULL OR g_exp[k] > l.at)
+                      ORDER BY g_exp[k] NULLS LAST, g_id[k] LOOP
+                EXIT WHEN v_need = 0;
+                v_take := least(v_need, g_rem[i]);
+                g_rem[i] := g_rem[i] - v_take;
+                d_entry := d_entry || l.entry_id;  d_grant := d_grant || g_id[i];  d_amt := d_amt || v_take;
+                v_need := v_need - v_take;
+            END LOOP;
+        WHEN 'R' THEN
+            v_win := c_win[array_position(c_entry, l.ref)];
+            IF credits_internal._utc_day(v_win) = v_day THEN
+                v_daily := v_daily - l.amount;
+            END IF;
+            IF credits_internal._utc_month(v_win) = v_month AND l.ref > v_epoch THEN
+                v_monthly := v_monthly - (l.amount - coalesce(l.from_grants, 0));
+            END IF;
+            -- back to the grants its debit drew, latest-expiring first, while valid
+            v_need := coalesce(l.from_grants, 0);
+            CONTINUE WHEN v_need = 0;
+            FOR i IN SELECT k FROM generate_subscripts(g_id, 1) k
+                      WHERE (SELECT coalesce(sum(d_amt[m]), 0) FROM generate_subscripts(d_entry, 1) m
+                              WHERE d_entry[m] = l.ref AND d_grant[m] = g_id[k]) > 0
+                      ORDER BY g_exp[k] DESC NULLS FIRST, g_id[k] DESC LOOP
+                EXIT WHEN v_need = 0;
+                SELECT least(v_need, sum(d_amt[m])) INTO v_take FROM generate_subscripts(d_entry, 1) m
+                 WHERE d_entry[m] = l.ref AND d_grant[m] = g_id[i];
+                d_entry := d_entry || l.ref;  d_grant := d_grant || g_id[i];  d_amt := d_amt || -v_take;
+                IF NOT g_gone[i] AND (g_exp[i] IS NULL OR g_exp[i] > l.at) THEN
+                    g_rem[i] := g_rem[i] + v_take;
+                END IF;
+                v_need := v_need - v_take;
+            END LOOP;
+        ELSE
+            NULL;  -- F: forfeited, nothing moves
+        END CASE;
+    END LOOP;
+    IF v_plan IS NULL THEN
+        PERFORM credits_internal._raise_unknown_account(p_account);
+    END IF;
+
+    -- As of `at`, or the account's own time if that is later.
+    v_now := greatest(v_now, (SELECT max(le.at) FROM credits.ledger le WHERE le.account_id = p_account));
+    plan := v_plan;
+    purchased := v_purchased;
+    daily_used := CASE WHEN credits_internal._utc_day(v_now) = v_day THEN v_daily ELSE 0 END;
+    monthly_used := CASE WHEN credits_internal._utc_month(v_now) = v_month THEN v_monthly ELSE 0 END;
+    granted_remaining := coalesce((SELECT sum(g_rem[k]) FROM generate_subscripts(g_id, 1) k
+                                    WHERE NOT g_gone[k] AND (g_exp[k] IS NULL OR g_exp[k] > v_now)), 0);
+    reserved := coalesce((SELECT sum(h_amt[k]) FROM generate_subscripts(h_id, 1) k
+                           WHERE h_open[k] AND h_exp[k] > v_now), 0);
+    RETURN NEXT;
+END
+$$;
+
 -------------------------------------------------------------------------------
 -- Amounts as double precision (src/metering/float_amounts.sql).
 -------------------------------------------------------------------------------

@@ -108,7 +108,7 @@ BEGIN
             v_need := coalesce(l.from_grants, 0);
             CONTINUE WHEN v_need = 0;
             FOR i IN SELECT k FROM generate_subscripts(g_id, 1) k
-                      WHERE g_rem[k] > 0 AND (g_exp[k] IS NULL OR g_exp[k] > l.at)
+                      WHERE g_rem[k] > 0 AND NOT g_gone[k] AND (g_exp[k] IS NULL OR g_exp[k] > l.at)
                       ORDER BY g_exp[k] NULLS LAST, g_id[k] LOOP
                 EXIT WHEN v_need = 0;
                 v_take := least(v_need, g_rem[i]);

@@ -198,32 +198,55 @@ fn concurrent_reserves_never_overcommit_and_every_resolution_frees_the_right_amo
     });
     let holds: Vec<i64> = held.into_iter().flatten().collect();
     assert_eq!(holds.len(), 33, "floor(100 / 3) holds fit");
-    // Concurrently: settle a third for 2, release a third, settle the rest for 3.5 (more than held).
+    // Concurrently: settle a third for 2, release a third, settle the rest
+    // for 3.5 (more than held). Every session tries every hold the same
+    // way: one resolves it, the others get its first result.
     let holds = std::sync::Arc::new(holds);
     let outcomes = in_parallel(3, AT, {
         let holds = holds.clone();
         move |client| {
-            let mut failed = 0;
-            for (i, hold) in holds.iter().enumerate() {
-                let sql = match i % 3 {
-                    0 => "SELECT credits.settle($1, 2)::text",
-                    1 => "SELECT credits.release($1)::text",
-                    _ => "SELECT credits.settle($1, 3.5)::text",
-                };
-                // Every session tries every hold: exactly one resolution may win.
-                if let Err(e) = client.query_one(sql, &[hold]) {
-                    assert_eq!(e.code().map(|c| c.code()), Some("UC008"), "{e}");
-                    failed += 1;
-                }
-            }
-            failed
+            holds
+                .iter()
+                .enumerate()
+                .map(|(i, hold)| {
+                    let sql = match i % 3 {
+                        0 => "SELECT credits.settle($1, 2)::text",
+                        1 => "SELECT coalesce(credits.release($1)::text, 'released')",
+                        _ => "SELECT credits.settle($1, 3.5)::text",
+                    };
+                    client.query_one(sql, &[hold]).unwrap().get::<_, String>(0)
+                })
+                .collect::<Vec<String>>()
         }
     });
-    assert_eq!(
-        outcomes.iter().sum::<usize>(),
-        2 * 33,
-        "each hold resolved exactly once"
+    assert!(
+        outcomes.iter().all(|o| *o == outcomes[0]),
+        "every session got the same result for every hold"
     );
+    let resolutions: i64 = client
+        .query_one(
+            "SELECT count(*) FROM credits.ledger WHERE ref = ANY ($1) AND kind IN ('D', 'X')",
+            &[&*holds],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(resolutions, 33, "each hold resolved exactly once");
+    // Any other way of resolving one is refused (UC008), in every session.
+    let refused = in_parallel(3, AT, {
+        let holds = holds.clone();
+        move |client| {
+            holds
+                .iter()
+                .filter(|hold| {
+                    let e = client
+                        .query_one("SELECT credits.settle($1, 1)", &[*hold])
+                        .unwrap_err();
+                    e.code().map(|c| c.code()) == Some("UC008")
+                })
+                .count()
+        }
+    });
+    assert_eq!(refused.iter().sum::<usize>(), 3 * 33);
     let row = client
         .query_one(
             "SELECT monthly_used::text, reserved::text FROM credits.balance($1)",

@@ -129,6 +129,8 @@ struct Grant {
     id: i64,
     remaining: Amount,
     expires: Option<i64>,
+    /// Voided: it ended at `expires`, when the void was recorded.
+    voided: bool,
 }
 
 #[derive(Clone)]
@@ -137,10 +139,20 @@ struct Hold {
     amount: Amount,
     expires: i64,
     open: bool,
+    /// How it resolved: settling or releasing it again the same way
+    /// returns the first result, any other way is UC008.
+    resolved: Option<Resolved>,
     /// Placed at (the windows it belongs to, SPEC §4.3).
     at: i64,
     /// The part held on grants; the rest is on the allowance of its month.
     from_grants: Amount,
+}
+
+#[derive(Clone, PartialEq)]
+enum Resolved {
+    Settled(Amount),
+    Released,
+    Expired,
 }
 
 #[derive(Clone)]
@@ -276,6 +288,7 @@ impl Account {
         }
         for h in self.holds.iter_mut().filter(|h| h.open && h.expires <= now) {
             h.open = false;
+            h.resolved = Some(Resolved::Expired);
         }
     }
 
@@ -582,6 +595,61 @@ fn run_seed(seed: u64, steps: usize) {
             let anow = acct.now(now);
             locked.lock(anow);
             match op {
+                16..=17 => {
+                    // lower the recurring purchase from next month on: this
+                    // month keeps what it had, as a grant until it ends
+                    let amount = rng.pick(&[5 * UNIT, 41 * UNIT / 2]);
+                    sql = format!("SELECT credits.reduce_purchase('{who}', {})", text(amount));
+                    expected = if amount <= locked.purchased {
+                        Outcome::Entry
+                    } else {
+                        Outcome::Error("UC013".into())
+                    };
+                    let (who2, now2) = (who.clone(), now);
+                    on_success = Box::new(move |m, id, _| {
+                        let a = m.get_mut(&who2).unwrap();
+                        let now2 = a.now(now2);
+                        a.lock(now2);
+                        let keep = amount.min(a.state(now2).allowance_available);
+                        a.purchased -= amount;
+                        if keep > 0 {
+                            // (its grant is the entry after the reduction's)
+                            a.grants.push(Grant {
+                                id: id.unwrap() + 1,
+                                remaining: keep,
+                                expires: Some(next_month_start(now2)),
+                                voided: false,
+                            });
+                        }
+                        a.last_at = now2;
+                    });
+                }
+                24..=25 if !acct.grants.is_empty() => {
+                    // void a grant: what is left of it goes, as an expiry would
+                    let grant = acct.grants[rng.below(acct.grants.len())].id;
+                    let live = locked
+                        .grants
+                        .iter()
+                        .any(|g| g.id == grant && g.expires.is_none_or(|e| e > anow));
+                    let voided = locked.grants.iter().any(|g| g.id == grant && g.voided);
+                    sql = format!("SELECT credits.void_grant({grant})");
+                    expected = if live || voided {
+                        Outcome::Entry
+                    } else {
+                        Outcome::Error("UC012".into())
+                    };
+                    let (who2, now2) = (who.clone(), now);
+                    on_success = Box::new(move |m, _, _| {
+                        let a = m.get_mut(&who2).unwrap();
+                        let now2 = a.now(now2);
+                        a.lock(now2);
+                        a.last_at = now2;
+                        for g in a.grants.iter_mut().filter(|g| g.id == grant && !g.voided) {
+                            g.expires = Some(now2);
+                            g.voided = true;
+                        }
+                    });
+                }
                 12..=17 => {
                     let amount = rng.pick(&[5 * UNIT, 41 * UNIT / 2]);
                     sql = format!("SELECT credits.purchase('{who}', {})", text(amount));
@@ -632,6 +700,7 @@ fn run_seed(seed: u64, steps: usize) {
                             id: id.unwrap(),
                             remaining: amount,
                             expires,
+                            voided: false,
                         });
                     });
                 }
@@ -767,6 +836,7 @@ fn run_seed(seed: u64, steps: usize) {
                                 amount,
                                 expires: now2 + ttl,
                                 open: true,
+                                resolved: None,
                                 at: now2,
                                 from_grants: amount - amount.min(s.allowance_available),
                             });
@@ -786,7 +856,19 @@ fn run_seed(seed: u64, steps: usize) {
                     } else {
                         format!("SELECT credits.release({})", hold.id)
                     };
-                    let outcome = if settle {
+                    let resolved = locked
+                        .holds
+                        .iter()
+                        .find(|h| h.id == hold.id)
+                        .and_then(|h| h.resolved.clone());
+                    let same_way = if settle {
+                        resolved == Some(Resolved::Settled(amount))
+                    } else {
+                        resolved == Some(Resolved::Released)
+                    };
+                    let outcome = if same_way {
+                        Ok(())
+                    } else if settle {
                         locked
                             .clone()
                             .settle(anow, seq, hold.id, amount)
@@ -806,14 +888,20 @@ fn run_seed(seed: u64, steps: usize) {
                         let now2 = a.now(now2);
                         a.lock(now2);
                         a.last_at = now2;
-                        if settle {
+                        if same_way {
+                            // a replay: the first result, nothing changes
+                        } else if settle {
                             let debit = a.settle(now2, seq, hold.id, amount).unwrap();
                             d.insert(id.unwrap(), (who2.clone(), debit));
-                        } else {
                             a.holds
                                 .iter_mut()
                                 .filter(|h| h.id == hold.id)
-                                .for_each(|h| h.open = false);
+                                .for_each(|h| h.resolved = Some(Resolved::Settled(amount)));
+                        } else {
+                            a.holds.iter_mut().filter(|h| h.id == hold.id).for_each(|h| {
+                                h.open = false;
+                                h.resolved = Some(Resolved::Released);
+                            });
                         }
                     });
                 }
