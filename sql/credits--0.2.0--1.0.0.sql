@@ -1471,6 +1471,131 @@ BEGIN
 END
 $$;
 
+-- The usage display of a read account at the instant it is in (windows as
+-- of credits.now(), or later when the account is: SPEC §4.6): what
+-- balance() returns for one account and usage_display for every account,
+-- without looking the account up again. Security definer: the reporting
+-- view calls it with the reader's rights, who reads no table.
+--   daily_* are NULL when the plan has no daily limit.
+--   available = what a debit could take right now: every window applies,
+--   grants count after the allowance, open holds are subtracted.
+CREATE OR REPLACE FUNCTION credits_internal._display(a credits.accounts)
+RETURNS TABLE (plan text, daily_limit numeric, daily_used numeric, daily_remaining numeric,
+               monthly_limit numeric, monthly_used numeric, monthly_remaining numeric,
+               granted_remaining numeric, reserved numeric, available numeric,
+               next_daily_reset timestamptz, next_monthly_reset timestamptz)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_now   timestamptz := credits_internal._account_now(a, credits.now());
+    s       credits_internal._account_state := credits_internal._state(a, v_now);
+    v_total numeric := s.allowance_available + s.grants_available;
+BEGIN
+    plan := s.plan;
+    daily_limit := trim_scale(s.daily_limit);
+    daily_used := CASE WHEN s.daily_limit IS NOT NULL THEN trim_scale(s.daily_used) END;
+    daily_remaining := CASE WHEN s.daily_limit IS NOT NULL
+                            THEN trim_scale(greatest(0, s.daily_limit - s.daily_used)) END;
+    monthly_limit := trim_scale(s.monthly_limit);
+    monthly_used := trim_scale(s.monthly_used);
+    monthly_remaining := trim_scale(greatest(0, s.monthly_limit - s.monthly_used));
+    granted_remaining := trim_scale(s.granted_remaining);
+    reserved := trim_scale(s.reserved);
+    available := trim_scale(least(coalesce(s.daily_available, v_total), v_total));
+    next_daily_reset := credits_internal._resets_at('daily', v_now);
+    next_monthly_reset := credits_internal._resets_at('monthly', v_now);
+    RETURN NEXT;
+END
+$$;
+
+-- balance: the usage display of one account now (see _display).
+CREATE OR REPLACE FUNCTION balance(account_id text)
+RETURNS TABLE (plan text, daily_limit numeric, daily_used numeric, daily_remaining numeric,
+               monthly_limit numeric, monthly_used numeric, monthly_remaining numeric,
+               granted_remaining numeric, reserved numeric, available numeric,
+               next_daily_reset timestamptz, next_monthly_reset timestamptz)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    SELECT d.* FROM credits_internal._display(credits_internal._account(balance.account_id)) d;
+END;
+
+-- The plan an account was on at the end of `month` (now, for the current
+-- month): its last plan change before the month ended. (Security definer:
+-- the views call it with the reader's rights, who reads no table.)
+CREATE OR REPLACE FUNCTION credits_internal._plan_in(p_account text, p_month date) RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+RETURN (SELECT l.metadata ->> 'plan' FROM credits.ledger l
+         WHERE l.account_id = p_account AND l.kind = 'S'
+           AND l.at < (p_month + interval '1 month')::timestamp AT TIME ZONE 'UTC'
+         ORDER BY l.entry_id DESC LIMIT 1);
+
+CREATE OR REPLACE VIEW usage_display AS
+SELECT a.account_id, d.*
+  FROM credits.accounts a
+ CROSS JOIN LATERAL credits_internal._display(a) d;
+
+CREATE OR REPLACE VIEW usage_monthly AS
+SELECT u.account_id,
+       u.month,
+       f.product,
+       f.feature,
+       coalesce(sum(u.amount) FILTER (WHERE u.kind = 'D'), 0) AS debited,
+       coalesce(sum(u.amount) FILTER (WHERE u.kind = 'R'), 0) AS refunded,
+       coalesce(sum(CASE u.kind WHEN 'D' THEN u.amount ELSE -u.amount END), 0) AS net,
+       coalesce(sum(u.entries) FILTER (WHERE u.kind = 'D'), 0) AS debits,
+       coalesce(sum(u.entries) FILTER (WHERE u.kind = 'R'), 0) AS refunds,
+       credits_internal._plan_in(u.account_id, u.month) AS plan
+  FROM credits_internal._ledger_months u
+  JOIN credits.features f ON f.feature_id = u.feature_id
+ WHERE u.kind IN ('D', 'R')
+ GROUP BY u.account_id, u.month, f.product, f.feature;
+
+CREATE OR REPLACE VIEW account_months AS
+SELECT u.account_id,
+       u.month,
+       coalesce(sum(u.amount) FILTER (WHERE u.kind = 'D'), 0) AS debited,
+       coalesce(sum(u.amount) FILTER (WHERE u.kind = 'R'), 0) AS refunded,
+       coalesce(sum(u.amount) FILTER (WHERE u.kind = 'D'), 0)
+         - coalesce(sum(u.amount) FILTER (WHERE u.kind = 'R'), 0) AS net_usage,
+       coalesce(sum(u.from_grants) FILTER (WHERE u.kind = 'D'), 0)
+         - coalesce(sum(u.from_grants) FILTER (WHERE u.kind = 'R'), 0) AS net_from_grants,
+       coalesce(sum(u.amount) FILTER (WHERE u.kind = 'F'), 0) AS forfeited,
+       coalesce(sum(u.amount) FILTER (WHERE u.kind = 'G'), 0) AS granted,
+       coalesce(sum(u.amount) FILTER (WHERE u.kind = 'P'), 0) AS purchased,
+       coalesce(sum(u.amount) FILTER (WHERE u.kind = 'E'), 0) AS expired,
+       credits_internal._plan_in(u.account_id, u.month) AS plan
+  FROM credits_internal._ledger_months u
+ GROUP BY u.account_id, u.month;
+
+CREATE OR REPLACE VIEW account_plans AS
+SELECT a.account_id, a.plan, p.daily_limit, p.monthly_allowance, a.purchased,
+       p.monthly_allowance + a.purchased AS monthly_limit, a.created_at
+  FROM credits.accounts a
+  JOIN credits.plans p ON p.plan = a.plan;
+
+-- Month-end forfeits are recorded per window (closed_windows, with the plan
+-- the month ended on), upgrade forfeits name the plan left; a hold of a
+-- closed month forfeits what it did not use when it resolves.
+CREATE OR REPLACE VIEW forfeits_monthly AS
+SELECT credits_internal._report_month(l.kind, l.at, l.metadata) AS month,
+       coalesce(l.metadata ->> 'plan', c.plan) AS plan,
+       l.metadata ->> 'reason' AS cause,
+       count(DISTINCT l.account_id) AS accounts,
+       sum(l.amount) AS forfeited
+  FROM credits.ledger l
+  LEFT JOIN credits.closed_windows c
+         ON c.account_id = l.account_id AND c.window_kind = 'monthly'
+        AND c.window_start = credits_internal._report_month(l.kind, l.at, l.metadata)
+ WHERE l.kind = 'F'
+ GROUP BY 1, 2, 3;
+
+COMMENT ON VIEW account_plans IS 'Every account''s plan and limits now (no balance computed).';
+COMMENT ON VIEW forfeits_monthly IS 'Forfeited allowance per UTC month, plan and cause (month_end, upgrade, hold).';
+-- Reports: each account's plan in a month (its plan changes), forfeits
+-- (src/schema/schema.sql). Built while the ledger is locked: on a large
+-- ledger, minutes (docs/upgrade.md).
+CREATE INDEX ledger_plans_idx ON ledger (account_id, entry_id) WHERE kind = 'S';
+CREATE INDEX ledger_forfeits_idx ON ledger (account_id, entry_id) WHERE kind = 'F';
+
 -------------------------------------------------------------------------------
 -- Amounts as double precision (src/metering/float_amounts.sql).
 -------------------------------------------------------------------------------
@@ -1577,6 +1702,9 @@ GRANT EXECUTE ON FUNCTION
     credits."grant"(text, double precision, text, timestamptz, text),
     credits.void_grant(bigint, text)
 TO credits_billing, credits_admin;
+GRANT SELECT ON credits.account_plans, credits.forfeits_monthly TO credits_reader, credits_admin;
+GRANT EXECUTE ON FUNCTION credits_internal._display(credits.accounts), credits_internal._plan_in(text, date)
+TO credits_reader, credits_admin;
 
 COMMENT ON FUNCTION credits.subscribe(text, text, boolean, text) IS
 'Create the account on a plan, or change its plan: an upgrade (above every limit held this month) starts a fresh allowance and forfeits the rest; any other move keeps the month''s usage. fresh_allowance overrides; an idempotency key makes a retry take effect once. Billing, admin.';

@@ -7,8 +7,13 @@
 --   account_months               per account and month: usage, refunds,
 --                                forfeited allowance, grants, purchases,
 --                                expired grant credits;
+-- usage_monthly and account_months name the account's plan in the month
+-- (the plan it was on at the month's end, or now for the current month).
 --   tenant_months                the same summed over all accounts;
 --   usage_display                every account's balance() as of now;
+--   account_plans                every account's plan and limits now;
+--   forfeits_monthly             forfeited allowance per month, plan and
+--                                cause (month_end, upgrade, hold);
 --   rollup_status                how far the rollups have come.
 
 CREATE VIEW usage_daily AS
@@ -40,6 +45,16 @@ SELECT l.account_id, credits_internal._report_month(l.kind, l.at, l.metadata), l
  WHERE l.entry_id > credits_internal._rolled_through();
 COMMENT ON VIEW credits_internal._ledger_months IS 'Internal: usage_rollup plus the ledger entries not rolled up yet.';
 
+-- The plan an account was on at the end of `month` (now, for the current
+-- month): its last plan change before the month ended. (Security definer:
+-- the views call it with the reader's rights, who reads no table.)
+CREATE FUNCTION credits_internal._plan_in(p_account text, p_month date) RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+RETURN (SELECT l.metadata ->> 'plan' FROM credits.ledger l
+         WHERE l.account_id = p_account AND l.kind = 'S'
+           AND l.at < (p_month + interval '1 month')::timestamp AT TIME ZONE 'UTC'
+         ORDER BY l.entry_id DESC LIMIT 1);
+
 CREATE VIEW usage_monthly AS
 SELECT u.account_id,
        u.month,
@@ -49,7 +64,8 @@ SELECT u.account_id,
        coalesce(sum(u.amount) FILTER (WHERE u.kind = 'R'), 0) AS refunded,
        coalesce(sum(CASE u.kind WHEN 'D' THEN u.amount ELSE -u.amount END), 0) AS net,
        coalesce(sum(u.entries) FILTER (WHERE u.kind = 'D'), 0) AS debits,
-       coalesce(sum(u.entries) FILTER (WHERE u.kind = 'R'), 0) AS refunds
+       coalesce(sum(u.entries) FILTER (WHERE u.kind = 'R'), 0) AS refunds,
+       credits_internal._plan_in(u.account_id, u.month) AS plan
   FROM credits_internal._ledger_months u
   JOIN credits.features f ON f.feature_id = u.feature_id
  WHERE u.kind IN ('D', 'R')
@@ -68,7 +84,8 @@ SELECT u.account_id,
        coalesce(sum(u.amount) FILTER (WHERE u.kind = 'F'), 0) AS forfeited,
        coalesce(sum(u.amount) FILTER (WHERE u.kind = 'G'), 0) AS granted,
        coalesce(sum(u.amount) FILTER (WHERE u.kind = 'P'), 0) AS purchased,
-       coalesce(sum(u.amount) FILTER (WHERE u.kind = 'E'), 0) AS expired
+       coalesce(sum(u.amount) FILTER (WHERE u.kind = 'E'), 0) AS expired,
+       credits_internal._plan_in(u.account_id, u.month) AS plan
   FROM credits_internal._ledger_months u
  GROUP BY u.account_id, u.month;
 COMMENT ON VIEW account_months IS 'Per account and UTC month: usage, refunds, forfeited allowance, grants, purchases, expired grant credits.';
@@ -97,10 +114,34 @@ SELECT t.month,
 COMMENT ON VIEW tenant_months IS 'All accounts per UTC month: active accounts, usage, refunds, forfeits, grants, purchases, expiries.';
 
 CREATE VIEW usage_display AS
-SELECT a.account_id, b.*
+SELECT a.account_id, d.*
   FROM credits.accounts a
- CROSS JOIN LATERAL credits.balance(a.account_id) b;
+ CROSS JOIN LATERAL credits_internal._display(a) d;
 COMMENT ON VIEW usage_display IS 'balance() of every account as of credits.now(): the usage display.';
+
+CREATE VIEW account_plans AS
+SELECT a.account_id, a.plan, p.daily_limit, p.monthly_allowance, a.purchased,
+       p.monthly_allowance + a.purchased AS monthly_limit, a.created_at
+  FROM credits.accounts a
+  JOIN credits.plans p ON p.plan = a.plan;
+COMMENT ON VIEW account_plans IS 'Every account''s plan and limits now (no balance computed).';
+
+-- Month-end forfeits are recorded per window (closed_windows, with the plan
+-- the month ended on), upgrade forfeits name the plan left; a hold of a
+-- closed month forfeits what it did not use when it resolves.
+CREATE VIEW forfeits_monthly AS
+SELECT credits_internal._report_month(l.kind, l.at, l.metadata) AS month,
+       coalesce(l.metadata ->> 'plan', c.plan) AS plan,
+       l.metadata ->> 'reason' AS cause,
+       count(DISTINCT l.account_id) AS accounts,
+       sum(l.amount) AS forfeited
+  FROM credits.ledger l
+  LEFT JOIN credits.closed_windows c
+         ON c.account_id = l.account_id AND c.window_kind = 'monthly'
+        AND c.window_start = credits_internal._report_month(l.kind, l.at, l.metadata)
+ WHERE l.kind = 'F'
+ GROUP BY 1, 2, 3;
+COMMENT ON VIEW forfeits_monthly IS 'Forfeited allowance per UTC month, plan and cause (month_end, upgrade, hold).';
 
 CREATE VIEW rollup_status AS
 SELECT s.rolled_through,

@@ -300,3 +300,20 @@ COMMENT ON COLUMN credits.rollup_status.candidate IS 'The next rolled_through.';
 COMMENT ON COLUMN credits.rollup_status.candidate_at IS 'When the candidate was taken.';
 COMMENT ON COLUMN credits.rollup_status.last_error IS 'The latest refresh error.';
 COMMENT ON COLUMN credits.rollup_status.last_error_at IS 'When.';
+
+COMMENT ON COLUMN credits.account_months.plan IS 'The account''s plan at the month''s end (now, for the current month).';
+COMMENT ON COLUMN credits.usage_monthly.plan IS 'The account''s plan at the month''s end (now, for the current month).';
+
+COMMENT ON COLUMN credits.account_plans.account_id IS 'The account.';
+COMMENT ON COLUMN credits.account_plans.plan IS 'Its plan now.';
+COMMENT ON COLUMN credits.account_plans.daily_limit IS 'The plan''s daily limit (NULL = none).';
+COMMENT ON COLUMN credits.account_plans.monthly_allowance IS 'The plan''s monthly allowance.';
+COMMENT ON COLUMN credits.account_plans.purchased IS 'Recurring purchased credits per month.';
+COMMENT ON COLUMN credits.account_plans.monthly_limit IS 'monthly_allowance + purchased.';
+COMMENT ON COLUMN credits.account_plans.created_at IS 'When the account was created.';
+
+COMMENT ON COLUMN credits.forfeits_monthly.month IS 'The UTC month whose allowance was forfeited.';
+COMMENT ON COLUMN credits.forfeits_monthly.plan IS 'The plan the allowance belonged to (the plan left, for an upgrade).';
+COMMENT ON COLUMN credits.forfeits_monthly.cause IS 'month_end, upgrade, or hold (what a hold of a closed month did not use).';
+COMMENT ON COLUMN credits.forfeits_monthly.accounts IS 'Accounts that forfeited.';
+COMMENT ON COLUMN credits.forfeits_monthly.forfeited IS 'Credits forfeited.';

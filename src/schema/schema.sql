@@ -130,6 +130,9 @@ COMMENT ON TABLE ledger IS 'Append-only ledger; UPDATE, DELETE and TRUNCATE are 
 
 CREATE INDEX ledger_account_idx ON ledger (account_id, entry_id);
 CREATE INDEX ledger_refunds_idx ON ledger (ref) WHERE kind = 'R';
+-- Reports: each account's plan in a month (its plan changes), forfeits.
+CREATE INDEX ledger_plans_idx ON ledger (account_id, entry_id) WHERE kind = 'S';
+CREATE INDEX ledger_forfeits_idx ON ledger (account_id, entry_id) WHERE kind = 'F';
 
 -------------------------------------------------------------------------------
 -- Grants: one-off credits, consumed after the monthly allowance,

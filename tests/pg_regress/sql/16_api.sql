@@ -155,3 +155,16 @@ SELECT sqlstate FROM pg_temp.error_of($$SELECT credits.subscribe('api_app', 'pro
 SELECT sqlstate FROM pg_temp.error_of($$SELECT credits.void_grant(1)$$);
 RESET ROLE;
 SELECT * FROM credits.verify();
+
+-- Analysts: the plan per account and per month, forfeits by plan and cause.
+SET ROLE credits_reader;
+SELECT account_id, plan, daily_limit, monthly_allowance, purchased, monthly_limit
+  FROM credits.account_plans WHERE account_id LIKE 'api\_%' ORDER BY account_id;
+SELECT account_id, month, plan, net_usage, forfeited
+  FROM credits.account_months WHERE account_id = 'api_hook' ORDER BY month;
+SELECT DISTINCT account_id, month, plan FROM credits.usage_monthly WHERE account_id = 'api_hook' ORDER BY month;
+SELECT month, plan, cause, accounts, forfeited FROM credits.forfeits_monthly
+ WHERE month = '2030-06-01' ORDER BY plan, cause;
+SELECT account_id, plan, available FROM credits.usage_display WHERE account_id = 'api_hook';
+SELECT sqlstate FROM pg_temp.error_of($$SELECT * FROM credits.accounts$$);
+RESET ROLE;
