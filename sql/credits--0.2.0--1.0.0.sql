@@ -1061,6 +1061,27 @@ $$;
 -- Further changes.
 -------------------------------------------------------------------------------
 
+-- An amount passed as double precision (a Python float, a JavaScript
+-- number or an untyped string, which PostgreSQL reads as double precision
+-- when a function has both forms), as numeric. Below 10^11, or whole, a
+-- double converts to exactly the decimal it was written as (it carries 15
+-- significant digits); a fraction on a larger value may already be lost,
+-- so it is refused (UC004) rather than charged rounded. Inlined into its
+-- caller: the check costs nothing on the way to the fast path.
+CREATE OR REPLACE FUNCTION credits_internal._float8_refused(value double precision, what text) RETURNS numeric
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    RAISE EXCEPTION 'invalid %: % as double precision', what, value USING ERRCODE = 'UC004',
+        DETAIL = format('a double precision %s of 10^11 or more must be whole: pass a fraction that large as numeric', what);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION credits_internal._from_float8(value double precision, what text) RETURNS numeric
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE WHEN abs(value) >= 1e11::double precision AND value <> trunc(value)
+            THEN credits_internal._float8_refused(value, what)
+            ELSE value::numeric END;
+
 -- verify: recompute every account's balances from the ledger and report
 -- each difference. No rows = every stored balance is what the ledger implies.
 -- Each window counter is checked against the window it says it counts
@@ -1601,64 +1622,69 @@ CREATE INDEX ledger_forfeits_idx ON ledger (account_id, entry_id) WHERE kind = '
 -------------------------------------------------------------------------------
 
 -- Amounts and quantities passed as double precision (a Python float, a
--- JavaScript number sent as float8): PostgreSQL has no implicit cast from
--- float8 to numeric, so without these a call fails with 42883 ("function
--- does not exist"). Each converts the value to numeric (a float8 converts
--- to the shortest decimal that reads back as the same float, so 0.1 is 0.1)
--- and calls the numeric form, which checks it like any other amount (UC004
--- beyond 4 decimal places, NaN, infinities). The quantity has no default
--- here, so a call without one is not ambiguous; an integer argument also
--- resolves here (float8 is the preferred numeric type) and converts exactly.
--- debit and try_debit are C (src/metering/fast_path.rs), as their numeric forms.
+-- JavaScript number; an untyped string resolves here too, as PostgreSQL
+-- prefers double precision among numeric types): without these a call
+-- fails with 42883 ("function does not exist"), as there is no implicit
+-- cast from double precision to numeric. Each converts the value
+-- (credits_internal._from_float8: exact below 10^11 or whole, UC004 for a
+-- fraction on a larger value) and calls the numeric form, which checks it
+-- like any other amount (UC004 beyond 4 decimal places, NaN, infinities).
+-- Each is inlined into the calling statement, so a debit this way takes
+-- the same fast path. The quantity has no default here, so a call without
+-- one is not ambiguous.
 
 CREATE FUNCTION debit(account_id text, feature text, quantity double precision,
                       idempotency_key text DEFAULT NULL, metadata jsonb DEFAULT NULL)
-RETURNS bigint
-LANGUAGE c VOLATILE SECURITY DEFINER AS 'MODULE_PATHNAME', 'credits_debit_float8';
+RETURNS bigint LANGUAGE sql
+RETURN credits.debit(account_id, feature, credits_internal._from_float8(quantity, 'quantity'),
+                     idempotency_key, metadata);
 
 CREATE FUNCTION try_debit(account_id text, feature text, quantity double precision,
                           idempotency_key text DEFAULT NULL, metadata jsonb DEFAULT NULL)
-RETURNS bigint
-LANGUAGE c VOLATILE SECURITY DEFINER AS 'MODULE_PATHNAME', 'credits_try_debit_float8';
+RETURNS bigint LANGUAGE sql
+RETURN credits.try_debit(account_id, feature, credits_internal._from_float8(quantity, 'quantity'),
+                         idempotency_key, metadata);
 
 CREATE FUNCTION "check"(account_id text, feature text, quantity double precision)
 RETURNS TABLE (allowed boolean, cost numeric, available numeric, limiting_window text, resets_at timestamptz)
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-    SELECT * FROM credits."check"(account_id, feature, quantity::numeric);
+    SELECT * FROM credits."check"(account_id, feature, credits_internal._from_float8(quantity, 'quantity'));
 END;
 
 CREATE FUNCTION reserve(account_id text, feature text, amount double precision,
                         ttl interval DEFAULT '15 minutes', idempotency_key text DEFAULT NULL)
 RETURNS bigint LANGUAGE sql
-RETURN credits.reserve(account_id, feature, amount::numeric, ttl, idempotency_key);
+RETURN credits.reserve(account_id, feature, credits_internal._from_float8(amount, 'amount'), ttl, idempotency_key);
 
 CREATE FUNCTION try_reserve(account_id text, feature text, amount double precision,
                             ttl interval DEFAULT '15 minutes', idempotency_key text DEFAULT NULL)
 RETURNS bigint LANGUAGE sql
-RETURN credits.try_reserve(account_id, feature, amount::numeric, ttl, idempotency_key);
+RETURN credits.try_reserve(account_id, feature, credits_internal._from_float8(amount, 'amount'), ttl,
+                           idempotency_key);
 
 CREATE FUNCTION settle(hold_id bigint, amount double precision)
 RETURNS bigint LANGUAGE sql
-RETURN credits.settle(hold_id, amount::numeric);
+RETURN credits.settle(hold_id, credits_internal._from_float8(amount, 'amount'));
 
 CREATE FUNCTION refund(entry_id bigint, amount double precision, reason text DEFAULT NULL,
                        idempotency_key text DEFAULT NULL)
 RETURNS bigint LANGUAGE sql
-RETURN credits.refund(entry_id, amount::numeric, reason, idempotency_key);
+RETURN credits.refund(entry_id, credits_internal._from_float8(amount, 'amount'), reason, idempotency_key);
 
 CREATE FUNCTION purchase(account_id text, credits double precision, idempotency_key text DEFAULT NULL)
 RETURNS bigint LANGUAGE sql
-RETURN credits.purchase(account_id, credits::numeric, idempotency_key);
+RETURN credits.purchase(account_id, credits_internal._from_float8(credits, 'credits'), idempotency_key);
 
 CREATE FUNCTION reduce_purchase(account_id text, credits double precision, idempotency_key text DEFAULT NULL)
 RETURNS bigint LANGUAGE sql
-RETURN credits.reduce_purchase(account_id, credits::numeric, idempotency_key);
+RETURN credits.reduce_purchase(account_id, credits_internal._from_float8(credits, 'credits'), idempotency_key);
 
 CREATE FUNCTION "grant"(account_id text, amount double precision, kind text DEFAULT 'promotional',
                         expires_at timestamptz DEFAULT NULL, idempotency_key text DEFAULT NULL)
 RETURNS bigint LANGUAGE sql
-RETURN credits."grant"(account_id, amount::numeric, kind, expires_at, idempotency_key);
+RETURN credits."grant"(account_id, credits_internal._from_float8(amount, 'amount'), kind, expires_at,
+                       idempotency_key);
 
 -------------------------------------------------------------------------------
 -- Privileges (src/security/privileges.sql) and comments (src/schema/comments.sql).
@@ -1681,6 +1707,12 @@ GRANT EXECUTE ON FUNCTION
     credits.settle(bigint, double precision),
     credits.release(bigint)
 TO credits_app, credits_admin;
+-- Amounts as double precision (src/metering/float_amounts.sql): the
+-- conversion, inlined into each caller's statement, runs with its rights.
+GRANT EXECUTE ON FUNCTION
+    credits_internal._from_float8(double precision, text),
+    credits_internal._float8_refused(double precision, text)
+TO credits_app, credits_billing, credits_admin;
 -- What the application and the billing system read, for any account.
 GRANT EXECUTE ON FUNCTION
     credits."check"(text, text, numeric),

@@ -40,43 +40,19 @@ use std::ptr;
 v1_functions!(
     pg_finfo_credits_debit,
     pg_finfo_credits_try_debit,
-    pg_finfo_credits_debit_float8,
-    pg_finfo_credits_try_debit_float8,
     pg_finfo_credits_debit_fast
 );
 
 /// `credits.debit(account_id, feature, quantity, idempotency_key, metadata)`.
 #[no_mangle]
 pub unsafe extern "C-unwind" fn credits_debit(fcinfo: pg_sys::FunctionCallInfo) -> Datum {
-    fast_then_sql(fcinfo, true, Quantity::Numeric)
+    fast_then_sql(fcinfo, true)
 }
 
 /// `credits.try_debit(...)`: as debit, NULL instead of UC001.
 #[no_mangle]
 pub unsafe extern "C-unwind" fn credits_try_debit(fcinfo: pg_sys::FunctionCallInfo) -> Datum {
-    fast_then_sql(fcinfo, false, Quantity::Numeric)
-}
-
-/// `credits.debit(..., quantity double precision, ...)` (src/metering/float_amounts.sql).
-#[no_mangle]
-pub unsafe extern "C-unwind" fn credits_debit_float8(fcinfo: pg_sys::FunctionCallInfo) -> Datum {
-    fast_then_sql(fcinfo, true, Quantity::Float8)
-}
-
-/// `credits.try_debit(..., quantity double precision, ...)`.
-#[no_mangle]
-pub unsafe extern "C-unwind" fn credits_try_debit_float8(
-    fcinfo: pg_sys::FunctionCallInfo,
-) -> Datum {
-    fast_then_sql(fcinfo, false, Quantity::Float8)
-}
-
-/// The type of the quantity argument of the SQL function called.
-#[derive(Clone, Copy)]
-enum Quantity {
-    Numeric,
-    /// Converted to numeric first, as a float8 to numeric cast does.
-    Float8,
+    fast_then_sql(fcinfo, false)
 }
 
 /// The fast path; if it declined, `credits_internal._debit` (metering.sql), which
@@ -86,9 +62,9 @@ enum Quantity {
 /// XX000. So they propagate as in C: this frame holds nothing to drop, and
 /// everything that can fail in Rust runs inside `decide` (guarded).
 #[inline(always)]
-unsafe fn fast_then_sql(fcinfo: pg_sys::FunctionCallInfo, raise: bool, quantity: Quantity) -> Datum {
+unsafe fn fast_then_sql(fcinfo: pg_sys::FunctionCallInfo, raise: bool) -> Datum {
     let mut slow: pg_sys::FunctionCallInfo = ptr::null_mut();
-    let entry = decide(fcinfo, raise, quantity, &mut slow);
+    let entry = decide(fcinfo, raise, &mut slow);
     if slow.is_null() {
         return entry;
     }
@@ -104,14 +80,9 @@ unsafe fn fast_then_sql(fcinfo: pg_sys::FunctionCallInfo, raise: bool, quantity:
 unsafe extern "C-unwind" fn decide(
     fcinfo: pg_sys::FunctionCallInfo,
     raise: bool,
-    quantity: Quantity,
     slow: *mut pg_sys::FunctionCallInfo,
 ) -> Datum {
-    let mut a = args(fcinfo);
-    // (a copy: the caller's argument may be a constant it does not set again)
-    if let (Quantity::Float8, Some(value)) = (quantity, a[2]) {
-        a[2] = Some(call(pg_sys::float8_numeric, &[value]));
-    }
+    let a = args(fcinfo);
     let now = crate::clock::now().into_datum();
     if let Some(entry) = debit(&DebitRequest::new(&a, now)) {
         return Datum::from(entry);

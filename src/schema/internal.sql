@@ -77,6 +77,27 @@ BEGIN
 END
 $$;
 
+-- An amount passed as double precision (a Python float, a JavaScript
+-- number or an untyped string, which PostgreSQL reads as double precision
+-- when a function has both forms), as numeric. Below 10^11, or whole, a
+-- double converts to exactly the decimal it was written as (it carries 15
+-- significant digits); a fraction on a larger value may already be lost,
+-- so it is refused (UC004) rather than charged rounded. Inlined into its
+-- caller: the check costs nothing on the way to the fast path.
+CREATE FUNCTION credits_internal._float8_refused(value double precision, what text) RETURNS numeric
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    RAISE EXCEPTION 'invalid %: % as double precision', what, value USING ERRCODE = 'UC004',
+        DETAIL = format('a double precision %s of 10^11 or more must be whole: pass a fraction that large as numeric', what);
+END
+$$;
+
+CREATE FUNCTION credits_internal._from_float8(value double precision, what text) RETURNS numeric
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE WHEN abs(value) >= 1e11::double precision AND value <> trunc(value)
+            THEN credits_internal._float8_refused(value, what)
+            ELSE value::numeric END;
+
 -- UC009: identifiers and other text arguments.
 CREATE FUNCTION credits_internal._check_text(value text, what text) RETURNS void
 LANGUAGE plpgsql IMMUTABLE AS $$

@@ -52,6 +52,12 @@ GRANT EXECUTE ON FUNCTION
     credits.settle(bigint, double precision),
     credits.release(bigint)
 TO credits_app, credits_admin;
+-- Amounts as double precision (src/metering/float_amounts.sql): the
+-- conversion, inlined into each caller's statement, runs with its rights.
+GRANT EXECUTE ON FUNCTION
+    credits_internal._from_float8(double precision, text),
+    credits_internal._float8_refused(double precision, text)
+TO credits_app, credits_billing, credits_admin;
 -- What the application and the billing system read, for any account.
 GRANT EXECUTE ON FUNCTION
     credits."check"(text, text, numeric),

@@ -19,10 +19,16 @@ SELECT count(*) > 40 AS helpers_moved,
        bool_and(EXISTS (SELECT 1 FROM pg_depend d
                          WHERE d.objid = p.oid AND d.deptype = 'e'
                            AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'credits'))) AS members,
-       bool_or(has_function_privilege('public', p.oid, 'EXECUTE')) AS public_may_run_one,
-       bool_or(has_function_privilege('credits_app', p.oid, 'EXECUTE')) AS app_may_run_one
+       bool_or(has_function_privilege('public', p.oid, 'EXECUTE')) AS public_may_run_one
   FROM pg_proc p
  WHERE p.pronamespace = 'credits_internal'::regnamespace;
+-- the application runs none but the conversion of double precision amounts,
+-- which is inlined into its own statements
+SELECT p.oid::regprocedure AS app_may_run
+  FROM pg_proc p
+ WHERE p.pronamespace = 'credits_internal'::regnamespace
+   AND has_function_privilege('credits_app', p.oid, 'EXECUTE')
+ ORDER BY p.proname;
 SELECT has_schema_privilege('public', 'credits_internal', 'USAGE') AS public_usage,
        has_schema_privilege('credits_app', 'credits_internal', 'USAGE') AS app_usage;
 
