@@ -53,6 +53,12 @@ SELECT * FROM credits.check('api_float', 'agent', 2.5::float8);
 SELECT sqlstate FROM pg_temp.error_of($$SELECT credits.debit('api_float', 'agent', 0.12345::float8)$$);
 SELECT sqlstate FROM pg_temp.error_of($$SELECT credits.debit('api_float', 'agent', 'NaN'::float8)$$);
 SELECT sqlstate FROM pg_temp.error_of($$SELECT credits.debit('api_float', 'agent', 'Infinity'::float8)$$);
+-- an untyped string resolves to the double precision form too: a fraction
+-- on 10^11 or more is refused there rather than rounded; as numeric it is exact
+SELECT * FROM pg_temp.error_of($$SELECT credits.grant('api_float', '123456789012.3456')$$);
+SELECT credits.grant('api_float', '123456789012.3456'::numeric) AS big \gset
+SELECT amount FROM credits.ledger WHERE entry_id = :big;
+SELECT credits.void_grant(:big) IS NOT NULL AS voided;
 SELECT credits.grant('api_float', 2.5::float8) IS NOT NULL AS granted,
        credits.purchase('api_float', 10.0::float8) IS NOT NULL AS bought;
 SELECT monthly_used, monthly_limit, granted_remaining FROM credits.balance('api_float');
