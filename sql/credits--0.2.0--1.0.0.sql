@@ -290,7 +290,9 @@ $$;
 --   Upgrade (a monthly limit larger than every limit the account held this
 --     calendar month): a fresh window of the new plan's full allowance starts
 --     now; what was left of the old one is forfeited and recorded in the
---     ledger ('F'), never added.
+--     ledger ('F'), never added; what open holds hold of it is forfeited
+--     as they resolve, for what they do not use (a later settle charges the
+--     new window).
 --   Any other move (a downgrade, a lateral move, a return to a level already
 --     held this month) grants nothing: the window's usage becomes everything
 --     the account used from allowances this month, so free -> pro -> free or
@@ -381,7 +383,9 @@ BEGIN
     v_upgrade := coalesce(p_fresh, v_new_limit > v_peak);
 
     IF v_upgrade THEN
-        v_forfeit := greatest(0, v_old.monthly_limit - v_old.monthly_used);
+        -- (what this month's open holds hold stays theirs: a hold keeps what
+        -- it reserved; what it does not use is forfeited when it resolves)
+        v_forfeit := greatest(0, v_old.monthly_limit - v_old.monthly_used - v_old.reserved_allowance);
         IF v_forfeit > 0 THEN
             INSERT INTO credits.ledger (account_id, at, kind, amount, metadata)
             VALUES (p_account, v_now, 'F', v_forfeit,
@@ -1608,6 +1612,141 @@ SELECT credits_internal._report_month(l.kind, l.at, l.metadata) AS month,
         AND c.window_start = credits_internal._report_month(l.kind, l.at, l.metadata)
  WHERE l.kind = 'F'
  GROUP BY 1, 2, 3;
+
+-- A hold resolved by entry `p_entry` at `p_at`, of which `p_charged` was
+-- charged (0 when freed): its windows that have closed get what they kept
+-- aside for it; an allowance an upgrade replaced since it was placed loses
+-- what the hold kept of it and did not use. Its month, if closed: `p_charged_allowance` is used, the rest
+-- of what it held on the allowance is forfeited ('F', reason hold). Its day,
+-- if closed (settles only): the charge is used there.
+CREATE OR REPLACE FUNCTION credits_internal._hold_resolved(p_hold credits.holds, p_entry bigint, p_charged numeric,
+                               p_charged_allowance numeric, p_at timestamptz)
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_own     numeric := p_hold.amount - p_hold.from_grants;  -- what it held on the allowance
+    v_forfeit numeric;
+BEGIN
+    UPDATE credits.holds h SET resolved_entry = p_entry
+     WHERE h.account_id = p_hold.account_id AND h.hold_id = p_hold.hold_id;
+    -- Its month still open but restarted by an upgrade since it was placed:
+    -- the upgrade forfeited the old allowance but what the hold held of it;
+    -- what the hold did not use of that is forfeited now (SPEC §4.1, §4.3).
+    IF p_hold.month >= credits_internal._utc_month(p_at) AND v_own > p_charged
+       AND EXISTS (SELECT FROM credits.ledger l
+                    WHERE l.account_id = p_hold.account_id AND l.kind = 'S' AND l.entry_id > p_hold.hold_id
+                      AND (l.metadata ->> 'upgrade')::boolean) THEN
+        INSERT INTO credits.ledger (account_id, at, kind, amount, ref, metadata)
+        VALUES (p_hold.account_id, p_at, 'F', v_own - p_charged, p_hold.hold_id,
+                jsonb_build_object('reason', 'hold', 'month', to_char(p_hold.month, 'YYYY-MM')));
+    END IF;
+    -- (a hold whose deadline came before its month ended was not kept aside)
+    IF p_hold.month < credits_internal._utc_month(p_at)
+       AND p_hold.expires_at > (p_hold.month + interval '1 month')::timestamp AT TIME ZONE 'UTC' THEN
+        UPDATE credits.closed_windows c
+           SET used = c.used + p_charged_allowance,
+               held = c.held - v_own,
+               forfeited = greatest(0, c.window_limit - c.used - p_charged_allowance - c.held + v_own)
+          FROM credits.closed_windows was
+         WHERE c.account_id = p_hold.account_id AND c.window_kind = 'monthly' AND c.window_start = p_hold.month
+           AND was.account_id = c.account_id AND was.window_kind = c.window_kind
+           AND was.window_start = c.window_start
+        RETURNING c.forfeited - was.forfeited INTO v_forfeit;
+        IF v_forfeit > 0 THEN
+            INSERT INTO credits.ledger (account_id, at, kind, amount, ref, metadata)
+            VALUES (p_hold.account_id, p_at, 'F', v_forfeit, p_hold.hold_id,
+                    jsonb_build_object('reason', 'hold', 'month', to_char(p_hold.month, 'YYYY-MM')));
+        END IF;
+    END IF;
+    IF p_charged > 0 AND p_hold.day < credits_internal._utc_day(p_at) THEN
+        INSERT INTO credits.closed_windows AS c
+               (account_id, window_kind, window_start, plan, window_limit, used, forfeited, closed_at)
+        SELECT p_hold.account_id, 'daily', p_hold.day, a.plan, p.daily_limit, p_charged, NULL,
+               (p_hold.day + 1)::timestamp AT TIME ZONE 'UTC'
+          FROM credits.accounts a JOIN credits.plans p ON p.plan = a.plan
+         WHERE a.account_id = p_hold.account_id
+        ON CONFLICT ON CONSTRAINT closed_windows_pkey DO UPDATE SET used = c.used + excluded.used;
+    END IF;
+END
+$$;
+
+-- Expire, for locked accounts, the holds and grants whose deadline is at or
+-- before `at`: holds are freed ('X', reason expired), grants with credits
+-- left are closed by an 'E' entry, both stamped at their deadline whoever
+-- sees it first. Each resolves once. An account a grant's expiry leaves
+-- with nothing available gets an exhausted event. Returns how many.
+CREATE OR REPLACE FUNCTION credits_internal._expire_due(p_accounts text[], p_at timestamptz) RETURNS integer
+LANGUAGE plpgsql SET jit = off SET plan_cache_mode = force_generic_plan AS $$
+DECLARE
+    v_holds    integer;
+    v_grants   integer;
+    v_accounts text[];
+    v_entries  bigint[];
+    v_freed    bigint[];
+    v_acct     credits.accounts;
+    v_state    credits_internal._account_state;
+BEGIN
+    WITH due AS (
+        SELECT h.account_id, h.hold_id, h.feature_id, h.amount, h.expires_at, h.month
+          FROM credits.holds h
+         WHERE h.account_id = ANY (p_accounts) AND h.resolved_entry IS NULL AND h.expires_at <= p_at
+    ), freed AS (
+        INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, ref, metadata)
+        SELECT d.account_id, d.expires_at, 'X', d.feature_id, d.amount, d.hold_id, '{"reason": "expired"}'
+          FROM due d
+         ORDER BY d.account_id, d.hold_id
+        RETURNING entry_id, account_id, ref, amount
+    ), resolved AS (
+        UPDATE credits.holds h SET resolved_entry = f.entry_id
+          FROM freed f
+         WHERE h.account_id = f.account_id AND h.hold_id = f.ref
+    ), unreserved AS (
+        UPDATE credits.accounts a SET reserved = a.reserved - f.total
+          FROM (SELECT account_id, sum(amount) AS total FROM freed GROUP BY account_id) f
+         WHERE a.account_id = f.account_id
+    )
+    SELECT count(*), array_agg(f.ref), array_agg(f.entry_id)
+      INTO v_holds, v_freed, v_entries
+      FROM freed f;
+    -- What a hold kept aside of a month that has closed, or of an allowance an
+    -- upgrade has replaced since, is forfeited (_hold_resolved).
+    FOR i IN 1 .. coalesce(array_length(v_freed, 1), 0) LOOP
+        PERFORM credits_internal._hold_resolved(h, v_entries[i], 0, 0, p_at)
+           FROM credits.holds h WHERE h.hold_id = v_freed[i];
+    END LOOP;
+
+    WITH due AS (
+        SELECT g.account_id, g.grant_id, g.kind, g.remaining, g.expires_at
+          FROM credits.grants g
+         WHERE g.account_id = ANY (p_accounts) AND g.expired_entry IS NULL AND g.expires_at <= p_at
+    ), expired AS (
+        INSERT INTO credits.ledger (account_id, at, kind, amount, ref, metadata)
+        SELECT d.account_id, d.expires_at, 'E', d.remaining, d.grant_id, jsonb_build_object('grant_kind', d.kind)
+          FROM due d
+         WHERE d.remaining > 0
+         ORDER BY d.account_id, d.expires_at, d.grant_id
+        RETURNING entry_id, account_id, ref
+    ), marked AS (
+        UPDATE credits.grants g SET expired_entry = coalesce(e.entry_id, 0)
+          FROM due d
+          LEFT JOIN expired e ON e.account_id = d.account_id AND e.ref = d.grant_id
+         WHERE g.account_id = d.account_id AND g.grant_id = d.grant_id
+    )
+    -- (per account, its last expiry entry: the one that may have run it out)
+    SELECT (SELECT count(*) FROM due), array_agg(l.account_id ORDER BY l.account_id),
+           array_agg(l.entry_id ORDER BY l.account_id)
+      INTO v_grants, v_accounts, v_entries
+      FROM (SELECT e.account_id, max(e.entry_id) AS entry_id FROM expired e GROUP BY e.account_id) l;
+    FOR i IN 1 .. coalesce(array_length(v_accounts, 1), 0) LOOP
+        SELECT * INTO v_acct FROM credits.accounts ac WHERE ac.account_id = v_accounts[i];
+        v_state := credits_internal._state(v_acct, p_at);
+        IF v_state.allowance_available + v_state.grants_available = 0 THEN
+            PERFORM credits_internal._emit(v_acct, 'exhausted', 'monthly', NULL, p_at, v_state, v_entries[i]);
+        END IF;
+    END LOOP;
+    RETURN v_holds + v_grants;
+END
+$$;
 
 COMMENT ON VIEW account_plans IS 'Every account''s plan and limits now (no balance computed).';
 COMMENT ON VIEW forfeits_monthly IS 'Forfeited allowance per UTC month, plan and cause (month_end, upgrade, hold).';

@@ -19,7 +19,9 @@ $$;
 --   Upgrade (a monthly limit larger than every limit the account held this
 --     calendar month): a fresh window of the new plan's full allowance starts
 --     now; what was left of the old one is forfeited and recorded in the
---     ledger ('F'), never added.
+--     ledger ('F'), never added; what open holds hold of it is forfeited
+--     as they resolve, for what they do not use (a later settle charges the
+--     new window).
 --   Any other move (a downgrade, a lateral move, a return to a level already
 --     held this month) grants nothing: the window's usage becomes everything
 --     the account used from allowances this month, so free -> pro -> free or
@@ -110,7 +112,9 @@ BEGIN
     v_upgrade := coalesce(p_fresh, v_new_limit > v_peak);
 
     IF v_upgrade THEN
-        v_forfeit := greatest(0, v_old.monthly_limit - v_old.monthly_used);
+        -- (what this month's open holds hold stays theirs: a hold keeps what
+        -- it reserved; what it does not use is forfeited when it resolves)
+        v_forfeit := greatest(0, v_old.monthly_limit - v_old.monthly_used - v_old.reserved_allowance);
         IF v_forfeit > 0 THEN
             INSERT INTO credits.ledger (account_id, at, kind, amount, metadata)
             VALUES (p_account, v_now, 'F', v_forfeit,

@@ -47,7 +47,7 @@ DECLARE
     v_grants   integer;
     v_accounts text[];
     v_entries  bigint[];
-    v_old_holds bigint[];
+    v_freed    bigint[];
     v_acct     credits.accounts;
     v_state    credits_internal._account_state;
 BEGIN
@@ -70,14 +70,14 @@ BEGIN
           FROM (SELECT account_id, sum(amount) AS total FROM freed GROUP BY account_id) f
          WHERE a.account_id = f.account_id
     )
-    SELECT count(*), array_agg(f.ref) FILTER (WHERE d.month < credits_internal._utc_month(p_at)),
-           array_agg(f.entry_id) FILTER (WHERE d.month < credits_internal._utc_month(p_at))
-      INTO v_holds, v_old_holds, v_entries
-      FROM freed f JOIN due d ON d.account_id = f.account_id AND d.hold_id = f.ref;
-    -- A hold of a month that has closed: what it kept aside there is forfeited.
-    FOR i IN 1 .. coalesce(array_length(v_old_holds, 1), 0) LOOP
+    SELECT count(*), array_agg(f.ref), array_agg(f.entry_id)
+      INTO v_holds, v_freed, v_entries
+      FROM freed f;
+    -- What a hold kept aside of a month that has closed, or of an allowance an
+    -- upgrade has replaced since, is forfeited (_hold_resolved).
+    FOR i IN 1 .. coalesce(array_length(v_freed, 1), 0) LOOP
         PERFORM credits_internal._hold_resolved(h, v_entries[i], 0, 0, p_at)
-           FROM credits.holds h WHERE h.hold_id = v_old_holds[i];
+           FROM credits.holds h WHERE h.hold_id = v_freed[i];
     END LOOP;
 
     WITH due AS (

@@ -156,7 +156,8 @@ $$;
 
 -- A hold resolved by entry `p_entry` at `p_at`, of which `p_charged` was
 -- charged (0 when freed): its windows that have closed get what they kept
--- aside for it. Its month, if closed: `p_charged_allowance` is used, the rest
+-- aside for it; an allowance an upgrade replaced since it was placed loses
+-- what the hold kept of it and did not use. Its month, if closed: `p_charged_allowance` is used, the rest
 -- of what it held on the allowance is forfeited ('F', reason hold). Its day,
 -- if closed (settles only): the charge is used there.
 CREATE FUNCTION credits_internal._hold_resolved(p_hold credits.holds, p_entry bigint, p_charged numeric,
@@ -169,6 +170,17 @@ DECLARE
 BEGIN
     UPDATE credits.holds h SET resolved_entry = p_entry
      WHERE h.account_id = p_hold.account_id AND h.hold_id = p_hold.hold_id;
+    -- Its month still open but restarted by an upgrade since it was placed:
+    -- the upgrade forfeited the old allowance but what the hold held of it;
+    -- what the hold did not use of that is forfeited now (SPEC §4.1, §4.3).
+    IF p_hold.month >= credits_internal._utc_month(p_at) AND v_own > p_charged
+       AND EXISTS (SELECT FROM credits.ledger l
+                    WHERE l.account_id = p_hold.account_id AND l.kind = 'S' AND l.entry_id > p_hold.hold_id
+                      AND (l.metadata ->> 'upgrade')::boolean) THEN
+        INSERT INTO credits.ledger (account_id, at, kind, amount, ref, metadata)
+        VALUES (p_hold.account_id, p_at, 'F', v_own - p_charged, p_hold.hold_id,
+                jsonb_build_object('reason', 'hold', 'month', to_char(p_hold.month, 'YYYY-MM')));
+    END IF;
     -- (a hold whose deadline came before its month ended was not kept aside)
     IF p_hold.month < credits_internal._utc_month(p_at)
        AND p_hold.expires_at > (p_hold.month + interval '1 month')::timestamp AT TIME ZONE 'UTC' THEN

@@ -300,3 +300,36 @@ SELECT * FROM credits.verify() WHERE account_id = 'm_round';
 ROLLBACK;
 SELECT * FROM credits.verify();
 RESET credits.clock_override;
+
+-- §4.1 with §4.3: an upgrade while a hold is open forfeits the old
+-- allowance but what the hold holds; a settle charges the new window, and
+-- what the hold does not use of the old allowance is forfeited when it
+-- resolves. Even a fresh window smaller than the hold (fresh_allowance to a
+-- plan of 0) keeps its promise without used + forfeited exceeding the grant.
+SET credits.clock_override = '2029-06-10 09:00:00+00';
+SELECT credits.subscribe('m_up_settle', 'pro'), credits.subscribe('m_up_release', 'pro');
+SELECT credits.debit(a, 'agent', 17) IS NOT NULL AS debited FROM unnest(ARRAY['m_up_settle', 'm_up_release']) a;
+SELECT credits.reserve('m_up_settle', 'agent', 10) AS up_h1 \gset
+SELECT credits.reserve('m_up_release', 'agent', 10) AS up_h2 \gset
+SELECT credits.subscribe(a, 'legacy_basic', fresh_allowance => true) FROM unnest(ARRAY['m_up_settle', 'm_up_release']) a;
+SELECT account_id, amount, metadata ->> 'reason' AS reason FROM credits.ledger
+ WHERE account_id IN ('m_up_settle', 'm_up_release') AND kind = 'F' ORDER BY entry_id;
+SELECT credits.settle(:up_h1, 4) IS NOT NULL AS settled;
+SELECT credits.release(:up_h2);
+SELECT account_id, amount, metadata ->> 'reason' AS reason FROM credits.ledger
+ WHERE account_id IN ('m_up_settle', 'm_up_release') AND kind = 'F' ORDER BY entry_id;
+SELECT account_id, plan, monthly_used, reserved, available FROM credits.usage_display
+ WHERE account_id IN ('m_up_settle', 'm_up_release') ORDER BY account_id;
+SELECT * FROM credits.verify();
+-- the same with a hold that expires
+SELECT credits.subscribe('m_up_expire', 'pro');
+SELECT credits.reserve('m_up_expire', 'agent', 10, '1 hour') IS NOT NULL AS held;
+SELECT credits.subscribe('m_up_expire', 'enterprise', fresh_allowance => true);
+SET credits.clock_override = '2029-06-10 11:00:00+00';
+SELECT available FROM credits.balance('m_up_expire');
+SET client_min_messages = warning;
+CALL credits.run_maintenance();
+RESET client_min_messages;
+SELECT amount, metadata ->> 'reason' AS reason FROM credits.ledger WHERE account_id = 'm_up_expire' AND kind = 'F' ORDER BY entry_id;
+SELECT * FROM credits.verify();
+RESET credits.clock_override;
