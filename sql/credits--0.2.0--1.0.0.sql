@@ -141,17 +141,18 @@ RETURN CASE
     WHEN s.daily_available IS NOT NULL AND p_amount > s.daily_available THEN 'daily'
 END;
 
--- The facts of one window of `s` at `p_now`, as UC001's DETAIL and check()
--- give them (docs/sqlstates.md): its limit, what is used and reserved in it,
--- what is available (grants included for the monthly window), what the
--- request needs and when the window resets.
+-- The facts of one window of `s` at `p_now`, as UC001's DETAIL gives them
+-- (docs/sqlstates.md; every UC001 has the same keys): its limit, what is
+-- used and reserved in it, the grants (monthly window; null for the daily
+-- one), what is available (grants included for the monthly window), what
+-- the request needs and when the window resets.
 CREATE OR REPLACE FUNCTION credits_internal._window_facts(s credits_internal._account_state, p_window text,
                                                p_needed numeric, p_now timestamptz) RETURNS jsonb
 LANGUAGE sql IMMUTABLE
 RETURN CASE p_window
     WHEN 'daily' THEN jsonb_build_object(
         'window', 'daily', 'limit', trim_scale(s.daily_limit), 'used', trim_scale(s.daily_used),
-        'reserved', trim_scale(s.reserved_today),
+        'granted', NULL, 'reserved', trim_scale(s.reserved_today),
         'available', trim_scale(s.daily_available), 'needed', trim_scale(p_needed),
         'resets_at', credits_internal._iso(credits_internal._resets_at('daily', p_now)))
     ELSE jsonb_build_object(
@@ -903,8 +904,11 @@ BEGIN
         RAISE EXCEPTION 'insufficient credits: % needed for hold %, placed on %, a day that has closed: it settles for at most %',
                         p_amount, v_hold.hold_id, to_char(v_hold.day, 'YYYY-MM-DD'), trim_scale(v_hold.amount)
             USING ERRCODE = 'UC001',
-                  DETAIL = jsonb_build_object('window', 'daily', 'day', v_hold.day, 'hold_id', v_hold.hold_id,
-                                              'available', trim_scale(v_hold.amount), 'needed', p_amount)::text,
+                  -- (UC001's keys, those of an open window null: the window has closed)
+                  DETAIL = jsonb_build_object('window', 'daily', 'limit', NULL, 'used', NULL, 'granted', NULL,
+                                              'reserved', NULL, 'available', trim_scale(v_hold.amount),
+                                              'needed', p_amount, 'resets_at', NULL,
+                                              'day', v_hold.day, 'hold_id', v_hold.hold_id)::text,
                   HINT = 'Settle the hold for at most its amount and debit the rest.';
     END IF;
     v_alloc := least(p_amount, v_own);
@@ -924,10 +928,12 @@ BEGIN
             RAISE EXCEPTION 'insufficient credits: % needed from grants for hold %, % available',
                             p_amount - v_alloc, v_hold.hold_id, trim_scale(v_state.grants_available)
                 USING ERRCODE = 'UC001',
-                      DETAIL = jsonb_build_object('window', 'monthly', 'month', to_char(v_hold.month, 'YYYY-MM'),
-                                                  'hold_id', v_hold.hold_id,
-                                                  'available', trim_scale(v_state.grants_available),
-                                                  'needed', p_amount - v_alloc)::text,
+                      DETAIL = jsonb_build_object('window', 'monthly', 'limit', NULL, 'used', NULL,
+                                                  'granted', trim_scale(v_state.granted_remaining),
+                                                  'reserved', NULL, 'available', trim_scale(v_state.grants_available),
+                                                  'needed', p_amount - v_alloc, 'resets_at', NULL,
+                                                  'month', to_char(v_hold.month, 'YYYY-MM'),
+                                                  'hold_id', v_hold.hold_id)::text,
                       HINT = 'The grants the hold was backed by have expired since.';
         END IF;
         INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, from_grants, ref)
@@ -1862,6 +1868,9 @@ GRANT EXECUTE ON FUNCTION
     credits.bandwidth_allowance(text)
 TO credits_app, credits_billing, credits_admin;
 GRANT SELECT ON credits.plans, credits.features TO credits_app, credits_billing;
+-- The application's event feed: a listener reads back what a notification
+-- names (any role can pg_notify on the channel).
+GRANT SELECT ON credits.events TO credits_app;
 -- The account lifecycle, for billing webhooks (and operators).
 GRANT EXECUTE ON FUNCTION
     credits.subscribe(text, text, boolean, text),

@@ -261,8 +261,11 @@ BEGIN
         RAISE EXCEPTION 'insufficient credits: % needed for hold %, placed on %, a day that has closed: it settles for at most %',
                         p_amount, v_hold.hold_id, to_char(v_hold.day, 'YYYY-MM-DD'), trim_scale(v_hold.amount)
             USING ERRCODE = 'UC001',
-                  DETAIL = jsonb_build_object('window', 'daily', 'day', v_hold.day, 'hold_id', v_hold.hold_id,
-                                              'available', trim_scale(v_hold.amount), 'needed', p_amount)::text,
+                  -- (UC001's keys, those of an open window null: the window has closed)
+                  DETAIL = jsonb_build_object('window', 'daily', 'limit', NULL, 'used', NULL, 'granted', NULL,
+                                              'reserved', NULL, 'available', trim_scale(v_hold.amount),
+                                              'needed', p_amount, 'resets_at', NULL,
+                                              'day', v_hold.day, 'hold_id', v_hold.hold_id)::text,
                   HINT = 'Settle the hold for at most its amount and debit the rest.';
     END IF;
     v_alloc := least(p_amount, v_own);
@@ -282,10 +285,12 @@ BEGIN
             RAISE EXCEPTION 'insufficient credits: % needed from grants for hold %, % available',
                             p_amount - v_alloc, v_hold.hold_id, trim_scale(v_state.grants_available)
                 USING ERRCODE = 'UC001',
-                      DETAIL = jsonb_build_object('window', 'monthly', 'month', to_char(v_hold.month, 'YYYY-MM'),
-                                                  'hold_id', v_hold.hold_id,
-                                                  'available', trim_scale(v_state.grants_available),
-                                                  'needed', p_amount - v_alloc)::text,
+                      DETAIL = jsonb_build_object('window', 'monthly', 'limit', NULL, 'used', NULL,
+                                                  'granted', trim_scale(v_state.granted_remaining),
+                                                  'reserved', NULL, 'available', trim_scale(v_state.grants_available),
+                                                  'needed', p_amount - v_alloc, 'resets_at', NULL,
+                                                  'month', to_char(v_hold.month, 'YYYY-MM'),
+                                                  'hold_id', v_hold.hold_id)::text,
                       HINT = 'The grants the hold was backed by have expired since.';
         END IF;
         INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, from_grants, ref)

@@ -295,17 +295,18 @@ RETURN CASE
     WHEN s.daily_available IS NOT NULL AND p_amount > s.daily_available THEN 'daily'
 END;
 
--- The facts of one window of `s` at `p_now`, as UC001's DETAIL and check()
--- give them (docs/sqlstates.md): its limit, what is used and reserved in it,
--- what is available (grants included for the monthly window), what the
--- request needs and when the window resets.
+-- The facts of one window of `s` at `p_now`, as UC001's DETAIL gives them
+-- (docs/sqlstates.md; every UC001 has the same keys): its limit, what is
+-- used and reserved in it, the grants (monthly window; null for the daily
+-- one), what is available (grants included for the monthly window), what
+-- the request needs and when the window resets.
 CREATE FUNCTION credits_internal._window_facts(s credits_internal._account_state, p_window text,
                                                p_needed numeric, p_now timestamptz) RETURNS jsonb
 LANGUAGE sql IMMUTABLE
 RETURN CASE p_window
     WHEN 'daily' THEN jsonb_build_object(
         'window', 'daily', 'limit', trim_scale(s.daily_limit), 'used', trim_scale(s.daily_used),
-        'reserved', trim_scale(s.reserved_today),
+        'granted', NULL, 'reserved', trim_scale(s.reserved_today),
         'available', trim_scale(s.daily_available), 'needed', trim_scale(p_needed),
         'resets_at', credits_internal._iso(credits_internal._resets_at('daily', p_now)))
     ELSE jsonb_build_object(

@@ -68,6 +68,9 @@ GRANT EXECUTE ON FUNCTION
     credits.bandwidth_allowance(text)
 TO credits_app, credits_billing, credits_admin;
 GRANT SELECT ON credits.plans, credits.features TO credits_app, credits_billing;
+-- The application's event feed: a listener reads back what a notification
+-- names (any role can pg_notify on the channel).
+GRANT SELECT ON credits.events TO credits_app;
 -- The account lifecycle, for billing webhooks (and operators).
 GRANT EXECUTE ON FUNCTION
     credits.subscribe(text, text, boolean, text),
