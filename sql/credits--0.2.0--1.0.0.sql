@@ -1171,9 +1171,10 @@ BEGIN ATOMIC
     month_grants AS (
         SELECT w.account_id, w.month,
                sum(w.window_limit)
-               -- (a reduction takes effect the next month: the month keeps its grant)
-               + coalesce((SELECT sum(p.amount) FROM credits.ledger p
-                            WHERE p.account_id = w.account_id AND p.kind = 'P' AND p.amount > 0
+               -- (a reduction takes effect the next month: a plan change after it
+               -- records the lowered limit, but the month keeps what it had)
+               + coalesce((SELECT sum(abs(p.amount)) FROM credits.ledger p
+                            WHERE p.account_id = w.account_id AND p.kind = 'P'
                               AND credits_internal._utc_month(p.at) = w.month), 0) AS granted
           FROM (SELECT wl.account_id, wl.month, wl.window_no, max(wl.window_limit) AS window_limit
                   FROM window_limits wl GROUP BY wl.account_id, wl.month, wl.window_no) w
