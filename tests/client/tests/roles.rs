@@ -9,7 +9,7 @@ use postgres::Client;
 
 const REFUSED: &str = "42501"; // insufficient_privilege
 
-/// Login roles t_app, t_reader, t_admin, members of the extension's roles (recreated each run).
+/// Login roles t_app, t_billing, t_reader, t_admin, members of the extension's roles (recreated each run).
 fn login_roles() {
     let mut admin = connect();
     admin
@@ -17,7 +17,7 @@ fn login_roles() {
             "DO $$
              DECLARE r text;
              BEGIN
-                 FOREACH r IN ARRAY ARRAY['t_app', 't_reader', 't_admin'] LOOP
+                 FOREACH r IN ARRAY ARRAY['t_app', 't_billing', 't_reader', 't_admin'] LOOP
                      IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN
                          EXECUTE format('DROP OWNED BY %I CASCADE', r);
                          EXECUTE format('DROP ROLE %I', r);
@@ -25,6 +25,7 @@ fn login_roles() {
                  END LOOP;
              END $$;
              CREATE ROLE t_app LOGIN IN ROLE credits_app;
+             CREATE ROLE t_billing LOGIN IN ROLE credits_billing;
              CREATE ROLE t_reader LOGIN IN ROLE credits_reader;
              CREATE ROLE t_admin LOGIN IN ROLE credits_admin;",
         )
@@ -99,6 +100,14 @@ fn each_role_can_do_its_job_and_nothing_else() {
             "SELECT credits.release(credits.try_reserve('r_pro', 'agent', 3))",
             "SELECT * FROM credits.balance('r_pro')",
             "SELECT credits.bandwidth_allowance('r_pro')",
+            "SELECT * FROM credits.check('r_pro', 'agent', 2)",
+            "SELECT * FROM credits.check('r_pro', 'agent', 0.5::float8)",
+            "SELECT credits.debit('r_pro', 'agent', 0.5::float8)",
+            "SELECT * FROM credits.history('r_pro')",
+            "SELECT * FROM credits.grants('r_pro')",
+            "SELECT * FROM credits.plans",
+            "SELECT * FROM credits.features",
+            "SELECT * FROM credits.events",
             "LISTEN credits",
         ],
         &[
@@ -109,8 +118,9 @@ fn each_role_can_do_its_job_and_nothing_else() {
             "CALL credits.run_maintenance()",
             "SELECT * FROM credits.ledger",
             "SELECT * FROM credits.accounts",
-            "SELECT * FROM credits.events",
             "SELECT * FROM credits.maintenance_status",
+            "SELECT credits.reduce_purchase('r_pro', 1)",
+            "SELECT credits.void_grant(1)",
             "SELECT * FROM credits.usage_daily",
             "UPDATE credits.ledger SET amount = 0",
             "DELETE FROM credits.ledger",
@@ -124,6 +134,35 @@ fn each_role_can_do_its_job_and_nothing_else() {
         ],
     );
     assert_rights(
+        "t_billing",
+        &[
+            "SELECT credits.subscribe('r_bill', 'pro', idempotency_key => 'b1')",
+            "SELECT credits.purchase('r_bill', 10, 'b2')",
+            "SELECT credits.reduce_purchase('r_bill', 10, 'b3')",
+            "SELECT credits.void_grant(credits.grant('r_bill', 5))",
+            "SELECT credits.grant('r_bill', 2.5::float8)",
+            "SELECT * FROM credits.balance('r_bill')",
+            "SELECT * FROM credits.check('r_bill', 'agent')",
+            "SELECT * FROM credits.history('r_bill')",
+            "SELECT * FROM credits.grants('r_bill')",
+            "SELECT * FROM credits.plans",
+        ],
+        &[
+            "SELECT credits.debit('r_bill', 'agent', 1)",
+            "SELECT credits.reserve('r_bill', 'agent', 1)",
+            "SELECT credits.refund(1)",
+            "SELECT * FROM credits.verify()",
+            "CALL credits.run_maintenance()",
+            "SELECT * FROM credits.ledger",
+            "SELECT * FROM credits.accounts",
+            "SELECT * FROM credits.events",
+            "SELECT * FROM credits.usage_daily",
+            "UPDATE credits.plans SET monthly_allowance = 1000000",
+            "INSERT INTO credits.features (feature, product, cost) VALUES ('r_free_lunch', 'fusion', 0)",
+            "SELECT credits_internal._lock_account('r_bill', now())",
+        ],
+    );
+    assert_rights(
         "t_reader",
         &[
             "SELECT * FROM credits.closed_windows",
@@ -134,6 +173,8 @@ fn each_role_can_do_its_job_and_nothing_else() {
             "SELECT * FROM credits.account_months",
             "SELECT * FROM credits.tenant_months",
             "SELECT * FROM credits.usage_display",
+            "SELECT * FROM credits.account_plans",
+            "SELECT * FROM credits.forfeits_monthly",
             "SELECT * FROM credits.rollup_status",
             "SELECT * FROM credits.balance('r_pro')",
         ],
@@ -167,7 +208,7 @@ fn each_role_can_do_its_job_and_nothing_else() {
         check(&mut root, "TRUNCATE credits.ledger"),
         Err("UC010".into())
     );
-    assert_eq!(balance_of(&mut root, "r_pro", "monthly_used"), "5.5");
+    assert_eq!(balance_of(&mut root, "r_pro", "monthly_used"), "6");
     assert_verified(&mut root);
 }
 
