@@ -129,8 +129,15 @@ struct Grant {
     id: i64,
     remaining: Amount,
     expires: Option<i64>,
-    /// Voided: it ended at `expires`, when the void was recorded.
+    /// Voided: gone, as if expired; its expiry still orders draws and refunds.
     voided: bool,
+}
+
+impl Grant {
+    /// Usable at `now`.
+    fn live(&self, now: i64) -> bool {
+        !self.voided && self.expires.is_none_or(|e| e > now)
+    }
 }
 
 #[derive(Clone)]
@@ -228,7 +235,7 @@ impl Account {
         let granted = self
             .grants
             .iter()
-            .filter(|g| g.remaining > 0 && g.expires.is_none_or(|e| e > now))
+            .filter(|g| g.remaining > 0 && g.live(now))
             .map(|g| g.remaining)
             .sum();
         // Open holds are promises (SPEC §4.3, §4.4): today's against the
@@ -417,7 +424,7 @@ impl Account {
         let from_grants = need;
         let mut order: Vec<usize> = (0..self.grants.len())
             .filter(|&i| {
-                self.grants[i].remaining > 0 && self.grants[i].expires.is_none_or(|e| e > now)
+                self.grants[i].remaining > 0 && self.grants[i].live(now)
             })
             .collect();
         order.sort_by_key(|&i| {
@@ -630,7 +637,7 @@ fn run_seed(seed: u64, steps: usize) {
                     let live = locked
                         .grants
                         .iter()
-                        .any(|g| g.id == grant && g.expires.is_none_or(|e| e > anow));
+                        .any(|g| g.id == grant && g.live(anow));
                     let voided = locked.grants.iter().any(|g| g.id == grant && g.voided);
                     sql = format!("SELECT credits.void_grant({grant})");
                     expected = if live || voided {
@@ -644,8 +651,7 @@ fn run_seed(seed: u64, steps: usize) {
                         let now2 = a.now(now2);
                         a.lock(now2);
                         a.last_at = now2;
-                        for g in a.grants.iter_mut().filter(|g| g.id == grant && !g.voided) {
-                            g.expires = Some(now2);
+                        for g in a.grants.iter_mut().filter(|g| g.id == grant) {
                             g.voided = true;
                         }
                     });
@@ -787,7 +793,7 @@ fn run_seed(seed: u64, steps: usize) {
                             let take = need.min(net);
                             // a grant that has expired since gets nothing back (SPEC §4.5)
                             let grant = a.grants.iter_mut().find(|g| g.id == id).unwrap();
-                            if grant.expires.is_none_or(|e| e > now2) {
+                            if grant.live(now2) {
                                 grant.remaining += take;
                             }
                             debit.draws.iter_mut().find(|(g, _)| *g == id).unwrap().1 -= take;
