@@ -147,6 +147,49 @@ fn the_same_idempotency_key_from_many_sessions_charges_once() {
     assert_verified(&mut client);
 }
 
+/// A billing system delivers the same webhooks from many workers at once:
+/// the account's creation, an upgrade with a fresh allowance, a purchase,
+/// a partial refund. Each takes effect once and every delivery gets the
+/// first result.
+#[test]
+fn webhooks_delivered_many_times_at_once_take_effect_once() {
+    let account = "conc_hook";
+    let mut client = connect_at(AT);
+    let deliveries = [
+        "SELECT credits.subscribe('conc_hook', 'free', idempotency_key => 'evt-create')::text",
+        "SELECT credits.debit('conc_hook', 'agent', 5, 'req-1')::text",
+        "SELECT credits.subscribe('conc_hook', 'pro', fresh_allowance => true, idempotency_key => 'evt-upgrade')::text",
+        "SELECT credits.purchase('conc_hook', 50, 'inv-1')::text",
+        "SELECT credits.refund(credits.debit('conc_hook', 'agent', 20, 'req-2'), 4, 'partial', 'rf-1')::text",
+    ];
+    for sql in deliveries {
+        let got = in_parallel(SESSIONS, AT, move |client| {
+            client.query_one(sql, &[]).unwrap().get::<_, Option<String>>(0)
+        });
+        assert!(
+            got.iter().all(|g| *g == got[0]),
+            "every delivery of {sql} gets the first result: {got:?}"
+        );
+    }
+    let count = |client: &mut postgres::Client, kind: &str| -> i64 {
+        client
+            .query_one(
+                "SELECT count(*) FROM credits.ledger WHERE account_id = 'conc_hook' AND kind = $1::text::\"char\"",
+                &[&kind],
+            )
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(count(&mut client, "S"), 2, "created once, upgraded once");
+    assert_eq!(count(&mut client, "F"), 1, "one upgrade forfeit");
+    assert_eq!(count(&mut client, "P"), 1, "bought once");
+    assert_eq!(count(&mut client, "R"), 1, "refunded once");
+    // Pro's fresh 100 + 50 bought; 20 debited, 4 of it refunded.
+    assert_eq!(balance_of(&mut client, account, "monthly_limit"), "150");
+    assert_eq!(balance_of(&mut client, account, "monthly_used"), "16");
+    assert_verified(&mut client);
+}
+
 #[test]
 fn concurrent_full_refunds_of_one_debit_give_back_once() {
     let account = "conc_refund";
