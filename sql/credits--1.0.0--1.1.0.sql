@@ -1,0 +1,7 @@
+-- credits 1.0.0 -> 1.1.0
+--
+-- Every schema change made after 1.0.0 goes here as well as into the code
+-- that creates a fresh install, so that an upgraded database and a fresh
+-- one are identical (tests/client/tests/upgrade.rs compares them; while
+-- this script is empty, that test checks that the frozen 1.0.0 script is
+-- what the code still builds).
