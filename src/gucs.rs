@@ -20,6 +20,23 @@ pub static THRESHOLDS: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(DEFAULT_THRESHOLDS));
 pub const DEFAULT_THRESHOLDS: &std::ffi::CStr = c"80,100";
 
+/// `credits.notify_payload`: what a `NOTIFY credits` carries. LISTEN has no
+/// access control (any role that can connect may listen), so a DBA may
+/// keep account data out of notifications: `minimal` sends the event's
+/// cursor, id and kind only; listeners read the rest through read_events,
+/// with privileges.
+pub static NOTIFY_PAYLOAD: GucSetting<NotifyPayload> = GucSetting::<NotifyPayload>::new(NotifyPayload::Full);
+
+#[derive(pgrx::PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum NotifyPayload {
+    /// The event as read_events returns it.
+    #[name = c"full"]
+    Full,
+    /// Cursor, event id and kind.
+    #[name = c"minimal"]
+    Minimal,
+}
+
 /// `credits.database`: the databases the maintenance workers serve, a
 /// comma-separated list (one worker each).
 pub static DATABASE: GucSetting<Option<CString>> =
@@ -98,6 +115,14 @@ pub fn init_worker_settings() {
 }
 
 pub fn init() {
+    GucRegistry::define_enum_guc(
+        c"credits.notify_payload",
+        c"What a NOTIFY credits carries: full (the event) or minimal (cursor, id and kind).",
+        c"LISTEN has no access control: minimal keeps account data out of notifications; listeners read events through credits.read_events.",
+        &NOTIFY_PAYLOAD,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
     // SAFETY: the check hooks below are plain Rust that cannot panic or
     // raise: they only read the proposed value and set the detail string.
     unsafe {

@@ -25,7 +25,11 @@ END;
 
 -- Emit one event (once: the events' unique key). `p_cause` is the ledger
 -- entry that ran an exhausted window out (0 for the other kinds). A reset
--- is sent only when the new window has credits (SPEC §4.7).
+-- is sent only when the new window has credits (SPEC §4.7). The NOTIFY has
+-- the shape of a read_events row, or with credits.notify_payload = minimal
+-- only its cursor, id and kind: LISTEN has no access control, so a
+-- listener should read an event back (read_events) rather than trust a
+-- payload anyone could have sent.
 CREATE FUNCTION credits_internal._emit(a credits.accounts, p_kind text, p_window text, p_threshold numeric,
                       p_now timestamptz, s credits_internal._account_state, p_cause bigint DEFAULT 0)
 RETURNS void
@@ -42,7 +46,8 @@ BEGIN
     END IF;
     v_event := jsonb_strip_nulls(jsonb_build_object(
         'account_id', a.account_id, 'kind', p_kind, 'window', p_window, 'window_key', v_key,
-        'threshold', p_threshold, 'at', credits_internal._utc_text(p_now), 'plan', s.plan,
+        'threshold', p_threshold, 'at', credits_internal._iso(p_now),
+        'resets_at', credits_internal._iso(credits_internal._resets_at(p_window, p_now)), 'plan', s.plan,
         'monthly_limit', s.monthly_limit, 'monthly_used', s.monthly_used,
         'daily_limit', s.daily_limit, 'daily_used', CASE WHEN s.daily_limit IS NOT NULL THEN s.daily_used END,
         'available', v_available));
@@ -51,8 +56,82 @@ BEGIN
     ON CONFLICT DO NOTHING
     RETURNING event_id INTO v_id;
     IF v_id IS NOT NULL THEN
-        PERFORM pg_notify('credits', (v_event || jsonb_build_object('event_id', v_id))::text);
+        PERFORM pg_notify('credits', CASE coalesce(current_setting('credits.notify_payload', true), 'full')
+            WHEN 'minimal' THEN jsonb_build_object('cursor', v_id, 'event_id', v_id, 'kind', p_kind)
+            ELSE jsonb_build_object('cursor', v_id, 'event_id', v_id, 'kind', p_kind, 'account_id', a.account_id,
+                                    'window', p_window, 'at', credits_internal._iso(p_now), 'payload', v_event)
+        END::text);
     END IF;
+END
+$$;
+
+-- The event feed's watermark: every event id at or below it is final
+-- (committed or rolled back), as events take their ids when inserted, in
+-- transactions that may commit in any order. The stored candidate becomes
+-- safe once no transaction older than it is open; then the newest visible
+-- id is the next candidate, given up to p_wait (milliseconds: a writer's
+-- commit) to become safe too. The technique of the usage rollups
+-- (_settled, src/reporting/rollups.sql). Advanced by read_events; a
+-- session that finds another advancing it, or cannot write (a standby, a
+-- read-only transaction, REPEATABLE READ: its snapshot could miss events
+-- committed meanwhile), uses the stored value.
+CREATE FUNCTION credits_internal._events_safe_through(p_wait interval) RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    st credits_internal.event_watermark;
+BEGIN
+    IF current_setting('transaction_read_only')::boolean
+       OR current_setting('transaction_isolation') <> 'read committed' THEN
+        RETURN (SELECT w.safe_through FROM credits_internal.event_watermark w);
+    END IF;
+    SELECT * INTO st FROM credits_internal.event_watermark FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
+        RETURN (SELECT w.safe_through FROM credits_internal.event_watermark w);
+    END IF;
+    IF st.candidate > st.safe_through AND credits_internal._settled(st.candidate_at, interval '0') THEN
+        st.safe_through := st.candidate;
+    END IF;
+    IF st.candidate <= st.safe_through THEN
+        st.candidate := coalesce((SELECT max(e.event_id) FROM credits.events e), 0);
+        st.candidate_at := clock_timestamp();
+        IF st.candidate > st.safe_through AND credits_internal._settled(st.candidate_at, p_wait) THEN
+            st.safe_through := st.candidate;
+        END IF;
+    END IF;
+    UPDATE credits_internal.event_watermark
+       SET safe_through = st.safe_through, candidate = st.candidate, candidate_at = st.candidate_at;
+    RETURN st.safe_through;
+END
+$$;
+
+-- read_events: the events committed after the cursor `after`, oldest first,
+-- at most max_rows (1 to 1000). A consumer that calls it again with the
+-- last cursor it got sees every committed event exactly once, whatever
+-- order their transactions commit in (an event still in flight holds back
+-- the ones after it, for as long as its transaction is open). Call it
+-- outside a long transaction: it waits up to 50 ms for a commit in flight.
+CREATE FUNCTION read_events(after bigint DEFAULT 0, max_rows integer DEFAULT 100)
+RETURNS TABLE ("cursor" bigint, event_id bigint, kind text, account_id text, "window" text, at text,
+               payload jsonb)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_safe bigint;
+BEGIN
+    IF after IS NULL OR after < 0 THEN
+        RAISE EXCEPTION 'invalid cursor: %', coalesce(after::text, 'NULL')
+            USING ERRCODE = 'UC009', DETAIL = 'after is 0 or a cursor read_events returned';
+    END IF;
+    IF max_rows IS NULL OR max_rows < 1 OR max_rows > 1000 THEN
+        RAISE EXCEPTION 'invalid max_rows: %', coalesce(max_rows::text, 'NULL')
+            USING ERRCODE = 'UC009', DETAIL = 'max_rows must be between 1 and 1000';
+    END IF;
+    v_safe := 9223372036854775807;
+    RETURN QUERY
+    SELECT e.event_id, e.event_id, e.kind, e.account_id, e.window_kind, credits_internal._iso(e.at), e.payload
+      FROM credits.events e
+     WHERE e.event_id > after AND e.event_id <= v_safe
+     ORDER BY e.event_id
+     LIMIT max_rows;
 END
 $$;
 

@@ -59,6 +59,26 @@ BEGIN
 END
 $$;
 
+-- Whether every id a sequence gave out before `p_since` is final, waiting
+-- up to `p_wait` for the transactions that could still hold one to end: the
+-- watermark of the usage rollups and of the event feed (read_events).
+CREATE FUNCTION credits_internal._settled(p_since timestamptz, p_wait interval) RETURNS boolean
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    v_until timestamptz := clock_timestamp() + p_wait;
+BEGIN
+    LOOP
+        IF NOT credits_internal._older_transactions_open(p_since) THEN
+            RETURN true;
+        END IF;
+        IF clock_timestamp() >= v_until THEN
+            RETURN false;
+        END IF;
+        PERFORM pg_catalog.pg_sleep(0.002);
+    END LOOP;
+END
+$$;
+
 -- One refresh, in the caller's transaction (READ COMMITTED: the rollup
 -- statement must see what committed after the check before it). Rolls up to
 -- the stored candidate once it is final, then picks a new candidate and, if
@@ -71,9 +91,7 @@ DECLARE
     st       credits.rollup_state;
     v_upto   bigint;
     v_n      bigint := 0;
-    v_until  timestamptz;
     v_picked boolean := false;
-    v_open   boolean;
 BEGIN
     IF p_max IS NULL OR p_max < 1 THEN
         RAISE EXCEPTION 'invalid rollup batch size: %', coalesce(p_max::text, 'NULL') USING ERRCODE = 'UC009';
@@ -92,13 +110,8 @@ BEGIN
 
     LOOP
         IF st.candidate > st.rolled_through THEN
-            v_until := clock_timestamp() + CASE WHEN v_picked THEN p_wait ELSE interval '0' END;
-            LOOP
-                v_open := credits_internal._older_transactions_open(st.candidate_at);
-                EXIT WHEN NOT v_open OR clock_timestamp() >= v_until;
-                PERFORM pg_catalog.pg_sleep(0.002);
-            END LOOP;
-            EXIT WHEN v_open;
+            EXIT WHEN NOT credits_internal._settled(st.candidate_at,
+                                                    CASE WHEN v_picked THEN p_wait ELSE interval '0' END);
             v_upto := least(st.candidate, st.rolled_through + p_max - v_n);
             INSERT INTO credits.usage_rollup AS r (account_id, month, kind, feature_id, amount, from_grants, entries)
             SELECT * FROM credits_internal._ledger_totals(st.rolled_through, v_upto)

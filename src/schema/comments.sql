@@ -52,6 +52,8 @@ COMMENT ON FUNCTION credits.settle(bigint, double precision) IS
 'settle with the amount as double precision.';
 COMMENT ON FUNCTION credits.release(bigint) IS
 'Free a hold without charge; releasing it again changes nothing; UC008 if it was settled or expired.';
+COMMENT ON FUNCTION credits.read_events(bigint, integer) IS
+'The events committed after a cursor, oldest first: following the cursors a consumer sees every committed event exactly once, whatever order transactions commit in.';
 COMMENT ON FUNCTION credits.history(text, bigint, integer) IS
 'An account''s transactions newest first, kinds as words, features by name, the windows each counted in; keyset-paginated by before_entry.';
 COMMENT ON FUNCTION credits.grants(text) IS

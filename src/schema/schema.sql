@@ -227,6 +227,18 @@ CREATE TABLE events (
 );
 CREATE INDEX events_account_idx ON events (account_id, event_id);
 
+-- The event feed's watermark (credits.read_events, src/metering/events.sql):
+-- every event id at or below safe_through is final, committed or rolled
+-- back, so a consumer reading up to it misses nothing that commits later.
+-- The same technique as the usage rollups' (rollup_state). Derived: not dumped.
+CREATE TABLE credits_internal.event_watermark (
+    singleton    boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    safe_through bigint NOT NULL DEFAULT 0,
+    candidate    bigint NOT NULL DEFAULT 0,  -- the next safe_through, once no older transaction is open ...
+    candidate_at timestamptz                 -- ... than this instant
+);
+INSERT INTO credits_internal.event_watermark DEFAULT VALUES;
+
 -------------------------------------------------------------------------------
 -- Closed windows: the totals of every window that has ended, written once
 -- (the primary key makes closing idempotent) by whoever first sees the

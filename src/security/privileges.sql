@@ -71,6 +71,7 @@ GRANT SELECT ON credits.plans, credits.features TO credits_app, credits_billing;
 -- The application's event feed: a listener reads back what a notification
 -- names (any role can pg_notify on the channel).
 GRANT SELECT ON credits.events TO credits_app;
+GRANT EXECUTE ON FUNCTION credits.read_events(bigint, integer) TO credits_app, credits_reader, credits_admin;
 -- The account lifecycle, for billing webhooks (and operators).
 GRANT EXECUTE ON FUNCTION
     credits.subscribe(text, text, boolean, text),

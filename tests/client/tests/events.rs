@@ -114,3 +114,125 @@ fn a_rolled_back_transaction_notifies_nothing() {
         .unwrap();
     assert_eq!(received(&mut listener, "ev_rb").len(), 3);
 }
+
+/// Every event read_events returns after `after`, following its cursors to
+/// the end: (event ids, the last cursor).
+fn read_feed(client: &mut postgres::Client, mut after: i64) -> (Vec<i64>, i64) {
+    let mut ids = Vec::new();
+    loop {
+        let rows = client
+            .query(
+                "SELECT \"cursor\", event_id FROM credits.read_events($1, 2)",
+                &[&after],
+            )
+            .unwrap();
+        if rows.is_empty() {
+            return (ids, after);
+        }
+        for row in rows {
+            after = row.get(0);
+            ids.push(row.get(1));
+        }
+    }
+}
+
+/// Event ids are taken when events are inserted, but transactions commit in
+/// any order: a consumer following read_events' cursors must neither skip
+/// an event that commits after a later one was read, nor see one that
+/// rolled back.
+#[test]
+fn a_consumer_following_read_events_gets_every_committed_event_exactly_once() {
+    let mut consumer = connect();
+    let mut setup = connect_at(AT);
+    for account in ["ev_feed_1", "ev_feed_2", "ev_feed_3"] {
+        subscribe(&mut setup, account, "free");
+    }
+    let (_, start) = read_feed(&mut consumer, 0);
+    let exhaust = "SELECT credits.debit($1, 'agent', 10)";
+    // The first event's transaction stays open ...
+    let mut first = connect_at(AT);
+    first.batch_execute("BEGIN").unwrap();
+    first.query_one(exhaust, &[&"ev_feed_1"]).unwrap();
+    let first_id: i64 = first
+        .query_one(
+            "SELECT max(event_id) FROM credits.events WHERE account_id = 'ev_feed_1'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    // ... while a later one commits, and a third rolls back.
+    let mut second = connect_at(AT);
+    second.query_one(exhaust, &[&"ev_feed_2"]).unwrap();
+    let second_ids = stored(&mut second, "ev_feed_2", "exhausted");
+    let mut third = connect_at(AT);
+    third.batch_execute("BEGIN").unwrap();
+    third.query_one(exhaust, &[&"ev_feed_3"]).unwrap();
+    third.batch_execute("ROLLBACK").unwrap();
+    assert!(
+        second_ids.iter().all(|id| *id > first_id),
+        "the committed event has the later id"
+    );
+    // Visible but not yet safe to read past: the open event holds it back.
+    let (early, cursor) = read_feed(&mut consumer, start);
+    assert!(
+        early.iter().all(|id| *id < first_id),
+        "nothing after the event still in flight: {early:?} (in flight: {first_id})"
+    );
+    first.batch_execute("COMMIT").unwrap();
+    let (late, end) = read_feed(&mut consumer, cursor);
+    let all: Vec<i64> = early.into_iter().chain(late).collect();
+    let mut expected = stored(&mut setup, "ev_feed_1", "exhausted");
+    expected.extend(second_ids);
+    assert_eq!(expected.len(), 2, "one event each: {expected:?}");
+    assert_eq!(all, expected, "each committed event once, in id order");
+    assert!(stored(&mut setup, "ev_feed_3", "exhausted").is_empty());
+    // Nothing is read twice.
+    assert_eq!(read_feed(&mut consumer, end).0, Vec::<i64>::new());
+}
+
+/// With credits.notify_payload = minimal a listener learns that an event
+/// happened (cursor, id, kind) but no account data; read_events, behind
+/// privileges, has the rest.
+#[test]
+fn a_minimal_notification_carries_no_account_data() {
+    let mut listener = connect();
+    listener.batch_execute("LISTEN credits").unwrap();
+    let mut client = connect_at(AT);
+    subscribe(&mut client, "ev_private", "free");
+    client
+        .batch_execute("SET credits.notify_payload = 'minimal'")
+        .unwrap();
+    client
+        .query_one("SELECT credits.debit('ev_private', 'agent', 10)", &[])
+        .unwrap();
+    let mut payloads = Vec::new();
+    let mut notifications = listener.notifications();
+    let mut pending = notifications.timeout_iter(Duration::from_millis(700));
+    while let Ok(Some(n)) = postgres::fallible_iterator::FallibleIterator::next(&mut pending) {
+        payloads.push(n.payload().to_string());
+    }
+    assert!(!payloads.is_empty(), "the event was notified");
+    for payload in &payloads {
+        let keys: String = client
+            .query_one(
+                "SELECT string_agg(k, ',' ORDER BY k) FROM jsonb_object_keys($1::text::jsonb) k",
+                &[payload],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(keys, "cursor,event_id,kind", "{payload}");
+        assert!(!payload.contains("ev_private"), "{payload}");
+    }
+    let cursor: i64 = client
+        .query_one("SELECT ($1::text::jsonb ->> 'cursor')::bigint", &[&payloads[0]])
+        .unwrap()
+        .get(0);
+    let account: String = client
+        .query_one(
+            "SELECT account_id FROM credits.read_events($1::bigint - 1, 1)",
+            &[&cursor],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(account, "ev_private");
+}

@@ -208,6 +208,10 @@ fn every_public_function_refuses_hostile_input_with_its_sqlstate_and_writes_noth
         ("SELECT * FROM credits.history('hx', max_rows => 1001)".into(), "UC009"),
         ("SELECT * FROM credits.history('hx', max_rows => NULL)".into(), "UC009"),
         ("SELECT * FROM credits.grants('nobody')".into(), "UC002"),
+        ("SELECT * FROM credits.read_events(NULL)".into(), "UC009"),
+        ("SELECT * FROM credits.read_events(-1)".into(), "UC009"),
+        ("SELECT * FROM credits.read_events(0, 0)".into(), "UC009"),
+        ("SELECT * FROM credits.read_events(0, 1001)".into(), "UC009"),
         // corrections and webhook-safe writes
         ("SELECT credits.void_grant(NULL)".into(), "UC009"),
         ("SELECT credits.void_grant(-1)".into(), "UC011"),
