@@ -110,8 +110,7 @@ RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     v_key       text := credits_internal._window_key(a, p_window, p_now);
-    v_available numeric := least(coalesce(s.daily_available, s.allowance_available + s.grants_available),
-                                 s.allowance_available + s.grants_available);
+    v_available numeric := credits_internal._available(s);
     v_id        bigint;
     v_event     jsonb;
 BEGIN
@@ -213,3 +212,171 @@ REVOKE ALL ON ALL ROUTINES IN SCHEMA credits, credits_internal FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION credits.read_events(bigint, integer) TO credits_app, credits_reader, credits_admin;
 COMMENT ON FUNCTION credits.read_events(bigint, integer) IS
 'The events committed after a cursor, oldest first: following the cursors a consumer sees every committed event exactly once, whatever order transactions commit in.';
+
+-------------------------------------------------------------------------------
+-- Per-account alerts (src/accounts/accounts.sql, src/metering/events.sql):
+-- a low_balance event when what is available falls to the account's level.
+-------------------------------------------------------------------------------
+
+ALTER TABLE credits.accounts ADD COLUMN alert_remaining numeric, ADD COLUMN alert_percent numeric;
+ALTER TABLE credits.events DROP CONSTRAINT events_kind_check,
+    ADD CONSTRAINT events_kind_check CHECK (kind IN ('exhausted', 'threshold', 'reset', 'denied', 'low_balance'));
+
+-- What a debit could take in state `s`: every window applies, grants count
+-- after the allowance, open holds are subtracted.
+CREATE OR REPLACE FUNCTION credits_internal._available(s credits_internal._account_state) RETURNS numeric
+LANGUAGE sql IMMUTABLE
+RETURN least(coalesce(s.daily_available, s.allowance_available + s.grants_available),
+             s.allowance_available + s.grants_available);
+
+-- The window that caps what is available in state `s`.
+CREATE OR REPLACE FUNCTION credits_internal._limiting_window(s credits_internal._account_state) RETURNS text
+LANGUAGE sql IMMUTABLE
+RETURN CASE WHEN s.daily_available < s.allowance_available + s.grants_available THEN 'daily' ELSE 'monthly' END;
+
+-- An account's alert level (credits.set_alert) in state `s`: the higher of
+-- its credits and its percentage of the monthly limit; NULL: no alert.
+CREATE OR REPLACE FUNCTION credits_internal._alert_level(a credits.accounts, s credits_internal._account_state) RETURNS numeric
+LANGUAGE sql IMMUTABLE
+RETURN greatest(a.alert_remaining, trim_scale(s.monthly_limit * a.alert_percent / 100));
+
+-- After entry `p_entry` changed a locked account whose state before was
+-- `p_before`: the events its new state is due. A window that had credits
+-- before and has none now ran out: an exhausted event for each window that
+-- did (the daily and the monthly in one debit: two), again after new
+-- credits ran out once more.
+CREATE OR REPLACE FUNCTION credits_internal._after_write(p_account text, p_now timestamptz, p_entry bigint,
+                             p_before credits_internal._account_state)
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    a credits.accounts;
+    s credits_internal._account_state;
+    t numeric;
+BEGIN
+    SELECT * INTO a FROM credits.accounts ac WHERE ac.account_id = p_account;
+    s := credits_internal._state(a, p_now);
+    IF s.monthly_limit > 0 THEN
+        FOREACH t IN ARRAY credits_internal._thresholds() LOOP
+            EXIT WHEN s.monthly_used * 100 < s.monthly_limit * t;
+            PERFORM credits_internal._emit(a, 'threshold', 'monthly', t, p_now, s);
+        END LOOP;
+    END IF;
+    -- (the account's alert: what is available fell to its level)
+    IF (a.alert_remaining IS NOT NULL OR a.alert_percent IS NOT NULL)
+       AND credits_internal._available(s) <= credits_internal._alert_level(a, s)
+       AND credits_internal._available(p_before) > credits_internal._alert_level(a, s) THEN
+        PERFORM credits_internal._emit(a, 'low_balance', credits_internal._limiting_window(s), credits_internal._alert_level(a, s),
+                                       p_now, s);
+    END IF;
+    IF s.daily_available = 0 AND p_before.daily_available > 0 THEN
+        PERFORM credits_internal._emit(a, 'exhausted', 'daily', NULL, p_now, s, p_entry);
+    END IF;
+    IF s.allowance_available + s.grants_available = 0
+       AND p_before.allowance_available + p_before.grants_available > 0 THEN
+        PERFORM credits_internal._emit(a, 'exhausted', 'monthly', NULL, p_now, s, p_entry);
+    END IF;
+END
+$$;
+
+-- check: what a debit of `quantity` of `feature` would do now, writing
+-- nothing (the same state and rules as debit; no lock, so a debit right
+-- after may still be refused by a concurrent one).
+--   allowed          whether the debit would succeed;
+--   cost             what it would charge;
+--   available        what a debit could take now (every window, grants, holds);
+--   limiting_window  the window that refuses it, or when allowed the one
+--                    that caps `available` (daily or monthly);
+--   resets_at        when that window resets.
+CREATE OR REPLACE FUNCTION "check"(account_id text, feature text, quantity numeric DEFAULT 1)
+RETURNS TABLE (allowed boolean, cost numeric, available numeric, limiting_window text, resets_at timestamptz)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_now     timestamptz := credits.now();
+    v_acct    credits.accounts;
+    v_feature credits.features;
+    s         credits_internal._account_state;
+    v_lacking text;
+BEGIN
+    v_acct := credits_internal._account($1);
+    v_feature := credits_internal._feature($2);
+    cost := credits_internal._cost(v_feature, $3);
+    v_now := credits_internal._account_now(v_acct, v_now);
+    s := credits_internal._state(v_acct, v_now);
+    v_lacking := credits_internal._lacking_window(s, cost);
+    allowed := v_lacking IS NULL;
+    available := trim_scale(credits_internal._available(s));
+    limiting_window := coalesce(v_lacking, credits_internal._limiting_window(s));
+    resets_at := credits_internal._resets_at(limiting_window, v_now);
+    RETURN NEXT;
+END
+$$;
+
+-- The usage display of a read account at the instant it is in (windows as
+-- of credits.now(), or later when the account is: SPEC §4.6): what
+-- balance() returns for one account and usage_display for every account,
+-- without looking the account up again. Security definer: the reporting
+-- view calls it with the reader's rights, who reads no table.
+--   daily_* are NULL when the plan has no daily limit.
+--   available = what a debit could take right now: every window applies,
+--   grants count after the allowance, open holds are subtracted.
+CREATE OR REPLACE FUNCTION credits_internal._display(a credits.accounts)
+RETURNS TABLE (plan text, daily_limit numeric, daily_used numeric, daily_remaining numeric,
+               monthly_limit numeric, monthly_used numeric, monthly_remaining numeric,
+               granted_remaining numeric, reserved numeric, available numeric,
+               next_daily_reset timestamptz, next_monthly_reset timestamptz)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_now   timestamptz := credits_internal._account_now(a, credits.now());
+    s       credits_internal._account_state := credits_internal._state(a, v_now);
+BEGIN
+    plan := s.plan;
+    daily_limit := trim_scale(s.daily_limit);
+    daily_used := CASE WHEN s.daily_limit IS NOT NULL THEN trim_scale(s.daily_used) END;
+    daily_remaining := CASE WHEN s.daily_limit IS NOT NULL
+                            THEN trim_scale(greatest(0, s.daily_limit - s.daily_used)) END;
+    monthly_limit := trim_scale(s.monthly_limit);
+    monthly_used := trim_scale(s.monthly_used);
+    monthly_remaining := trim_scale(greatest(0, s.monthly_limit - s.monthly_used));
+    granted_remaining := trim_scale(s.granted_remaining);
+    reserved := trim_scale(s.reserved);
+    available := trim_scale(credits_internal._available(s));
+    next_daily_reset := credits_internal._resets_at('daily', v_now);
+    next_monthly_reset := credits_internal._resets_at('monthly', v_now);
+    RETURN NEXT;
+END
+$$;
+
+-- set_alert: a low_balance event for this account when what it has
+-- available (balance().available) falls to `remaining` credits, or to
+-- `percent` of its monthly limit, whichever comes first; once per window
+-- (the one that limits what is available) and level, next to the global
+-- credits.thresholds. Both NULL: no alert.
+CREATE OR REPLACE FUNCTION set_alert(account_id text, remaining numeric DEFAULT NULL, percent numeric DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p_account text := set_alert.account_id;
+BEGIN
+    PERFORM credits_internal._check_text(p_account, 'account_id');
+    IF remaining IS NOT NULL THEN
+        PERFORM credits_internal._check_amount(remaining, 'remaining');
+    END IF;
+    IF percent IS NOT NULL AND (percent <= 0 OR percent > 100 OR percent = 'NaN'::numeric) THEN
+        RAISE EXCEPTION 'invalid percent: %', percent USING ERRCODE = 'UC004',
+            DETAIL = 'percent must be more than 0 and at most 100';
+    END IF;
+    PERFORM credits_internal._lock_account(p_account, credits.now());
+    UPDATE credits.accounts a
+       SET alert_remaining = trim_scale(remaining), alert_percent = trim_scale(percent)
+     WHERE a.account_id = p_account;
+END
+$$;
+
+REVOKE ALL ON ALL ROUTINES IN SCHEMA credits, credits_internal FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION credits.set_alert(text, numeric, numeric) TO credits_app, credits_billing, credits_admin;
+COMMENT ON FUNCTION credits.set_alert(text, numeric, numeric) IS
+'A low_balance event for the account when what it has available falls to remaining credits or to percent of its monthly limit; once per window and level. Both NULL: no alert.';
+COMMENT ON COLUMN credits.accounts.alert_remaining IS 'Alert (set_alert): a low_balance event when available falls to this many credits; NULL: none.';
+COMMENT ON COLUMN credits.accounts.alert_percent IS 'Alert (set_alert): ... or to this percentage of the monthly limit; NULL: none.';
+COMMENT ON COLUMN credits.events.kind IS 'exhausted, denied, threshold, reset or low_balance.';

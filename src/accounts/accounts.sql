@@ -387,3 +387,29 @@ BEGIN
     RETURN v_entry;
 END
 $$;
+
+-- set_alert: a low_balance event for this account when what it has
+-- available (balance().available) falls to `remaining` credits, or to
+-- `percent` of its monthly limit, whichever comes first; once per window
+-- (the one that limits what is available) and level, next to the global
+-- credits.thresholds. Both NULL: no alert.
+CREATE FUNCTION set_alert(account_id text, remaining numeric DEFAULT NULL, percent numeric DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p_account text := set_alert.account_id;
+BEGIN
+    PERFORM credits_internal._check_text(p_account, 'account_id');
+    IF remaining IS NOT NULL THEN
+        PERFORM credits_internal._check_amount(remaining, 'remaining');
+    END IF;
+    IF percent IS NOT NULL AND (percent <= 0 OR percent > 100 OR percent = 'NaN'::numeric) THEN
+        RAISE EXCEPTION 'invalid percent: %', percent USING ERRCODE = 'UC004',
+            DETAIL = 'percent must be more than 0 and at most 100';
+    END IF;
+    PERFORM credits_internal._lock_account(p_account, credits.now());
+    UPDATE credits.accounts a
+       SET alert_remaining = trim_scale(remaining), alert_percent = trim_scale(percent)
+     WHERE a.account_id = p_account;
+END
+$$;

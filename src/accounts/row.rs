@@ -18,6 +18,9 @@ pub(crate) struct Account {
     pub reserved: Datum,
     /// The latest instant a write to the account was stamped with (a timestamptz).
     pub last_at: i64,
+    /// Its alert (credits.set_alert): credits, and a percentage of the monthly limit.
+    pub alert_remaining: Option<Datum>,
+    pub alert_percent: Option<Datum>,
 }
 
 impl Account {
@@ -42,6 +45,9 @@ impl Account {
             monthly_epoch: row.get(table.col(c"monthly_epoch")?)?.value() as i64,
             reserved: row.get(table.col(c"reserved")?)?,
             last_at: row.get(table.col(c"last_at")?)?.value() as i64,
+            // (NULL: no alert; a schema from before alerts has none either)
+            alert_remaining: table.col(c"alert_remaining").and_then(|c| row.get(c)),
+            alert_percent: table.col(c"alert_percent").and_then(|c| row.get(c)),
         })
     }
 }

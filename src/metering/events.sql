@@ -6,7 +6,10 @@
 --   denied     a try_debit / try_reserve was denied by a window with credits
 --              left, but too few; once per account and window;
 --   threshold  monthly usage reached a percentage of the monthly limit
---              (credits.thresholds, default '80,100'); once per window and threshold.
+--              (credits.thresholds, default '80,100'); once per window and threshold;
+--   low_balance  what is available fell to the account's own alert
+--              (credits.set_alert); once per window (the one that limits
+--              what is available) and alert level.
 -- Each event is a row in credits.events and a NOTIFY on channel credits;
 -- both are transactional, so a rolled-back operation emits nothing.
 -- (reset events are emitted where windows are closed: maintenance.sql.)
@@ -36,8 +39,7 @@ RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     v_key       text := credits_internal._window_key(a, p_window, p_now);
-    v_available numeric := least(coalesce(s.daily_available, s.allowance_available + s.grants_available),
-                                 s.allowance_available + s.grants_available);
+    v_available numeric := credits_internal._available(s);
     v_id        bigint;
     v_event     jsonb;
 BEGIN
@@ -125,7 +127,7 @@ BEGIN
         RAISE EXCEPTION 'invalid max_rows: %', coalesce(max_rows::text, 'NULL')
             USING ERRCODE = 'UC009', DETAIL = 'max_rows must be between 1 and 1000';
     END IF;
-    v_safe := 9223372036854775807;
+    v_safe := credits_internal._events_safe_through(interval '50 milliseconds');
     RETURN QUERY
     SELECT e.event_id, e.event_id, e.kind, e.account_id, e.window_kind, credits_internal._iso(e.at), e.payload
       FROM credits.events e
@@ -156,6 +158,13 @@ BEGIN
             EXIT WHEN s.monthly_used * 100 < s.monthly_limit * t;
             PERFORM credits_internal._emit(a, 'threshold', 'monthly', t, p_now, s);
         END LOOP;
+    END IF;
+    -- (the account's alert: what is available fell to its level)
+    IF (a.alert_remaining IS NOT NULL OR a.alert_percent IS NOT NULL)
+       AND credits_internal._available(s) <= credits_internal._alert_level(a, s)
+       AND credits_internal._available(p_before) > credits_internal._alert_level(a, s) THEN
+        PERFORM credits_internal._emit(a, 'low_balance', credits_internal._limiting_window(s), credits_internal._alert_level(a, s),
+                                       p_now, s);
     END IF;
     IF s.daily_available = 0 AND p_before.daily_available > 0 THEN
         PERFORM credits_internal._emit(a, 'exhausted', 'daily', NULL, p_now, s, p_entry);

@@ -298,6 +298,29 @@ fn debit(req: &DebitRequest) -> Option<i64> {
         if committed.mul(hundred)? >= monthly_limit.mul(lowest)? {
             return None;
         }
+        // Nor one that brings what is available to the account's own alert
+        // (credits.set_alert: r credits or p % of the monthly limit), judged
+        // on the allowance alone, which grants only add to: left <= r is
+        // used + r >= limit, and left * 100 <= limit * p is
+        // used * 100 + limit * p >= limit * 100, for each window.
+        if a.alert_remaining.is_some() || a.alert_percent.is_some() {
+            let daily = match daily_limit {
+                Some(limit) => Some((new_daily.add(reserved)?, value(limit)?)),
+                None => None,
+            };
+            for (used, limit) in std::iter::once((committed, monthly_limit)).chain(daily) {
+                if let Some(r) = a.alert_remaining {
+                    if used.add(value(r)?)? >= limit {
+                        return None;
+                    }
+                }
+                if let Some(p) = a.alert_percent {
+                    if used.mul(hundred)?.add(monthly_limit.mul(value(p)?)?)? >= limit.mul(hundred)? {
+                        return None;
+                    }
+                }
+            }
+        }
 
         // Write: the key, the closed windows, the account's counters, the
         // ledger entry (after the closing's 'F' entries, as it is later).

@@ -247,7 +247,6 @@ DECLARE
     v_acct    credits.accounts;
     v_feature credits.features;
     s         credits_internal._account_state;
-    v_total   numeric;
     v_lacking text;
 BEGIN
     v_acct := credits_internal._account($1);
@@ -255,11 +254,10 @@ BEGIN
     cost := credits_internal._cost(v_feature, $3);
     v_now := credits_internal._account_now(v_acct, v_now);
     s := credits_internal._state(v_acct, v_now);
-    v_total := s.allowance_available + s.grants_available;
     v_lacking := credits_internal._lacking_window(s, cost);
     allowed := v_lacking IS NULL;
-    available := trim_scale(least(coalesce(s.daily_available, v_total), v_total));
-    limiting_window := coalesce(v_lacking, CASE WHEN s.daily_available < v_total THEN 'daily' ELSE 'monthly' END);
+    available := trim_scale(credits_internal._available(s));
+    limiting_window := coalesce(v_lacking, credits_internal._limiting_window(s));
     resets_at := credits_internal._resets_at(limiting_window, v_now);
     RETURN NEXT;
 END

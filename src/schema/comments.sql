@@ -54,6 +54,8 @@ COMMENT ON FUNCTION credits.release(bigint) IS
 'Free a hold without charge; releasing it again changes nothing; UC008 if it was settled or expired.';
 COMMENT ON FUNCTION credits.read_events(bigint, integer) IS
 'The events committed after a cursor, oldest first: following the cursors a consumer sees every committed event exactly once, whatever order transactions commit in.';
+COMMENT ON FUNCTION credits.set_alert(text, numeric, numeric) IS
+'A low_balance event for the account when what it has available falls to remaining credits or to percent of its monthly limit; once per window and level. Both NULL: no alert.';
 COMMENT ON FUNCTION credits.history(text, bigint, integer) IS
 'An account''s transactions newest first, kinds as words, features by name, the windows each counted in; keyset-paginated by before_entry.';
 COMMENT ON FUNCTION credits.grants(text) IS
@@ -157,7 +159,7 @@ COMMENT ON COLUMN credits.holds.month IS 'The UTC month it was placed in (it cou
 COMMENT ON COLUMN credits.events.event_id IS 'Event id, in the order events were created.';
 COMMENT ON COLUMN credits.events.account_id IS 'The account.';
 COMMENT ON COLUMN credits.events.at IS 'When.';
-COMMENT ON COLUMN credits.events.kind IS 'exhausted, denied, threshold or reset.';
+COMMENT ON COLUMN credits.events.kind IS 'exhausted, denied, threshold, reset or low_balance.';
 COMMENT ON COLUMN credits.events.window_kind IS 'daily or monthly.';
 COMMENT ON COLUMN credits.events.window_key IS 'The window: YYYY-MM-DD, YYYY-MM, or YYYY-MM#<entry> for a window restarted at that entry.';
 COMMENT ON COLUMN credits.events.threshold IS 'threshold events: the percentage reached.';
@@ -319,3 +321,6 @@ COMMENT ON COLUMN credits.forfeits_monthly.plan IS 'The plan the allowance belon
 COMMENT ON COLUMN credits.forfeits_monthly.cause IS 'month_end, upgrade, or hold (what a hold of a closed month did not use).';
 COMMENT ON COLUMN credits.forfeits_monthly.accounts IS 'Accounts that forfeited.';
 COMMENT ON COLUMN credits.forfeits_monthly.forfeited IS 'Credits forfeited.';
+
+COMMENT ON COLUMN credits.accounts.alert_remaining IS 'Alert (set_alert): a low_balance event when available falls to this many credits; NULL: none.';
+COMMENT ON COLUMN credits.accounts.alert_percent IS 'Alert (set_alert): ... or to this percentage of the monthly limit; NULL: none.';

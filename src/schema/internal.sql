@@ -285,6 +285,24 @@ BEGIN
 END
 $$;
 
+-- What a debit could take in state `s`: every window applies, grants count
+-- after the allowance, open holds are subtracted.
+CREATE FUNCTION credits_internal._available(s credits_internal._account_state) RETURNS numeric
+LANGUAGE sql IMMUTABLE
+RETURN least(coalesce(s.daily_available, s.allowance_available + s.grants_available),
+             s.allowance_available + s.grants_available);
+
+-- The window that caps what is available in state `s`.
+CREATE FUNCTION credits_internal._limiting_window(s credits_internal._account_state) RETURNS text
+LANGUAGE sql IMMUTABLE
+RETURN CASE WHEN s.daily_available < s.allowance_available + s.grants_available THEN 'daily' ELSE 'monthly' END;
+
+-- An account's alert level (credits.set_alert) in state `s`: the higher of
+-- its credits and its percentage of the monthly limit; NULL: no alert.
+CREATE FUNCTION credits_internal._alert_level(a credits.accounts, s credits_internal._account_state) RETURNS numeric
+LANGUAGE sql IMMUTABLE
+RETURN greatest(a.alert_remaining, trim_scale(s.monthly_limit * a.alert_percent / 100));
+
 -- The window that refuses `p_amount` in state `s` (NULL = it fits): the
 -- monthly one when it lacks it (waiting for tomorrow would not help), else
 -- the daily one. What UC001, check() and denied events name.

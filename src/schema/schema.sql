@@ -85,7 +85,9 @@ CREATE TABLE accounts (
     monthly_used  numeric NOT NULL DEFAULT 0,                         -- allowance consumed (grants are separate)
     monthly_epoch bigint NOT NULL DEFAULT 0,                          -- ledger entry that restarted this month's window (upgrade), 0 = the 1st
     reserved      nonnegative NOT NULL DEFAULT 0,                     -- credits held by open reservations
-    last_at       timestamptz NOT NULL DEFAULT '-infinity'            -- the latest instant a call decided at (_account_now)
+    last_at       timestamptz NOT NULL DEFAULT '-infinity',           -- the latest instant a call decided at (_account_now)
+    alert_remaining numeric,  -- credits.set_alert: a low_balance event when available falls to this ...
+    alert_percent   numeric   -- ... or to this percentage of the monthly limit (NULL: no alert)
 ) WITH (fillfactor = 40);
 -- Room on each page so counter updates stay HOT (no index writes), and few
 -- rows per page: each debit's update leaves a dead row version that the next
@@ -215,7 +217,7 @@ CREATE TABLE events (
     event_id    bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     account_id  text COLLATE "C" NOT NULL,
     at          timestamptz NOT NULL,
-    kind        text NOT NULL CHECK (kind IN ('exhausted', 'threshold', 'reset', 'denied')),
+    kind        text NOT NULL CHECK (kind IN ('exhausted', 'threshold', 'reset', 'denied', 'low_balance')),
     window_kind text NOT NULL CHECK (window_kind IN ('daily', 'monthly')),
     window_key  text NOT NULL,
     threshold   numeric,

@@ -108,6 +108,9 @@ fn each_role_can_do_its_job_and_nothing_else() {
             "SELECT * FROM credits.plans",
             "SELECT * FROM credits.features",
             "SELECT * FROM credits.events",
+            "SELECT * FROM credits.read_events(0)",
+            "SELECT credits.set_alert('r_pro', remaining => 10)",
+            "SELECT credits.set_alert('r_pro')",
             "LISTEN credits",
         ],
         &[
@@ -175,6 +178,7 @@ fn each_role_can_do_its_job_and_nothing_else() {
             "SELECT * FROM credits.usage_display",
             "SELECT * FROM credits.account_plans",
             "SELECT * FROM credits.forfeits_monthly",
+            "SELECT * FROM credits.read_events(0)",
             "SELECT * FROM credits.rollup_status",
             "SELECT * FROM credits.balance('r_pro')",
         ],
@@ -192,6 +196,8 @@ fn each_role_can_do_its_job_and_nothing_else() {
             "TRUNCATE credits.ledger",
             "INSERT INTO credits.ledger (account_id, at, kind, amount) VALUES ('r_pro', now(), 'G', 1000)",
             "SELECT credits.subscribe('r_new', 'pro')",
+            "SELECT credits.set_alert('r_pro', remaining => 10)",
+            "SET credits.notify_payload = 'full'",
         ],
     );
     // The superuser is refused too: the ledger is append-only for everyone.
