@@ -30,6 +30,7 @@ pub extern "C-unwind" fn _PG_init() {
     // SAFETY: a flag the postmaster sets while it loads preloaded libraries.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         gucs::init_worker_settings();
+        metering::stats::init();
         maintenance::worker::register();
     }
 }

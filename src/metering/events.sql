@@ -200,3 +200,27 @@ BEGIN
     END IF;
 END
 $$;
+
+-- Activity counters in shared memory (src/metering/stats.rs): charges,
+-- denials, refunds and holds per plan and feature, counted as calls happen
+-- (a denial that raises UC001 rolls its transaction back, but its count
+-- stays). Empty without shared_preload_libraries.
+CREATE FUNCTION credits_internal._count(kind "char", plan text, feature smallint) RETURNS void
+LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'credits_count';
+
+CREATE FUNCTION credits_internal._stats()
+RETURNS TABLE (plan text, feature_id smallint, charges bigint, denials bigint, refunds bigint, holds bigint)
+LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'stats_wrapper';
+
+CREATE VIEW stats AS
+SELECT s.plan, f.product, f.feature,
+       sum(s.charges)::bigint AS charges, sum(s.denials)::bigint AS denials,
+       sum(s.refunds)::bigint AS refunds, sum(s.holds)::bigint AS holds
+  FROM credits_internal._stats() s
+  LEFT JOIN credits.features f ON f.feature_id = s.feature_id
+ GROUP BY s.plan, f.product, f.feature;
+COMMENT ON VIEW stats IS 'Charges, denials (UC001 and try_ refusals, though rolled back), refunds and holds per plan and feature in this database, since the server started or stats_reset(): counts of calls, in shared memory.';
+
+-- stats_reset: this database's counters back to zero.
+CREATE FUNCTION stats_reset() RETURNS void
+LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'credits_stats_reset';

@@ -28,6 +28,7 @@ use crate::accounts::row::Account;
 use crate::clock;
 use crate::maintenance::close;
 use crate::metering::requests::{debit_request, metadata_text};
+use crate::metering::stats;
 use crate::metering::thresholds::lowest_threshold;
 use crate::pg::decimal::Decimal;
 use crate::pg::fmgr::{args, call, ret, v1_functions};
@@ -408,6 +409,11 @@ fn debit(req: &DebitRequest) -> Option<i64> {
         writes.insert(&ledger, ledger_slot);
         writes.finish();
         drop(locked);
+        stats::count(
+            stats::Kind::Charge,
+            pgrx::varlena::text_to_rust_str_unchecked(a.plan.cast_mut_ptr()).as_bytes(),
+            feature_id.value() as i16,
+        );
         // What later statements (and calls in this statement) must see.
         pg_sys::CommandCounterIncrement();
 

@@ -60,6 +60,7 @@ BEGIN
     END IF;
     v_state := credits_internal._state(v_acct, v_now);
     IF credits_internal._lacking_window(v_state, p_amount) IS NOT NULL THEN
+        PERFORM credits_internal._count('N', v_state.plan, v_feature.feature_id);
         IF NOT p_raise THEN
             PERFORM credits_internal._denied(p_account, p_amount, v_now);
             RETURN NULL;
@@ -78,6 +79,7 @@ BEGIN
     VALUES (p_account, v_entry, v_feature.feature_id, p_amount, v_expires, v_grants,
             credits_internal._utc_day(v_now), credits_internal._utc_month(v_now));
     UPDATE credits.accounts a SET reserved = a.reserved + p_amount WHERE a.account_id = p_account;
+    PERFORM credits_internal._count('H', v_state.plan, v_feature.feature_id);
     PERFORM credits_internal._after_write(p_account, v_now, v_entry, v_state);
     IF p_key IS NOT NULL THEN
         PERFORM credits_internal._remember_key(p_account, p_key, v_entry, v_request);

@@ -80,6 +80,7 @@ BEGIN
     INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, from_grants, ref, metadata)
     VALUES (p_account, p_now, 'D', p_feature_id, p_amount, nullif(v_need, 0), p_ref, p_metadata)
     RETURNING entry_id INTO v_entry;
+    PERFORM credits_internal._count('C', s.plan, p_feature_id);
     IF v_need > 0 THEN
         PERFORM credits_internal._draw_grants(p_account, v_entry, v_need, p_now);
     END IF;
@@ -166,6 +167,7 @@ BEGIN
 
     v_state := credits_internal._state(v_acct, p_now);
     IF credits_internal._lacking_window(v_state, v_amount) IS NOT NULL THEN
+        PERFORM credits_internal._count('N', v_state.plan, v_feature.feature_id);
         IF NOT p_raise THEN
             PERFORM credits_internal._denied(p_account, v_amount, p_now);
             RETURN NULL;
@@ -347,6 +349,7 @@ BEGIN
     END IF;
 
     v_to_grants := least(p_amount, coalesce(v_debit.from_grants, 0) - v_grants_done);
+    PERFORM credits_internal._count('R', v_acct.plan, v_debit.feature_id);
     INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, from_grants, ref, metadata)
     VALUES (v_debit.account_id, v_now, 'R', v_debit.feature_id, p_amount, nullif(v_to_grants, 0), p_entry,
             CASE WHEN p_reason IS NOT NULL THEN jsonb_build_object('reason', p_reason) END)

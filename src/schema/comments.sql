@@ -54,6 +54,8 @@ COMMENT ON FUNCTION credits.release(bigint) IS
 'Free a hold without charge; releasing it again changes nothing; UC008 if it was settled or expired.';
 COMMENT ON FUNCTION credits.read_events(bigint, integer) IS
 'The events committed after a cursor, oldest first: following the cursors a consumer sees every committed event exactly once, whatever order transactions commit in.';
+COMMENT ON FUNCTION credits.stats_reset() IS
+'Reset this database''s activity counters (credits.stats) to zero. Admin.';
 COMMENT ON FUNCTION credits.set_alert(text, numeric, numeric) IS
 'A low_balance event for the account when what it has available falls to remaining credits or to percent of its monthly limit; once per window and level. Both NULL: no alert.';
 COMMENT ON FUNCTION credits.history(text, bigint, integer) IS
@@ -324,3 +326,11 @@ COMMENT ON COLUMN credits.forfeits_monthly.forfeited IS 'Credits forfeited.';
 
 COMMENT ON COLUMN credits.accounts.alert_remaining IS 'Alert (set_alert): a low_balance event when available falls to this many credits; NULL: none.';
 COMMENT ON COLUMN credits.accounts.alert_percent IS 'Alert (set_alert): ... or to this percentage of the monthly limit; NULL: none.';
+
+COMMENT ON COLUMN credits.stats.plan IS 'The account''s plan at the call.';
+COMMENT ON COLUMN credits.stats.product IS 'The feature''s product.';
+COMMENT ON COLUMN credits.stats.feature IS 'The feature.';
+COMMENT ON COLUMN credits.stats.charges IS 'Debits and settles charged (fast and SQL path).';
+COMMENT ON COLUMN credits.stats.denials IS 'Debits and reserves refused for want of credits (UC001 or a try_ NULL), counted though a raised one rolls back.';
+COMMENT ON COLUMN credits.stats.refunds IS 'Refunds.';
+COMMENT ON COLUMN credits.stats.holds IS 'Holds placed.';

@@ -72,6 +72,10 @@ GRANT SELECT ON credits.plans, credits.features TO credits_app, credits_billing;
 -- names (any role can pg_notify on the channel).
 GRANT SELECT ON credits.events TO credits_app;
 GRANT EXECUTE ON FUNCTION credits.read_events(bigint, integer) TO credits_app, credits_reader, credits_admin;
+-- Activity counters (src/metering/stats.rs): read like the reports, reset by operators.
+GRANT SELECT ON credits.stats TO credits_reader, credits_admin;
+GRANT EXECUTE ON FUNCTION credits_internal._stats() TO credits_reader, credits_admin;
+GRANT EXECUTE ON FUNCTION credits.stats_reset() TO credits_admin;
 -- Per-account alerts: the application's (its users choose them) and billing's.
 GRANT EXECUTE ON FUNCTION credits.set_alert(text, numeric, numeric) TO credits_app, credits_billing, credits_admin;
 -- The account lifecycle, for billing webhooks (and operators).

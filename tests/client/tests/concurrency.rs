@@ -301,3 +301,42 @@ fn concurrent_reserves_never_overcommit_and_every_resolution_frees_the_right_amo
     assert_eq!(row.get::<_, String>(1), "0");
     assert_verified(&mut client);
 }
+
+/// credits.stats counts in shared memory: a debit that raises UC001 rolls
+/// its transaction back, yet its denial is counted, exactly, under
+/// concurrency, as are the charges and the try_debit refusals.
+#[test]
+fn denials_are_counted_though_their_transactions_roll_back() {
+    let mut client = connect_at(AT);
+    subscribe(&mut client, "conc_stats", "pro");
+    client
+        .batch_execute("SELECT credits.purchase('conc_stats', 100); SELECT credits.stats_reset()")
+        .unwrap();
+    in_parallel(SESSIONS, AT, |client| {
+        for _ in 0..10 {
+            client
+                .query_one("SELECT credits.debit('conc_stats', 'agent', 1)", &[])
+                .unwrap();
+            let denied = client
+                .query_one("SELECT credits.debit('conc_stats', 'agent', 1000)", &[])
+                .unwrap_err();
+            assert_eq!(denied.code().map(|c| c.code()), Some("UC001"), "{denied}");
+            let refused: Option<i64> = client
+                .query_one("SELECT credits.try_debit('conc_stats', 'agent', 1000)", &[])
+                .unwrap()
+                .get(0);
+            assert_eq!(refused, None);
+        }
+    });
+    let row = client
+        .query_one(
+            "SELECT charges, denials FROM credits.stats WHERE plan = 'pro' AND feature = 'agent'",
+            &[],
+        )
+        .unwrap();
+    let sessions = SESSIONS as i64;
+    assert_eq!(row.get::<_, i64>(0), 10 * sessions, "every charge counted once");
+    assert_eq!(row.get::<_, i64>(1), 20 * sessions, "every denial counted, raised or not");
+    assert_eq!(balance_of(&mut client, "conc_stats", "monthly_used"), (10 * sessions).to_string());
+    assert_verified(&mut client);
+}
