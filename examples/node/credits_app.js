@@ -183,37 +183,55 @@ async function runAgent(client, { accountId, runId, estimate, work }) {
   return { ok: true, entryId: await settle(client, hold.holdId, actual) };
 }
 
-// LISTEN credits, emitting 'event' only for events that are really in
-// credits.events. Anyone who can connect can pg_notify('credits', ...), so the
-// payload is only a pointer: each notification's event_id is read back from
-// the table (on `reader`, a client allowed to read credits.events and not used
-// for transactions meanwhile) and a forged or mismatched one is emitted as
-// 'ignored'. A NOTIFY sent while nobody listened is lost: a real consumer also
-// reads `credits.events WHERE event_id > lastEventId` after every (re)connect.
+// LISTEN credits as a wake-up call, and read the feed itself with
+// credits.read_events. A notification is only a hint: anyone who can connect
+// may pg_notify('credits', ...), and a NOTIFY sent while nobody listened is
+// lost. So the listener emits 'event' only for what read_events returns,
+// following its cursor: every committed event exactly once and in order,
+// whatever order their transactions committed in, behind a privilege
+// (credits_app may call it). Persist `cursor` to resume after a restart; a
+// notification that brings nothing new (a forged one) is emitted as 'ignored'.
 class EventListener extends EventEmitter {
-  constructor(listenClient, reader) {
+  constructor(listenClient, reader, cursor = '0') {
     super();
     this.client = listenClient;
-    this.reader = reader;
-    this.lastEventId = 0n;
+    this.reader = reader; // not used for transactions meanwhile
+    this.cursor = cursor; // a bigint, as a string
+    this.reading = Promise.resolve(); // one catch-up at a time, in order
   }
 
   async start() {
     this.client.on('notification', (msg) => {
       if (msg.channel !== 'credits') return;
-      this.#verify(msg.payload).then(
-        (event) => {
-          if (event === null) return this.emit('ignored', msg.payload);
-          if (BigInt(event.event_id) > this.lastEventId) this.lastEventId = BigInt(event.event_id);
-          this.emit('event', event);
-        },
-        (err) => this.emit('error', err),
-      );
+      this.reading = this.reading.then(async () => {
+        let events = await this.catchUp();
+        if (events.length === 0) {
+          // (an event still in flight holds the feed back for a moment)
+          await new Promise((resolve) => setTimeout(resolve, 100));
+          events = await this.catchUp();
+        }
+        if (events.length === 0) this.emit('ignored', msg.payload);
+        for (const event of events) this.emit('event', event);
+      }).catch((err) => this.emit('error', err));
     });
     await this.client.query('LISTEN credits');
   }
 
-  // The first verified event for which predicate is true, or null after timeoutMs.
+  // The events committed after the cursor (and the cursor moved past them).
+  async catchUp() {
+    const events = [];
+    for (;;) {
+      const { rows } = await this.reader.query(
+        'SELECT "cursor", event_id, kind, account_id, "window", at, payload FROM credits.read_events($1, 100)',
+        [this.cursor],
+      );
+      if (rows.length === 0) return events;
+      this.cursor = rows[rows.length - 1].cursor;
+      events.push(...rows);
+    }
+  }
+
+  // The first event for which predicate is true, or null after timeoutMs.
   waitFor(predicate, timeoutMs) {
     return new Promise((resolve) => {
       const onEvent = (event) => predicate(event) && done(event);
@@ -225,25 +243,6 @@ class EventListener extends EventEmitter {
       };
       this.on('event', onEvent);
     });
-  }
-
-  async #verify(payload) {
-    let claimed;
-    try {
-      claimed = JSON.parse(payload);
-      if (!/^\d+$/.test(String(claimed.event_id))) return null;
-    } catch {
-      return null;
-    }
-    const { rows } = await this.reader.query(
-      `SELECT event_id, account_id, at, kind, window_kind, window_key, threshold, payload
-         FROM credits.events WHERE event_id = $1`,
-      [String(claimed.event_id)],
-    );
-    const stored = rows[0];
-    // The stored row is the truth; a payload that disagrees with it was not ours.
-    if (!stored || stored.account_id !== claimed.account_id || stored.kind !== claimed.kind) return null;
-    return stored;
   }
 }
 

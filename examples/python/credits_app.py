@@ -8,6 +8,7 @@ committed or rolled back together with the application's own writes.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -195,50 +196,52 @@ def run_agent(
 
 
 class EventListener:
-    """LISTEN credits, yielding only events that are really in credits.events.
+    """LISTEN credits as a wake-up call, and read the feed itself with credits.read_events.
 
-    Anyone who can connect can pg_notify('credits', ...), so the payload is
-    only a pointer: each notification's event_id is read back from the table
-    (on `reader`, a connection allowed to read credits.events) and a forged or
-    mismatched one is ignored. A NOTIFY sent while nobody listened is lost: a
-    real consumer also reads `credits.events WHERE event_id > last_event_id`
-    after every (re)connect.
+    A notification is only a hint: anyone who can connect may
+    pg_notify('credits', ...), and a NOTIFY sent while nobody listened is
+    lost. So the listener acts only on what read_events returns, following
+    its cursor: every committed event exactly once and in order, whatever
+    order the transactions that wrote them committed in, behind a privilege
+    (credits_app may call it). Persist `cursor` to resume after a restart;
+    a notification that brings nothing new (a forged one) is set aside.
     """
 
-    def __init__(self, listen_conn: psycopg.Connection, reader: psycopg.Connection) -> None:
+    def __init__(self, listen_conn: psycopg.Connection, reader: psycopg.Connection, cursor: int = 0) -> None:
         self.conn = listen_conn
         self.reader = reader
-        self.last_event_id = 0
-        self.ignored: list[str] = []  # payloads that did not match a stored event
+        self.cursor = cursor
+        self.ignored: list[str] = []  # notifications after which the feed had nothing new
         listen_conn.execute("LISTEN credits")
 
-    def events(self, timeout: float) -> Iterator[dict[str, Any]]:
-        """Verified events (rows of credits.events) until `timeout` seconds pass."""
-        for note in self.conn.notifies(timeout=timeout):
-            event = self._verify(note.payload)
-            if event is None:
-                self.ignored.append(note.payload)
-                continue
-            self.last_event_id = max(self.last_event_id, event["event_id"])
-            yield event
+    def catch_up(self) -> list[dict[str, Any]]:
+        """The events committed after the cursor (and the cursor moved past them)."""
+        events: list[dict[str, Any]] = []
+        while True:
+            with self.reader.cursor(row_factory=dict_row) as cur:
+                cur.execute(
+                    'SELECT "cursor", event_id, kind, account_id, "window", at, payload'
+                    " FROM credits.read_events(%s, 100)",
+                    (self.cursor,),
+                )
+                page = cur.fetchall()
+            if not page:
+                return events
+            self.cursor = page[-1]["cursor"]
+            events.extend(page)
 
-    def _verify(self, payload: str) -> dict[str, Any] | None:
-        try:
-            claimed = json.loads(payload)
-            event_id = int(claimed["event_id"])
-        except (ValueError, TypeError, KeyError):
-            return None
-        with self.reader.cursor(row_factory=dict_row) as cur:
-            cur.execute(
-                "SELECT event_id, account_id, at, kind, window_kind, window_key, threshold, payload"
-                " FROM credits.events WHERE event_id = %s",
-                (event_id,),
-            )
-            stored = cur.fetchone()
-        # The stored row is the truth; a payload that disagrees with it was not ours.
-        if stored is None or stored["account_id"] != claimed.get("account_id") or stored["kind"] != claimed.get("kind"):
-            return None
-        return stored
+    def events(self, timeout: float) -> Iterator[dict[str, Any]]:
+        """Events as they are committed, until `timeout` seconds pass without a notification."""
+        yield from self.catch_up()  # what happened while nobody listened
+        for note in self.conn.notifies(timeout=timeout):
+            new = self.catch_up()
+            if not new:
+                # (an event still in flight holds the feed back for a moment)
+                time.sleep(0.1)
+                new = self.catch_up()
+            if not new:
+                self.ignored.append(note.payload)
+            yield from new
 
 
 def _one(conn: psycopg.Connection, query: str, params: tuple[Any, ...]) -> tuple[Any, ...]:
