@@ -208,6 +208,24 @@ BEGIN
 END
 $$;
 
+-- The worker's rollup step: like _refresh_rollups, but an error is recorded
+-- in rollup_state (and the server log) instead of ending the worker.
+-- (pinned search_path: see _worker_step)
+CREATE OR REPLACE FUNCTION credits_internal._worker_rollups(p_max bigint, p_wait interval) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- (and the event feed's watermark, which read_events moves too: so it
+    -- moves on a primary nobody reads, for readers on a standby)
+    PERFORM credits_internal._events_safe_through(interval '0');
+    RETURN credits_internal._refresh_rollups(p_max, p_wait);
+EXCEPTION WHEN OTHERS THEN
+    UPDATE credits.rollup_state
+       SET last_error = format('%s (SQLSTATE %s)', SQLERRM, SQLSTATE), last_error_at = clock_timestamp();
+    RAISE WARNING 'credits rollups: % (SQLSTATE %)', SQLERRM, SQLSTATE;
+    RETURN 0;
+END
+$$;
+
 REVOKE ALL ON ALL ROUTINES IN SCHEMA credits, credits_internal FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION credits.read_events(bigint, integer) TO credits_app, credits_reader, credits_admin;
 COMMENT ON FUNCTION credits.read_events(bigint, integer) IS

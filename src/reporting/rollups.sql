@@ -150,6 +150,9 @@ RETURN (SELECT s.rolled_through FROM credits.rollup_state s);
 CREATE FUNCTION credits_internal._worker_rollups(p_max bigint, p_wait interval) RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    -- (and the event feed's watermark, which read_events moves too: so it
+    -- moves on a primary nobody reads, for readers on a standby)
+    PERFORM credits_internal._events_safe_through(interval '0');
     RETURN credits_internal._refresh_rollups(p_max, p_wait);
 EXCEPTION WHEN OTHERS THEN
     UPDATE credits.rollup_state

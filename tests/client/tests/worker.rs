@@ -350,6 +350,22 @@ fn the_worker_keeps_the_usage_rollups_up_to_date_by_itself() {
     assert_eq!(amount, "4");
     assert_eq!(pending, 0);
     assert_eq!(error, None);
+    // The event feed's watermark moves with it, though nobody reads the
+    // feed (readers on a standby only see what the primary stored).
+    client
+        .query_one("SELECT credits.debit('wr_pro', 'agent', 96)", &[])
+        .unwrap();
+    let event: i64 = client
+        .query_one("SELECT max(event_id) FROM credits.events", &[])
+        .unwrap()
+        .get(0);
+    wait_until(30, "the worker to move the event feed's watermark", || {
+        client
+            .query_one("SELECT safe_through FROM credits_internal.event_watermark", &[])
+            .unwrap()
+            .get::<_, i64>(0)
+            >= event
+    });
     assert_verified(&mut client);
 }
 
