@@ -186,6 +186,38 @@ fn debit(req: &DebitRequest) -> Option<i64> {
         if !pg_sys::ActiveSnapshotSet() || pg_sys::RecoveryInProgress() {
             return None;
         }
+        // Calls in one statement (SELECT credits.debit(...) FROM usage_rows)
+        // share its snapshot, which does not see the account row an earlier
+        // call of the statement updated (locking that version would fail,
+        // sending every call after the first to the SQL path). As SPI does
+        // for a volatile function, read with a copy that sees this
+        // transaction's own commands; only when there are any since.
+        let own_commands =
+            pg_sys::GetCurrentCommandId(false) > (*pg_sys::GetActiveSnapshot()).curcid;
+        if own_commands {
+            pg_sys::PushCopiedSnapshot(pg_sys::GetActiveSnapshot());
+            pg_sys::UpdateActiveSnapshotCommandId();
+        }
+        // (popped on every return; an error's abort pops it otherwise)
+        let entry = debit_at_snapshot(req, account_id, feature, quantity, now_ts, metadata_text);
+        if own_commands {
+            pg_sys::PopActiveSnapshot();
+        }
+        entry
+    }
+}
+
+/// debit(), once its snapshot is set: decide and write.
+unsafe fn debit_at_snapshot(
+    req: &DebitRequest,
+    account_id: Datum,
+    feature: Datum,
+    quantity: Datum,
+    now_ts: i64,
+    metadata_text: Option<Datum>,
+) -> Option<i64> {
+    // (one block: the body as it stood inside debit())
+    {
         let schema = catalog_cache::schema()?;
 
         // The feature and the amount: cost x quantity, positive, below 10^15,

@@ -498,3 +498,47 @@ fn a_window_that_ran_out_reopens_with_its_reset_event() {
     assert_eq!(balance_of(&mut client, "fr", "daily_used"), "1");
     assert_verified(&mut client);
 }
+
+/// A batch posted as one statement (SELECT credits.debit(...) FROM rows):
+/// every call after the first sees the account row the one before it
+/// updated, so all of them take the fast path, and a limit still holds
+/// exactly within the statement.
+#[test]
+fn many_debits_of_one_account_in_one_statement_take_the_fast_path() {
+    let db = "credits_fast_path_batch";
+    let mut client = fresh(db);
+    subscribe(&mut client, "batch_pro", "pro");
+    subscribe(&mut client, "batch_free", "free");
+    let mut tx = client.transaction().unwrap();
+    tx.batch_execute("SET LOCAL track_functions = 'all'").unwrap();
+    let debited: i64 = tx
+        .query_one(
+            "SELECT count(credits.debit('batch_pro', 'agent', 0.5)) FROM generate_series(1, 100)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(debited, 100);
+    let slow: i64 = tx
+        .query_one(
+            "SELECT coalesce(pg_stat_get_xact_function_calls('credits_internal._debit_slow'::regproc), 0)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(slow, 0, "no call of the batch fell to the SQL path");
+    // Free allows 10 a day: 10 of 15 in one statement, not one more.
+    let granted: i64 = tx
+        .query_one(
+            "SELECT count(credits.try_debit('batch_free', 'agent', 1)) FROM generate_series(1, 15)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(granted, 10);
+    tx.commit().unwrap();
+    assert_eq!(balance_of(&mut client, "batch_pro", "monthly_used"), "50");
+    assert_eq!(balance_of(&mut client, "batch_free", "daily_used"), "10");
+    assert_eq!(ledger_debits(&mut client, "batch_pro").len(), 100);
+    assert_verified(&mut client);
+}
