@@ -25,7 +25,8 @@ pub const DEFAULT_THRESHOLDS: &std::ffi::CStr = c"80,100";
 /// keep account data out of notifications: `minimal` sends the event's
 /// cursor, id and kind only; listeners read the rest through read_events,
 /// with privileges.
-pub static NOTIFY_PAYLOAD: GucSetting<NotifyPayload> = GucSetting::<NotifyPayload>::new(NotifyPayload::Full);
+pub static NOTIFY_PAYLOAD: GucSetting<NotifyPayload> =
+    GucSetting::<NotifyPayload>::new(NotifyPayload::Full);
 
 #[derive(pgrx::PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
 pub enum NotifyPayload {

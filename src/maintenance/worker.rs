@@ -208,9 +208,11 @@ fn run_step() -> Option<Step> {
     let batch = BATCH_SIZE.get().max(1);
     let retry = RETRY.as_secs_f64();
     // (a failed step returns minus the seconds to wait)
-    let seconds = Spi::get_one::<f64>(&format!("SELECT credits_internal._worker_step({batch}, {retry})"))
-        .ok()
-        .flatten()?;
+    let seconds = Spi::get_one::<f64>(&format!(
+        "SELECT credits_internal._worker_step({batch}, {retry})"
+    ))
+    .ok()
+    .flatten()?;
     Some(if seconds < 0.0 {
         Step::Failed
     } else {

@@ -348,7 +348,9 @@ unsafe fn debit_at_snapshot(
                     }
                 }
                 if let Some(p) = a.alert_percent {
-                    if used.mul(hundred)?.add(monthly_limit.mul(value(p)?)?)? >= limit.mul(hundred)? {
+                    if used.mul(hundred)?.add(monthly_limit.mul(value(p)?)?)?
+                        >= limit.mul(hundred)?
+                    {
                         return None;
                     }
                 }

@@ -74,7 +74,11 @@ static ENABLED: AtomicBool = AtomicBool::new(false);
 // (pg_shmem_init! tests features of PostgreSQL versions this crate does not build for)
 #[allow(unexpected_cfgs)]
 pub(crate) fn init() {
-    pg_shmem_init!(STATS = Stats { slots: [const { Slot::new() }; SLOTS] });
+    pg_shmem_init!(
+        STATS = Stats {
+            slots: [const { Slot::new() }; SLOTS]
+        }
+    );
     ENABLED.store(true, Ordering::Relaxed);
 }
 
@@ -102,7 +106,10 @@ pub(crate) fn count(kind: Kind, plan: &[u8], feature: i16) {
     let matches = |s: &Slot| {
         s.database.load(Ordering::Relaxed) == database
             && s.feature.load(Ordering::Relaxed) == feature as i32
-            && s.plan.iter().zip(words).all(|(a, w)| a.load(Ordering::Relaxed) == w)
+            && s.plan
+                .iter()
+                .zip(words)
+                .all(|(a, w)| a.load(Ordering::Relaxed) == w)
     };
     for slot in slots {
         match slot.state.load(Ordering::Acquire) {

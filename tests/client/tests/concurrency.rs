@@ -164,7 +164,10 @@ fn webhooks_delivered_many_times_at_once_take_effect_once() {
     ];
     for sql in deliveries {
         let got = in_parallel(SESSIONS, AT, move |client| {
-            client.query_one(sql, &[]).unwrap().get::<_, Option<String>>(0)
+            client
+                .query_one(sql, &[])
+                .unwrap()
+                .get::<_, Option<String>>(0)
         });
         assert!(
             got.iter().all(|g| *g == got[0]),
@@ -335,8 +338,19 @@ fn denials_are_counted_though_their_transactions_roll_back() {
         )
         .unwrap();
     let sessions = SESSIONS as i64;
-    assert_eq!(row.get::<_, i64>(0), 10 * sessions, "every charge counted once");
-    assert_eq!(row.get::<_, i64>(1), 20 * sessions, "every denial counted, raised or not");
-    assert_eq!(balance_of(&mut client, "conc_stats", "monthly_used"), (10 * sessions).to_string());
+    assert_eq!(
+        row.get::<_, i64>(0),
+        10 * sessions,
+        "every charge counted once"
+    );
+    assert_eq!(
+        row.get::<_, i64>(1),
+        20 * sessions,
+        "every denial counted, raised or not"
+    );
+    assert_eq!(
+        balance_of(&mut client, "conc_stats", "monthly_used"),
+        (10 * sessions).to_string()
+    );
     assert_verified(&mut client);
 }

@@ -224,7 +224,10 @@ fn a_minimal_notification_carries_no_account_data() {
         assert!(!payload.contains("ev_private"), "{payload}");
     }
     let cursor: i64 = client
-        .query_one("SELECT ($1::text::jsonb ->> 'cursor')::bigint", &[&payloads[0]])
+        .query_one(
+            "SELECT ($1::text::jsonb ->> 'cursor')::bigint",
+            &[&payloads[0]],
+        )
         .unwrap()
         .get(0);
     let account: String = client

@@ -510,7 +510,8 @@ fn many_debits_of_one_account_in_one_statement_take_the_fast_path() {
     subscribe(&mut client, "batch_pro", "pro");
     subscribe(&mut client, "batch_free", "free");
     let mut tx = client.transaction().unwrap();
-    tx.batch_execute("SET LOCAL track_functions = 'all'").unwrap();
+    tx.batch_execute("SET LOCAL track_functions = 'all'")
+        .unwrap();
     let debited: i64 = tx
         .query_one(
             "SELECT count(credits.debit('batch_pro', 'agent', 0.5)) FROM generate_series(1, 100)",

@@ -198,15 +198,36 @@ fn every_public_function_refuses_hostile_input_with_its_sqlstate_and_writes_noth
             "UC002",
         ),
         ("SELECT * FROM credits.check(NULL, 'agent')".into(), "UC009"),
-        ("SELECT * FROM credits.check('nobody', 'agent')".into(), "UC002"),
-        ("SELECT * FROM credits.check('hx', 'nothing')".into(), "UC003"),
-        ("SELECT * FROM credits.check('hx', 'agent', 0)".into(), "UC004"),
-        ("SELECT * FROM credits.check('hx', 'agent', 'NaN'::float8)".into(), "UC004"),
-        ("SELECT * FROM credits.check('hx', 'agent', 0.00001::float8)".into(), "UC004"),
+        (
+            "SELECT * FROM credits.check('nobody', 'agent')".into(),
+            "UC002",
+        ),
+        (
+            "SELECT * FROM credits.check('hx', 'nothing')".into(),
+            "UC003",
+        ),
+        (
+            "SELECT * FROM credits.check('hx', 'agent', 0)".into(),
+            "UC004",
+        ),
+        (
+            "SELECT * FROM credits.check('hx', 'agent', 'NaN'::float8)".into(),
+            "UC004",
+        ),
+        (
+            "SELECT * FROM credits.check('hx', 'agent', 0.00001::float8)".into(),
+            "UC004",
+        ),
         ("SELECT * FROM credits.history(NULL)".into(), "UC009"),
         ("SELECT * FROM credits.history('nobody')".into(), "UC002"),
-        ("SELECT * FROM credits.history('hx', max_rows => 1001)".into(), "UC009"),
-        ("SELECT * FROM credits.history('hx', max_rows => NULL)".into(), "UC009"),
+        (
+            "SELECT * FROM credits.history('hx', max_rows => 1001)".into(),
+            "UC009",
+        ),
+        (
+            "SELECT * FROM credits.history('hx', max_rows => NULL)".into(),
+            "UC009",
+        ),
         ("SELECT * FROM credits.grants('nobody')".into(), "UC002"),
         ("SELECT * FROM credits.read_events(NULL)".into(), "UC009"),
         ("SELECT * FROM credits.read_events(-1)".into(), "UC009"),
@@ -218,15 +239,36 @@ fn every_public_function_refuses_hostile_input_with_its_sqlstate_and_writes_noth
         (format!("SELECT credits.void_grant({debit})"), "UC011"),
         (format!("SELECT credits.void_grant({debit}, {MB})"), "UC009"),
         ("SELECT credits.reduce_purchase('hx', NULL)".into(), "UC004"),
-        ("SELECT credits.reduce_purchase('hx', 0.00001)".into(), "UC004"),
-        ("SELECT credits.reduce_purchase('nobody', 1)".into(), "UC002"),
+        (
+            "SELECT credits.reduce_purchase('hx', 0.00001)".into(),
+            "UC004",
+        ),
+        (
+            "SELECT credits.reduce_purchase('nobody', 1)".into(),
+            "UC002",
+        ),
         ("SELECT credits.reduce_purchase('hx', 1e9)".into(), "UC013"),
         (format!("SELECT credits.purchase('hx', 1, {MB})"), "UC009"),
-        ("SELECT credits.purchase('hx', 'Infinity'::float8)".into(), "UC004"),
-        (format!("SELECT credits.subscribe('hx', 'pro', NULL, {MB})"), "UC009"),
-        ("SELECT credits.subscribe('hx', 'pro', NULL, '')".into(), "UC009"),
-        (format!("SELECT credits.refund({debit}, 1, NULL, {MB})"), "UC009"),
-        (format!("SELECT credits.refund({debit}, 0.5::float8, NULL, '')"), "UC009"),
+        (
+            "SELECT credits.purchase('hx', 'Infinity'::float8)".into(),
+            "UC004",
+        ),
+        (
+            format!("SELECT credits.subscribe('hx', 'pro', NULL, {MB})"),
+            "UC009",
+        ),
+        (
+            "SELECT credits.subscribe('hx', 'pro', NULL, '')".into(),
+            "UC009",
+        ),
+        (
+            format!("SELECT credits.refund({debit}, 1, NULL, {MB})"),
+            "UC009",
+        ),
+        (
+            format!("SELECT credits.refund({debit}, 0.5::float8, NULL, '')"),
+            "UC009",
+        ),
         // maintenance
         ("CALL credits.run_maintenance('infinity')".into(), "UC009"),
         ("CALL credits.run_maintenance('-infinity')".into(), "UC009"),

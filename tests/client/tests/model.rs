@@ -423,9 +423,7 @@ impl Account {
     fn draw_grants(&mut self, now: i64, mut need: Amount) -> (Amount, Vec<(i64, Amount)>) {
         let from_grants = need;
         let mut order: Vec<usize> = (0..self.grants.len())
-            .filter(|&i| {
-                self.grants[i].remaining > 0 && self.grants[i].live(now)
-            })
+            .filter(|&i| self.grants[i].remaining > 0 && self.grants[i].live(now))
             .collect();
         order.sort_by_key(|&i| {
             (
@@ -634,10 +632,7 @@ fn run_seed(seed: u64, steps: usize) {
                 24..=25 if !acct.grants.is_empty() => {
                     // void a grant: what is left of it goes, as an expiry would
                     let grant = acct.grants[rng.below(acct.grants.len())].id;
-                    let live = locked
-                        .grants
-                        .iter()
-                        .any(|g| g.id == grant && g.live(anow));
+                    let live = locked.grants.iter().any(|g| g.id == grant && g.live(anow));
                     let voided = locked.grants.iter().any(|g| g.id == grant && g.voided);
                     sql = format!("SELECT credits.void_grant({grant})");
                     expected = if live || voided {
@@ -904,10 +899,13 @@ fn run_seed(seed: u64, steps: usize) {
                                 .filter(|h| h.id == hold.id)
                                 .for_each(|h| h.resolved = Some(Resolved::Settled(amount)));
                         } else {
-                            a.holds.iter_mut().filter(|h| h.id == hold.id).for_each(|h| {
-                                h.open = false;
-                                h.resolved = Some(Resolved::Released);
-                            });
+                            a.holds
+                                .iter_mut()
+                                .filter(|h| h.id == hold.id)
+                                .for_each(|h| {
+                                    h.open = false;
+                                    h.resolved = Some(Resolved::Released);
+                                });
                         }
                     });
                 }

@@ -14,10 +14,20 @@ fn queries() -> Vec<(String, Vec<String>)> {
     let mut groups: Vec<(String, Vec<String>)> = Vec::new();
     for line in text.lines() {
         if let Some(query) = line.strip_prefix("  query: \"") {
-            groups.push((query.strip_suffix('"').expect("a one-line query").to_string(), vec![]));
+            groups.push((
+                query
+                    .strip_suffix('"')
+                    .expect("a one-line query")
+                    .to_string(),
+                vec![],
+            ));
         } else if let Some(column) = line.strip_prefix("    - ") {
             let column = column.strip_suffix(':').expect("a metric column");
-            groups.last_mut().expect("metrics follow a query").1.push(column.to_string());
+            groups
+                .last_mut()
+                .expect("metrics follow a query")
+                .1
+                .push(column.to_string());
         }
     }
     groups
@@ -45,7 +55,10 @@ fn every_exporter_query_runs_as_a_reader_and_returns_its_metrics() {
     )
     .unwrap();
     let groups = queries();
-    assert!(groups.len() >= 4, "the recipe has its metric groups: {groups:?}");
+    assert!(
+        groups.len() >= 4,
+        "the recipe has its metric groups: {groups:?}"
+    );
     let mut exporter = connect_db_as(&test_database(), "t_exporter");
     for (query, columns) in groups {
         let rows = exporter
@@ -53,6 +66,9 @@ fn every_exporter_query_runs_as_a_reader_and_returns_its_metrics() {
             .unwrap_or_else(|e| panic!("{query}: {e}"));
         let first = rows.first().unwrap_or_else(|| panic!("{query}: no row"));
         let names: Vec<&str> = first.columns().iter().map(|c| c.name()).collect();
-        assert_eq!(names, columns, "{query}: its columns are the metrics it declares");
+        assert_eq!(
+            names, columns,
+            "{query}: its columns are the metrics it declares"
+        );
     }
 }

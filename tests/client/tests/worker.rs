@@ -361,7 +361,10 @@ fn the_worker_keeps_the_usage_rollups_up_to_date_by_itself() {
         .get(0);
     wait_until(30, "the worker to move the event feed's watermark", || {
         client
-            .query_one("SELECT safe_through FROM credits_internal.event_watermark", &[])
+            .query_one(
+                "SELECT safe_through FROM credits_internal.event_watermark",
+                &[],
+            )
             .unwrap()
             .get::<_, i64>(0)
             >= event
