@@ -271,9 +271,11 @@ DECLARE
     a credits.accounts;
     s credits_internal._account_state;
     t numeric;
+    v_level numeric;  -- the account's alert (NULL: none)
 BEGIN
     SELECT * INTO a FROM credits.accounts ac WHERE ac.account_id = p_account;
     s := credits_internal._state(a, p_now);
+    v_level := credits_internal._alert_level(a, s);
     IF s.monthly_limit > 0 THEN
         FOREACH t IN ARRAY credits_internal._thresholds() LOOP
             EXIT WHEN s.monthly_used * 100 < s.monthly_limit * t;
@@ -281,11 +283,8 @@ BEGIN
         END LOOP;
     END IF;
     -- (the account's alert: what is available fell to its level)
-    IF (a.alert_remaining IS NOT NULL OR a.alert_percent IS NOT NULL)
-       AND credits_internal._available(s) <= credits_internal._alert_level(a, s)
-       AND credits_internal._available(p_before) > credits_internal._alert_level(a, s) THEN
-        PERFORM credits_internal._emit(a, 'low_balance', credits_internal._limiting_window(s), credits_internal._alert_level(a, s),
-                                       p_now, s);
+    IF credits_internal._available(s) <= v_level AND credits_internal._available(p_before) > v_level THEN
+        PERFORM credits_internal._emit(a, 'low_balance', credits_internal._limiting_window(s), v_level, p_now, s);
     END IF;
     IF s.daily_available = 0 AND p_before.daily_available > 0 THEN
         PERFORM credits_internal._emit(a, 'exhausted', 'daily', NULL, p_now, s, p_entry);
@@ -388,6 +387,59 @@ BEGIN
     UPDATE credits.accounts a
        SET alert_remaining = trim_scale(remaining), alert_percent = trim_scale(percent)
      WHERE a.account_id = p_account;
+END
+$$;
+
+-- void_grant: remove what is left of a grant (a promotion withdrawn, a
+-- grant made by mistake), as an expiry would: an 'E' entry of what was
+-- left, with the reason. Nothing given back to the grant afterwards (a
+-- refund of a debit that drew on it) returns to it. Voiding it again returns
+-- the same entry; a grant that has expired cannot be voided (UC012).
+CREATE OR REPLACE FUNCTION void_grant(entry_id bigint, reason text DEFAULT NULL) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p_entry  bigint := void_grant.entry_id;
+    p_reason text := void_grant.reason;
+    v_now    timestamptz := credits.now();
+    v_grant  credits.grants;
+    v_acct   credits.accounts;
+    v_state  credits_internal._account_state;
+    v_gone   credits.ledger;
+    v_entry  bigint;
+BEGIN
+    IF p_entry IS NULL THEN
+        RAISE EXCEPTION 'invalid entry_id: NULL' USING ERRCODE = 'UC009';
+    END IF;
+    IF p_reason IS NOT NULL THEN
+        PERFORM credits_internal._check_text(p_reason, 'reason');
+    END IF;
+    SELECT * INTO v_grant FROM credits.grants g WHERE g.grant_id = p_entry;
+    IF NOT FOUND THEN
+        PERFORM credits_internal._raise_wrong_entry(p_entry, 'a grant');
+    END IF;
+    v_acct := credits_internal._lock_account(v_grant.account_id, v_now);  -- may expire it
+    v_now := v_acct.last_at;  -- the account's time (_lock_account)
+    SELECT * INTO v_grant FROM credits.grants g WHERE g.account_id = v_grant.account_id AND g.grant_id = p_entry;
+    IF v_grant.expired_entry IS NOT NULL THEN
+        SELECT * INTO v_gone FROM credits.ledger l WHERE l.entry_id = v_grant.expired_entry;
+        IF v_gone.metadata ? 'void' THEN
+            RETURN v_gone.entry_id;
+        END IF;
+        RAISE EXCEPTION 'grant % is not active: it expired at %', p_entry, credits_internal._utc_text(v_grant.expires_at)
+            USING ERRCODE = 'UC012',
+                  DETAIL = jsonb_build_object('grant_id', p_entry, 'state', 'expired',
+                                              'entry_id', nullif(v_grant.expired_entry, 0),
+                                              'expires_at', credits_internal._iso(v_grant.expires_at))::text;
+    END IF;
+    v_state := credits_internal._state(v_acct, v_now);
+    INSERT INTO credits.ledger (account_id, at, kind, amount, ref, metadata)
+    VALUES (v_grant.account_id, v_now, 'E', v_grant.remaining, p_entry,
+            jsonb_strip_nulls(jsonb_build_object('grant_kind', v_grant.kind, 'void', true, 'reason', p_reason)))
+    RETURNING ledger.entry_id INTO v_entry;
+    UPDATE credits.grants g SET expired_entry = v_entry
+     WHERE g.account_id = v_grant.account_id AND g.grant_id = p_entry;
+    PERFORM credits_internal._after_write(v_grant.account_id, v_now, v_entry, v_state);
+    RETURN v_entry;
 END
 $$;
 

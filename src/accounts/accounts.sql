@@ -349,6 +349,7 @@ DECLARE
     p_reason text := void_grant.reason;
     v_now    timestamptz := credits.now();
     v_grant  credits.grants;
+    v_acct   credits.accounts;
     v_state  credits_internal._account_state;
     v_gone   credits.ledger;
     v_entry  bigint;
@@ -363,7 +364,8 @@ BEGIN
     IF NOT FOUND THEN
         PERFORM credits_internal._raise_wrong_entry(p_entry, 'a grant');
     END IF;
-    v_now := (credits_internal._lock_account(v_grant.account_id, v_now)).last_at;  -- may expire it
+    v_acct := credits_internal._lock_account(v_grant.account_id, v_now);  -- may expire it
+    v_now := v_acct.last_at;  -- the account's time (_lock_account)
     SELECT * INTO v_grant FROM credits.grants g WHERE g.account_id = v_grant.account_id AND g.grant_id = p_entry;
     IF v_grant.expired_entry IS NOT NULL THEN
         SELECT * INTO v_gone FROM credits.ledger l WHERE l.entry_id = v_grant.expired_entry;
@@ -376,7 +378,7 @@ BEGIN
                                               'entry_id', nullif(v_grant.expired_entry, 0),
                                               'expires_at', credits_internal._iso(v_grant.expires_at))::text;
     END IF;
-    v_state := credits_internal._state((SELECT a FROM credits.accounts a WHERE a.account_id = v_grant.account_id), v_now);
+    v_state := credits_internal._state(v_acct, v_now);
     INSERT INTO credits.ledger (account_id, at, kind, amount, ref, metadata)
     VALUES (v_grant.account_id, v_now, 'E', v_grant.remaining, p_entry,
             jsonb_strip_nulls(jsonb_build_object('grant_kind', v_grant.kind, 'void', true, 'reason', p_reason)))

@@ -150,9 +150,11 @@ DECLARE
     a credits.accounts;
     s credits_internal._account_state;
     t numeric;
+    v_level numeric;  -- the account's alert (NULL: none)
 BEGIN
     SELECT * INTO a FROM credits.accounts ac WHERE ac.account_id = p_account;
     s := credits_internal._state(a, p_now);
+    v_level := credits_internal._alert_level(a, s);
     IF s.monthly_limit > 0 THEN
         FOREACH t IN ARRAY credits_internal._thresholds() LOOP
             EXIT WHEN s.monthly_used * 100 < s.monthly_limit * t;
@@ -160,11 +162,8 @@ BEGIN
         END LOOP;
     END IF;
     -- (the account's alert: what is available fell to its level)
-    IF (a.alert_remaining IS NOT NULL OR a.alert_percent IS NOT NULL)
-       AND credits_internal._available(s) <= credits_internal._alert_level(a, s)
-       AND credits_internal._available(p_before) > credits_internal._alert_level(a, s) THEN
-        PERFORM credits_internal._emit(a, 'low_balance', credits_internal._limiting_window(s), credits_internal._alert_level(a, s),
-                                       p_now, s);
+    IF credits_internal._available(s) <= v_level AND credits_internal._available(p_before) > v_level THEN
+        PERFORM credits_internal._emit(a, 'low_balance', credits_internal._limiting_window(s), v_level, p_now, s);
     END IF;
     IF s.daily_available = 0 AND p_before.daily_available > 0 THEN
         PERFORM credits_internal._emit(a, 'exhausted', 'daily', NULL, p_now, s, p_entry);

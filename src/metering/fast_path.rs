@@ -216,241 +216,235 @@ unsafe fn debit_at_snapshot(
     now_ts: i64,
     metadata_text: Option<Datum>,
 ) -> Option<i64> {
-    // (one block: the body as it stood inside debit())
+    let schema = catalog_cache::schema()?;
+
+    // The feature and the amount: cost x quantity, positive, below 10^15,
+    // exact to 4 places (as the slow path validates it).
+    let (feature_id, cost) = catalog_cache::feature(&schema, feature)?;
+    let feature_id = Datum::from(feature_id);
+    let quantity_value = Decimal::from_datum(quantity)?;
+    if quantity_value <= Decimal::ZERO || quantity_value >= Decimal::from_i64(1_000_000_000_000_000)
     {
-        let schema = catalog_cache::schema()?;
+        return None;
+    }
+    let product = Decimal::from_datum(cost)?.mul(quantity_value)?;
+    if !product.is_exact_to(4) {
+        return None;
+    }
+    let amount = product.trim_scale();
 
-        // The feature and the amount: cost x quantity, positive, below 10^15,
-        // exact to 4 places (as the slow path validates it).
-        let (feature_id, cost) = catalog_cache::feature(&schema, feature)?;
-        let feature_id = Datum::from(feature_id);
-        let quantity_value = Decimal::from_datum(quantity)?;
-        if quantity_value <= Decimal::ZERO
-            || quantity_value >= Decimal::from_i64(1_000_000_000_000_000)
-        {
+    // The account, locked before anything is decided.
+    let accounts = Table::open(schema.accounts, pg_sys::RowExclusiveLock);
+    let locked = accounts.lock(schema.accounts_key, account_id)?;
+    let a = Account::read(&accounts, &locked)?;
+    // A clock behind the account (a transaction that began before a
+    // boundary another session already crossed for it, or before its
+    // last write) decides and stamps at the account's time.
+    let now_ts = a.now(now_ts);
+    let now = Datum::from(now_ts);
+    let today = clock::utc_day(now_ts);
+    let this_month = clock::utc_month_start(today);
+    let (daily_limit, allowance) = catalog_cache::plan(&schema, a.plan)?;
+
+    // Ended windows (the account's first call of a day or month) are
+    // closed in the same writes as the debit; one that had run out opens
+    // with a reset event, which is the SQL path's to emit.
+    // (An account with holds closes its month in SQL: what its holds
+    // keep aside is looked up there.)
+    let closing = if !close::passed(&a, today, this_month) {
+        None
+    } else if Decimal::from_datum(a.reserved)? > Decimal::ZERO {
+        return None;
+    } else {
+        close::closing(
+            &a,
+            daily_limit,
+            allowance,
+            Decimal::ZERO.to_datum(),
+            today,
+            this_month,
+        )
+    };
+    let closing = match closing {
+        Some(closing) => {
+            let relations = schema.closing()?;
+            let events = Table::open(relations.events, pg_sys::AccessShareLock);
+            let mut events_key =
+                events.open_scan(relations.events_key, 2, pg_sys::GetActiveSnapshot());
+            if !closing
+                .resets(&events, &mut events_key, account_id)?
+                .is_empty()
+            {
+                return None;
+            }
+            let closed = Table::open(relations.closed_windows, pg_sys::RowExclusiveLock);
+            Some((closing, closed))
+        }
+        None => None,
+    };
+
+    let idempotency = req.key.map(|key| {
+        (
+            Table::open(schema.idempotency, pg_sys::RowExclusiveLock),
+            key,
+        )
+    });
+
+    // Every limit, windows rolled (credits_internal._in_window): the daily limit
+    // caps all spending, the allowance is what the fast path draws on.
+    let value = |datum| Decimal::from_datum(datum);
+    let daily_used = if a.day == today {
+        value(a.daily_used)?
+    } else {
+        Decimal::ZERO
+    };
+    let monthly_used = if a.month == this_month {
+        value(a.monthly_used)?
+    } else {
+        Decimal::ZERO
+    };
+    let reserved = value(a.reserved)?;
+    let new_daily = daily_used.add(amount)?;
+    let new_monthly = monthly_used.add(amount)?;
+    let monthly_limit = value(allowance)?.add(value(a.purchased)?)?;
+    let committed = new_monthly.add(reserved)?;
+    // The fast path takes only a debit that leaves every window short of
+    // an event: the daily window not full, monthly usage below the lowest
+    // threshold (a month used up is an event whatever the thresholds).
+    // That also keeps it within every limit; a debit over a limit, or
+    // one that makes an event due, is the SQL path's, which draws on
+    // grants, raises UC001 or emits the event.
+    if let Some(limit) = daily_limit {
+        if new_daily.add(reserved)? >= value(limit)? {
             return None;
         }
-        let product = Decimal::from_datum(cost)?.mul(quantity_value)?;
-        if !product.is_exact_to(4) {
-            return None;
-        }
-        let amount = product.trim_scale();
-
-        // The account, locked before anything is decided.
-        let accounts = Table::open(schema.accounts, pg_sys::RowExclusiveLock);
-        let locked = accounts.lock(schema.accounts_key, account_id)?;
-        let a = Account::read(&accounts, &locked)?;
-        // A clock behind the account (a transaction that began before a
-        // boundary another session already crossed for it, or before its
-        // last write) decides and stamps at the account's time.
-        let now_ts = a.now(now_ts);
-        let now = Datum::from(now_ts);
-        let today = clock::utc_day(now_ts);
-        let this_month = clock::utc_month_start(today);
-        let (daily_limit, allowance) = catalog_cache::plan(&schema, a.plan)?;
-
-        // Ended windows (the account's first call of a day or month) are
-        // closed in the same writes as the debit; one that had run out opens
-        // with a reset event, which is the SQL path's to emit.
-        // (An account with holds closes its month in SQL: what its holds
-        // keep aside is looked up there.)
-        let closing = if !close::passed(&a, today, this_month) {
-            None
-        } else if Decimal::from_datum(a.reserved)? > Decimal::ZERO {
-            return None;
-        } else {
-            close::closing(
-                &a,
-                daily_limit,
-                allowance,
-                Decimal::ZERO.to_datum(),
-                today,
-                this_month,
-            )
+    }
+    // (A threshold this arithmetic cannot hold is the SQL path's too.)
+    let hundred = Decimal::from_i64(100);
+    let lowest = match lowest_threshold() {
+        Some(threshold) => value(threshold.into_datum()?)?.min(hundred),
+        None => hundred,
+    };
+    if committed.mul(hundred)? >= monthly_limit.mul(lowest)? {
+        return None;
+    }
+    // Nor one that brings what is available to the account's own alert
+    // (credits.set_alert: r credits or p % of the monthly limit), judged
+    // on the allowance alone, which grants only add to: left <= r is
+    // used + r >= limit, and left * 100 <= limit * p is
+    // used * 100 + limit * p >= limit * 100, for each window.
+    if a.alert_remaining.is_some() || a.alert_percent.is_some() {
+        let daily = match daily_limit {
+            Some(limit) => Some((new_daily.add(reserved)?, value(limit)?)),
+            None => None,
         };
-        let closing = match closing {
-            Some(closing) => {
-                let relations = schema.closing()?;
-                let events = Table::open(relations.events, pg_sys::AccessShareLock);
-                let mut events_key =
-                    events.open_scan(relations.events_key, 2, pg_sys::GetActiveSnapshot());
-                if !closing
-                    .resets(&events, &mut events_key, account_id)?
-                    .is_empty()
-                {
+        for (used, limit) in std::iter::once((committed, monthly_limit)).chain(daily) {
+            if let Some(r) = a.alert_remaining {
+                if used.add(value(r)?)? >= limit {
                     return None;
                 }
-                let closed = Table::open(relations.closed_windows, pg_sys::RowExclusiveLock);
-                Some((closing, closed))
             }
-            None => None,
-        };
-
-        let idempotency = req.key.map(|key| {
-            (
-                Table::open(schema.idempotency, pg_sys::RowExclusiveLock),
-                key,
-            )
-        });
-
-        // Every limit, windows rolled (credits_internal._in_window): the daily limit
-        // caps all spending, the allowance is what the fast path draws on.
-        let value = |datum| Decimal::from_datum(datum);
-        let daily_used = if a.day == today {
-            value(a.daily_used)?
-        } else {
-            Decimal::ZERO
-        };
-        let monthly_used = if a.month == this_month {
-            value(a.monthly_used)?
-        } else {
-            Decimal::ZERO
-        };
-        let reserved = value(a.reserved)?;
-        let new_daily = daily_used.add(amount)?;
-        let new_monthly = monthly_used.add(amount)?;
-        let monthly_limit = value(allowance)?.add(value(a.purchased)?)?;
-        let committed = new_monthly.add(reserved)?;
-        // The fast path takes only a debit that leaves every window short of
-        // an event: the daily window not full, monthly usage below the lowest
-        // threshold (a month used up is an event whatever the thresholds).
-        // That also keeps it within every limit; a debit over a limit, or
-        // one that makes an event due, is the SQL path's, which draws on
-        // grants, raises UC001 or emits the event.
-        if let Some(limit) = daily_limit {
-            if new_daily.add(reserved)? >= value(limit)? {
-                return None;
-            }
-        }
-        // (A threshold this arithmetic cannot hold is the SQL path's too.)
-        let hundred = Decimal::from_i64(100);
-        let lowest = match lowest_threshold() {
-            Some(threshold) => value(threshold.into_datum()?)?.min(hundred),
-            None => hundred,
-        };
-        if committed.mul(hundred)? >= monthly_limit.mul(lowest)? {
-            return None;
-        }
-        // Nor one that brings what is available to the account's own alert
-        // (credits.set_alert: r credits or p % of the monthly limit), judged
-        // on the allowance alone, which grants only add to: left <= r is
-        // used + r >= limit, and left * 100 <= limit * p is
-        // used * 100 + limit * p >= limit * 100, for each window.
-        if a.alert_remaining.is_some() || a.alert_percent.is_some() {
-            let daily = match daily_limit {
-                Some(limit) => Some((new_daily.add(reserved)?, value(limit)?)),
-                None => None,
-            };
-            for (used, limit) in std::iter::once((committed, monthly_limit)).chain(daily) {
-                if let Some(r) = a.alert_remaining {
-                    if used.add(value(r)?)? >= limit {
-                        return None;
-                    }
-                }
-                if let Some(p) = a.alert_percent {
-                    if used.mul(hundred)?.add(monthly_limit.mul(value(p)?)?)?
-                        >= limit.mul(hundred)?
-                    {
-                        return None;
-                    }
+            if let Some(p) = a.alert_percent {
+                if used.mul(hundred)?.add(monthly_limit.mul(value(p)?)?)? >= limit.mul(hundred)? {
+                    return None;
                 }
             }
         }
-
-        // Write: the key, the closed windows, the account's counters, the
-        // ledger entry (after the closing's 'F' entries, as it is later).
-        let ledger = Table::open(schema.ledger, pg_sys::RowExclusiveLock);
-        // A statement-level trigger (an audit trigger with a transition
-        // table, one that refuses a statement) fires only for a statement:
-        // a table that has one is written by the SQL path.
-        if accounts.has_statement_triggers()
-            || ledger.has_statement_triggers()
-            || idempotency
-                .as_ref()
-                .is_some_and(|(table, _)| table.has_statement_triggers())
-            || closing
-                .as_ref()
-                .is_some_and(|(_, table)| table.has_statement_triggers())
-        {
-            return None;
-        }
-        let closing = match &closing {
-            Some((closing, closed)) => Some((
-                closing.prepare(&schema, closed, &ledger, account_id, a.plan)?,
-                closed,
-            )),
-            None => None,
-        };
-        let entry = call(pg_sys::nextval_oid, &[Datum::from(schema.ledger_seq)]);
-        let mut ledger_row = Row::new(&ledger);
-        ledger_row.set(ledger.col(c"entry_id")?, Some(entry));
-        ledger_row.set(ledger.col(c"account_id")?, Some(account_id));
-        ledger_row.set(ledger.col(c"at")?, Some(now));
-        ledger_row.set(ledger.col(c"kind")?, Some(Datum::from(b'D' as i8)));
-        ledger_row.set(ledger.col(c"feature_id")?, Some(feature_id));
-        ledger_row.set(ledger.col(c"amount")?, Some(amount.to_datum()));
-        ledger_row.set(ledger.col(c"from_grants")?, None);
-        ledger_row.set(ledger.col(c"ref")?, None);
-        ledger_row.set(ledger.col(c"metadata")?, req.metadata);
-        let ledger_slot = ledger_row.complete()?;
-
-        let mut key_row = None;
-        if let Some((table, key)) = &idempotency {
-            let row = key_row.insert(Row::new(table));
-            row.set(table.col(c"account_id")?, Some(account_id));
-            row.set(table.col(c"idempotency_key")?, Some(*key));
-            row.set(table.col(c"entry_id")?, Some(entry));
-            let request = debit_request(Some(feature), Some(quantity), metadata_text);
-            row.set(table.col(c"request")?, Some(request));
-        }
-        let key_slot = match &key_row {
-            Some(row) => Some(row.complete()?),
-            None => None,
-        };
-
-        let mut account_row = Row::copy_of(&accounts, locked.slot);
-        account_row.set(accounts.col(c"day")?, Some(Datum::from(today)));
-        account_row.set(accounts.col(c"daily_used")?, Some(new_daily.to_datum()));
-        account_row.set(accounts.col(c"month")?, Some(Datum::from(this_month)));
-        account_row.set(accounts.col(c"monthly_used")?, Some(new_monthly.to_datum()));
-        account_row.set(accounts.col(c"last_at")?, Some(now));
-        if a.month != this_month {
-            account_row.set(accounts.col(c"monthly_epoch")?, Some(Datum::from(0i64)));
-        }
-        let account_slot = account_row.complete()?;
-
-        let mut tables = vec![&accounts, &ledger];
-        if let Some((table, _)) = &idempotency {
-            tables.push(table);
-        }
-        if let Some((_, table)) = &closing {
-            tables.push(table);
-        }
-        let mut writes = Writes::begin(&tables);
-        // The key first: a key already used (by this transaction, or by a
-        // twin that held the account lock before us and committed) is a
-        // replay or UC005, the SQL path's.
-        if let (Some(key_slot), Some((table, _))) = (key_slot, &idempotency) {
-            if !writes.insert_unless_exists(table, key_slot) {
-                writes.finish();
-                return None;
-            }
-        }
-        if let Some((prepared, table)) = &closing {
-            prepared.write(&mut writes, table, &ledger);
-        }
-        writes.update(&accounts, locked.slot, account_slot);
-        writes.insert(&ledger, ledger_slot);
-        writes.finish();
-        drop(locked);
-        stats::count(
-            stats::Kind::Charge,
-            pgrx::varlena::text_to_rust_str_unchecked(a.plan.cast_mut_ptr()).as_bytes(),
-            feature_id.value() as i16,
-        );
-        // What later statements (and calls in this statement) must see.
-        pg_sys::CommandCounterIncrement();
-
-        Some(entry.value() as i64)
     }
+
+    // Write: the key, the closed windows, the account's counters, the
+    // ledger entry (after the closing's 'F' entries, as it is later).
+    let ledger = Table::open(schema.ledger, pg_sys::RowExclusiveLock);
+    // A statement-level trigger (an audit trigger with a transition
+    // table, one that refuses a statement) fires only for a statement:
+    // a table that has one is written by the SQL path.
+    if accounts.has_statement_triggers()
+        || ledger.has_statement_triggers()
+        || idempotency
+            .as_ref()
+            .is_some_and(|(table, _)| table.has_statement_triggers())
+        || closing
+            .as_ref()
+            .is_some_and(|(_, table)| table.has_statement_triggers())
+    {
+        return None;
+    }
+    let closing = match &closing {
+        Some((closing, closed)) => Some((
+            closing.prepare(&schema, closed, &ledger, account_id, a.plan)?,
+            closed,
+        )),
+        None => None,
+    };
+    let entry = call(pg_sys::nextval_oid, &[Datum::from(schema.ledger_seq)]);
+    let mut ledger_row = Row::new(&ledger);
+    ledger_row.set(ledger.col(c"entry_id")?, Some(entry));
+    ledger_row.set(ledger.col(c"account_id")?, Some(account_id));
+    ledger_row.set(ledger.col(c"at")?, Some(now));
+    ledger_row.set(ledger.col(c"kind")?, Some(Datum::from(b'D' as i8)));
+    ledger_row.set(ledger.col(c"feature_id")?, Some(feature_id));
+    ledger_row.set(ledger.col(c"amount")?, Some(amount.to_datum()));
+    ledger_row.set(ledger.col(c"from_grants")?, None);
+    ledger_row.set(ledger.col(c"ref")?, None);
+    ledger_row.set(ledger.col(c"metadata")?, req.metadata);
+    let ledger_slot = ledger_row.complete()?;
+
+    let mut key_row = None;
+    if let Some((table, key)) = &idempotency {
+        let row = key_row.insert(Row::new(table));
+        row.set(table.col(c"account_id")?, Some(account_id));
+        row.set(table.col(c"idempotency_key")?, Some(*key));
+        row.set(table.col(c"entry_id")?, Some(entry));
+        let request = debit_request(Some(feature), Some(quantity), metadata_text);
+        row.set(table.col(c"request")?, Some(request));
+    }
+    let key_slot = match &key_row {
+        Some(row) => Some(row.complete()?),
+        None => None,
+    };
+
+    let mut account_row = Row::copy_of(&accounts, locked.slot);
+    account_row.set(accounts.col(c"day")?, Some(Datum::from(today)));
+    account_row.set(accounts.col(c"daily_used")?, Some(new_daily.to_datum()));
+    account_row.set(accounts.col(c"month")?, Some(Datum::from(this_month)));
+    account_row.set(accounts.col(c"monthly_used")?, Some(new_monthly.to_datum()));
+    account_row.set(accounts.col(c"last_at")?, Some(now));
+    if a.month != this_month {
+        account_row.set(accounts.col(c"monthly_epoch")?, Some(Datum::from(0i64)));
+    }
+    let account_slot = account_row.complete()?;
+
+    let mut tables = vec![&accounts, &ledger];
+    if let Some((table, _)) = &idempotency {
+        tables.push(table);
+    }
+    if let Some((_, table)) = &closing {
+        tables.push(table);
+    }
+    let mut writes = Writes::begin(&tables);
+    // The key first: a key already used (by this transaction, or by a
+    // twin that held the account lock before us and committed) is a
+    // replay or UC005, the SQL path's.
+    if let (Some(key_slot), Some((table, _))) = (key_slot, &idempotency) {
+        if !writes.insert_unless_exists(table, key_slot) {
+            writes.finish();
+            return None;
+        }
+    }
+    if let Some((prepared, table)) = &closing {
+        prepared.write(&mut writes, table, &ledger);
+    }
+    writes.update(&accounts, locked.slot, account_slot);
+    writes.insert(&ledger, ledger_slot);
+    writes.finish();
+    drop(locked);
+    stats::count(
+        stats::Kind::Charge,
+        pgrx::varlena::text_to_rust_str_unchecked(a.plan.cast_mut_ptr()).as_bytes(),
+        feature_id.value() as i16,
+    );
+    // What later statements (and calls in this statement) must see.
+    pg_sys::CommandCounterIncrement();
+
+    Some(entry.value() as i64)
 }
