@@ -1,4 +1,5 @@
-//! `credits.debit` and `credits.try_debit`, and their fast path below SQL.
+//! `credits.debit`, `credits.try_debit` and `credits.debit_many`, and their
+//! fast path below SQL.
 //!
 //! Every AI request calls `debit`, and executing SQL statements was most of
 //! its cost (executor start-up of each statement, not the row work). The
@@ -21,6 +22,11 @@
 //! changed since the snapshot fails with 40001, as SELECT ... FOR UPDATE
 //! does), and every writer of an account's keys holds that lock.
 //!
+//! A batch (`debit_many`) locks each account once, in key order, decides its
+//! rows one after another against the locked row's counters in memory and
+//! writes the counters once: a thousand debits of one account are one row
+//! update, not a thousand versions of the row.
+//!
 //! Nothing here depends on the caller's search_path: relations and functions
 //! are found by name in schema credits, built-ins are called directly.
 
@@ -31,8 +37,8 @@ use crate::metering::requests::{debit_request, metadata_text};
 use crate::metering::stats;
 use crate::metering::thresholds::lowest_threshold;
 use crate::pg::decimal::Decimal;
-use crate::pg::fmgr::{args, call, ret, v1_functions};
-use crate::pg::rows::{Row, Table, Writes};
+use crate::pg::fmgr::{args, array_elements, call, ret, text_bytes, v1_functions};
+use crate::pg::rows::{Found, Row, Schema, Table, Writes};
 use crate::schema::catalog_cache;
 use pgrx::pg_sys::{self, Datum};
 use pgrx::prelude::*;
@@ -41,7 +47,8 @@ use std::ptr;
 v1_functions!(
     pg_finfo_credits_debit,
     pg_finfo_credits_try_debit,
-    pg_finfo_credits_debit_fast
+    pg_finfo_credits_debit_fast,
+    pg_finfo_credits_debit_many_fast
 );
 
 /// `credits.debit(account_id, feature, quantity, idempotency_key, metadata)`.
@@ -85,7 +92,7 @@ unsafe extern "C-unwind" fn decide(
 ) -> Datum {
     let a = args(fcinfo);
     let now = crate::clock::now().into_datum();
-    if let Some(entry) = debit(&DebitRequest::new(&a, now)) {
+    if let Some(entry) = debit(&DebitRequest::new(&a), now) {
         return Datum::from(entry);
     }
     let name = pg_sys::lappend(
@@ -134,139 +141,380 @@ unsafe extern "C-unwind" fn decide(
 #[pg_guard]
 pub unsafe extern "C-unwind" fn credits_debit_fast(fcinfo: pg_sys::FunctionCallInfo) -> Datum {
     let a = args(fcinfo);
-    ret(fcinfo, debit(&DebitRequest::new(&a, a[5])).map(Datum::from))
+    ret(fcinfo, debit(&DebitRequest::new(&a), a[5]).map(Datum::from))
 }
 
+/// `credits_internal._debit_many_fast(account_ids text[], features text[],
+/// quantities numeric[], keys text[], metadata jsonb[], now timestamptz)
+/// RETURNS bigint[]`: the debits of a batch (arrays of one length; NULL
+/// keys or metadata for none) the fast path takes, each row's new entry id;
+/// NULL for a row the SQL path must decide, and for every later row of its
+/// account, so that each account's rows are decided in the order given.
+#[no_mangle]
+#[pg_guard]
+pub unsafe extern "C-unwind" fn credits_debit_many_fast(fcinfo: pg_sys::FunctionCallInfo) -> Datum {
+    let a = args(fcinfo);
+    let column = |i: usize, element| match a[i] {
+        Some(array) => array_elements(array, element),
+        None => Vec::new(),
+    };
+    let accounts = column(0, pg_sys::TEXTOID);
+    let features = column(1, pg_sys::TEXTOID);
+    let quantities = column(2, pg_sys::NUMERICOID);
+    let keys = column(3, pg_sys::TEXTOID);
+    let metadata = column(4, pg_sys::JSONBOID);
+    let at = |v: &Vec<Option<Datum>>, i: usize| v.get(i).copied().flatten();
+    let requests = (0..accounts.len())
+        .map(|i| DebitRequest {
+            account: at(&accounts, i),
+            feature: at(&features, i),
+            quantity: at(&quantities, i),
+            key: at(&keys, i),
+            metadata: at(&metadata, i),
+        })
+        .collect::<Vec<_>>();
+    let entries = a[5].map_or_else(
+        || vec![None; requests.len()],
+        |now| debit_many(&requests, now),
+    );
+    let mut values = entries
+        .iter()
+        .map(|e| Datum::from(e.unwrap_or(0)))
+        .collect::<Vec<_>>();
+    let mut nulls = entries.iter().map(|e| e.is_none()).collect::<Vec<_>>();
+    let mut dims = [values.len() as i32];
+    let mut lbs = [1];
+    let array = pg_sys::construct_md_array(
+        values.as_mut_ptr(),
+        nulls.as_mut_ptr(),
+        1,
+        dims.as_mut_ptr(),
+        lbs.as_mut_ptr(),
+        pg_sys::INT8OID,
+        8,
+        true,
+        pg_sys::TYPALIGN_DOUBLE as std::ffi::c_char,
+    );
+    Datum::from(array)
+}
+
+/// A debit's arguments.
+#[derive(Clone, Copy)]
 struct DebitRequest {
     account: Option<Datum>,
     feature: Option<Datum>,
     quantity: Option<Datum>,
     key: Option<Datum>,
     metadata: Option<Datum>,
-    now: Option<Datum>,
 }
 
 impl DebitRequest {
     /// From the arguments (account_id, feature, quantity, key, metadata, ...) of a call.
-    fn new(args: &[Option<Datum>], now: Option<Datum>) -> DebitRequest {
+    fn new(args: &[Option<Datum>]) -> DebitRequest {
         DebitRequest {
             account: args[0],
             feature: args[1],
             quantity: args[2],
             key: args[3],
             metadata: args[4],
-            now,
         }
     }
 }
 
-fn debit(req: &DebitRequest) -> Option<i64> {
-    let (account_id, feature, quantity, now) =
-        (req.account?, req.feature?, req.quantity?, req.now?);
-    let now_ts = now.value() as i64;
-    // An infinite clock has no UTC day: the SQL path reports it.
-    if now_ts == i64::MIN || now_ts == i64::MAX {
-        return None;
-    }
+/// One debit at `now`, or None: the SQL path decides.
+fn debit(req: &DebitRequest, now: Option<Datum>) -> Option<i64> {
+    let now_ts = usable_now(now?)?;
     // SAFETY: called from a SQL function in a transaction; every pointer
     // below comes from PostgreSQL and lives until the end of the call.
     unsafe {
-        // A key of a bad length or bad metadata is the slow path's to report.
+        // (before anything is locked: an invalid request is the SQL path's)
+        let charge = Charge::validate(req)?;
+        with_own_commands_visible(|| {
+            let schema = catalog_cache::schema()?;
+            let charge = charge.priced(&schema)?;
+            let accounts = Table::open(schema.accounts, pg_sys::RowExclusiveLock);
+            let mut account = LockedAccount::lock(&schema, &accounts, req.account?, now_ts)?;
+            let totals = account.fits(charge.amount)?;
+            let tables = DebitTables::open(
+                &schema,
+                &accounts,
+                req.key.is_some(),
+                account.closing.is_some(),
+            )?;
+            let mut writes = Writes::begin(&tables.list());
+            let entry = account.charge(&schema, &tables, &mut writes, &charge, totals);
+            account.finish(&tables, &mut writes);
+            writes.finish();
+            drop(account);
+            if entry.is_some() {
+                // What later statements (and calls in this statement) must see.
+                pg_sys::CommandCounterIncrement();
+            }
+            entry
+        })
+    }
+}
+
+/// The rows of a batch the fast path takes (see credits_debit_many_fast).
+fn debit_many(requests: &[DebitRequest], now: Datum) -> Vec<Option<i64>> {
+    let mut entries = vec![None; requests.len()];
+    let Some(now_ts) = usable_now(now) else {
+        return entries;
+    };
+    // SAFETY: as in debit().
+    unsafe {
+        // Each account's rows in the order given, accounts in key order (the
+        // accounts' collation is "C": bytes), so that batches (and the
+        // worker, which also goes in key order) lock them in one order.
+        let mut order = (0..requests.len())
+            .filter(|&i| requests[i].account.is_some())
+            .map(|i| (text_bytes(requests[i].account.unwrap()), i))
+            .collect::<Vec<_>>();
+        order.sort();
+        with_own_commands_visible(|| {
+            let schema = catalog_cache::schema()?;
+            let accounts = Table::open(schema.accounts, pg_sys::RowExclusiveLock);
+            let keys = requests.iter().any(|r| r.key.is_some());
+            let tables = DebitTables::open(&schema, &accounts, keys, true)?;
+            let mut writes = Writes::begin(&tables.list());
+            let mut charged = false;
+            for group in order.chunk_by(|x, y| x.0 == y.0) {
+                let account_id = requests[group[0].1].account?;
+                let Some(mut account) = LockedAccount::lock(&schema, &accounts, account_id, now_ts)
+                else {
+                    continue;
+                };
+                for &(_, i) in group {
+                    let Some(entry) =
+                        debit_one(&schema, &tables, &mut writes, &mut account, &requests[i])
+                    else {
+                        break;
+                    };
+                    entries[i] = Some(entry);
+                    charged = true;
+                    writes.next_row();
+                }
+                account.finish(&tables, &mut writes);
+            }
+            writes.finish();
+            if charged {
+                pg_sys::CommandCounterIncrement();
+            }
+            Some(())
+        });
+    }
+    entries
+}
+
+/// One row of a batch on its locked account, or None: it and the account's
+/// later rows are the SQL path's.
+unsafe fn debit_one(
+    schema: &Schema,
+    tables: &DebitTables,
+    writes: &mut Writes,
+    account: &mut LockedAccount,
+    req: &DebitRequest,
+) -> Option<i64> {
+    let charge = Charge::validate(req)?.priced(schema)?;
+    let totals = account.fits(charge.amount)?;
+    account.charge(schema, tables, writes, &charge, totals)
+}
+
+/// `now` as microseconds, unless infinite: an infinite clock has no UTC
+/// day, which the SQL path reports.
+fn usable_now(now: Datum) -> Option<i64> {
+    let now_ts = now.value() as i64;
+    (now_ts != i64::MIN && now_ts != i64::MAX).then_some(now_ts)
+}
+
+/// Runs `f` with a snapshot that sees this transaction's own commands, or
+/// returns None where the SQL path decides.
+///
+/// Every lookup reads the calling statement's snapshot; without one (no
+/// caller known to do that), the SQL path takes its own. On a standby the
+/// SQL path's first write reports 25006, as PostgreSQL's own writes do.
+/// Calls in one statement (SELECT credits.debit(...) FROM usage_rows) share
+/// its snapshot, which does not see the account row an earlier call of the
+/// statement updated (locking that version would fail, sending every call
+/// after the first to the SQL path). As SPI does for a volatile function,
+/// they read with a copy that sees this transaction's own commands; only
+/// when there are any since.
+unsafe fn with_own_commands_visible<T>(f: impl FnOnce() -> Option<T>) -> Option<T> {
+    if !pg_sys::ActiveSnapshotSet() || pg_sys::RecoveryInProgress() {
+        return None;
+    }
+    let own_commands = pg_sys::GetCurrentCommandId(false) > (*pg_sys::GetActiveSnapshot()).curcid;
+    if own_commands {
+        pg_sys::PushCopiedSnapshot(pg_sys::GetActiveSnapshot());
+        pg_sys::UpdateActiveSnapshotCommandId();
+    }
+    // (popped on every return; an error's abort pops it otherwise)
+    let result = f();
+    if own_commands {
+        pg_sys::PopActiveSnapshot();
+    }
+    result
+}
+
+/// A debit's request, checked as the slow path checks it.
+struct Charge {
+    req: DebitRequest,
+    /// The metadata as JSON text (for the key's fingerprint).
+    metadata_text: Option<Datum>,
+    feature_id: i16,
+    /// cost x quantity: positive, exact to 4 places.
+    amount: Decimal,
+}
+
+struct Unpriced {
+    req: DebitRequest,
+    metadata_text: Option<Datum>,
+}
+
+impl Charge {
+    /// A key of a bad length or bad metadata is the slow path's to report.
+    unsafe fn validate(req: &DebitRequest) -> Option<Unpriced> {
+        req.account?;
         if let Some(key) = req.key {
             let length = pg_sys::toast_raw_datum_size(key) - pg_sys::VARHDRSZ;
             if !(1..=255).contains(&length) {
                 return None;
             }
         }
-        let metadata_text = metadata_text(req.metadata)?;
-        // Every lookup reads the calling statement's snapshot; without one
-        // (no caller known to do that), the SQL path takes its own. On a
-        // standby the SQL path's first write reports 25006, as PostgreSQL's
-        // own writes do.
-        if !pg_sys::ActiveSnapshotSet() || pg_sys::RecoveryInProgress() {
-            return None;
-        }
-        // Calls in one statement (SELECT credits.debit(...) FROM usage_rows)
-        // share its snapshot, which does not see the account row an earlier
-        // call of the statement updated (locking that version would fail,
-        // sending every call after the first to the SQL path). As SPI does
-        // for a volatile function, read with a copy that sees this
-        // transaction's own commands; only when there are any since.
-        let own_commands =
-            pg_sys::GetCurrentCommandId(false) > (*pg_sys::GetActiveSnapshot()).curcid;
-        if own_commands {
-            pg_sys::PushCopiedSnapshot(pg_sys::GetActiveSnapshot());
-            pg_sys::UpdateActiveSnapshotCommandId();
-        }
-        // (popped on every return; an error's abort pops it otherwise)
-        let entry = debit_at_snapshot(req, account_id, feature, quantity, now_ts, metadata_text);
-        if own_commands {
-            pg_sys::PopActiveSnapshot();
-        }
-        entry
+        Some(Unpriced {
+            req: *req,
+            metadata_text: metadata_text(req.metadata)?,
+        })
     }
 }
 
-/// debit(), once its snapshot is set: decide and write.
-unsafe fn debit_at_snapshot(
-    req: &DebitRequest,
+impl Unpriced {
+    /// The feature and the amount: cost x quantity, positive, below 10^15,
+    /// exact to 4 places (as the slow path validates it).
+    unsafe fn priced(self, schema: &Schema) -> Option<Charge> {
+        let (feature_id, cost) = catalog_cache::feature(schema, self.req.feature?)?;
+        let quantity = Decimal::from_datum(self.req.quantity?)?;
+        if quantity <= Decimal::ZERO || quantity >= Decimal::from_i64(1_000_000_000_000_000) {
+            return None;
+        }
+        let product = Decimal::from_datum(cost)?.mul(quantity)?;
+        if !product.is_exact_to(4) {
+            return None;
+        }
+        Some(Charge {
+            req: self.req,
+            metadata_text: self.metadata_text,
+            feature_id,
+            amount: product.trim_scale(),
+        })
+    }
+}
+
+/// The tables a debit writes, open, and checked to be writable below SQL.
+struct DebitTables<'a> {
+    accounts: &'a Table,
+    ledger: Table,
+    idempotency: Option<Table>,
+    closed_windows: Option<Table>,
+}
+
+impl<'a> DebitTables<'a> {
+    /// With the idempotency keys if `keys`, the closed windows if `closing`.
+    /// None if a table has a statement-level trigger (an audit trigger
+    /// with a transition table, one that refuses a statement), which fires
+    /// only for a statement: such a table is written by the SQL path.
+    unsafe fn open(
+        schema: &Schema,
+        accounts: &'a Table,
+        keys: bool,
+        closing: bool,
+    ) -> Option<DebitTables<'a>> {
+        let tables = DebitTables {
+            accounts,
+            ledger: Table::open(schema.ledger, pg_sys::RowExclusiveLock),
+            idempotency: keys.then(|| Table::open(schema.idempotency, pg_sys::RowExclusiveLock)),
+            closed_windows: match closing {
+                true => Some(Table::open(
+                    schema.closing()?.closed_windows,
+                    pg_sys::RowExclusiveLock,
+                )),
+                false => None,
+            },
+        };
+        (!tables.list().iter().any(|t| t.has_statement_triggers())).then_some(tables)
+    }
+
+    fn list(&self) -> Vec<&Table> {
+        let mut tables = vec![self.accounts, &self.ledger];
+        tables.extend(&self.idempotency);
+        tables.extend(&self.closed_windows);
+        tables
+    }
+}
+
+/// An account locked for debits, which are decided one after another
+/// against its counters in memory; finish() writes the counters.
+struct LockedAccount {
     account_id: Datum,
-    feature: Datum,
-    quantity: Datum,
-    now_ts: i64,
-    metadata_text: Option<Datum>,
-) -> Option<i64> {
-    let schema = catalog_cache::schema()?;
+    locked: Found,
+    a: Account,
+    /// The instant its debits decide and are stamped at, and its UTC day and month.
+    now: Datum,
+    today: i32,
+    this_month: i32,
+    daily_limit: Option<Decimal>,
+    monthly_limit: Decimal,
+    reserved: Decimal,
+    /// Used in today's window and this month's, with the debits so far.
+    daily_used: Decimal,
+    monthly_used: Decimal,
+    /// Its ended windows, closed with its first debit.
+    closing: Option<close::Closing>,
+    charged: bool,
+}
 
-    // The feature and the amount: cost x quantity, positive, below 10^15,
-    // exact to 4 places (as the slow path validates it).
-    let (feature_id, cost) = catalog_cache::feature(&schema, feature)?;
-    let feature_id = Datum::from(feature_id);
-    let quantity_value = Decimal::from_datum(quantity)?;
-    if quantity_value <= Decimal::ZERO || quantity_value >= Decimal::from_i64(1_000_000_000_000_000)
-    {
-        return None;
-    }
-    let product = Decimal::from_datum(cost)?.mul(quantity_value)?;
-    if !product.is_exact_to(4) {
-        return None;
-    }
-    let amount = product.trim_scale();
+impl LockedAccount {
+    /// Locks the account before anything is decided; None if the fast
+    /// path cannot take its debits (unknown, or a window to close that had
+    /// run out, or one of an account with holds).
+    unsafe fn lock(
+        schema: &Schema,
+        accounts: &Table,
+        account_id: Datum,
+        now_ts: i64,
+    ) -> Option<LockedAccount> {
+        let locked = accounts.lock(schema.accounts_key, account_id)?;
+        let a = Account::read(accounts, &locked)?;
+        // A clock behind the account (a transaction that began before a
+        // boundary another session already crossed for it, or before its
+        // last write) decides and stamps at the account's time.
+        let now_ts = a.now(now_ts);
+        let today = clock::utc_day(now_ts);
+        let this_month = clock::utc_month_start(today);
+        let (daily_limit, allowance) = catalog_cache::plan(schema, a.plan)?;
 
-    // The account, locked before anything is decided.
-    let accounts = Table::open(schema.accounts, pg_sys::RowExclusiveLock);
-    let locked = accounts.lock(schema.accounts_key, account_id)?;
-    let a = Account::read(&accounts, &locked)?;
-    // A clock behind the account (a transaction that began before a
-    // boundary another session already crossed for it, or before its
-    // last write) decides and stamps at the account's time.
-    let now_ts = a.now(now_ts);
-    let now = Datum::from(now_ts);
-    let today = clock::utc_day(now_ts);
-    let this_month = clock::utc_month_start(today);
-    let (daily_limit, allowance) = catalog_cache::plan(&schema, a.plan)?;
-
-    // Ended windows (the account's first call of a day or month) are
-    // closed in the same writes as the debit; one that had run out opens
-    // with a reset event, which is the SQL path's to emit.
-    // (An account with holds closes its month in SQL: what its holds
-    // keep aside is looked up there.)
-    let closing = if !close::passed(&a, today, this_month) {
-        None
-    } else if Decimal::from_datum(a.reserved)? > Decimal::ZERO {
-        return None;
-    } else {
-        close::closing(
-            &a,
-            daily_limit,
-            allowance,
-            Decimal::ZERO.to_datum(),
-            today,
-            this_month,
-        )
-    };
-    let closing = match closing {
-        Some(closing) => {
+        // Ended windows (the account's first call of a day or month) are
+        // closed in the same writes as the debit; one that had run out opens
+        // with a reset event, which is the SQL path's to emit.
+        // (An account with holds closes its month in SQL: what its holds
+        // keep aside is looked up there.)
+        let value = |datum| Decimal::from_datum(datum);
+        let reserved = value(a.reserved)?;
+        let closing = if !close::passed(&a, today, this_month) {
+            None
+        } else if reserved > Decimal::ZERO {
+            return None;
+        } else {
+            close::closing(
+                &a,
+                daily_limit,
+                allowance,
+                Decimal::ZERO.to_datum(),
+                today,
+                this_month,
+            )
+        };
+        if let Some(closing) = &closing {
             let relations = schema.closing()?;
             let events = Table::open(relations.events, pg_sys::AccessShareLock);
             let mut events_key =
@@ -277,174 +525,174 @@ unsafe fn debit_at_snapshot(
             {
                 return None;
             }
-            let closed = Table::open(relations.closed_windows, pg_sys::RowExclusiveLock);
-            Some((closing, closed))
         }
-        None => None,
-    };
+        Some(LockedAccount {
+            account_id,
+            now: Datum::from(now_ts),
+            today,
+            this_month,
+            daily_limit: match daily_limit {
+                Some(limit) => Some(value(limit)?),
+                None => None,
+            },
+            monthly_limit: value(allowance)?.add(value(a.purchased)?)?,
+            reserved,
+            // (windows rolled, as credits_internal._in_window)
+            daily_used: if a.day == today {
+                value(a.daily_used)?
+            } else {
+                Decimal::ZERO
+            },
+            monthly_used: if a.month == this_month {
+                value(a.monthly_used)?
+            } else {
+                Decimal::ZERO
+            },
+            closing,
+            charged: false,
+            locked,
+            a,
+        })
+    }
 
-    let idempotency = req.key.map(|key| {
-        (
-            Table::open(schema.idempotency, pg_sys::RowExclusiveLock),
-            key,
-        )
-    });
-
-    // Every limit, windows rolled (credits_internal._in_window): the daily limit
-    // caps all spending, the allowance is what the fast path draws on.
-    let value = |datum| Decimal::from_datum(datum);
-    let daily_used = if a.day == today {
-        value(a.daily_used)?
-    } else {
-        Decimal::ZERO
-    };
-    let monthly_used = if a.month == this_month {
-        value(a.monthly_used)?
-    } else {
-        Decimal::ZERO
-    };
-    let reserved = value(a.reserved)?;
-    let new_daily = daily_used.add(amount)?;
-    let new_monthly = monthly_used.add(amount)?;
-    let monthly_limit = value(allowance)?.add(value(a.purchased)?)?;
-    let committed = new_monthly.add(reserved)?;
-    // The fast path takes only a debit that leaves every window short of
-    // an event: the daily window not full, monthly usage below the lowest
-    // threshold (a month used up is an event whatever the thresholds).
-    // That also keeps it within every limit; a debit over a limit, or
-    // one that makes an event due, is the SQL path's, which draws on
-    // grants, raises UC001 or emits the event.
-    if let Some(limit) = daily_limit {
-        if new_daily.add(reserved)? >= value(limit)? {
-            return None;
+    /// The (daily, monthly) used after a debit of `amount`, if the fast
+    /// path may take it: one that leaves every window short of an event,
+    /// the daily window not full, monthly usage below the lowest threshold
+    /// (a month used up is an event whatever the thresholds). That also
+    /// keeps it within every limit; a debit over a limit, or one that makes
+    /// an event due, is the SQL path's, which draws on grants, raises UC001
+    /// or emits the event.
+    unsafe fn fits(&self, amount: Decimal) -> Option<(Decimal, Decimal)> {
+        let value = |datum| Decimal::from_datum(datum);
+        let new_daily = self.daily_used.add(amount)?;
+        let new_monthly = self.monthly_used.add(amount)?;
+        let committed = new_monthly.add(self.reserved)?;
+        if let Some(limit) = self.daily_limit {
+            if new_daily.add(self.reserved)? >= limit {
+                return None;
+            }
         }
-    }
-    // (A threshold this arithmetic cannot hold is the SQL path's too.)
-    let hundred = Decimal::from_i64(100);
-    let lowest = match lowest_threshold() {
-        Some(threshold) => value(threshold.into_datum()?)?.min(hundred),
-        None => hundred,
-    };
-    if committed.mul(hundred)? >= monthly_limit.mul(lowest)? {
-        return None;
-    }
-    // Nor one that brings what is available to the account's own alert
-    // (credits.set_alert: r credits or p % of the monthly limit), judged
-    // on the allowance alone, which grants only add to: left <= r is
-    // used + r >= limit, and left * 100 <= limit * p is
-    // used * 100 + limit * p >= limit * 100, for each window.
-    if a.alert_remaining.is_some() || a.alert_percent.is_some() {
-        let daily = match daily_limit {
-            Some(limit) => Some((new_daily.add(reserved)?, value(limit)?)),
-            None => None,
+        // (A threshold this arithmetic cannot hold is the SQL path's too.)
+        let hundred = Decimal::from_i64(100);
+        let lowest = match lowest_threshold() {
+            Some(threshold) => value(threshold.into_datum()?)?.min(hundred),
+            None => hundred,
         };
-        for (used, limit) in std::iter::once((committed, monthly_limit)).chain(daily) {
-            if let Some(r) = a.alert_remaining {
-                if used.add(value(r)?)? >= limit {
-                    return None;
-                }
-            }
-            if let Some(p) = a.alert_percent {
-                if used.mul(hundred)?.add(monthly_limit.mul(value(p)?)?)? >= limit.mul(hundred)? {
-                    return None;
-                }
-            }
-        }
-    }
-
-    // Write: the key, the closed windows, the account's counters, the
-    // ledger entry (after the closing's 'F' entries, as it is later).
-    let ledger = Table::open(schema.ledger, pg_sys::RowExclusiveLock);
-    // A statement-level trigger (an audit trigger with a transition
-    // table, one that refuses a statement) fires only for a statement:
-    // a table that has one is written by the SQL path.
-    if accounts.has_statement_triggers()
-        || ledger.has_statement_triggers()
-        || idempotency
-            .as_ref()
-            .is_some_and(|(table, _)| table.has_statement_triggers())
-        || closing
-            .as_ref()
-            .is_some_and(|(_, table)| table.has_statement_triggers())
-    {
-        return None;
-    }
-    let closing = match &closing {
-        Some((closing, closed)) => Some((
-            closing.prepare(&schema, closed, &ledger, account_id, a.plan)?,
-            closed,
-        )),
-        None => None,
-    };
-    let entry = call(pg_sys::nextval_oid, &[Datum::from(schema.ledger_seq)]);
-    let mut ledger_row = Row::new(&ledger);
-    ledger_row.set(ledger.col(c"entry_id")?, Some(entry));
-    ledger_row.set(ledger.col(c"account_id")?, Some(account_id));
-    ledger_row.set(ledger.col(c"at")?, Some(now));
-    ledger_row.set(ledger.col(c"kind")?, Some(Datum::from(b'D' as i8)));
-    ledger_row.set(ledger.col(c"feature_id")?, Some(feature_id));
-    ledger_row.set(ledger.col(c"amount")?, Some(amount.to_datum()));
-    ledger_row.set(ledger.col(c"from_grants")?, None);
-    ledger_row.set(ledger.col(c"ref")?, None);
-    ledger_row.set(ledger.col(c"metadata")?, req.metadata);
-    let ledger_slot = ledger_row.complete()?;
-
-    let mut key_row = None;
-    if let Some((table, key)) = &idempotency {
-        let row = key_row.insert(Row::new(table));
-        row.set(table.col(c"account_id")?, Some(account_id));
-        row.set(table.col(c"idempotency_key")?, Some(*key));
-        row.set(table.col(c"entry_id")?, Some(entry));
-        let request = debit_request(Some(feature), Some(quantity), metadata_text);
-        row.set(table.col(c"request")?, Some(request));
-    }
-    let key_slot = match &key_row {
-        Some(row) => Some(row.complete()?),
-        None => None,
-    };
-
-    let mut account_row = Row::copy_of(&accounts, locked.slot);
-    account_row.set(accounts.col(c"day")?, Some(Datum::from(today)));
-    account_row.set(accounts.col(c"daily_used")?, Some(new_daily.to_datum()));
-    account_row.set(accounts.col(c"month")?, Some(Datum::from(this_month)));
-    account_row.set(accounts.col(c"monthly_used")?, Some(new_monthly.to_datum()));
-    account_row.set(accounts.col(c"last_at")?, Some(now));
-    if a.month != this_month {
-        account_row.set(accounts.col(c"monthly_epoch")?, Some(Datum::from(0i64)));
-    }
-    let account_slot = account_row.complete()?;
-
-    let mut tables = vec![&accounts, &ledger];
-    if let Some((table, _)) = &idempotency {
-        tables.push(table);
-    }
-    if let Some((_, table)) = &closing {
-        tables.push(table);
-    }
-    let mut writes = Writes::begin(&tables);
-    // The key first: a key already used (by this transaction, or by a
-    // twin that held the account lock before us and committed) is a
-    // replay or UC005, the SQL path's.
-    if let (Some(key_slot), Some((table, _))) = (key_slot, &idempotency) {
-        if !writes.insert_unless_exists(table, key_slot) {
-            writes.finish();
+        if committed.mul(hundred)? >= self.monthly_limit.mul(lowest)? {
             return None;
         }
+        // Nor one that brings what is available to the account's own alert
+        // (credits.set_alert: r credits or p % of the monthly limit), judged
+        // on the allowance alone, which grants only add to: left <= r is
+        // used + r >= limit, and left * 100 <= limit * p is
+        // used * 100 + limit * p >= limit * 100, for each window.
+        let a = &self.a;
+        if a.alert_remaining.is_some() || a.alert_percent.is_some() {
+            let daily = match self.daily_limit {
+                Some(limit) => Some((new_daily.add(self.reserved)?, limit)),
+                None => None,
+            };
+            for (used, limit) in std::iter::once((committed, self.monthly_limit)).chain(daily) {
+                if let Some(r) = a.alert_remaining {
+                    if used.add(value(r)?)? >= limit {
+                        return None;
+                    }
+                }
+                if let Some(p) = a.alert_percent {
+                    if used.mul(hundred)?.add(self.monthly_limit.mul(value(p)?)?)?
+                        >= limit.mul(hundred)?
+                    {
+                        return None;
+                    }
+                }
+            }
+        }
+        Some((new_daily, new_monthly))
     }
-    if let Some((prepared, table)) = &closing {
-        prepared.write(&mut writes, table, &ledger);
-    }
-    writes.update(&accounts, locked.slot, account_slot);
-    writes.insert(&ledger, ledger_slot);
-    writes.finish();
-    drop(locked);
-    stats::count(
-        stats::Kind::Charge,
-        pgrx::varlena::text_to_rust_str_unchecked(a.plan.cast_mut_ptr()).as_bytes(),
-        feature_id.value() as i16,
-    );
-    // What later statements (and calls in this statement) must see.
-    pg_sys::CommandCounterIncrement();
 
-    Some(entry.value() as i64)
+    /// Writes a debit that fits() accepted (`totals`: its result): the key,
+    /// the closed windows with the account's first debit, the ledger entry
+    /// (after the closing's 'F' entries, as it is later). Its entry id, or
+    /// None, nothing written, when its key is already used (by this
+    /// transaction, or by a twin that held the account lock before us and
+    /// committed): a replay or UC005, the SQL path's.
+    unsafe fn charge(
+        &mut self,
+        schema: &Schema,
+        tables: &DebitTables,
+        writes: &mut Writes,
+        charge: &Charge,
+        totals: (Decimal, Decimal),
+    ) -> Option<i64> {
+        let ledger = &tables.ledger;
+        let req = &charge.req;
+        let closing = match (&self.closing, &tables.closed_windows) {
+            (Some(closing), Some(closed)) => {
+                Some(closing.prepare(schema, closed, ledger, self.account_id, self.a.plan)?)
+            }
+            _ => None,
+        };
+        let entry = call(pg_sys::nextval_oid, &[Datum::from(schema.ledger_seq)]);
+        let mut ledger_row = Row::new(ledger);
+        ledger_row.set(ledger.col(c"entry_id")?, Some(entry));
+        ledger_row.set(ledger.col(c"account_id")?, Some(self.account_id));
+        ledger_row.set(ledger.col(c"at")?, Some(self.now));
+        ledger_row.set(ledger.col(c"kind")?, Some(Datum::from(b'D' as i8)));
+        ledger_row.set(
+            ledger.col(c"feature_id")?,
+            Some(Datum::from(charge.feature_id)),
+        );
+        ledger_row.set(ledger.col(c"amount")?, Some(charge.amount.to_datum()));
+        ledger_row.set(ledger.col(c"from_grants")?, None);
+        ledger_row.set(ledger.col(c"ref")?, None);
+        ledger_row.set(ledger.col(c"metadata")?, req.metadata);
+        let ledger_slot = ledger_row.complete()?;
+
+        let mut key_row = None;
+        if let (Some(key), Some(table)) = (req.key, &tables.idempotency) {
+            let row = key_row.insert(Row::new(table));
+            row.set(table.col(c"account_id")?, Some(self.account_id));
+            row.set(table.col(c"idempotency_key")?, Some(key));
+            row.set(table.col(c"entry_id")?, Some(entry));
+            let request = debit_request(req.feature, req.quantity, charge.metadata_text);
+            row.set(table.col(c"request")?, Some(request));
+            let slot = row.complete()?;
+            if !writes.insert_unless_exists(table, slot) {
+                return None;
+            }
+        }
+        if let (Some(prepared), Some(closed)) = (closing, &tables.closed_windows) {
+            prepared.write(writes, closed, ledger);
+            self.closing = None;
+        }
+        writes.insert(ledger, ledger_slot);
+        (self.daily_used, self.monthly_used) = totals;
+        self.charged = true;
+        stats::count(
+            stats::Kind::Charge,
+            pgrx::varlena::text_to_rust_str_unchecked(self.a.plan.cast_mut_ptr()).as_bytes(),
+            charge.feature_id,
+        );
+        Some(entry.value() as i64)
+    }
+
+    /// Writes the account's counters, if it was charged.
+    unsafe fn finish(&self, tables: &DebitTables, writes: &mut Writes) {
+        if !self.charged {
+            return;
+        }
+        let accounts = tables.accounts;
+        let column = |name| accounts.col(name).expect("a column Account::read found");
+        let mut row = Row::copy_of(accounts, self.locked.slot);
+        row.set(column(c"day"), Some(Datum::from(self.today)));
+        row.set(column(c"daily_used"), Some(self.daily_used.to_datum()));
+        row.set(column(c"month"), Some(Datum::from(self.this_month)));
+        row.set(column(c"monthly_used"), Some(self.monthly_used.to_datum()));
+        row.set(column(c"last_at"), Some(self.now));
+        if self.a.month != self.this_month {
+            row.set(column(c"monthly_epoch"), Some(Datum::from(0i64)));
+        }
+        let slot = row.complete().expect("a copy of the row has every column");
+        writes.update(accounts, self.locked.slot, slot);
+    }
 }

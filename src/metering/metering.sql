@@ -232,6 +232,125 @@ CREATE FUNCTION try_debit(account_id text, feature text, quantity numeric DEFAUL
 RETURNS bigint
 LANGUAGE c VOLATILE SECURITY DEFINER AS 'MODULE_PATHNAME', 'credits_try_debit';
 
+-- The batch's fast path, below SQL (src/metering/fast_path.rs): each row's
+-- new entry id; NULL for a row the SQL path decides, and for the later rows
+-- of its account.
+CREATE FUNCTION credits_internal._debit_many_fast(p_accounts text[], p_features text[], p_quantities numeric[],
+                                                  p_keys text[], p_metadata jsonb[], p_now timestamptz)
+RETURNS bigint[]
+LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'credits_debit_many_fast';
+
+-- debit_many: many debits in one call (a metering pipeline posting usage
+-- after the fact), each row as try_debit would decide it, in the order
+-- given for each account; one result row per input row, in input order:
+--   outcome  charged | replayed (its key was used before by the same
+--            request: entry_id is the first entry) | refused (UC001: its
+--            denied or exhausted event is kept, as try_debit's) | rejected
+--            (another documented error: nothing written for that row);
+--   sqlstate, message, detail: the error of a refused or rejected row
+--            (detail as JSON where the error gives JSON).
+-- Arrays of one length (quantities NULL: 1 each; keys, metadata NULL:
+-- none), at most 10,000 rows; UC009 otherwise, with nothing written.
+-- An error outside the UC class (a serialization failure, a cancel) fails
+-- the whole call.
+CREATE FUNCTION debit_many(account_ids text[], features text[], quantities numeric[] DEFAULT NULL,
+                           idempotency_keys text[] DEFAULT NULL, metadata jsonb[] DEFAULT NULL)
+RETURNS TABLE (ordinality integer, entry_id bigint, outcome text, sqlstate text, message text, detail jsonb)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_now      timestamptz := credits.now();
+    v_n        integer := cardinality(account_ids);
+    v_entries  bigint[];
+    v_decided  bigint[];
+    v_outcome  text[];
+    v_code     text[];
+    v_message  text[];
+    v_detail   jsonb[];
+    v_prior    bigint;
+    v_entry    bigint;
+    v_sqlstate text;
+    v_text     text;
+    v_more     text;
+    r          record;
+BEGIN
+    IF account_ids IS NULL OR features IS NULL THEN
+        RAISE EXCEPTION 'invalid argument: account_ids and features must not be NULL' USING ERRCODE = 'UC009';
+    END IF;
+    IF v_n > 10000 THEN
+        RAISE EXCEPTION 'invalid argument: % rows, at most 10000 per call', v_n USING ERRCODE = 'UC009';
+    END IF;
+    -- Every array one-dimensional (or empty) and as long as account_ids.
+    IF coalesce(array_ndims(account_ids), 1) > 1 OR coalesce(array_ndims(features), 1) > 1
+       OR coalesce(array_ndims(quantities), 1) > 1 OR coalesce(array_ndims(idempotency_keys), 1) > 1
+       OR coalesce(array_ndims(metadata), 1) > 1 THEN
+        RAISE EXCEPTION 'invalid argument: the arrays must be one-dimensional' USING ERRCODE = 'UC009';
+    END IF;
+    IF cardinality(features) <> v_n OR cardinality(quantities) <> v_n
+       OR cardinality(idempotency_keys) <> v_n OR cardinality(metadata) <> v_n THEN
+        RAISE EXCEPTION 'invalid argument: arrays of different lengths (account_ids %, features %, quantities %, idempotency_keys %, metadata %)',
+                        v_n, cardinality(features), coalesce(cardinality(quantities)::text, 'NULL'),
+                        coalesce(cardinality(idempotency_keys)::text, 'NULL'), coalesce(cardinality(metadata)::text, 'NULL')
+            USING ERRCODE = 'UC009', DETAIL = 'account_ids, features and each array given must have one element per row';
+    END IF;
+    IF v_n = 0 THEN
+        RETURN;
+    END IF;
+    IF quantities IS NULL THEN
+        quantities := array_fill(1::numeric, ARRAY[v_n]);
+    END IF;
+
+    v_entries := credits_internal._debit_many_fast(account_ids, features, quantities, idempotency_keys,
+                                                   metadata, v_now);
+
+    -- The rows the fast path left, each account's in the order given, the
+    -- accounts in key order (as the fast path locked them).
+    FOR r IN SELECT u.i, u.account_id, u.feature, u.quantity, u.key, u.meta
+               FROM unnest(v_entries, account_ids, features, quantities, idempotency_keys, metadata)
+                    WITH ORDINALITY AS u(entry_id, account_id, feature, quantity, key, meta, i)
+              WHERE u.entry_id IS NULL
+              ORDER BY u.account_id COLLATE "C", u.i
+    LOOP
+        IF v_outcome IS NULL THEN
+            v_outcome := array_fill(NULL::text, ARRAY[v_n]);
+            v_code := v_outcome;
+            v_message := v_outcome;
+            v_detail := array_fill(NULL::jsonb, ARRAY[v_n]);
+            v_decided := array_fill(NULL::bigint, ARRAY[v_n]);
+        END IF;
+        v_prior := NULL;
+        IF r.key IS NOT NULL THEN
+            SELECT k.entry_id INTO v_prior FROM credits.idempotency k
+             WHERE k.account_id = r.account_id AND k.idempotency_key = r.key;
+        END IF;
+        v_sqlstate := NULL;
+        BEGIN
+            v_entry := credits_internal._debit(r.account_id, r.feature, r.quantity, r.key, r.meta, true);
+            v_decided[r.i] := v_entry;
+            v_outcome[r.i] := CASE WHEN v_entry = v_prior THEN 'replayed' ELSE 'charged' END;
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS v_sqlstate = RETURNED_SQLSTATE, v_text = MESSAGE_TEXT, v_more = PG_EXCEPTION_DETAIL;
+            IF v_sqlstate NOT LIKE 'UC%' THEN
+                RAISE;
+            END IF;
+            v_outcome[r.i] := CASE v_sqlstate WHEN 'UC001' THEN 'refused' ELSE 'rejected' END;
+            v_code[r.i] := v_sqlstate;
+            v_message[r.i] := v_text;
+            v_detail[r.i] := CASE WHEN v_more LIKE '{%' THEN v_more::jsonb END;
+        END;
+        IF v_sqlstate = 'UC001' THEN
+            -- As try_debit keeps it (the refusal's own writes rolled back with the row).
+            PERFORM credits_internal._denied(r.account_id, (v_detail[r.i] ->> 'needed')::numeric,
+                                             (credits_internal._lock_account(r.account_id, v_now)).last_at);
+        END IF;
+    END LOOP;
+
+    RETURN QUERY
+    SELECT u.i::integer, coalesce(u.entry_id, u.decided), coalesce(u.outcome, 'charged'), u.code, u.message, u.detail
+      FROM unnest(v_entries, v_decided, v_outcome, v_code, v_message, v_detail)
+           WITH ORDINALITY AS u(entry_id, decided, outcome, code, message, detail, i);
+END
+$$;
+
 -- check: what a debit of `quantity` of `feature` would do now, writing
 -- nothing (the same state and rules as debit; no lock, so a debit right
 -- after may still be refused by a concurrent one).

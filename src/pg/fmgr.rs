@@ -64,11 +64,17 @@ pub(crate) use v1_functions;
 
 /// The elements of a text[] datum, NULL as None.
 pub(crate) unsafe fn text_array(array: Datum) -> Vec<Option<Datum>> {
+    array_elements(array, pg_sys::TEXTOID)
+}
+
+/// The elements of an array of `element`, a variable-length type aligned
+/// as an int (text, numeric, jsonb), NULL as None.
+pub(crate) unsafe fn array_elements(array: Datum, element: pg_sys::Oid) -> Vec<Option<Datum>> {
     let array = pg_sys::pg_detoast_datum(array.cast_mut_ptr()) as *mut pg_sys::ArrayType;
     let (mut values, mut nulls, mut n) = (std::ptr::null_mut(), std::ptr::null_mut(), 0);
     pg_sys::deconstruct_array(
         array,
-        pg_sys::TEXTOID,
+        element,
         -1,
         false,
         pg_sys::TYPALIGN_INT as std::ffi::c_char,

@@ -30,6 +30,8 @@ COMMENT ON FUNCTION credits.try_debit(text, text, numeric, text, jsonb) IS
 'As debit, but NULL instead of UC001 (and a denied or exhausted event that commits).';
 COMMENT ON FUNCTION credits.try_debit(text, text, double precision, text, jsonb) IS
 'try_debit with the quantity as double precision.';
+COMMENT ON FUNCTION credits.debit_many(text[], text[], numeric[], text[], jsonb[]) IS
+'Many debits in one call, each row decided as try_debit would, each account''s rows in the order given; one result per row: charged, replayed, refused (UC001) or rejected (another error, nothing written for it), with its entry id or error.';
 COMMENT ON FUNCTION credits."check"(text, text, numeric) IS
 'What a debit would do now, writing nothing: allowed, cost, available, the limiting window and when it resets.';
 COMMENT ON FUNCTION credits."check"(text, text, double precision) IS

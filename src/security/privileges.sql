@@ -42,6 +42,7 @@ GRANT EXECUTE ON FUNCTION
     credits.debit(text, text, double precision, text, jsonb),
     credits.try_debit(text, text, numeric, text, jsonb),
     credits.try_debit(text, text, double precision, text, jsonb),
+    credits.debit_many(text[], text[], numeric[], text[], jsonb[]),
     credits.refund(bigint, numeric, text, text),
     credits.refund(bigint, double precision, text, text),
     credits.reserve(text, text, numeric, interval, text),
