@@ -303,6 +303,11 @@ BEGIN
 
     -- The rows the fast path left, each account's in the order given, the
     -- accounts in key order (as the fast path locked them).
+    IF array_position(v_entries, NULL) IS NULL THEN
+        RETURN QUERY SELECT u.i::integer, u.entry_id, 'charged', NULL::text, NULL::text, NULL::jsonb
+                       FROM unnest(v_entries) WITH ORDINALITY AS u(entry_id, i);
+        RETURN;
+    END IF;
     FOR r IN SELECT u.i, u.account_id, u.feature, u.quantity, u.key, u.meta
                FROM unnest(v_entries, account_ids, features, quantities, idempotency_keys, metadata)
                     WITH ORDINALITY AS u(entry_id, account_id, feature, quantity, key, meta, i)
