@@ -359,6 +359,612 @@ GRANT EXECUTE ON FUNCTION credits.debit_many(text[], text[], numeric[], text[], 
 COMMENT ON FUNCTION credits.debit_many(text[], text[], numeric[], text[], jsonb[]) IS
 'Many debits in one call, each row decided as try_debit would, each account''s rows in the order given; one result per row: charged, replayed, refused (UC001) or rejected (another error, nothing written for it), with its entry id or error.';
 
+-------------------------------------------------------------------------------
+-- Stripes of hot accounts (issue 20): set_stripes, the stripes table, the
+-- fold in _lock_account, unspent budgets in _state and verify(), maintenance
+-- coming back to striped accounts (src/metering/stripes.rs).
+-------------------------------------------------------------------------------
+
+ALTER TABLE credits.accounts ADD COLUMN stripes smallint NOT NULL DEFAULT 0,
+                             ADD COLUMN stripe_budget numeric NOT NULL DEFAULT 0;
+
+CREATE TABLE credits.stripes (
+    account_id text COLLATE "C" NOT NULL REFERENCES credits.accounts (account_id),
+    stripe     smallint NOT NULL,
+    day        date NOT NULL DEFAULT '-infinity',
+    month      date NOT NULL DEFAULT '-infinity',
+    budget     numeric NOT NULL DEFAULT 0,
+    spent      numeric NOT NULL DEFAULT 0,
+    last_at    timestamptz NOT NULL DEFAULT '-infinity',
+    PRIMARY KEY (account_id, stripe)
+) WITH (fillfactor = 40);
+SELECT pg_catalog.pg_extension_config_dump('credits.stripes', '');
+REVOKE ALL ON credits.stripes FROM PUBLIC;
+GRANT SELECT ON credits.stripes TO credits_admin;
+
+-- Fold a locked account's stripes back into its counters: what their
+-- budgets did not spend is no longer used, and the stripes are empty until
+-- a debit refills them (_stripes_refill). The caller holds the stripes
+-- (_lock_account takes them before the row); one created since (set_stripes
+-- racing) is not waited for while the row is held: 40001, to retry.
+CREATE OR REPLACE FUNCTION credits_internal._fold_stripes(a credits.accounts) RETURNS credits.accounts
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_unspent numeric;
+    v_last    timestamptz;
+BEGIN
+    BEGIN
+        SELECT coalesce(sum(s.budget - s.spent), 0), max(s.last_at) INTO v_unspent, v_last
+          FROM (SELECT st.budget, st.spent, st.last_at FROM credits.stripes st
+                 WHERE st.account_id = a.account_id FOR UPDATE NOWAIT) s;
+    EXCEPTION WHEN lock_not_available THEN
+        RAISE EXCEPTION 'could not serialize access to account %: its stripes changed meanwhile',
+                        quote_literal(a.account_id) USING ERRCODE = '40001';
+    END;
+    UPDATE credits.stripes st SET budget = 0, spent = 0
+     WHERE st.account_id = a.account_id AND (st.budget <> 0 OR st.spent <> 0);
+    UPDATE credits.accounts ac
+       SET daily_used = trim_scale(ac.daily_used - v_unspent), monthly_used = trim_scale(ac.monthly_used - v_unspent),
+           stripe_budget = 0, last_at = greatest(ac.last_at, v_last)
+     WHERE ac.account_id = a.account_id
+    RETURNING * INTO a;
+    RETURN a;
+END
+$$;
+
+-- Lock an account row (every write to an account goes through this lock,
+-- which also orders its ledger entries) and fail with UC002 if it is missing.
+-- The account is brought up to `p_now` (or its own time, if that is later:
+-- _account_now) before anyone decides: ended windows closed, holds and
+-- grants past their deadline expired. Callers then decide at the returned
+-- row's last_at.
+CREATE OR REPLACE FUNCTION credits_internal._lock_account(p_account text, p_now timestamptz) RETURNS credits.accounts
+LANGUAGE plpgsql AS $$
+DECLARE
+    v credits.accounts;
+BEGIN
+    -- A striped account's stripes first, then its row: every path that
+    -- waits for both takes them in this order (src/metering/stripes.rs).
+    PERFORM FROM credits.stripes s WHERE s.account_id = p_account ORDER BY s.stripe FOR UPDATE;
+    -- Locked by moving its time on: the account's time is the latest any
+    -- call decided at, including one that writes nothing else (a denial),
+    -- so what it expires or closes now stays expired and closed for a call
+    -- whose clock is behind. (Callers decide at last_at, and write no other.)
+    UPDATE credits.accounts a SET last_at = credits_internal._account_now(a, p_now)
+     WHERE a.account_id = p_account
+    RETURNING * INTO v;
+    IF NOT FOUND THEN
+        PERFORM credits_internal._raise_unknown_account(p_account);
+    END IF;
+    IF v.stripe_budget > 0 THEN
+        v := credits_internal._fold_stripes(v);
+    END IF;
+    p_now := v.last_at;
+    IF credits_internal._windows_passed(v, p_now) THEN
+        PERFORM credits_internal._close_windows(ARRAY[p_account], p_now);
+        SELECT * INTO v FROM credits.accounts a WHERE a.account_id = p_account;
+    END IF;
+    IF credits_internal._expiry_due(v, p_now) THEN
+        PERFORM credits_internal._expire_due(ARRAY[p_account], p_now);
+        SELECT * INTO v FROM credits.accounts a WHERE a.account_id = p_account;
+    END IF;
+    RETURN v;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION credits_internal._state(a credits.accounts, p_now timestamptz) RETURNS credits_internal._account_state
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v         credits_internal._account_state;
+    v_unspent numeric;
+BEGIN
+    -- A striped account's counters count its stripes' budgets as used: what
+    -- they have not spent is not (src/metering/stripes.rs).
+    IF a.stripe_budget > 0 THEN
+        SELECT coalesce(sum(s.budget - s.spent), 0) INTO v_unspent
+          FROM credits.stripes s WHERE s.account_id = a.account_id;
+        a.daily_used := a.daily_used - v_unspent;
+        a.monthly_used := a.monthly_used - v_unspent;
+    END IF;
+    SELECT p.plan, p.daily_limit,
+           credits_internal._in_window(a.day, credits_internal._utc_day(p_now), a.daily_used),
+           p.monthly_allowance + a.purchased,
+           credits_internal._in_window(a.month, credits_internal._utc_month(p_now), a.monthly_used),
+           coalesce((SELECT sum(g.remaining) FROM credits.grants g
+                      WHERE g.account_id = a.account_id AND g.remaining > 0 AND g.expired_entry IS NULL
+                        AND (g.expires_at IS NULL OR g.expires_at > p_now)), 0),
+           0, 0, 0, 0
+      INTO v.plan, v.daily_limit, v.daily_used, v.monthly_limit, v.monthly_used, v.granted_remaining,
+           v.reserved, v.reserved_allowance, v.reserved_grants, v.reserved_today
+      FROM credits.plans p
+     WHERE p.plan = a.plan;
+    IF a.reserved > 0 THEN
+        -- (holds past their deadline no longer count, even before they are freed)
+        SELECT coalesce(sum(h.amount), 0),
+               coalesce(sum(h.amount) FILTER (WHERE h.day >= credits_internal._utc_day(p_now)), 0),
+               coalesce(sum(h.amount - h.from_grants) FILTER (WHERE h.month >= credits_internal._utc_month(p_now)), 0),
+               coalesce(sum(h.from_grants), 0)
+          INTO v.reserved, v.reserved_today, v.reserved_allowance, v.reserved_grants
+          FROM credits.holds h
+         WHERE h.account_id = a.account_id AND h.resolved_entry IS NULL AND h.expires_at > p_now;
+    END IF;
+    v.daily_available := CASE WHEN v.daily_limit IS NOT NULL
+                              THEN greatest(0, v.daily_limit - v.daily_used - v.reserved_today) END;
+    v.allowance_available := greatest(0, v.monthly_limit - v.monthly_used - v.reserved_allowance);
+    v.grants_available := greatest(0, v.granted_remaining - v.reserved_grants);
+    RETURN v;
+END
+$$;
+
+-- Hand a striped account's stripes budgets again (src/metering/stripes.rs):
+-- each an equal part of half what the account can spend before any event
+-- (a threshold, its alert, a full day). The caller holds the account and its
+-- stripes, folded (_lock_account). Returns what it handed out.
+CREATE OR REPLACE FUNCTION credits_internal._stripes_refill(p_account text, p_now timestamptz) RETURNS numeric
+LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'credits_stripes_refill';
+
+-- A debit the fast path declined (debit and try_debit try it first). An
+-- account with a hold or grant past its deadline, or a window to close that
+-- had run out (whose reset event is emitted in SQL), is brought up to date,
+-- and the fast path tried once more;
+-- anything else is the slow path's.
+CREATE OR REPLACE FUNCTION credits_internal._debit(p_account text, p_feature text, p_quantity numeric, p_key text,
+                       p_metadata jsonb, p_raise boolean)
+RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_now   timestamptz := credits.now();
+    v_entry bigint;
+BEGIN
+    IF EXISTS (SELECT FROM credits.accounts a WHERE a.account_id = p_account
+                  AND (credits_internal._windows_passed(a, v_now) OR credits_internal._expiry_due(a, v_now))) THEN
+        PERFORM credits_internal._lock_account(p_account, v_now);
+        v_entry := credits_internal._debit_fast(p_account, p_feature, p_quantity, p_key, p_metadata, v_now);
+    END IF;
+    IF v_entry IS NULL THEN
+        v_entry := credits_internal._debit_slow(p_account, p_feature, p_quantity, p_key, p_metadata, p_raise, v_now);
+    END IF;
+    -- A striped account's stripes, emptied on the way here, get budgets for
+    -- the debits after this one (nothing for any other account).
+    PERFORM credits_internal._stripes_refill(p_account, v_now);
+    RETURN v_entry;
+END
+$$;
+
+-- verify: recompute every account's balances from the ledger and report
+-- each difference. No rows = every stored balance is what the ledger implies.
+-- Each window counter is checked against the window it says it counts
+-- (accounts.day / accounts.month), so the result does not depend on the clock.
+CREATE OR REPLACE FUNCTION verify() RETURNS TABLE (account_id text, problem text)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    WITH
+    -- The latest plan entry says the plan and the purchases carried into it.
+    last_plan AS (
+        SELECT DISTINCT ON (l.account_id) l.account_id, l.entry_id, l.metadata
+          FROM credits.ledger l
+         WHERE l.kind = 'S'
+         ORDER BY l.account_id, l.entry_id DESC
+    ),
+    -- The monthly window restarted in the counted month at its latest plan
+    -- change (an upgrade from 0, any other move from the usage it recorded)
+    -- or at a purchase that set its usage to the old limit (SPEC §4.1, §4.2).
+    epoch AS (
+        SELECT DISTINCT ON (l.account_id) l.account_id, l.entry_id,
+               coalesce((l.metadata ->> 'monthly_used')::numeric, 0) AS used
+          FROM credits.ledger l
+          JOIN credits.accounts a ON a.account_id = l.account_id
+         WHERE ((l.kind = 'S' AND ((l.metadata ->> 'upgrade')::boolean OR l.metadata ? 'monthly_used'))
+                OR (l.kind = 'P' AND l.metadata ? 'monthly_used'))
+           AND credits_internal._utc_month(l.at) = a.month
+         ORDER BY l.account_id, l.entry_id DESC
+    ),
+    -- Every debit (+) and refund (-) with the instants whose windows it
+    -- counts in: a debit in the windows it was made in (a settle: its hold's,
+    -- SPEC §4.3); a refund gives back to a window only while the window of
+    -- its debit is still the current one (own_at and debit_at both in it).
+    counted AS (
+        SELECT d.account_id, s.sign * d.amount AS amount,
+               s.sign * (d.amount - coalesce(d.from_grants, 0)) AS allowance,
+               coalesce(src.entry_id, d.entry_id) AS debit_entry,
+               CASE d.kind WHEN 'D' THEN coalesce(h.at, d.at) ELSE d.at END AS own_at,
+               coalesce(h.at, src.at, d.at) AS debit_at
+          FROM credits.ledger d
+          CROSS JOIN LATERAL (SELECT CASE d.kind WHEN 'D' THEN 1 ELSE -1 END AS sign) s
+          LEFT JOIN credits.ledger src ON d.kind = 'R' AND src.entry_id = d.ref
+          LEFT JOIN credits.ledger h ON h.kind = 'H' AND h.entry_id = CASE d.kind WHEN 'D' THEN d.ref ELSE src.ref END
+         WHERE d.kind IN ('D', 'R')
+    ),
+    usage AS (
+        SELECT c.account_id,
+               sum(CASE WHEN credits_internal._utc_day(c.own_at) = a.day AND credits_internal._utc_day(c.debit_at) = a.day
+                        THEN c.amount ELSE 0 END) AS daily_used,
+               sum(CASE WHEN credits_internal._utc_month(c.own_at) = a.month AND credits_internal._utc_month(c.debit_at) = a.month
+                         AND c.debit_entry > coalesce(e.entry_id, 0)
+                        THEN c.allowance ELSE 0 END) AS monthly_used
+          FROM counted c
+          JOIN credits.accounts a ON a.account_id = c.account_id
+          LEFT JOIN epoch e ON e.account_id = c.account_id
+         GROUP BY c.account_id
+    ),
+    -- The plan changes of each month (SPEC §4.1), windows numbered by the
+    -- upgrades before them; what each window was granted is the largest limit
+    -- it held (a change's limit before and after it).
+    changes AS (
+        SELECT l.account_id, l.entry_id, credits_internal._utc_month(l.at) AS month,
+               (l.metadata ->> 'from_limit')::numeric AS from_limit,
+               (l.metadata ->> 'limit')::numeric AS new_limit,
+               (l.metadata ->> 'upgrade')::boolean AS upgrade,
+               count(*) FILTER (WHERE (l.metadata ->> 'upgrade')::boolean)
+                   OVER (PARTITION BY l.account_id, credits_internal._utc_month(l.at) ORDER BY l.entry_id) AS window_no
+          FROM credits.ledger l
+         WHERE l.kind = 'S' AND l.metadata ? 'from_limit'
+    ),
+    window_limits AS (
+        SELECT c.account_id, c.month, CASE WHEN c.upgrade THEN c.window_no - 1 ELSE c.window_no END AS window_no,
+               c.from_limit AS window_limit
+          FROM changes c
+        UNION ALL
+        SELECT c.account_id, c.month, c.window_no, c.new_limit FROM changes c
+    ),
+    month_grants AS (
+        SELECT w.account_id, w.month,
+               sum(w.window_limit)
+               -- (a reduction takes effect the next month: a plan change after it
+               -- records the lowered limit, but the month keeps what it had)
+               + coalesce((SELECT sum(abs(p.amount)) FROM credits.ledger p
+                            WHERE p.account_id = w.account_id AND p.kind = 'P'
+                              AND credits_internal._utc_month(p.at) = w.month), 0) AS granted
+          FROM (SELECT wl.account_id, wl.month, wl.window_no, max(wl.window_limit) AS window_limit
+                  FROM window_limits wl GROUP BY wl.account_id, wl.month, wl.window_no) w
+         GROUP BY w.account_id, w.month
+    ),
+    derived AS (
+        SELECT a.account_id,
+               lp.entry_id IS NOT NULL AS has_plan_entry,
+               lp.metadata ->> 'plan' AS plan,
+               (lp.metadata ->> 'purchased')::numeric
+                 + coalesce((SELECT sum(p.amount) FROM credits.ledger p
+                              WHERE p.account_id = a.account_id AND p.kind = 'P'
+                                AND p.entry_id > lp.entry_id), 0) AS purchased,
+               coalesce(u.daily_used, 0) AS daily_used,
+               coalesce(e.used, 0) + coalesce(u.monthly_used, 0) AS monthly_used
+          FROM credits.accounts a
+          LEFT JOIN last_plan lp ON lp.account_id = a.account_id
+          LEFT JOIN usage u ON u.account_id = a.account_id
+          LEFT JOIN epoch e ON e.account_id = a.account_id
+    ),
+    stripe_totals AS (
+        SELECT s.account_id, sum(s.budget) AS budget, sum(s.budget - s.spent) AS unspent
+          FROM credits.stripes s GROUP BY s.account_id
+    ),
+    problems AS (
+        SELECT a.account_id, 'the ledger has no plan entry for this account' AS problem
+          FROM credits.accounts a JOIN derived d USING (account_id)
+         WHERE NOT d.has_plan_entry
+        UNION ALL
+        SELECT a.account_id, format('plan is %s, the ledger says %s', a.plan, d.plan)
+          FROM credits.accounts a JOIN derived d USING (account_id)
+         WHERE d.has_plan_entry AND a.plan IS DISTINCT FROM d.plan
+        UNION ALL
+        SELECT a.account_id, format('purchased is %s, the ledger says %s', a.purchased, d.purchased)
+          FROM credits.accounts a JOIN derived d USING (account_id)
+         WHERE d.has_plan_entry AND a.purchased IS DISTINCT FROM d.purchased
+        UNION ALL
+        -- (a striped account's counters count its stripes' unspent budgets as used)
+        SELECT a.account_id, format('daily_used of %s is %s, the ledger says %s',
+                                    to_char(a.day, 'YYYY-MM-DD'), a.daily_used - coalesce(st.unspent, 0), d.daily_used)
+          FROM credits.accounts a JOIN derived d USING (account_id) LEFT JOIN stripe_totals st USING (account_id)
+         WHERE a.daily_used - coalesce(st.unspent, 0) <> d.daily_used
+        UNION ALL
+        SELECT a.account_id, format('monthly_used of %s is %s, the ledger says %s',
+                                    to_char(a.month, 'YYYY-MM'), a.monthly_used - coalesce(st.unspent, 0), d.monthly_used)
+          FROM credits.accounts a JOIN derived d USING (account_id) LEFT JOIN stripe_totals st USING (account_id)
+         WHERE a.monthly_used - coalesce(st.unspent, 0) <> d.monthly_used
+        UNION ALL
+        -- Stripes: stripe_budget is what they were handed, none spent more.
+        SELECT a.account_id, format('stripe_budget is %s, its stripes hold %s', a.stripe_budget, coalesce(st.budget, 0))
+          FROM credits.accounts a LEFT JOIN stripe_totals st USING (account_id)
+         WHERE a.stripe_budget <> coalesce(st.budget, 0)
+        UNION ALL
+        SELECT s.account_id, format('stripe %s spent %s of a budget of %s', s.stripe, s.spent, s.budget)
+          FROM credits.stripes s
+         WHERE s.spent > s.budget OR s.spent < 0
+        UNION ALL
+        -- SPEC §4: no credits appear through a sequence of calls. In a month
+        -- with plan changes, the allowance used and forfeited is at most the
+        -- allowances granted: for each window (an upgrade starts one) the
+        -- largest limit it held, and the purchases.
+        SELECT m.account_id,
+               format('in %s, %s of allowance was used and %s forfeited, but only %s was granted',
+                      to_char(m.month, 'YYYY-MM'), m.used, m.forfeited, m.granted)
+          FROM (SELECT g.account_id, g.month, g.granted,
+                       coalesce((SELECT sum(c.allowance) FROM counted c
+                                  WHERE c.account_id = g.account_id AND credits_internal._utc_month(c.own_at) = g.month
+                                    AND credits_internal._utc_month(c.debit_at) = g.month), 0) AS used,
+                       coalesce((SELECT sum(f.amount) FROM credits.ledger f
+                                  WHERE f.account_id = g.account_id AND f.kind = 'F'
+                                    AND credits_internal._report_month(f.kind, f.at, f.metadata) = g.month), 0) AS forfeited
+                  FROM month_grants g) m
+         WHERE m.used + m.forfeited > m.granted
+        UNION ALL
+        -- Holds: reserved is the sum of the open holds; each hold has its 'H'
+        -- entry, and a resolved hold points to the entry that resolved it.
+        SELECT a.account_id, format('reserved is %s, open holds sum to %s', a.reserved, coalesce(h.total, 0))
+          FROM credits.accounts a
+          LEFT JOIN (SELECT ho.account_id, sum(ho.amount) AS total FROM credits.holds ho
+                      WHERE ho.resolved_entry IS NULL GROUP BY ho.account_id) h ON h.account_id = a.account_id
+         WHERE a.reserved <> coalesce(h.total, 0)
+        UNION ALL
+        SELECT ho.account_id, format('hold %s has no matching hold entry in the ledger', ho.hold_id)
+          FROM credits.holds ho
+         WHERE NOT EXISTS (SELECT 1 FROM credits.ledger l
+                            WHERE l.entry_id = ho.hold_id AND l.kind = 'H'
+                              AND l.account_id = ho.account_id AND l.amount = ho.amount)
+        UNION ALL
+        SELECT ho.account_id, format('hold %s is resolved by entry %s, which does not resolve it',
+                                     ho.hold_id, ho.resolved_entry)
+          FROM credits.holds ho
+         WHERE ho.resolved_entry IS NOT NULL
+           AND NOT EXISTS (SELECT 1 FROM credits.ledger l
+                            WHERE l.entry_id = ho.resolved_entry AND l.ref = ho.hold_id
+                              AND l.kind IN ('D', 'X'))
+        UNION ALL
+        SELECT l.account_id, format('hold entry %s has no hold', l.entry_id)
+          FROM credits.ledger l
+         WHERE l.kind = 'H'
+           AND NOT EXISTS (SELECT 1 FROM credits.holds ho
+                            WHERE ho.account_id = l.account_id AND ho.hold_id = l.entry_id)
+        UNION ALL
+        -- Each grant: what is left = granted - drawn + given back.
+        SELECT g.account_id, format('grant %s has %s remaining, the ledger says %s', g.grant_id, g.remaining,
+                                    g.amount - coalesce(dr.drawn, 0))
+          FROM credits.grants g
+          LEFT JOIN (SELECT gd.account_id, gd.grant_id, sum(gd.amount) AS drawn
+                       FROM credits.grant_draws gd GROUP BY gd.account_id, gd.grant_id) dr
+                 ON dr.account_id = g.account_id AND dr.grant_id = g.grant_id
+         WHERE g.remaining <> g.amount - coalesce(dr.drawn, 0)
+        UNION ALL
+        -- The ledger alone: granted - drawn + given back - expired is what the
+        -- grants not yet expired hold (SPEC §4.5: nothing goes back to an
+        -- expired grant).
+        SELECT a.account_id, format('grants not yet expired hold %s, the ledger says %s',
+                                    coalesce(g.held, 0), coalesce(l.held, 0))
+          FROM credits.accounts a
+          LEFT JOIN (SELECT gr.account_id, sum(gr.remaining) AS held FROM credits.grants gr
+                      WHERE gr.expired_entry IS NULL GROUP BY gr.account_id) g ON g.account_id = a.account_id
+          LEFT JOIN (SELECT le.account_id,
+                            sum(CASE le.kind WHEN 'G' THEN le.amount WHEN 'D' THEN -coalesce(le.from_grants, 0)
+                                             WHEN 'R' THEN coalesce(le.from_grants, 0) WHEN 'E' THEN -le.amount END) AS held
+                       FROM credits.ledger le WHERE le.kind IN ('G', 'D', 'R', 'E')
+                      GROUP BY le.account_id) l ON l.account_id = a.account_id
+         WHERE coalesce(g.held, 0) <> coalesce(l.held, 0)
+        UNION ALL
+        SELECT g.account_id, format('grant %s has no matching grant entry in the ledger', g.grant_id)
+          FROM credits.grants g
+         WHERE NOT EXISTS (SELECT 1 FROM credits.ledger l
+                            WHERE l.entry_id = g.grant_id AND l.kind = 'G'
+                              AND l.account_id = g.account_id AND l.amount = g.amount)
+        UNION ALL
+        SELECT l.account_id, format('grant entry %s has no grant', l.entry_id)
+          FROM credits.ledger l
+         WHERE l.kind = 'G'
+           AND NOT EXISTS (SELECT 1 FROM credits.grants g
+                            WHERE g.account_id = l.account_id AND g.grant_id = l.entry_id)
+        UNION ALL
+        -- Each debit or refund: its grant part equals its grant draws.
+        SELECT l.account_id, format('entry %s has from_grants %s, its grant draws sum to %s',
+                                    l.entry_id, coalesce(l.from_grants, 0), coalesce(abs(dr.total), 0))
+          FROM credits.ledger l
+          LEFT JOIN (SELECT gd.entry_id, sum(gd.amount) AS total
+                       FROM credits.grant_draws gd GROUP BY gd.entry_id) dr ON dr.entry_id = l.entry_id
+         WHERE l.kind IN ('D', 'R') AND coalesce(l.from_grants, 0) <> coalesce(abs(dr.total), 0)
+        UNION ALL
+        SELECT d.account_id, format('debit %s of %s has %s refunded', d.entry_id, d.amount, r.total)
+          FROM credits.ledger d
+          JOIN (SELECT l.ref, sum(l.amount) AS total FROM credits.ledger l
+                 WHERE l.kind = 'R' GROUP BY l.ref) r ON r.ref = d.entry_id
+         WHERE d.kind = 'D' AND r.total > d.amount
+        UNION ALL
+        SELECT i.account_id, format('idempotency key %s points to entry %s of another account or none',
+                                    quote_literal(i.idempotency_key), i.entry_id)
+          FROM credits.idempotency i
+         WHERE NOT EXISTS (SELECT 1 FROM credits.ledger l
+                            WHERE l.entry_id = i.entry_id AND l.account_id = i.account_id)
+        UNION ALL
+        SELECT DISTINCT l.account_id, 'ledger entries for an account that does not exist'
+          FROM credits.ledger l
+         WHERE NOT EXISTS (SELECT 1 FROM credits.accounts a WHERE a.account_id = l.account_id)
+        UNION ALL
+        -- The usage rollups hold the ledger's totals up to rolled_through, exactly.
+        SELECT coalesce(r.account_id, t.account_id),
+               format('usage rollup of %s kind %s feature %s has %s (%s from grants) in %s entries, the ledger says %s (%s) in %s',
+                      to_char(coalesce(r.month, t.month), 'YYYY-MM'), coalesce(r.kind, t.kind),
+                      coalesce(r.feature_id, t.feature_id)::text, r.amount, r.from_grants, r.entries,
+                      t.amount, t.from_grants, t.entries)
+          FROM credits.usage_rollup r
+          FULL JOIN credits_internal._ledger_totals(0, credits_internal._rolled_through()) t
+            ON t.account_id = r.account_id AND t.month = r.month AND t.kind = r.kind
+           AND coalesce(t.feature_id, -1) = coalesce(r.feature_id, -1)
+         WHERE r.amount IS DISTINCT FROM t.amount OR r.from_grants IS DISTINCT FROM t.from_grants
+            OR r.entries IS DISTINCT FROM t.entries
+    )
+    SELECT p.account_id, p.problem FROM problems p ORDER BY p.account_id, p.problem;
+END;
+
+-- One step of maintenance at instant `p_at`, in the caller's transaction:
+-- starts a run if something is due, or does one batch of the run in
+-- progress (which keeps its own instant, so a run cut short resumes as it
+-- began). Returns the seconds until more is due: 0 = call again now.
+CREATE OR REPLACE FUNCTION credits_internal._maintenance_step(p_at timestamptz, p_batch integer) RETURNS double precision
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off AS $$
+DECLARE
+    st       credits.maintenance_state;
+    run      credits.maintenance_runs;
+    v_done   record;
+    v_ids    text[];
+    v_n      integer;
+    v_one    text;
+    v_free   boolean;
+BEGIN
+    IF p_at IS NULL OR NOT isfinite(p_at) THEN
+        RAISE EXCEPTION 'invalid maintenance instant: %', coalesce(p_at::text, 'NULL') USING ERRCODE = 'UC009';
+    END IF;
+    IF p_batch IS NULL OR p_batch < 1 THEN
+        RAISE EXCEPTION 'invalid batch size: %', coalesce(p_batch::text, 'NULL') USING ERRCODE = 'UC009';
+    END IF;
+    -- One maintenance step at a time: the worker and a manual run interleave safely.
+    SELECT * INTO st FROM credits.maintenance_state FOR UPDATE;
+
+    IF st.run_id IS NULL THEN
+        IF credits_internal._next_due(st.done_through) > p_at THEN
+            RETURN greatest(0, extract(epoch FROM credits_internal._next_due(greatest(st.done_through, p_at)) - p_at));
+        END IF;
+        INSERT INTO credits.maintenance_runs (run_at, previous, phase)
+        VALUES (p_at, st.done_through,
+                CASE WHEN st.done_through IS NULL OR credits_internal._utc_day(st.done_through) < credits_internal._utc_day(p_at)
+                     THEN 'windows' ELSE 'expiries' END)
+        RETURNING * INTO run;
+        UPDATE credits.maintenance_state SET run_id = run.run_id;
+    ELSE
+        SELECT * INTO run FROM credits.maintenance_runs r WHERE r.run_id = st.run_id;
+    END IF;
+
+    IF run.phase = 'windows' THEN
+        -- One batch per transaction, locks taken in key order; accounts
+        -- held by another transaction are noted and closed once free.
+        SELECT * INTO v_done FROM credits_internal._close_windows_after(run.cursor, run.run_at, p_batch);
+        INSERT INTO credits.maintenance_waiting (run_id, account_id, since)
+        SELECT run.run_id, s.id, clock_timestamp() FROM unnest(v_done.skipped) s(id)
+        ON CONFLICT DO NOTHING;
+        IF v_done.last_account IS NULL THEN
+            UPDATE credits.maintenance_runs r SET phase = 'expiries' WHERE r.run_id = run.run_id;
+        ELSE
+            UPDATE credits.maintenance_runs r
+               SET cursor = v_done.last_account, batches = r.batches + 1,
+                   accounts = r.accounts + v_done.accounts, windows = r.windows + v_done.windows
+             WHERE r.run_id = run.run_id;
+        END IF;
+        RETURN 0;
+    END IF;
+
+    -- Expiries: the accounts with a hold or grant past its deadline, a batch
+    -- at a time (one another transaction holds is left for a later step).
+    SELECT array_agg(x.account_id ORDER BY x.account_id) INTO v_ids
+      FROM (SELECT a.account_id FROM credits.accounts a
+             WHERE a.account_id IN (
+                   (SELECT h.account_id FROM credits.holds h
+                     WHERE h.resolved_entry IS NULL AND h.expires_at <= run.run_at
+                     ORDER BY h.expires_at LIMIT p_batch)
+                   UNION
+                   (SELECT g.account_id FROM credits.grants g
+                     WHERE g.expired_entry IS NULL AND g.expires_at <= run.run_at
+                     ORDER BY g.expires_at LIMIT p_batch))
+             ORDER BY a.account_id
+               FOR UPDATE SKIP LOCKED) x;
+    IF v_ids IS NOT NULL THEN
+        v_n := credits_internal._expire_due(v_ids, run.run_at);
+        UPDATE credits.maintenance_runs r SET batches = r.batches + 1, expired = r.expired + v_n
+         WHERE r.run_id = run.run_id;
+        RETURN 0;
+    END IF;
+
+    -- The accounts skipped because a transaction held them, once free.
+    -- Striped ones with budgets out go through _lock_account (which folds
+    -- them back before closing) when their stripes, then their row, can be
+    -- taken without waiting (the order every path takes them in).
+    v_n := 0;
+    FOR v_one IN SELECT w.account_id FROM credits.maintenance_waiting w
+                   JOIN credits.accounts a ON a.account_id = w.account_id
+                  WHERE w.run_id = run.run_id AND a.stripe_budget > 0
+    LOOP
+        SELECT count(*) = (SELECT count(*) FROM credits.stripes s WHERE s.account_id = v_one) INTO v_free
+          FROM (SELECT FROM credits.stripes s WHERE s.account_id = v_one FOR UPDATE SKIP LOCKED) x;
+        IF v_free THEN
+            PERFORM FROM credits.accounts a WHERE a.account_id = v_one FOR UPDATE SKIP LOCKED;
+            IF FOUND THEN
+                PERFORM credits_internal._lock_account(v_one, run.run_at);
+                DELETE FROM credits.maintenance_waiting w WHERE w.run_id = run.run_id AND w.account_id = v_one;
+                v_n := v_n + 1;
+            END IF;
+        END IF;
+    END LOOP;
+    IF v_n > 0 THEN
+        UPDATE credits.maintenance_runs r SET batches = r.batches + 1, accounts = r.accounts + v_n
+         WHERE r.run_id = run.run_id;
+        RETURN 0;
+    END IF;
+    SELECT array_agg(x.account_id ORDER BY x.account_id) INTO v_ids
+      FROM (SELECT a.account_id FROM credits.accounts a
+             WHERE a.account_id IN (SELECT w.account_id FROM credits.maintenance_waiting w
+                                     WHERE w.run_id = run.run_id)
+               AND a.stripe_budget = 0
+             ORDER BY a.account_id
+               FOR UPDATE SKIP LOCKED) x;
+    IF v_ids IS NOT NULL THEN
+        v_n := credits_internal._close_windows(v_ids, run.run_at);
+        DELETE FROM credits.maintenance_waiting w WHERE w.run_id = run.run_id AND w.account_id = ANY (v_ids);
+        UPDATE credits.maintenance_runs r
+           SET batches = r.batches + 1, accounts = r.accounts + cardinality(v_ids), windows = r.windows + v_n
+         WHERE r.run_id = run.run_id;
+        RETURN 0;
+    END IF;
+    -- Still held (or still with a deadline to expire): come back in a second;
+    -- every other account is done, and the held ones are correct at their
+    -- next call meanwhile.
+    IF EXISTS (SELECT FROM credits.maintenance_waiting w WHERE w.run_id = run.run_id)
+       OR EXISTS (SELECT FROM credits.holds h WHERE h.resolved_entry IS NULL AND h.expires_at <= run.run_at)
+       OR EXISTS (SELECT FROM credits.grants g WHERE g.expired_entry IS NULL AND g.expires_at <= run.run_at) THEN
+        RETURN 1;
+    END IF;
+
+    UPDATE credits.maintenance_runs r SET phase = 'done', finished_at = clock_timestamp()
+     WHERE r.run_id = run.run_id;
+    UPDATE credits.maintenance_state
+       SET run_id = NULL, done_through = greatest(done_through, run.run_at);
+    RETURN greatest(0, extract(epoch FROM credits_internal._next_due(greatest(st.done_through, run.run_at)) - p_at));
+END
+$$;
+
+-- set_stripes: spread an account's debits over `stripes` stripes (2 to 64;
+-- 0 turns it off), for an account many sessions debit at once: a debit then
+-- locks one free stripe instead of the account row (src/metering/stripes.rs).
+-- Decisions stay exact; what a striped account costs is in docs/rules.md.
+CREATE OR REPLACE FUNCTION set_stripes(account_id text, stripes integer) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p_account text := set_stripes.account_id;
+    p_stripes integer := set_stripes.stripes;
+BEGIN
+    PERFORM credits_internal._check_text(p_account, 'account_id');
+    IF p_stripes IS NULL OR p_stripes < 0 OR p_stripes = 1 OR p_stripes > 64 THEN
+        RAISE EXCEPTION 'invalid stripes: %', coalesce(p_stripes::text, 'NULL') USING ERRCODE = 'UC009',
+            DETAIL = 'stripes must be 0 (off) or from 2 to 64';
+    END IF;
+    -- (folds what the stripes hold back into the account)
+    PERFORM credits_internal._lock_account(p_account, credits.now());
+    DELETE FROM credits.stripes s WHERE s.account_id = p_account AND s.stripe >= p_stripes;
+    INSERT INTO credits.stripes (account_id, stripe)
+    SELECT p_account, g FROM generate_series(0, p_stripes - 1) g
+    ON CONFLICT DO NOTHING;
+    UPDATE credits.accounts a SET stripes = p_stripes WHERE a.account_id = p_account;
+END
+$$;
+
+GRANT EXECUTE ON FUNCTION credits.set_stripes(text, integer) TO credits_admin;
+COMMENT ON FUNCTION credits.set_stripes(text, integer) IS
+'Spread an account''s debits over 2 to 64 stripes (0: off), for an account many sessions debit at once: a debit locks a free stripe instead of the account row. Decisions stay exact. Admin.';
+COMMENT ON TABLE credits.stripes IS 'The stripes of striped accounts (set_stripes): budgets of their allowance that debits spend without locking the account row.';
+COMMENT ON COLUMN credits.accounts.stripes IS 'Stripes its debits spread over (set_stripes);
+COMMENT ON COLUMN credits.accounts.stripe_budget IS 'Allowance handed to its stripes, counted in daily_used and monthly_used until what they did not spend is folded back.';
+COMMENT ON COLUMN credits.stripes.account_id IS 'The account.';
+COMMENT ON COLUMN credits.stripes.stripe IS 'Its number, from 0.';
+COMMENT ON COLUMN credits.stripes.day IS 'The UTC day its budget counts in.';
+COMMENT ON COLUMN credits.stripes.month IS 'The UTC month its budget counts in.';
+COMMENT ON COLUMN credits.stripes.budget IS 'Allowance the account handed it.';
+COMMENT ON COLUMN credits.stripes.spent IS 'Debited from the budget.';
+COMMENT ON COLUMN credits.stripes.last_at IS 'The instant of its latest debit.';
+
 REVOKE ALL ON ALL ROUTINES IN SCHEMA credits, credits_internal FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION credits.read_events(bigint, integer) TO credits_app, credits_reader, credits_admin;
 COMMENT ON FUNCTION credits.read_events(bigint, integer) IS

@@ -415,3 +415,28 @@ BEGIN
      WHERE a.account_id = p_account;
 END
 $$;
+
+-- set_stripes: spread an account's debits over `stripes` stripes (2 to 64;
+-- 0 turns it off), for an account many sessions debit at once: a debit then
+-- locks one free stripe instead of the account row (src/metering/stripes.rs).
+-- Decisions stay exact; what a striped account costs is in docs/rules.md.
+CREATE FUNCTION set_stripes(account_id text, stripes integer) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p_account text := set_stripes.account_id;
+    p_stripes integer := set_stripes.stripes;
+BEGIN
+    PERFORM credits_internal._check_text(p_account, 'account_id');
+    IF p_stripes IS NULL OR p_stripes < 0 OR p_stripes = 1 OR p_stripes > 64 THEN
+        RAISE EXCEPTION 'invalid stripes: %', coalesce(p_stripes::text, 'NULL') USING ERRCODE = 'UC009',
+            DETAIL = 'stripes must be 0 (off) or from 2 to 64';
+    END IF;
+    -- (folds what the stripes hold back into the account)
+    PERFORM credits_internal._lock_account(p_account, credits.now());
+    DELETE FROM credits.stripes s WHERE s.account_id = p_account AND s.stripe >= p_stripes;
+    INSERT INTO credits.stripes (account_id, stripe)
+    SELECT p_account, g FROM generate_series(0, p_stripes - 1) g
+    ON CONFLICT DO NOTHING;
+    UPDATE credits.accounts a SET stripes = p_stripes WHERE a.account_id = p_account;
+END
+$$;

@@ -21,6 +21,10 @@ pub(crate) struct Account {
     /// Its alert (credits.set_alert): credits, and a percentage of the monthly limit.
     pub alert_remaining: Option<Datum>,
     pub alert_percent: Option<Datum>,
+    /// Its stripes (credits.set_stripes; 0: none), and the budget they hold
+    /// in its counters (None: none).
+    pub stripes: i16,
+    pub stripe_budget: Option<Datum>,
 }
 
 impl Account {
@@ -48,6 +52,24 @@ impl Account {
             // (NULL: no alert; a schema from before alerts has none either)
             alert_remaining: table.col(c"alert_remaining").and_then(|c| row.get(c)),
             alert_percent: table.col(c"alert_percent").and_then(|c| row.get(c)),
+            // (a schema from before stripes has none)
+            stripes: table
+                .col(c"stripes")
+                .and_then(|c| row.get(c))
+                .map_or(0, |d| d.value() as i16),
+            stripe_budget: table.col(c"stripe_budget").and_then(|c| row.get(c)),
         })
+    }
+
+    /// Do its counters count budgets handed to its stripes as used?
+    pub(crate) unsafe fn has_stripe_budget(&self) -> bool {
+        self.stripe_budget
+            .is_some_and(|b| crate::pg::numeric::cmp(b, crate::pg::numeric::from_i64(0)) != 0)
+    }
+
+    /// Is it striped, or do its counters still count stripes' budgets (a
+    /// striped account's debits are src/metering/stripes.rs's)?
+    pub(crate) unsafe fn striped(&self) -> bool {
+        self.stripes > 0 || self.has_stripe_budget()
     }
 }

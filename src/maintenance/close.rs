@@ -327,6 +327,12 @@ pub unsafe extern "C-unwind" fn credits_close_windows_after(
                 if !passed(&seen, today, this_month) {
                     return None;
                 }
+                // Budgets out on its stripes are folded back first, stripes
+                // before the row: maintenance comes back to it.
+                if seen.has_stripe_budget() {
+                    busy = true;
+                    return None;
+                }
                 match accounts.try_lock_seen(row) {
                     Lock::Locked(found) => Some(found),
                     Lock::Busy => {
@@ -476,6 +482,11 @@ impl Closer {
         };
         let (accounts, today, this_month) = (&self.accounts, self.today, self.this_month);
         let account = Account::read(accounts, &locked).unwrap_or_else(|| incomplete());
+        // (counters that count a stripe's budget as used are not closed:
+        // credits_internal._lock_account folds them first)
+        if account.has_stripe_budget() {
+            return false;
+        }
         let Some((daily_limit, allowance)) = catalog_cache::plan(&self.schema, account.plan) else {
             return false; // (the plan foreign key makes this impossible)
         };

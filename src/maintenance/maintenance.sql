@@ -127,6 +127,36 @@ BEGIN
 END
 $$;
 
+-- Fold a locked account's stripes back into its counters: what their
+-- budgets did not spend is no longer used, and the stripes are empty until
+-- a debit refills them (_stripes_refill). The caller holds the stripes
+-- (_lock_account takes them before the row); one created since (set_stripes
+-- racing) is not waited for while the row is held: 40001, to retry.
+CREATE FUNCTION credits_internal._fold_stripes(a credits.accounts) RETURNS credits.accounts
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_unspent numeric;
+    v_last    timestamptz;
+BEGIN
+    BEGIN
+        SELECT coalesce(sum(s.budget - s.spent), 0), max(s.last_at) INTO v_unspent, v_last
+          FROM (SELECT st.budget, st.spent, st.last_at FROM credits.stripes st
+                 WHERE st.account_id = a.account_id FOR UPDATE NOWAIT) s;
+    EXCEPTION WHEN lock_not_available THEN
+        RAISE EXCEPTION 'could not serialize access to account %: its stripes changed meanwhile',
+                        quote_literal(a.account_id) USING ERRCODE = '40001';
+    END;
+    UPDATE credits.stripes st SET budget = 0, spent = 0
+     WHERE st.account_id = a.account_id AND (st.budget <> 0 OR st.spent <> 0);
+    UPDATE credits.accounts ac
+       SET daily_used = trim_scale(ac.daily_used - v_unspent), monthly_used = trim_scale(ac.monthly_used - v_unspent),
+           stripe_budget = 0, last_at = greatest(ac.last_at, v_last)
+     WHERE ac.account_id = a.account_id
+    RETURNING * INTO a;
+    RETURN a;
+END
+$$;
+
 -- Lock an account row (every write to an account goes through this lock,
 -- which also orders its ledger entries) and fail with UC002 if it is missing.
 -- The account is brought up to `p_now` (or its own time, if that is later:
@@ -138,6 +168,9 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v credits.accounts;
 BEGIN
+    -- A striped account's stripes first, then its row: every path that
+    -- waits for both takes them in this order (src/metering/stripes.rs).
+    PERFORM FROM credits.stripes s WHERE s.account_id = p_account ORDER BY s.stripe FOR UPDATE;
     -- Locked by moving its time on: the account's time is the latest any
     -- call decided at, including one that writes nothing else (a denial),
     -- so what it expires or closes now stays expired and closed for a call
@@ -147,6 +180,9 @@ BEGIN
     RETURNING * INTO v;
     IF NOT FOUND THEN
         PERFORM credits_internal._raise_unknown_account(p_account);
+    END IF;
+    IF v.stripe_budget > 0 THEN
+        v := credits_internal._fold_stripes(v);
     END IF;
     p_now := v.last_at;
     IF credits_internal._windows_passed(v, p_now) THEN
@@ -190,6 +226,8 @@ DECLARE
     v_done   record;
     v_ids    text[];
     v_n      integer;
+    v_one    text;
+    v_free   boolean;
 BEGIN
     IF p_at IS NULL OR NOT isfinite(p_at) THEN
         RAISE EXCEPTION 'invalid maintenance instant: %', coalesce(p_at::text, 'NULL') USING ERRCODE = 'UC009';
@@ -254,10 +292,35 @@ BEGIN
     END IF;
 
     -- The accounts skipped because a transaction held them, once free.
+    -- Striped ones with budgets out go through _lock_account (which folds
+    -- them back before closing) when their stripes, then their row, can be
+    -- taken without waiting (the order every path takes them in).
+    v_n := 0;
+    FOR v_one IN SELECT w.account_id FROM credits.maintenance_waiting w
+                   JOIN credits.accounts a ON a.account_id = w.account_id
+                  WHERE w.run_id = run.run_id AND a.stripe_budget > 0
+    LOOP
+        SELECT count(*) = (SELECT count(*) FROM credits.stripes s WHERE s.account_id = v_one) INTO v_free
+          FROM (SELECT FROM credits.stripes s WHERE s.account_id = v_one FOR UPDATE SKIP LOCKED) x;
+        IF v_free THEN
+            PERFORM FROM credits.accounts a WHERE a.account_id = v_one FOR UPDATE SKIP LOCKED;
+            IF FOUND THEN
+                PERFORM credits_internal._lock_account(v_one, run.run_at);
+                DELETE FROM credits.maintenance_waiting w WHERE w.run_id = run.run_id AND w.account_id = v_one;
+                v_n := v_n + 1;
+            END IF;
+        END IF;
+    END LOOP;
+    IF v_n > 0 THEN
+        UPDATE credits.maintenance_runs r SET batches = r.batches + 1, accounts = r.accounts + v_n
+         WHERE r.run_id = run.run_id;
+        RETURN 0;
+    END IF;
     SELECT array_agg(x.account_id ORDER BY x.account_id) INTO v_ids
       FROM (SELECT a.account_id FROM credits.accounts a
              WHERE a.account_id IN (SELECT w.account_id FROM credits.maintenance_waiting w
                                      WHERE w.run_id = run.run_id)
+               AND a.stripe_budget = 0
              ORDER BY a.account_id
                FOR UPDATE SKIP LOCKED) x;
     IF v_ids IS NOT NULL THEN

@@ -35,6 +35,7 @@ use crate::clock;
 use crate::maintenance::close;
 use crate::metering::requests::{debit_request, metadata_text};
 use crate::metering::stats;
+use crate::metering::stripes;
 use crate::metering::thresholds::lowest_threshold;
 use crate::pg::decimal::Decimal;
 use crate::pg::fmgr::{args, array_elements, call, ret, text_bytes, v1_functions};
@@ -200,7 +201,7 @@ pub unsafe extern "C-unwind" fn credits_debit_many_fast(fcinfo: pg_sys::Function
 
 /// A debit's arguments.
 #[derive(Clone, Copy)]
-struct DebitRequest {
+pub(super) struct DebitRequest {
     account: Option<Datum>,
     feature: Option<Datum>,
     quantity: Option<Datum>,
@@ -233,7 +234,13 @@ fn debit(req: &DebitRequest, now: Option<Datum>) -> Option<i64> {
             let schema = catalog_cache::schema()?;
             let charge = charge.priced(&schema)?;
             let accounts = Table::open(schema.accounts, pg_sys::RowExclusiveLock);
-            let mut account = LockedAccount::lock(&schema, &accounts, req.account?, now_ts)?;
+            let seen = accounts.lookup(schema.accounts_key, req.account?)?;
+            let seen_account = Account::read(&accounts, &seen)?;
+            if seen_account.striped() {
+                return stripes::spend(&schema, &seen_account, req.account?, &charge, now_ts);
+            }
+            let mut account =
+                LockedAccount::lock_seen(&schema, &accounts, seen, req.account?, now_ts)?;
             let totals = account.fits(charge.amount)?;
             let tables = DebitTables::open(
                 &schema,
@@ -243,7 +250,7 @@ fn debit(req: &DebitRequest, now: Option<Datum>) -> Option<i64> {
             )?;
             let mut writes = Writes::begin(&tables.list());
             let entry = account.charge(&schema, &tables, &mut writes, &charge, totals);
-            account.finish(&tables, &mut writes);
+            account.finish(&accounts, &mut writes);
             writes.finish();
             drop(account);
             if entry.is_some() {
@@ -294,7 +301,7 @@ fn debit_many(requests: &[DebitRequest], now: Datum) -> Vec<Option<i64>> {
                     charged = true;
                     writes.next_row();
                 }
-                account.finish(&tables, &mut writes);
+                account.finish(&accounts, &mut writes);
             }
             writes.finish();
             if charged {
@@ -357,13 +364,13 @@ unsafe fn with_own_commands_visible<T>(f: impl FnOnce() -> Option<T>) -> Option<
 }
 
 /// A debit's request, checked as the slow path checks it.
-struct Charge {
+pub(super) struct Charge {
     req: DebitRequest,
     /// The metadata as JSON text (for the key's fingerprint).
     metadata_text: Option<Datum>,
-    feature_id: i16,
+    pub feature_id: i16,
     /// cost x quantity: positive, exact to 4 places.
-    amount: Decimal,
+    pub amount: Decimal,
 }
 
 struct Unpriced {
@@ -372,6 +379,10 @@ struct Unpriced {
 }
 
 impl Charge {
+    pub(super) fn has_key(&self) -> bool {
+        self.req.key.is_some()
+    }
+
     /// A key of a bad length or bad metadata is the slow path's to report.
     unsafe fn validate(req: &DebitRequest) -> Option<Unpriced> {
         req.account?;
@@ -411,9 +422,11 @@ impl Unpriced {
 }
 
 /// The tables a debit writes, open, and checked to be writable below SQL.
-struct DebitTables<'a> {
-    accounts: &'a Table,
-    ledger: Table,
+pub(super) struct DebitTables<'a> {
+    /// The table whose row holds the counters the debit moves: the
+    /// account's, or a stripe's (stripes.rs).
+    pub counters: &'a Table,
+    pub ledger: Table,
     idempotency: Option<Table>,
     closed_windows: Option<Table>,
 }
@@ -423,14 +436,14 @@ impl<'a> DebitTables<'a> {
     /// None if a table has a statement-level trigger (an audit trigger
     /// with a transition table, one that refuses a statement), which fires
     /// only for a statement: such a table is written by the SQL path.
-    unsafe fn open(
+    pub(super) unsafe fn open(
         schema: &Schema,
-        accounts: &'a Table,
+        counters: &'a Table,
         keys: bool,
         closing: bool,
     ) -> Option<DebitTables<'a>> {
         let tables = DebitTables {
-            accounts,
+            counters,
             ledger: Table::open(schema.ledger, pg_sys::RowExclusiveLock),
             idempotency: keys.then(|| Table::open(schema.idempotency, pg_sys::RowExclusiveLock)),
             closed_windows: match closing {
@@ -444,8 +457,8 @@ impl<'a> DebitTables<'a> {
         (!tables.list().iter().any(|t| t.has_statement_triggers())).then_some(tables)
     }
 
-    fn list(&self) -> Vec<&Table> {
-        let mut tables = vec![self.accounts, &self.ledger];
+    pub(super) fn list(&self) -> Vec<&Table> {
+        let mut tables = vec![self.counters, &self.ledger];
         tables.extend(&self.idempotency);
         tables.extend(&self.closed_windows);
         tables
@@ -454,7 +467,7 @@ impl<'a> DebitTables<'a> {
 
 /// An account locked for debits, which are decided one after another
 /// against its counters in memory; finish() writes the counters.
-struct LockedAccount {
+pub(super) struct LockedAccount {
     account_id: Datum,
     locked: Found,
     a: Account,
@@ -469,21 +482,59 @@ struct LockedAccount {
     daily_used: Decimal,
     monthly_used: Decimal,
     /// Its ended windows, closed with its first debit.
-    closing: Option<close::Closing>,
+    pub closing: Option<close::Closing>,
     charged: bool,
+    /// What its stripes hold, when finish() is to set it (stripes.rs).
+    pub stripe_budget: Option<Decimal>,
 }
 
 impl LockedAccount {
     /// Locks the account before anything is decided; None if the fast
-    /// path cannot take its debits (unknown, or a window to close that had
-    /// run out, or one of an account with holds).
+    /// path cannot take its debits (unknown, striped, or a window to close
+    /// that had run out, or one of an account with holds).
     unsafe fn lock(
         schema: &Schema,
         accounts: &Table,
         account_id: Datum,
         now_ts: i64,
     ) -> Option<LockedAccount> {
-        let locked = accounts.lock(schema.accounts_key, account_id)?;
+        let seen = accounts.lookup(schema.accounts_key, account_id)?;
+        LockedAccount::lock_seen(schema, accounts, seen, account_id, now_ts)
+    }
+
+    /// lock(), for the row a lookup found.
+    unsafe fn lock_seen(
+        schema: &Schema,
+        accounts: &Table,
+        seen: Found,
+        account_id: Datum,
+        now_ts: i64,
+    ) -> Option<LockedAccount> {
+        // A striped account's debits are stripes.rs's, or the SQL path's,
+        // which takes its stripes before its row: not locked here. (One
+        // striped since the lookup, when set_stripes commits in between, is
+        // declined once locked.)
+        if Account::read(accounts, &seen)?.striped() {
+            return None;
+        }
+        let account = LockedAccount::locked(
+            schema,
+            accounts,
+            accounts.lock_found(seen)?,
+            account_id,
+            now_ts,
+        )?;
+        (!account.a.striped()).then_some(account)
+    }
+
+    /// An account the caller has locked (`locked`, its newest version).
+    pub(super) unsafe fn locked(
+        schema: &Schema,
+        accounts: &Table,
+        locked: Found,
+        account_id: Datum,
+        now_ts: i64,
+    ) -> Option<LockedAccount> {
         let a = Account::read(accounts, &locked)?;
         // A clock behind the account (a transaction that began before a
         // boundary another session already crossed for it, or before its
@@ -550,6 +601,7 @@ impl LockedAccount {
             },
             closing,
             charged: false,
+            stripe_budget: None,
             locked,
             a,
         })
@@ -562,7 +614,7 @@ impl LockedAccount {
     /// keeps it within every limit; a debit over a limit, or one that makes
     /// an event due, is the SQL path's, which draws on grants, raises UC001
     /// or emits the event.
-    unsafe fn fits(&self, amount: Decimal) -> Option<(Decimal, Decimal)> {
+    pub(super) unsafe fn fits(&self, amount: Decimal) -> Option<(Decimal, Decimal)> {
         let value = |datum| Decimal::from_datum(datum);
         let new_daily = self.daily_used.add(amount)?;
         let new_monthly = self.monthly_used.add(amount)?;
@@ -624,64 +676,62 @@ impl LockedAccount {
         charge: &Charge,
         totals: (Decimal, Decimal),
     ) -> Option<i64> {
-        let ledger = &tables.ledger;
-        let req = &charge.req;
         let closing = match (&self.closing, &tables.closed_windows) {
-            (Some(closing), Some(closed)) => {
-                Some(closing.prepare(schema, closed, ledger, self.account_id, self.a.plan)?)
-            }
+            (Some(closing), Some(closed)) => Some(closing.prepare(
+                schema,
+                closed,
+                &tables.ledger,
+                self.account_id,
+                self.a.plan,
+            )?),
             _ => None,
         };
-        let entry = call(pg_sys::nextval_oid, &[Datum::from(schema.ledger_seq)]);
-        let mut ledger_row = Row::new(ledger);
-        ledger_row.set(ledger.col(c"entry_id")?, Some(entry));
-        ledger_row.set(ledger.col(c"account_id")?, Some(self.account_id));
-        ledger_row.set(ledger.col(c"at")?, Some(self.now));
-        ledger_row.set(ledger.col(c"kind")?, Some(Datum::from(b'D' as i8)));
-        ledger_row.set(
-            ledger.col(c"feature_id")?,
-            Some(Datum::from(charge.feature_id)),
-        );
-        ledger_row.set(ledger.col(c"amount")?, Some(charge.amount.to_datum()));
-        ledger_row.set(ledger.col(c"from_grants")?, None);
-        ledger_row.set(ledger.col(c"ref")?, None);
-        ledger_row.set(ledger.col(c"metadata")?, req.metadata);
-        let ledger_slot = ledger_row.complete()?;
-
-        let mut key_row = None;
-        if let (Some(key), Some(table)) = (req.key, &tables.idempotency) {
-            let row = key_row.insert(Row::new(table));
-            row.set(table.col(c"account_id")?, Some(self.account_id));
-            row.set(table.col(c"idempotency_key")?, Some(key));
-            row.set(table.col(c"entry_id")?, Some(entry));
-            let request = debit_request(req.feature, req.quantity, charge.metadata_text);
-            row.set(table.col(c"request")?, Some(request));
-            let slot = row.complete()?;
-            if !writes.insert_unless_exists(table, slot) {
-                return None;
-            }
-        }
-        if let (Some(prepared), Some(closed)) = (closing, &tables.closed_windows) {
-            prepared.write(writes, closed, ledger);
-            self.closing = None;
-        }
-        writes.insert(ledger, ledger_slot);
+        let entry = write_entry(
+            schema,
+            tables,
+            writes,
+            self.account_id,
+            self.now,
+            charge,
+            |writes| {
+                if let (Some(prepared), Some(closed)) = (closing, &tables.closed_windows) {
+                    prepared.write(writes, closed, &tables.ledger);
+                }
+            },
+        )?;
+        self.closing = None;
         (self.daily_used, self.monthly_used) = totals;
         self.charged = true;
-        stats::count(
-            stats::Kind::Charge,
-            pgrx::varlena::text_to_rust_str_unchecked(self.a.plan.cast_mut_ptr()).as_bytes(),
-            charge.feature_id,
-        );
-        Some(entry.value() as i64)
+        count_charge(self.a.plan, charge);
+        Some(entry)
+    }
+
+    /// Sets the counters the next finish() writes: after a refill of the
+    /// stripes (stripes.rs), `totals` from fits(`budget`).
+    pub(super) fn hand_to_stripes(&mut self, budget: Decimal, totals: (Decimal, Decimal)) {
+        (self.daily_used, self.monthly_used) = totals;
+        self.stripe_budget = Some(budget);
+        self.charged = true;
+    }
+
+    /// Its stripes' number, and the instant it decides at, its UTC day and month.
+    pub(super) fn stripes(&self) -> i16 {
+        self.a.stripes
+    }
+
+    pub(super) fn when(&self) -> (Datum, i32, i32) {
+        (self.now, self.today, self.this_month)
+    }
+
+    pub(super) unsafe fn monthly_limit(&self) -> Decimal {
+        self.monthly_limit
     }
 
     /// Writes the account's counters, if it was charged.
-    unsafe fn finish(&self, tables: &DebitTables, writes: &mut Writes) {
+    pub(super) unsafe fn finish(&self, accounts: &Table, writes: &mut Writes) {
         if !self.charged {
             return;
         }
-        let accounts = tables.accounts;
         let column = |name| accounts.col(name).expect("a column Account::read found");
         let mut row = Row::copy_of(accounts, self.locked.slot);
         row.set(column(c"day"), Some(Datum::from(self.today)));
@@ -692,7 +742,68 @@ impl LockedAccount {
         if self.a.month != self.this_month {
             row.set(column(c"monthly_epoch"), Some(Datum::from(0i64)));
         }
+        if let Some(budget) = self.stripe_budget {
+            row.set(column(c"stripe_budget"), Some(budget.to_datum()));
+        }
         let slot = row.complete().expect("a copy of the row has every column");
         writes.update(accounts, self.locked.slot, slot);
     }
+}
+
+/// Writes a debit's ledger entry at `now`, its key first: None, nothing
+/// written, when the key is already used (by this transaction, or by a twin
+/// that held the lock before us and committed): a replay or UC005, the SQL
+/// path's. `between` writes what comes after the key and before the entry
+/// (the closed windows' 'F' entries, which are earlier). Its entry id.
+pub(super) unsafe fn write_entry(
+    schema: &Schema,
+    tables: &DebitTables,
+    writes: &mut Writes,
+    account_id: Datum,
+    now: Datum,
+    charge: &Charge,
+    between: impl FnOnce(&mut Writes),
+) -> Option<i64> {
+    let ledger = &tables.ledger;
+    let req = &charge.req;
+    let entry = call(pg_sys::nextval_oid, &[Datum::from(schema.ledger_seq)]);
+    let mut ledger_row = Row::new(ledger);
+    ledger_row.set(ledger.col(c"entry_id")?, Some(entry));
+    ledger_row.set(ledger.col(c"account_id")?, Some(account_id));
+    ledger_row.set(ledger.col(c"at")?, Some(now));
+    ledger_row.set(ledger.col(c"kind")?, Some(Datum::from(b'D' as i8)));
+    ledger_row.set(
+        ledger.col(c"feature_id")?,
+        Some(Datum::from(charge.feature_id)),
+    );
+    ledger_row.set(ledger.col(c"amount")?, Some(charge.amount.to_datum()));
+    ledger_row.set(ledger.col(c"from_grants")?, None);
+    ledger_row.set(ledger.col(c"ref")?, None);
+    ledger_row.set(ledger.col(c"metadata")?, req.metadata);
+    let ledger_slot = ledger_row.complete()?;
+
+    if let (Some(key), Some(table)) = (req.key, &tables.idempotency) {
+        let mut row = Row::new(table);
+        row.set(table.col(c"account_id")?, Some(account_id));
+        row.set(table.col(c"idempotency_key")?, Some(key));
+        row.set(table.col(c"entry_id")?, Some(entry));
+        let request = debit_request(req.feature, req.quantity, charge.metadata_text);
+        row.set(table.col(c"request")?, Some(request));
+        let slot = row.complete()?;
+        if !writes.insert_unless_exists(table, slot) {
+            return None;
+        }
+    }
+    between(writes);
+    writes.insert(ledger, ledger_slot);
+    Some(entry.value() as i64)
+}
+
+/// Counts a charge of an account on `plan` (credits.stats).
+pub(super) unsafe fn count_charge(plan: Datum, charge: &Charge) {
+    stats::count(
+        stats::Kind::Charge,
+        pgrx::varlena::text_to_rust_str_unchecked(plan.cast_mut_ptr()).as_bytes(),
+        charge.feature_id,
+    );
 }

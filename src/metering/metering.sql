@@ -210,13 +210,23 @@ BEGIN
                   AND (credits_internal._windows_passed(a, v_now) OR credits_internal._expiry_due(a, v_now))) THEN
         PERFORM credits_internal._lock_account(p_account, v_now);
         v_entry := credits_internal._debit_fast(p_account, p_feature, p_quantity, p_key, p_metadata, v_now);
-        IF v_entry IS NOT NULL THEN
-            RETURN v_entry;
-        END IF;
     END IF;
-    RETURN credits_internal._debit_slow(p_account, p_feature, p_quantity, p_key, p_metadata, p_raise, v_now);
+    IF v_entry IS NULL THEN
+        v_entry := credits_internal._debit_slow(p_account, p_feature, p_quantity, p_key, p_metadata, p_raise, v_now);
+    END IF;
+    -- A striped account's stripes, emptied on the way here, get budgets for
+    -- the debits after this one (nothing for any other account).
+    PERFORM credits_internal._stripes_refill(p_account, v_now);
+    RETURN v_entry;
 END
 $$;
+
+-- Hand a striped account's stripes budgets again (src/metering/stripes.rs):
+-- each an equal part of half what the account can spend before any event
+-- (a threshold, its alert, a full day). The caller holds the account and its
+-- stripes, folded (_lock_account). Returns what it handed out.
+CREATE FUNCTION credits_internal._stripes_refill(p_account text, p_now timestamptz) RETURNS numeric
+LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'credits_stripes_refill';
 
 -- debit: charge cost x quantity; UC001 when any window lacks credits.
 -- In Rust (src/metering/fast_path.rs): the fast path, then credits_internal._debit,

@@ -6,6 +6,7 @@ use pgrx::prelude::*;
 mod fast_path;
 mod requests;
 pub(crate) mod stats;
+mod stripes;
 mod thresholds;
 
 extension_sql_file!("events.sql", name = "events", requires = ["internal"]);

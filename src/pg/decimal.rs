@@ -143,6 +143,27 @@ impl Decimal {
         })
     }
 
+    /// As numeric_sub: the larger display scale of the two.
+    pub(crate) fn sub(self, other: Decimal) -> Option<Decimal> {
+        Some(Decimal {
+            units: self.units.checked_sub(other.units)?,
+            dscale: self.dscale.max(other.dscale),
+        })
+    }
+
+    /// `v` ten-thousandths (4 decimal places, the precision of an amount).
+    pub(crate) const fn from_ten_thousandths(v: i64) -> Decimal {
+        Decimal {
+            units: v as i128 * (ONE / 10_000),
+            dscale: 4,
+        }
+    }
+
+    /// The value in ten-thousandths, rounded down; None beyond an i64.
+    pub(crate) fn ten_thousandths(self) -> Option<i64> {
+        i64::try_from(self.units.div_euclid(ONE / 10_000)).ok()
+    }
+
     /// As numeric_mul: the sum of both display scales; None if the product
     /// has more than 8 decimal places (or a scale numeric would round).
     pub(crate) fn mul(self, other: Decimal) -> Option<Decimal> {

@@ -26,6 +26,9 @@ pub(crate) struct Schema {
     pub ledger: Oid,
     pub ledger_seq: Oid,
     pub idempotency: Oid,
+    /// (table, its key on (account_id, stripe)): None in a schema from
+    /// before stripes, whose accounts have none.
+    pub stripes: Option<(Oid, Oid)>,
 }
 
 /// The relations closing windows writes and reads besides those of every
@@ -55,6 +58,7 @@ impl Schema {
             ledger: rel(c"ledger")?,
             ledger_seq: rel(c"ledger_entry_id_seq")?,
             idempotency: rel(c"idempotency")?,
+            stripes: rel(c"stripes").zip(rel(c"stripes_pkey")),
         })
     }
 
@@ -73,6 +77,9 @@ impl Schema {
             self.idempotency,
         ]
         .contains(&oid)
+            || self
+                .stripes
+                .is_some_and(|(table, key)| oid == table || oid == key)
     }
 
     pub(crate) unsafe fn closing(&self) -> Option<ClosingSchema> {
@@ -188,10 +195,34 @@ impl Table {
         }
     }
 
+    /// The row whose unique index `index` on (text, smallint) holds
+    /// (`key`, `number`), as the calling statement's snapshot sees it.
+    pub(crate) unsafe fn lookup_numbered(
+        &self,
+        index: Oid,
+        key: Datum,
+        number: i16,
+    ) -> Option<Found> {
+        let keys = [
+            (pg_sys::BTEqualStrategyNumber, pg_sys::F_TEXTEQ, key),
+            (
+                pg_sys::BTEqualStrategyNumber,
+                pg_sys::F_INT2EQ,
+                Datum::from(number),
+            ),
+        ];
+        let mut scan = self.scan(index, &keys, pg_sys::GetActiveSnapshot());
+        scan.next().then(|| scan.into_row())
+    }
+
     /// The row of `index` = `key`, locked FOR NO KEY UPDATE in its newest
     /// version (see lock_into); None if there is none.
     pub(crate) unsafe fn lock(&self, index: Oid, key: Datum) -> Option<Found> {
-        let found = self.lookup(index, key)?;
+        self.lock_found(self.lookup(index, key)?)
+    }
+
+    /// The row a lookup found, locked as lock() locks it.
+    pub(crate) unsafe fn lock_found(&self, found: Found) -> Option<Found> {
         let tid = (*found.slot).tts_tid;
         match self.lock_into(tid, found, pg_sys::LockWaitPolicy::LockWaitBlock) {
             Lock::Locked(found) => Some(found),

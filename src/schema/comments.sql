@@ -60,6 +60,8 @@ COMMENT ON FUNCTION credits.stats_reset() IS
 'Reset this database''s activity counters (credits.stats) to zero. Admin.';
 COMMENT ON FUNCTION credits.set_alert(text, numeric, numeric) IS
 'A low_balance event for the account when what it has available falls to remaining credits or to percent of its monthly limit; once per window and level. Both NULL: no alert.';
+COMMENT ON FUNCTION credits.set_stripes(text, integer) IS
+'Spread an account''s debits over 2 to 64 stripes (0: off), for an account many sessions debit at once: a debit locks a free stripe instead of the account row. Decisions stay exact. Admin.';
 COMMENT ON FUNCTION credits.history(text, bigint, integer) IS
 'An account''s transactions newest first, kinds as words, features by name, the windows each counted in; keyset-paginated by before_entry.';
 COMMENT ON FUNCTION credits.grants(text) IS
@@ -89,6 +91,7 @@ COMMENT ON PROCEDURE credits.refresh_rollups(bigint, interval) IS
 COMMENT ON TABLE credits.grant_draws IS 'What each debit drew from each grant (positive) and each refund or expiry gave back (negative).';
 COMMENT ON TABLE credits.holds IS 'Open and resolved reservations; accounts.reserved is the sum of the open ones.';
 COMMENT ON TABLE credits.events IS 'Events (exhausted, denied, threshold, reset), also sent as NOTIFY credits when their transaction commits.';
+COMMENT ON TABLE credits.stripes IS 'The stripes of striped accounts (set_stripes): budgets of their allowance that debits spend without locking the account row.';
 COMMENT ON TABLE credits.idempotency IS 'Idempotency keys, per account, never expiring, with the entry they produced and a fingerprint of the request.';
 COMMENT ON TABLE credits.maintenance_state IS 'The maintenance worker''s progress: everything due at or before done_through is done.';
 COMMENT ON TABLE credits.maintenance_runs IS 'One row per maintenance run: its instant, phase, cursor and counts.';
@@ -328,6 +331,16 @@ COMMENT ON COLUMN credits.forfeits_monthly.forfeited IS 'Credits forfeited.';
 
 COMMENT ON COLUMN credits.accounts.alert_remaining IS 'Alert (set_alert): a low_balance event when available falls to this many credits; NULL: none.';
 COMMENT ON COLUMN credits.accounts.alert_percent IS 'Alert (set_alert): ... or to this percentage of the monthly limit; NULL: none.';
+
+COMMENT ON COLUMN credits.accounts.stripes IS 'Stripes its debits spread over (set_stripes); 0: none.';
+COMMENT ON COLUMN credits.accounts.stripe_budget IS 'Allowance handed to its stripes, counted in daily_used and monthly_used until what they did not spend is folded back.';
+COMMENT ON COLUMN credits.stripes.account_id IS 'The account.';
+COMMENT ON COLUMN credits.stripes.stripe IS 'Its number, from 0.';
+COMMENT ON COLUMN credits.stripes.day IS 'The UTC day its budget counts in.';
+COMMENT ON COLUMN credits.stripes.month IS 'The UTC month its budget counts in.';
+COMMENT ON COLUMN credits.stripes.budget IS 'Allowance the account handed it.';
+COMMENT ON COLUMN credits.stripes.spent IS 'Debited from the budget.';
+COMMENT ON COLUMN credits.stripes.last_at IS 'The instant of its latest debit.';
 
 COMMENT ON COLUMN credits.stats.plan IS 'The account''s plan at the call.';
 COMMENT ON COLUMN credits.stats.product IS 'The feature''s product.';

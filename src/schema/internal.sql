@@ -254,7 +254,16 @@ CREATE FUNCTION credits_internal._state(a credits.accounts, p_now timestamptz) R
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     v         credits_internal._account_state;
+    v_unspent numeric;
 BEGIN
+    -- A striped account's counters count its stripes' budgets as used: what
+    -- they have not spent is not (src/metering/stripes.rs).
+    IF a.stripe_budget > 0 THEN
+        SELECT coalesce(sum(s.budget - s.spent), 0) INTO v_unspent
+          FROM credits.stripes s WHERE s.account_id = a.account_id;
+        a.daily_used := a.daily_used - v_unspent;
+        a.monthly_used := a.monthly_used - v_unspent;
+    END IF;
     SELECT p.plan, p.daily_limit,
            credits_internal._in_window(a.day, credits_internal._utc_day(p_now), a.daily_used),
            p.monthly_allowance + a.purchased,

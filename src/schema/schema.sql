@@ -87,7 +87,9 @@ CREATE TABLE accounts (
     reserved      nonnegative NOT NULL DEFAULT 0,                     -- credits held by open reservations
     last_at       timestamptz NOT NULL DEFAULT '-infinity',           -- the latest instant a call decided at (_account_now)
     alert_remaining numeric,  -- credits.set_alert: a low_balance event when available falls to this ...
-    alert_percent   numeric   -- ... or to this percentage of the monthly limit (NULL: no alert)
+    alert_percent   numeric,  -- ... or to this percentage of the monthly limit (NULL: no alert)
+    stripes       smallint NOT NULL DEFAULT 0,  -- credits.set_stripes: debits spread over this many stripes (0: off)
+    stripe_budget numeric NOT NULL DEFAULT 0    -- allowance handed to its stripes, counted in daily_used and monthly_used until folded back
 ) WITH (fillfactor = 40);
 -- Room on each page so counter updates stay HOT (no index writes), and few
 -- rows per page: each debit's update leaves a dead row version that the next
@@ -318,6 +320,28 @@ CREATE TABLE idempotency (
 );
 
 -------------------------------------------------------------------------------
+-- Stripes of a hot account (credits.set_stripes, src/metering/stripes.rs).
+-- A debit locks its account row until it commits, WAL flush included, so
+-- debits of one account queue behind each other. A striped account hands
+-- budgets of its allowance to its stripes (counted as used in its counters,
+-- stripe_budget in total); a debit locks one free stripe and spends from
+-- its budget, without the account row. Anything else that writes the
+-- account first folds what the stripes did not spend back into the
+-- counters (credits_internal._lock_account), so it decides on exact ones.
+-------------------------------------------------------------------------------
+
+CREATE TABLE stripes (
+    account_id text COLLATE "C" NOT NULL REFERENCES accounts (account_id),
+    stripe     smallint NOT NULL,
+    day        date NOT NULL DEFAULT '-infinity',         -- the UTC day and month its budget counts in
+    month      date NOT NULL DEFAULT '-infinity',
+    budget     numeric NOT NULL DEFAULT 0,                -- handed to it by the account
+    spent      numeric NOT NULL DEFAULT 0,                -- debited from it
+    last_at    timestamptz NOT NULL DEFAULT '-infinity',  -- its latest debit's instant
+    PRIMARY KEY (account_id, stripe)
+) WITH (fillfactor = 40);
+
+-------------------------------------------------------------------------------
 -- Usage rollups (src/reporting/rollups.sql): ledger totals per account,
 -- reporting month, kind and feature for every entry up to rolled_through.
 -- The reporting views add the entries after it, so they stay exact while
@@ -437,6 +461,7 @@ SELECT pg_catalog.pg_extension_config_dump('ledger_entry_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('grants', '');
 SELECT pg_catalog.pg_extension_config_dump('grant_draws', '');
 SELECT pg_catalog.pg_extension_config_dump('idempotency', '');
+SELECT pg_catalog.pg_extension_config_dump('stripes', '');
 SELECT pg_catalog.pg_extension_config_dump('holds', '');
 SELECT pg_catalog.pg_extension_config_dump('month_allowances', '');
 SELECT pg_catalog.pg_extension_config_dump('events', '');

@@ -79,6 +79,8 @@ GRANT EXECUTE ON FUNCTION credits_internal._stats() TO credits_reader, credits_a
 GRANT EXECUTE ON FUNCTION credits.stats_reset() TO credits_admin;
 -- Per-account alerts: the application's (its users choose them) and billing's.
 GRANT EXECUTE ON FUNCTION credits.set_alert(text, numeric, numeric) TO credits_app, credits_billing, credits_admin;
+-- Striping a hot account is an operator's decision.
+GRANT EXECUTE ON FUNCTION credits.set_stripes(text, integer) TO credits_admin;
 -- The account lifecycle, for billing webhooks (and operators).
 GRANT EXECUTE ON FUNCTION
     credits.subscribe(text, text, boolean, text),

@@ -1,5 +1,6 @@
 //! Model-based property test: random sequences of subscribe, purchase,
-//! grant, debit, try_debit, refund, reserve, settle, release and clock moves
+//! grant, debit, try_debit, refund, reserve, settle, release, set_stripes
+//! (which must change no outcome) and clock moves
 //! (minutes, hours, days, month ends, Feb 29, and back: a clock behind an
 //! account's windows, as a transaction that began before a boundary has)
 //! run against the extension and against a small in-memory model of the
@@ -842,6 +843,20 @@ fn run_seed(seed: u64, steps: usize) {
                                 from_grants: amount - amount.min(s.allowance_available),
                             });
                         }
+                    });
+                }
+                87..=88 => {
+                    // stripes on or off: an account's debits spread over
+                    // stripes decide exactly as they would without
+                    let stripes = rng.pick(&[0, 2, 4]);
+                    sql = format!("SELECT credits.set_stripes('{who}', {stripes})");
+                    expected = Outcome::Entry;
+                    let (who2, now2) = (who.clone(), now);
+                    on_success = Box::new(move |m, _, _| {
+                        let a = m.get_mut(&who2).unwrap();
+                        let now2 = a.now(now2);
+                        a.lock(now2);
+                        a.last_at = now2;
                     });
                 }
                 _ => {
