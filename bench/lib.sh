@@ -23,6 +23,18 @@ CONF
         cluster_stop bench
         cluster_start bench "$1" "$2"
     fi
+    # Commits as the cluster file sets them (a bench that wants them
+    # otherwise, bench/run, sets them itself).
+    local setting
+    for setting in fsync synchronous_commit full_page_writes shared_buffers; do
+        psql_at "$1" -X -q -d postgres -c "ALTER SYSTEM RESET $setting" >/dev/null
+    done
+    psql_at "$1" -X -q -d postgres -c "SELECT pg_reload_conf()" >/dev/null
+    sleep 0.2
+    if [ "$(psql_at "$1" -X -Atq -d postgres -c "SELECT bool_or(pending_restart) FROM pg_settings")" = t ]; then
+        cluster_stop bench
+        cluster_start bench "$1" "$2"
+    fi
 }
 
 # sql ARGS...: psql as postgres on the bench cluster ($PORT), stopping at the first error.
@@ -87,6 +99,14 @@ percentiles() {
                    i50 = int(NR * 0.50); if (i50 < 1) i50 = 1
                    i99 = int(NR * 0.99); if (i99 < 1) i99 = 1
                    printf "%d %.3f %.3f\n", NR, v[i50], v[i99] }'
+}
+
+# bench_report NAME: the file a bench writes its report to,
+# target/bench/NAME-<UTC date and time>.md (BENCHMARKS.md keeps the latest
+# tables, summarized, by hand; earlier ones are in git history).
+bench_report() {
+    mkdir -p "$ROOT/target/bench"
+    echo "$ROOT/target/bench/$1-$(date -u +%Y%m%d-%H%M%S).md"
 }
 
 # bench_heading TITLE: the BENCHMARKS.md heading, with the machine.

@@ -10,9 +10,10 @@
 # month end per traffic level in LOADS (default "1 4": pgbench clients
 # debiting flat out on random accounts; 4 saturate 2 cores), and one more
 # with no traffic. Each month end makes the worker close every account's
-# month. Prints a table and appends it to BENCHMARKS.md.
+# month. Prints a table and writes it to target/bench/.
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+REPORT=$(bench_report reset)
 
 ACCOUNTS=${ACCOUNTS:-1000000}
 LOADS=${LOADS:-1 4}
@@ -136,6 +137,6 @@ echo "$table"
     echo "\`bench/monthly-reset.sh\`: $ACCOUNTS accounts; pgbench clients calling \`credits.debit\` on random accounts as fast as they can (4 keep both cores busy); the debits close an account's windows themselves when they reach it before the worker."
     echo
     echo "$table"
-} >>"$ROOT/BENCHMARKS.md"
+} >"$REPORT"
 echo
-echo "appended to BENCHMARKS.md; pgbench logs in $WORK"
+echo "written to $REPORT; pgbench logs in $WORK"

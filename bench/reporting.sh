@@ -12,9 +12,10 @@
 # TAIL entries the rollups have not reached: what the views add from the
 # ledger between two refreshes (default 20,000: two seconds, one
 # credits.rollup_interval, of the fastest debit traffic bench/run measured on
-# 2 cores). Prints a table and appends it to BENCHMARKS.md.
+# 2 cores). Prints a table and writes it to target/bench/.
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+REPORT=$(bench_report reporting)
 
 ENTRIES=${ENTRIES:-10000000}
 ACCOUNTS=${ACCOUNTS:-100000}
@@ -148,8 +149,8 @@ echo "$setup"
     echo "$table"
     echo
     echo "$setup"
-} >>"$ROOT/BENCHMARKS.md"
+} >"$REPORT"
 bench_setting credits.rollup_interval
 bench_setting credits.maintenance_max_nap
 echo
-echo "appended to BENCHMARKS.md; pgbench logs in $WORK"
+echo "written to $REPORT; pgbench logs in $WORK"
