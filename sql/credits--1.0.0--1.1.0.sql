@@ -359,14 +359,598 @@ GRANT EXECUTE ON FUNCTION credits.debit_many(text[], text[], numeric[], text[], 
 COMMENT ON FUNCTION credits.debit_many(text[], text[], numeric[], text[], jsonb[]) IS
 'Many debits in one call, each row decided as try_debit would, each account''s rows in the order given; one result per row: charged, replayed, refused (UC001) or rejected (another error, nothing written for it), with its entry id or error.';
 
+REVOKE ALL ON ALL ROUTINES IN SCHEMA credits, credits_internal FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION credits.read_events(bigint, integer) TO credits_app, credits_reader, credits_admin;
+COMMENT ON FUNCTION credits.read_events(bigint, integer) IS
+'The events committed after a cursor, oldest first: following the cursors a consumer sees every committed event exactly once, whatever order transactions commit in.';
+
+-------------------------------------------------------------------------------
+-- Per-account alerts (src/accounts/accounts.sql, src/metering/events.sql):
+-- a low_balance event when what is available falls to the account's level.
+-------------------------------------------------------------------------------
+
+ALTER TABLE credits.accounts ADD COLUMN alert_remaining numeric, ADD COLUMN alert_percent numeric;
+ALTER TABLE credits.events DROP CONSTRAINT events_kind_check,
+    ADD CONSTRAINT events_kind_check CHECK (kind IN ('exhausted', 'threshold', 'reset', 'denied', 'low_balance'));
+
+-- What a debit could take in state `s`: every window applies, grants count
+-- after the allowance, open holds are subtracted.
+CREATE OR REPLACE FUNCTION credits_internal._available(s credits_internal._account_state) RETURNS numeric
+LANGUAGE sql IMMUTABLE
+RETURN least(coalesce(s.daily_available, s.allowance_available + s.grants_available),
+             s.allowance_available + s.grants_available);
+
+-- The window that caps what is available in state `s`.
+CREATE OR REPLACE FUNCTION credits_internal._limiting_window(s credits_internal._account_state) RETURNS text
+LANGUAGE sql IMMUTABLE
+RETURN CASE WHEN s.daily_available < s.allowance_available + s.grants_available THEN 'daily' ELSE 'monthly' END;
+
+-- An account's alert level (credits.set_alert) in state `s`: the higher of
+-- its credits and its percentage of the monthly limit; NULL: no alert.
+CREATE OR REPLACE FUNCTION credits_internal._alert_level(a credits.accounts, s credits_internal._account_state) RETURNS numeric
+LANGUAGE sql IMMUTABLE
+RETURN greatest(a.alert_remaining, trim_scale(s.monthly_limit * a.alert_percent / 100));
+
+-- After entry `p_entry` changed a locked account whose state before was
+-- `p_before`: the events its new state is due. A window that had credits
+-- before and has none now ran out: an exhausted event for each window that
+-- did (the daily and the monthly in one debit: two), again after new
+-- credits ran out once more.
+CREATE OR REPLACE FUNCTION credits_internal._after_write(p_account text, p_now timestamptz, p_entry bigint,
+                             p_before credits_internal._account_state)
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    a credits.accounts;
+    s credits_internal._account_state;
+    t numeric;
+    v_level numeric;  -- the account's alert (NULL: none)
+BEGIN
+    SELECT * INTO a FROM credits.accounts ac WHERE ac.account_id = p_account;
+    s := credits_internal._state(a, p_now);
+    v_level := credits_internal._alert_level(a, s);
+    IF s.monthly_limit > 0 THEN
+        FOREACH t IN ARRAY credits_internal._thresholds() LOOP
+            EXIT WHEN s.monthly_used * 100 < s.monthly_limit * t;
+            PERFORM credits_internal._emit(a, 'threshold', 'monthly', t, p_now, s);
+        END LOOP;
+    END IF;
+    -- (the account's alert: what is available fell to its level)
+    IF credits_internal._available(s) <= v_level AND credits_internal._available(p_before) > v_level THEN
+        PERFORM credits_internal._emit(a, 'low_balance', credits_internal._limiting_window(s), v_level, p_now, s);
+    END IF;
+    IF s.daily_available = 0 AND p_before.daily_available > 0 THEN
+        PERFORM credits_internal._emit(a, 'exhausted', 'daily', NULL, p_now, s, p_entry);
+    END IF;
+    IF s.allowance_available + s.grants_available = 0
+       AND p_before.allowance_available + p_before.grants_available > 0 THEN
+        PERFORM credits_internal._emit(a, 'exhausted', 'monthly', NULL, p_now, s, p_entry);
+    END IF;
+END
+$$;
+
+-- check: what a debit of `quantity` of `feature` would do now, writing
+-- nothing (the same state and rules as debit; no lock, so a debit right
+-- after may still be refused by a concurrent one).
+--   allowed          whether the debit would succeed;
+--   cost             what it would charge;
+--   available        what a debit could take now (every window, grants, holds);
+--   limiting_window  the window that refuses it, or when allowed the one
+--                    that caps `available` (daily or monthly);
+--   resets_at        when that window resets.
+CREATE OR REPLACE FUNCTION "check"(account_id text, feature text, quantity numeric DEFAULT 1)
+RETURNS TABLE (allowed boolean, cost numeric, available numeric, limiting_window text, resets_at timestamptz)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_now     timestamptz := credits.now();
+    v_acct    credits.accounts;
+    v_feature credits.features;
+    s         credits_internal._account_state;
+    v_lacking text;
+BEGIN
+    v_acct := credits_internal._account($1);
+    v_feature := credits_internal._feature($2);
+    cost := credits_internal._cost(v_feature, $3);
+    v_now := credits_internal._account_now(v_acct, v_now);
+    s := credits_internal._state(v_acct, v_now);
+    v_lacking := credits_internal._lacking_window(s, cost);
+    allowed := v_lacking IS NULL;
+    available := trim_scale(credits_internal._available(s));
+    limiting_window := coalesce(v_lacking, credits_internal._limiting_window(s));
+    resets_at := credits_internal._resets_at(limiting_window, v_now);
+    RETURN NEXT;
+END
+$$;
+
+-- The usage display of a read account at the instant it is in (windows as
+-- of credits.now(), or later when the account is: SPEC §4.6): what
+-- balance() returns for one account and usage_display for every account,
+-- without looking the account up again. Security definer: the reporting
+-- view calls it with the reader's rights, who reads no table.
+--   daily_* are NULL when the plan has no daily limit.
+--   available = what a debit could take right now: every window applies,
+--   grants count after the allowance, open holds are subtracted.
+CREATE OR REPLACE FUNCTION credits_internal._display(a credits.accounts)
+RETURNS TABLE (plan text, daily_limit numeric, daily_used numeric, daily_remaining numeric,
+               monthly_limit numeric, monthly_used numeric, monthly_remaining numeric,
+               granted_remaining numeric, reserved numeric, available numeric,
+               next_daily_reset timestamptz, next_monthly_reset timestamptz)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_now   timestamptz := credits_internal._account_now(a, credits.now());
+    s       credits_internal._account_state := credits_internal._state(a, v_now);
+BEGIN
+    plan := s.plan;
+    daily_limit := trim_scale(s.daily_limit);
+    daily_used := CASE WHEN s.daily_limit IS NOT NULL THEN trim_scale(s.daily_used) END;
+    daily_remaining := CASE WHEN s.daily_limit IS NOT NULL
+                            THEN trim_scale(greatest(0, s.daily_limit - s.daily_used)) END;
+    monthly_limit := trim_scale(s.monthly_limit);
+    monthly_used := trim_scale(s.monthly_used);
+    monthly_remaining := trim_scale(greatest(0, s.monthly_limit - s.monthly_used));
+    granted_remaining := trim_scale(s.granted_remaining);
+    reserved := trim_scale(s.reserved);
+    available := trim_scale(credits_internal._available(s));
+    next_daily_reset := credits_internal._resets_at('daily', v_now);
+    next_monthly_reset := credits_internal._resets_at('monthly', v_now);
+    RETURN NEXT;
+END
+$$;
+
+-- set_alert: a low_balance event for this account when what it has
+-- available (balance().available) falls to `remaining` credits, or to
+-- `percent` of its monthly limit, whichever comes first; once per window
+-- (the one that limits what is available) and level, next to the global
+-- credits.thresholds. Both NULL: no alert.
+CREATE OR REPLACE FUNCTION set_alert(account_id text, remaining numeric DEFAULT NULL, percent numeric DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p_account text := set_alert.account_id;
+BEGIN
+    PERFORM credits_internal._check_text(p_account, 'account_id');
+    IF remaining IS NOT NULL THEN
+        PERFORM credits_internal._check_amount(remaining, 'remaining');
+    END IF;
+    IF percent IS NOT NULL AND (percent <= 0 OR percent > 100 OR percent = 'NaN'::numeric) THEN
+        RAISE EXCEPTION 'invalid percent: %', percent USING ERRCODE = 'UC004',
+            DETAIL = 'percent must be more than 0 and at most 100';
+    END IF;
+    PERFORM credits_internal._lock_account(p_account, credits.now());
+    UPDATE credits.accounts a
+       SET alert_remaining = trim_scale(remaining), alert_percent = trim_scale(percent)
+     WHERE a.account_id = p_account;
+END
+$$;
+
+-- void_grant: remove what is left of a grant (a promotion withdrawn, a
+-- grant made by mistake), as an expiry would: an 'E' entry of what was
+-- left, with the reason. Nothing given back to the grant afterwards (a
+-- refund of a debit that drew on it) returns to it. Voiding it again returns
+-- the same entry; a grant that has expired cannot be voided (UC012).
+CREATE OR REPLACE FUNCTION void_grant(entry_id bigint, reason text DEFAULT NULL) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p_entry  bigint := void_grant.entry_id;
+    p_reason text := void_grant.reason;
+    v_now    timestamptz := credits.now();
+    v_grant  credits.grants;
+    v_acct   credits.accounts;
+    v_state  credits_internal._account_state;
+    v_gone   credits.ledger;
+    v_entry  bigint;
+BEGIN
+    IF p_entry IS NULL THEN
+        RAISE EXCEPTION 'invalid entry_id: NULL' USING ERRCODE = 'UC009';
+    END IF;
+    IF p_reason IS NOT NULL THEN
+        PERFORM credits_internal._check_text(p_reason, 'reason');
+    END IF;
+    SELECT * INTO v_grant FROM credits.grants g WHERE g.grant_id = p_entry;
+    IF NOT FOUND THEN
+        PERFORM credits_internal._raise_wrong_entry(p_entry, 'a grant');
+    END IF;
+    v_acct := credits_internal._lock_account(v_grant.account_id, v_now);  -- may expire it
+    v_now := v_acct.last_at;  -- the account's time (_lock_account)
+    SELECT * INTO v_grant FROM credits.grants g WHERE g.account_id = v_grant.account_id AND g.grant_id = p_entry;
+    IF v_grant.expired_entry IS NOT NULL THEN
+        SELECT * INTO v_gone FROM credits.ledger l WHERE l.entry_id = v_grant.expired_entry;
+        IF v_gone.metadata ? 'void' THEN
+            RETURN v_gone.entry_id;
+        END IF;
+        RAISE EXCEPTION 'grant % is not active: it expired at %', p_entry, credits_internal._utc_text(v_grant.expires_at)
+            USING ERRCODE = 'UC012',
+                  DETAIL = jsonb_build_object('grant_id', p_entry, 'state', 'expired',
+                                              'entry_id', nullif(v_grant.expired_entry, 0),
+                                              'expires_at', credits_internal._iso(v_grant.expires_at))::text;
+    END IF;
+    v_state := credits_internal._state(v_acct, v_now);
+    INSERT INTO credits.ledger (account_id, at, kind, amount, ref, metadata)
+    VALUES (v_grant.account_id, v_now, 'E', v_grant.remaining, p_entry,
+            jsonb_strip_nulls(jsonb_build_object('grant_kind', v_grant.kind, 'void', true, 'reason', p_reason)))
+    RETURNING ledger.entry_id INTO v_entry;
+    UPDATE credits.grants g SET expired_entry = v_entry
+     WHERE g.account_id = v_grant.account_id AND g.grant_id = p_entry;
+    PERFORM credits_internal._after_write(v_grant.account_id, v_now, v_entry, v_state);
+    RETURN v_entry;
+END
+$$;
+
+REVOKE ALL ON ALL ROUTINES IN SCHEMA credits, credits_internal FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION credits.set_alert(text, numeric, numeric) TO credits_app, credits_billing, credits_admin;
+COMMENT ON FUNCTION credits.set_alert(text, numeric, numeric) IS
+'A low_balance event for the account when what it has available falls to remaining credits or to percent of its monthly limit; once per window and level. Both NULL: no alert.';
+COMMENT ON COLUMN credits.accounts.alert_remaining IS 'Alert (set_alert): a low_balance event when available falls to this many credits; NULL: none.';
+COMMENT ON COLUMN credits.accounts.alert_percent IS 'Alert (set_alert): ... or to this percentage of the monthly limit; NULL: none.';
+COMMENT ON COLUMN credits.events.kind IS 'exhausted, denied, threshold, reset or low_balance.';
+
+-------------------------------------------------------------------------------
+-- Activity counters in shared memory (src/metering/stats.rs,
+-- src/metering/events.sql): charges, denials, refunds, holds.
+-------------------------------------------------------------------------------
+
+CREATE FUNCTION credits_internal._count(kind "char", plan text, feature smallint) RETURNS void
+LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'credits_count';
+
+CREATE FUNCTION credits_internal._stats()
+RETURNS TABLE (plan text, feature_id smallint, charges bigint, denials bigint, refunds bigint, holds bigint)
+LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'stats_wrapper';
+
+CREATE VIEW stats AS
+SELECT s.plan, f.product, f.feature,
+       sum(s.charges)::bigint AS charges, sum(s.denials)::bigint AS denials,
+       sum(s.refunds)::bigint AS refunds, sum(s.holds)::bigint AS holds
+  FROM credits_internal._stats() s
+  LEFT JOIN credits.features f ON f.feature_id = s.feature_id
+ GROUP BY s.plan, f.product, f.feature;
+COMMENT ON VIEW stats IS 'Charges, denials (UC001 and try_ refusals, though rolled back), refunds and holds per plan and feature in this database, since the server started or stats_reset(): counts of calls, in shared memory.';
+
+CREATE FUNCTION stats_reset() RETURNS void
+LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'credits_stats_reset';
+
+-- Charge `p_amount` to a locked account whose state `s` was checked to fit:
+-- the allowance first, then grants soonest-expiring first. Writes the 'D'
+-- entry (ref = the hold it settles, if any) and returns its id. The amount
+-- counts in today's daily window unless `p_today` is false (a settle whose
+-- hold was placed on a day that has closed: the caller records it there).
+-- Holds are promises, not earmarks (SPEC §4, issue: holds and grants): a
+-- charge takes allowance that this month's holds hold before it takes a
+-- grant, and those holds are backed by the grants instead, so a hold never
+-- makes a debit spend a grant while allowance it did not use is left.
+CREATE OR REPLACE FUNCTION credits_internal._charge(p_account text, s credits_internal._account_state, p_feature_id smallint,
+                        p_amount numeric, p_metadata jsonb, p_ref bigint, p_now timestamptz,
+                        p_today boolean DEFAULT true)
+RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_alloc numeric := least(p_amount, s.allowance_available);
+    v_need  numeric := p_amount - least(p_amount, s.allowance_available);
+    v_shift numeric;
+    v_take  numeric;
+    v_entry bigint;
+    h       record;
+BEGIN
+    -- Allowance held by this month's holds, moved onto grants.
+    v_shift := least(v_need, s.grants_available,
+                     least(s.reserved_allowance, greatest(0, s.monthly_limit - s.monthly_used)));
+    IF v_shift > 0 THEN
+        v_alloc := v_alloc + v_shift;
+        v_need := v_need - v_shift;
+        FOR h IN SELECT ho.hold_id, ho.amount - ho.from_grants AS on_allowance FROM credits.holds ho
+                  WHERE ho.account_id = p_account AND ho.resolved_entry IS NULL AND ho.expires_at > p_now
+                    AND ho.month >= credits_internal._utc_month(p_now) AND ho.amount > ho.from_grants
+                  ORDER BY ho.hold_id DESC
+        LOOP
+            EXIT WHEN v_shift = 0;
+            v_take := least(v_shift, h.on_allowance);
+            UPDATE credits.holds ho SET from_grants = ho.from_grants + v_take
+             WHERE ho.account_id = p_account AND ho.hold_id = h.hold_id;
+            v_shift := v_shift - v_take;
+        END LOOP;
+    END IF;
+
+    INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, from_grants, ref, metadata)
+    VALUES (p_account, p_now, 'D', p_feature_id, p_amount, nullif(v_need, 0), p_ref, p_metadata)
+    RETURNING entry_id INTO v_entry;
+    PERFORM credits_internal._count('C', s.plan, p_feature_id);
+    IF v_need > 0 THEN
+        PERFORM credits_internal._draw_grants(p_account, v_entry, v_need, p_now);
+    END IF;
+
+    UPDATE credits.accounts a
+       SET day = credits_internal._utc_day(p_now),
+           daily_used = CASE WHEN p_today THEN s.daily_used + p_amount ELSE s.daily_used END,
+           month = credits_internal._utc_month(p_now),
+           monthly_used = s.monthly_used + v_alloc,
+           monthly_epoch = CASE WHEN a.month = credits_internal._utc_month(p_now) THEN a.monthly_epoch ELSE 0 END
+     WHERE a.account_id = p_account;
+    RETURN v_entry;
+END
+$$;
+
+-- The slow path: full validation, grants, precise errors.
+CREATE OR REPLACE FUNCTION credits_internal._debit_slow(p_account text, p_feature text, p_quantity numeric, p_key text,
+                            p_metadata jsonb, p_raise boolean, p_now timestamptz)
+RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_feature credits.features;
+    v_amount  numeric;
+    v_acct    credits.accounts;
+    v_state   credits_internal._account_state;
+    v_request uuid;
+    v_entry   bigint;
+BEGIN
+    PERFORM credits_internal._check_text(p_account, 'account_id');
+    v_feature := credits_internal._feature(p_feature);
+    v_amount := credits_internal._cost(v_feature, p_quantity);
+    PERFORM credits_internal._check_metadata(p_metadata);
+    IF p_key IS NOT NULL THEN
+        PERFORM credits_internal._check_text(p_key, 'idempotency_key');
+    END IF;
+
+    v_acct := credits_internal._lock_account(p_account, p_now);
+    p_now := v_acct.last_at;  -- the account's time (_lock_account)
+    IF p_key IS NOT NULL THEN
+        v_request := credits_internal._debit_request(p_feature, p_quantity, p_metadata);
+        v_entry := credits_internal._replay(p_account, p_key, v_request);
+        IF v_entry IS NOT NULL THEN
+            RETURN v_entry;
+        END IF;
+    END IF;
+
+    v_state := credits_internal._state(v_acct, p_now);
+    IF credits_internal._lacking_window(v_state, v_amount) IS NOT NULL THEN
+        PERFORM credits_internal._count('N', v_state.plan, v_feature.feature_id);
+        IF NOT p_raise THEN
+            PERFORM credits_internal._denied(p_account, v_amount, p_now);
+            RETURN NULL;
+        END IF;
+        PERFORM credits_internal._raise_insufficient(v_amount, p_feature, v_state, p_now);
+    END IF;
+    v_entry := credits_internal._charge(p_account, v_state, v_feature.feature_id, v_amount, p_metadata, NULL, p_now);
+    PERFORM credits_internal._after_write(p_account, p_now, v_entry, v_state);
+
+    IF p_key IS NOT NULL THEN
+        PERFORM credits_internal._remember_key(p_account, p_key, v_entry, v_request);
+    END IF;
+    RETURN v_entry;
+END
+$$;
+
+-- refund: give back (part of) a debit to where it came from.
+--   Grants first (they were drawn last), back to the very grants drawn
+--   while they are still valid: a draw from a grant that has expired since
+--   is recorded as expired at once ('E', SPEC §4.5), not restored;
+--   then the allowance, back to the window of the debit: today's daily
+--   window if the debit was today, this month's monthly window if the debit
+--   was in it. A window that has since closed stays closed (no rollover):
+--   that part is recorded in the ledger but not made available again.
+--   amount NULL refunds what is left; repeating it returns the same entry.
+--   idempotency_key (per account) makes a partial refund safe to retry.
+CREATE OR REPLACE FUNCTION refund(entry_id bigint, amount numeric DEFAULT NULL, reason text DEFAULT NULL,
+                       idempotency_key text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p_entry   bigint := refund.entry_id;
+    p_amount  numeric := refund.amount;
+    p_reason  text := refund.reason;
+    p_key     text := refund.idempotency_key;
+    v_request uuid;
+    v_now     timestamptz := credits.now();
+    v_debit   credits.ledger;
+    v_debit_at timestamptz;  -- the instant whose windows the debit counted in
+    v_acct    credits.accounts;
+    v_done    numeric;
+    v_grants_done numeric;
+    v_left    numeric;
+    v_last    bigint;
+    v_to_grants numeric;
+    v_need    numeric;
+    v_take    numeric;
+    v_entry   bigint;
+    g         record;
+BEGIN
+    IF p_entry IS NULL THEN
+        RAISE EXCEPTION 'invalid entry_id: NULL' USING ERRCODE = 'UC009';
+    END IF;
+    IF p_amount IS NOT NULL THEN
+        PERFORM credits_internal._check_amount(p_amount, 'amount');
+        p_amount := trim_scale(p_amount);
+    END IF;
+    IF p_reason IS NOT NULL THEN
+        PERFORM credits_internal._check_text(p_reason, 'reason');
+    END IF;
+    IF p_key IS NOT NULL THEN
+        PERFORM credits_internal._check_text(p_key, 'idempotency_key');
+    END IF;
+    SELECT * INTO v_debit FROM credits.ledger l WHERE l.entry_id = p_entry;
+    IF NOT FOUND OR v_debit.kind <> 'D' THEN
+        PERFORM credits_internal._raise_wrong_entry(p_entry, 'a debit');
+    END IF;
+    v_acct := credits_internal._lock_account(v_debit.account_id, v_now);
+    v_now := v_acct.last_at;  -- the account's time (_lock_account)
+    IF p_key IS NOT NULL THEN
+        v_request := credits_internal._fingerprint('refund', p_entry::text, p_amount::text, p_reason);
+        v_entry := credits_internal._replay(v_debit.account_id, p_key, v_request);
+        IF v_entry IS NOT NULL THEN
+            RETURN v_entry;
+        END IF;
+    END IF;
+    -- (a settle counted in the windows of its hold, SPEC §4.3)
+    v_debit_at := coalesce((SELECT h.at FROM credits.ledger h WHERE h.entry_id = v_debit.ref AND h.kind = 'H'),
+                           v_debit.at);
+
+    SELECT coalesce(sum(r.amount), 0), coalesce(sum(r.from_grants), 0), max(r.entry_id)
+      INTO v_done, v_grants_done, v_last
+      FROM credits.ledger r WHERE r.ref = p_entry AND r.kind = 'R';
+    v_left := v_debit.amount - v_done;
+    IF p_amount IS NULL THEN
+        IF v_left = 0 THEN
+            IF p_key IS NOT NULL THEN
+                PERFORM credits_internal._remember_key(v_debit.account_id, p_key, v_last, v_request);
+            END IF;
+            RETURN v_last;
+        END IF;
+        p_amount := v_left;
+    ELSIF p_amount > v_left THEN
+        RAISE EXCEPTION 'refund of % exceeds what is left of debit %: %', p_amount, p_entry, trim_scale(v_left)
+            USING ERRCODE = 'UC007',
+                  DETAIL = jsonb_build_object('entry_id', p_entry, 'debited', trim_scale(v_debit.amount),
+                                              'refunded', trim_scale(v_done), 'left', trim_scale(v_left))::text;
+    END IF;
+
+    v_to_grants := least(p_amount, coalesce(v_debit.from_grants, 0) - v_grants_done);
+    PERFORM credits_internal._count('R', v_acct.plan, v_debit.feature_id);
+    INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, from_grants, ref, metadata)
+    VALUES (v_debit.account_id, v_now, 'R', v_debit.feature_id, p_amount, nullif(v_to_grants, 0), p_entry,
+            CASE WHEN p_reason IS NOT NULL THEN jsonb_build_object('reason', p_reason) END)
+    RETURNING ledger.entry_id INTO v_entry;
+
+    -- Give back to the grants this debit drew from, latest-expiring first.
+    -- (_lock_account recorded every grant past its deadline as expired.)
+    v_need := v_to_grants;
+    FOR g IN SELECT d.grant_id, sum(d.amount) AS net, gr.kind,
+                    gr.expired_entry IS NOT NULL OR gr.expires_at <= v_now AS expired
+               FROM credits.grant_draws d
+               JOIN credits.grants gr ON gr.account_id = d.account_id AND gr.grant_id = d.grant_id
+              WHERE d.account_id = v_debit.account_id
+                AND (d.entry_id = p_entry
+                     OR d.entry_id IN (SELECT r.entry_id FROM credits.ledger r WHERE r.ref = p_entry AND r.kind = 'R'))
+              GROUP BY d.grant_id, gr.expires_at, gr.kind, gr.expired_entry
+             HAVING sum(d.amount) > 0
+              ORDER BY gr.expires_at DESC NULLS FIRST, d.grant_id DESC
+    LOOP
+        EXIT WHEN v_need = 0;
+        v_take := least(v_need, g.net);
+        INSERT INTO credits.grant_draws (account_id, entry_id, grant_id, amount)
+        VALUES (v_debit.account_id, v_entry, g.grant_id, -v_take);
+        IF g.expired THEN
+            -- Given back and expired at once: the grant stays as it expired.
+            INSERT INTO credits.ledger (account_id, at, kind, amount, ref, metadata)
+            VALUES (v_debit.account_id, v_now, 'E', v_take, g.grant_id,
+                    jsonb_build_object('grant_kind', g.kind, 'refund', v_entry))
+            RETURNING ledger.entry_id INTO v_last;
+            INSERT INTO credits.grant_draws (account_id, entry_id, grant_id, amount)
+            VALUES (v_debit.account_id, v_last, g.grant_id, v_take);
+        ELSE
+            UPDATE credits.grants gr SET remaining = gr.remaining + v_take
+             WHERE gr.account_id = v_debit.account_id AND gr.grant_id = g.grant_id;
+        END IF;
+        v_need := v_need - v_take;
+    END LOOP;
+
+    UPDATE credits.accounts a
+       SET daily_used = CASE WHEN a.day = credits_internal._utc_day(v_debit_at) AND a.day = credits_internal._utc_day(v_now)
+                             THEN a.daily_used - p_amount ELSE a.daily_used END,
+           monthly_used = CASE WHEN a.month = credits_internal._utc_month(v_debit_at) AND a.month = credits_internal._utc_month(v_now)
+                                    AND p_entry > a.monthly_epoch
+                               THEN a.monthly_used - (p_amount - v_to_grants) ELSE a.monthly_used END
+     WHERE a.account_id = v_debit.account_id;
+    IF p_key IS NOT NULL THEN
+        PERFORM credits_internal._remember_key(v_debit.account_id, p_key, v_entry, v_request);
+    END IF;
+    RETURN v_entry;
+END
+$$;
+
+-- (IntervalStyle pinned: the ttl is part of the key's fingerprint, which
+-- must not depend on session settings, SPEC §4.8.)
+CREATE OR REPLACE FUNCTION credits_internal._reserve(p_account text, p_feature text, p_amount numeric, p_ttl interval,
+                         p_key text, p_raise boolean)
+RETURNS bigint
+LANGUAGE plpgsql SET IntervalStyle = postgres AS $$
+DECLARE
+    v_now     timestamptz := credits.now();
+    v_feature credits.features;
+    v_acct    credits.accounts;
+    v_state   credits_internal._account_state;
+    v_request uuid;
+    v_entry   bigint;
+    v_expires timestamptz;
+    v_grants  numeric;
+BEGIN
+    PERFORM credits_internal._check_text(p_account, 'account_id');
+    v_feature := credits_internal._feature(p_feature);
+    PERFORM credits_internal._check_amount(p_amount, 'amount');
+    p_amount := trim_scale(p_amount);
+    IF p_ttl IS NULL OR p_ttl <= interval '0' OR p_ttl > interval '31 days' THEN
+        RAISE EXCEPTION 'invalid ttl: %', coalesce(trim_scale(extract(epoch FROM p_ttl)) || ' seconds', 'NULL')
+            USING ERRCODE = 'UC009', DETAIL = 'ttl must be more than 0 and at most 31 days';
+    END IF;
+    IF p_key IS NOT NULL THEN
+        PERFORM credits_internal._check_text(p_key, 'idempotency_key');
+    END IF;
+
+    v_acct := credits_internal._lock_account(p_account, v_now);
+    v_now := v_acct.last_at;  -- the account's time (_lock_account)
+    IF p_key IS NOT NULL THEN
+        v_request := credits_internal._fingerprint('reserve', p_feature, p_amount::text, p_ttl::text);
+        v_entry := credits_internal._replay(p_account, p_key, v_request);
+        IF v_entry IS NOT NULL THEN
+            RETURN v_entry;
+        END IF;
+    END IF;
+    v_state := credits_internal._state(v_acct, v_now);
+    IF credits_internal._lacking_window(v_state, p_amount) IS NOT NULL THEN
+        PERFORM credits_internal._count('N', v_state.plan, v_feature.feature_id);
+        IF NOT p_raise THEN
+            PERFORM credits_internal._denied(p_account, p_amount, v_now);
+            RETURN NULL;
+        END IF;
+        PERFORM credits_internal._raise_insufficient(p_amount, p_feature, v_state, v_now);
+    END IF;
+
+    -- (in UTC: a day of ttl is 24 hours whatever the session's TimeZone)
+    v_expires := (v_now AT TIME ZONE 'UTC' + p_ttl) AT TIME ZONE 'UTC';
+    v_grants := p_amount - least(p_amount, v_state.allowance_available);
+    INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, from_grants, metadata)
+    VALUES (p_account, v_now, 'H', v_feature.feature_id, p_amount, nullif(v_grants, 0),
+            jsonb_build_object('expires_at', v_expires))
+    RETURNING entry_id INTO v_entry;
+    INSERT INTO credits.holds (account_id, hold_id, feature_id, amount, expires_at, from_grants, day, month)
+    VALUES (p_account, v_entry, v_feature.feature_id, p_amount, v_expires, v_grants,
+            credits_internal._utc_day(v_now), credits_internal._utc_month(v_now));
+    UPDATE credits.accounts a SET reserved = a.reserved + p_amount WHERE a.account_id = p_account;
+    PERFORM credits_internal._count('H', v_state.plan, v_feature.feature_id);
+    PERFORM credits_internal._after_write(p_account, v_now, v_entry, v_state);
+    IF p_key IS NOT NULL THEN
+        PERFORM credits_internal._remember_key(p_account, p_key, v_entry, v_request);
+    END IF;
+    RETURN v_entry;
+END
+$$;
+
+REVOKE ALL ON ALL ROUTINES IN SCHEMA credits, credits_internal FROM PUBLIC;
+REVOKE ALL ON credits.stats FROM PUBLIC;
+GRANT SELECT ON credits.stats TO credits_reader, credits_admin;
+GRANT EXECUTE ON FUNCTION credits_internal._stats() TO credits_reader, credits_admin;
+GRANT EXECUTE ON FUNCTION credits.stats_reset() TO credits_admin;
+GRANT SELECT ON credits.stats TO credits_admin;
+COMMENT ON FUNCTION credits.stats_reset() IS
+'Reset this database''s activity counters (credits.stats) to zero. Admin.';
+COMMENT ON COLUMN credits.stats.plan IS 'The account''s plan at the call.';
+COMMENT ON COLUMN credits.stats.product IS 'The feature''s product.';
+COMMENT ON COLUMN credits.stats.feature IS 'The feature.';
+COMMENT ON COLUMN credits.stats.charges IS 'Debits and settles charged (fast and SQL path).';
+COMMENT ON COLUMN credits.stats.denials IS 'Debits and reserves refused for want of credits (UC001 or a try_ NULL), counted though a raised one rolls back.';
+COMMENT ON COLUMN credits.stats.refunds IS 'Refunds.';
+COMMENT ON COLUMN credits.stats.holds IS 'Holds placed.';
+
 -------------------------------------------------------------------------------
 -- Stripes of hot accounts (issue 20): set_stripes, the stripes table, the
 -- fold in _lock_account, unspent budgets in _state and verify(), maintenance
 -- coming back to striped accounts (src/metering/stripes.rs).
 -------------------------------------------------------------------------------
 
-ALTER TABLE credits.accounts ADD COLUMN stripes smallint NOT NULL DEFAULT 0,
-                             ADD COLUMN stripe_budget numeric NOT NULL DEFAULT 0;
+-- (added bare, then given their default and filled: PostgreSQL refuses
+-- to add a column with a default while SQL functions take the row type;
+-- the UPDATE writes every account row once)
+ALTER TABLE credits.accounts ADD COLUMN stripes smallint, ADD COLUMN stripe_budget numeric;
+ALTER TABLE credits.accounts ALTER COLUMN stripes SET DEFAULT 0, ALTER COLUMN stripe_budget SET DEFAULT 0;
+UPDATE credits.accounts SET stripes = 0, stripe_budget = 0;
+ALTER TABLE credits.accounts ALTER COLUMN stripes SET NOT NULL, ALTER COLUMN stripe_budget SET NOT NULL;
 
 CREATE TABLE credits.stripes (
     account_id text COLLATE "C" NOT NULL REFERENCES credits.accounts (account_id),
@@ -955,7 +1539,7 @@ GRANT EXECUTE ON FUNCTION credits.set_stripes(text, integer) TO credits_admin;
 COMMENT ON FUNCTION credits.set_stripes(text, integer) IS
 'Spread an account''s debits over 2 to 64 stripes (0: off), for an account many sessions debit at once: a debit locks a free stripe instead of the account row. Decisions stay exact. Admin.';
 COMMENT ON TABLE credits.stripes IS 'The stripes of striped accounts (set_stripes): budgets of their allowance that debits spend without locking the account row.';
-COMMENT ON COLUMN credits.accounts.stripes IS 'Stripes its debits spread over (set_stripes);
+COMMENT ON COLUMN credits.accounts.stripes IS 'Stripes its debits spread over (set_stripes), 0 for none.';
 COMMENT ON COLUMN credits.accounts.stripe_budget IS 'Allowance handed to its stripes, counted in daily_used and monthly_used until what they did not spend is folded back.';
 COMMENT ON COLUMN credits.stripes.account_id IS 'The account.';
 COMMENT ON COLUMN credits.stripes.stripe IS 'Its number, from 0.';
@@ -966,580 +1550,3 @@ COMMENT ON COLUMN credits.stripes.spent IS 'Debited from the budget.';
 COMMENT ON COLUMN credits.stripes.last_at IS 'The instant of its latest debit.';
 
 REVOKE ALL ON ALL ROUTINES IN SCHEMA credits, credits_internal FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION credits.read_events(bigint, integer) TO credits_app, credits_reader, credits_admin;
-COMMENT ON FUNCTION credits.read_events(bigint, integer) IS
-'The events committed after a cursor, oldest first: following the cursors a consumer sees every committed event exactly once, whatever order transactions commit in.';
-
--------------------------------------------------------------------------------
--- Per-account alerts (src/accounts/accounts.sql, src/metering/events.sql):
--- a low_balance event when what is available falls to the account's level.
--------------------------------------------------------------------------------
-
-ALTER TABLE credits.accounts ADD COLUMN alert_remaining numeric, ADD COLUMN alert_percent numeric;
-ALTER TABLE credits.events DROP CONSTRAINT events_kind_check,
-    ADD CONSTRAINT events_kind_check CHECK (kind IN ('exhausted', 'threshold', 'reset', 'denied', 'low_balance'));
-
--- What a debit could take in state `s`: every window applies, grants count
--- after the allowance, open holds are subtracted.
-CREATE OR REPLACE FUNCTION credits_internal._available(s credits_internal._account_state) RETURNS numeric
-LANGUAGE sql IMMUTABLE
-RETURN least(coalesce(s.daily_available, s.allowance_available + s.grants_available),
-             s.allowance_available + s.grants_available);
-
--- The window that caps what is available in state `s`.
-CREATE OR REPLACE FUNCTION credits_internal._limiting_window(s credits_internal._account_state) RETURNS text
-LANGUAGE sql IMMUTABLE
-RETURN CASE WHEN s.daily_available < s.allowance_available + s.grants_available THEN 'daily' ELSE 'monthly' END;
-
--- An account's alert level (credits.set_alert) in state `s`: the higher of
--- its credits and its percentage of the monthly limit; NULL: no alert.
-CREATE OR REPLACE FUNCTION credits_internal._alert_level(a credits.accounts, s credits_internal._account_state) RETURNS numeric
-LANGUAGE sql IMMUTABLE
-RETURN greatest(a.alert_remaining, trim_scale(s.monthly_limit * a.alert_percent / 100));
-
--- After entry `p_entry` changed a locked account whose state before was
--- `p_before`: the events its new state is due. A window that had credits
--- before and has none now ran out: an exhausted event for each window that
--- did (the daily and the monthly in one debit: two), again after new
--- credits ran out once more.
-CREATE OR REPLACE FUNCTION credits_internal._after_write(p_account text, p_now timestamptz, p_entry bigint,
-                             p_before credits_internal._account_state)
-RETURNS void
-LANGUAGE plpgsql AS $$
-DECLARE
-    a credits.accounts;
-    s credits_internal._account_state;
-    t numeric;
-    v_level numeric;  -- the account's alert (NULL: none)
-BEGIN
-    SELECT * INTO a FROM credits.accounts ac WHERE ac.account_id = p_account;
-    s := credits_internal._state(a, p_now);
-    v_level := credits_internal._alert_level(a, s);
-    IF s.monthly_limit > 0 THEN
-        FOREACH t IN ARRAY credits_internal._thresholds() LOOP
-            EXIT WHEN s.monthly_used * 100 < s.monthly_limit * t;
-            PERFORM credits_internal._emit(a, 'threshold', 'monthly', t, p_now, s);
-        END LOOP;
-    END IF;
-    -- (the account's alert: what is available fell to its level)
-    IF credits_internal._available(s) <= v_level AND credits_internal._available(p_before) > v_level THEN
-        PERFORM credits_internal._emit(a, 'low_balance', credits_internal._limiting_window(s), v_level, p_now, s);
-    END IF;
-    IF s.daily_available = 0 AND p_before.daily_available > 0 THEN
-        PERFORM credits_internal._emit(a, 'exhausted', 'daily', NULL, p_now, s, p_entry);
-    END IF;
-    IF s.allowance_available + s.grants_available = 0
-       AND p_before.allowance_available + p_before.grants_available > 0 THEN
-        PERFORM credits_internal._emit(a, 'exhausted', 'monthly', NULL, p_now, s, p_entry);
-    END IF;
-END
-$$;
-
--- check: what a debit of `quantity` of `feature` would do now, writing
--- nothing (the same state and rules as debit; no lock, so a debit right
--- after may still be refused by a concurrent one).
---   allowed          whether the debit would succeed;
---   cost             what it would charge;
---   available        what a debit could take now (every window, grants, holds);
---   limiting_window  the window that refuses it, or when allowed the one
---                    that caps `available` (daily or monthly);
---   resets_at        when that window resets.
-CREATE OR REPLACE FUNCTION "check"(account_id text, feature text, quantity numeric DEFAULT 1)
-RETURNS TABLE (allowed boolean, cost numeric, available numeric, limiting_window text, resets_at timestamptz)
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_now     timestamptz := credits.now();
-    v_acct    credits.accounts;
-    v_feature credits.features;
-    s         credits_internal._account_state;
-    v_lacking text;
-BEGIN
-    v_acct := credits_internal._account($1);
-    v_feature := credits_internal._feature($2);
-    cost := credits_internal._cost(v_feature, $3);
-    v_now := credits_internal._account_now(v_acct, v_now);
-    s := credits_internal._state(v_acct, v_now);
-    v_lacking := credits_internal._lacking_window(s, cost);
-    allowed := v_lacking IS NULL;
-    available := trim_scale(credits_internal._available(s));
-    limiting_window := coalesce(v_lacking, credits_internal._limiting_window(s));
-    resets_at := credits_internal._resets_at(limiting_window, v_now);
-    RETURN NEXT;
-END
-$$;
-
--- The usage display of a read account at the instant it is in (windows as
--- of credits.now(), or later when the account is: SPEC §4.6): what
--- balance() returns for one account and usage_display for every account,
--- without looking the account up again. Security definer: the reporting
--- view calls it with the reader's rights, who reads no table.
---   daily_* are NULL when the plan has no daily limit.
---   available = what a debit could take right now: every window applies,
---   grants count after the allowance, open holds are subtracted.
-CREATE OR REPLACE FUNCTION credits_internal._display(a credits.accounts)
-RETURNS TABLE (plan text, daily_limit numeric, daily_used numeric, daily_remaining numeric,
-               monthly_limit numeric, monthly_used numeric, monthly_remaining numeric,
-               granted_remaining numeric, reserved numeric, available numeric,
-               next_daily_reset timestamptz, next_monthly_reset timestamptz)
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_now   timestamptz := credits_internal._account_now(a, credits.now());
-    s       credits_internal._account_state := credits_internal._state(a, v_now);
-BEGIN
-    plan := s.plan;
-    daily_limit := trim_scale(s.daily_limit);
-    daily_used := CASE WHEN s.daily_limit IS NOT NULL THEN trim_scale(s.daily_used) END;
-    daily_remaining := CASE WHEN s.daily_limit IS NOT NULL
-                            THEN trim_scale(greatest(0, s.daily_limit - s.daily_used)) END;
-    monthly_limit := trim_scale(s.monthly_limit);
-    monthly_used := trim_scale(s.monthly_used);
-    monthly_remaining := trim_scale(greatest(0, s.monthly_limit - s.monthly_used));
-    granted_remaining := trim_scale(s.granted_remaining);
-    reserved := trim_scale(s.reserved);
-    available := trim_scale(credits_internal._available(s));
-    next_daily_reset := credits_internal._resets_at('daily', v_now);
-    next_monthly_reset := credits_internal._resets_at('monthly', v_now);
-    RETURN NEXT;
-END
-$$;
-
--- set_alert: a low_balance event for this account when what it has
--- available (balance().available) falls to `remaining` credits, or to
--- `percent` of its monthly limit, whichever comes first; once per window
--- (the one that limits what is available) and level, next to the global
--- credits.thresholds. Both NULL: no alert.
-CREATE OR REPLACE FUNCTION set_alert(account_id text, remaining numeric DEFAULT NULL, percent numeric DEFAULT NULL)
-RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    p_account text := set_alert.account_id;
-BEGIN
-    PERFORM credits_internal._check_text(p_account, 'account_id');
-    IF remaining IS NOT NULL THEN
-        PERFORM credits_internal._check_amount(remaining, 'remaining');
-    END IF;
-    IF percent IS NOT NULL AND (percent <= 0 OR percent > 100 OR percent = 'NaN'::numeric) THEN
-        RAISE EXCEPTION 'invalid percent: %', percent USING ERRCODE = 'UC004',
-            DETAIL = 'percent must be more than 0 and at most 100';
-    END IF;
-    PERFORM credits_internal._lock_account(p_account, credits.now());
-    UPDATE credits.accounts a
-       SET alert_remaining = trim_scale(remaining), alert_percent = trim_scale(percent)
-     WHERE a.account_id = p_account;
-END
-$$;
-
--- void_grant: remove what is left of a grant (a promotion withdrawn, a
--- grant made by mistake), as an expiry would: an 'E' entry of what was
--- left, with the reason. Nothing given back to the grant afterwards (a
--- refund of a debit that drew on it) returns to it. Voiding it again returns
--- the same entry; a grant that has expired cannot be voided (UC012).
-CREATE OR REPLACE FUNCTION void_grant(entry_id bigint, reason text DEFAULT NULL) RETURNS bigint
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    p_entry  bigint := void_grant.entry_id;
-    p_reason text := void_grant.reason;
-    v_now    timestamptz := credits.now();
-    v_grant  credits.grants;
-    v_acct   credits.accounts;
-    v_state  credits_internal._account_state;
-    v_gone   credits.ledger;
-    v_entry  bigint;
-BEGIN
-    IF p_entry IS NULL THEN
-        RAISE EXCEPTION 'invalid entry_id: NULL' USING ERRCODE = 'UC009';
-    END IF;
-    IF p_reason IS NOT NULL THEN
-        PERFORM credits_internal._check_text(p_reason, 'reason');
-    END IF;
-    SELECT * INTO v_grant FROM credits.grants g WHERE g.grant_id = p_entry;
-    IF NOT FOUND THEN
-        PERFORM credits_internal._raise_wrong_entry(p_entry, 'a grant');
-    END IF;
-    v_acct := credits_internal._lock_account(v_grant.account_id, v_now);  -- may expire it
-    v_now := v_acct.last_at;  -- the account's time (_lock_account)
-    SELECT * INTO v_grant FROM credits.grants g WHERE g.account_id = v_grant.account_id AND g.grant_id = p_entry;
-    IF v_grant.expired_entry IS NOT NULL THEN
-        SELECT * INTO v_gone FROM credits.ledger l WHERE l.entry_id = v_grant.expired_entry;
-        IF v_gone.metadata ? 'void' THEN
-            RETURN v_gone.entry_id;
-        END IF;
-        RAISE EXCEPTION 'grant % is not active: it expired at %', p_entry, credits_internal._utc_text(v_grant.expires_at)
-            USING ERRCODE = 'UC012',
-                  DETAIL = jsonb_build_object('grant_id', p_entry, 'state', 'expired',
-                                              'entry_id', nullif(v_grant.expired_entry, 0),
-                                              'expires_at', credits_internal._iso(v_grant.expires_at))::text;
-    END IF;
-    v_state := credits_internal._state(v_acct, v_now);
-    INSERT INTO credits.ledger (account_id, at, kind, amount, ref, metadata)
-    VALUES (v_grant.account_id, v_now, 'E', v_grant.remaining, p_entry,
-            jsonb_strip_nulls(jsonb_build_object('grant_kind', v_grant.kind, 'void', true, 'reason', p_reason)))
-    RETURNING ledger.entry_id INTO v_entry;
-    UPDATE credits.grants g SET expired_entry = v_entry
-     WHERE g.account_id = v_grant.account_id AND g.grant_id = p_entry;
-    PERFORM credits_internal._after_write(v_grant.account_id, v_now, v_entry, v_state);
-    RETURN v_entry;
-END
-$$;
-
-REVOKE ALL ON ALL ROUTINES IN SCHEMA credits, credits_internal FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION credits.set_alert(text, numeric, numeric) TO credits_app, credits_billing, credits_admin;
-COMMENT ON FUNCTION credits.set_alert(text, numeric, numeric) IS
-'A low_balance event for the account when what it has available falls to remaining credits or to percent of its monthly limit; once per window and level. Both NULL: no alert.';
-COMMENT ON COLUMN credits.accounts.alert_remaining IS 'Alert (set_alert): a low_balance event when available falls to this many credits; NULL: none.';
-COMMENT ON COLUMN credits.accounts.alert_percent IS 'Alert (set_alert): ... or to this percentage of the monthly limit; NULL: none.';
-COMMENT ON COLUMN credits.events.kind IS 'exhausted, denied, threshold, reset or low_balance.';
-
--------------------------------------------------------------------------------
--- Activity counters in shared memory (src/metering/stats.rs,
--- src/metering/events.sql): charges, denials, refunds, holds.
--------------------------------------------------------------------------------
-
-CREATE FUNCTION credits_internal._count(kind "char", plan text, feature smallint) RETURNS void
-LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'credits_count';
-
-CREATE FUNCTION credits_internal._stats()
-RETURNS TABLE (plan text, feature_id smallint, charges bigint, denials bigint, refunds bigint, holds bigint)
-LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'stats_wrapper';
-
-CREATE VIEW stats AS
-SELECT s.plan, f.product, f.feature,
-       sum(s.charges)::bigint AS charges, sum(s.denials)::bigint AS denials,
-       sum(s.refunds)::bigint AS refunds, sum(s.holds)::bigint AS holds
-  FROM credits_internal._stats() s
-  LEFT JOIN credits.features f ON f.feature_id = s.feature_id
- GROUP BY s.plan, f.product, f.feature;
-COMMENT ON VIEW stats IS 'Charges, denials (UC001 and try_ refusals, though rolled back), refunds and holds per plan and feature in this database, since the server started or stats_reset(): counts of calls, in shared memory.';
-
-CREATE FUNCTION stats_reset() RETURNS void
-LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'credits_stats_reset';
-
--- Charge `p_amount` to a locked account whose state `s` was checked to fit:
--- the allowance first, then grants soonest-expiring first. Writes the 'D'
--- entry (ref = the hold it settles, if any) and returns its id. The amount
--- counts in today's daily window unless `p_today` is false (a settle whose
--- hold was placed on a day that has closed: the caller records it there).
--- Holds are promises, not earmarks (SPEC §4, issue: holds and grants): a
--- charge takes allowance that this month's holds hold before it takes a
--- grant, and those holds are backed by the grants instead, so a hold never
--- makes a debit spend a grant while allowance it did not use is left.
-CREATE OR REPLACE FUNCTION credits_internal._charge(p_account text, s credits_internal._account_state, p_feature_id smallint,
-                        p_amount numeric, p_metadata jsonb, p_ref bigint, p_now timestamptz,
-                        p_today boolean DEFAULT true)
-RETURNS bigint
-LANGUAGE plpgsql AS $$
-DECLARE
-    v_alloc numeric := least(p_amount, s.allowance_available);
-    v_need  numeric := p_amount - least(p_amount, s.allowance_available);
-    v_shift numeric;
-    v_take  numeric;
-    v_entry bigint;
-    h       record;
-BEGIN
-    -- Allowance held by this month's holds, moved onto grants.
-    v_shift := least(v_need, s.grants_available,
-                     least(s.reserved_allowance, greatest(0, s.monthly_limit - s.monthly_used)));
-    IF v_shift > 0 THEN
-        v_alloc := v_alloc + v_shift;
-        v_need := v_need - v_shift;
-        FOR h IN SELECT ho.hold_id, ho.amount - ho.from_grants AS on_allowance FROM credits.holds ho
-                  WHERE ho.account_id = p_account AND ho.resolved_entry IS NULL AND ho.expires_at > p_now
-                    AND ho.month >= credits_internal._utc_month(p_now) AND ho.amount > ho.from_grants
-                  ORDER BY ho.hold_id DESC
-        LOOP
-            EXIT WHEN v_shift = 0;
-            v_take := least(v_shift, h.on_allowance);
-            UPDATE credits.holds ho SET from_grants = ho.from_grants + v_take
-             WHERE ho.account_id = p_account AND ho.hold_id = h.hold_id;
-            v_shift := v_shift - v_take;
-        END LOOP;
-    END IF;
-
-    INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, from_grants, ref, metadata)
-    VALUES (p_account, p_now, 'D', p_feature_id, p_amount, nullif(v_need, 0), p_ref, p_metadata)
-    RETURNING entry_id INTO v_entry;
-    PERFORM credits_internal._count('C', s.plan, p_feature_id);
-    IF v_need > 0 THEN
-        PERFORM credits_internal._draw_grants(p_account, v_entry, v_need, p_now);
-    END IF;
-
-    UPDATE credits.accounts a
-       SET day = credits_internal._utc_day(p_now),
-           daily_used = CASE WHEN p_today THEN s.daily_used + p_amount ELSE s.daily_used END,
-           month = credits_internal._utc_month(p_now),
-           monthly_used = s.monthly_used + v_alloc,
-           monthly_epoch = CASE WHEN a.month = credits_internal._utc_month(p_now) THEN a.monthly_epoch ELSE 0 END
-     WHERE a.account_id = p_account;
-    RETURN v_entry;
-END
-$$;
-
--- The slow path: full validation, grants, precise errors.
-CREATE OR REPLACE FUNCTION credits_internal._debit_slow(p_account text, p_feature text, p_quantity numeric, p_key text,
-                            p_metadata jsonb, p_raise boolean, p_now timestamptz)
-RETURNS bigint
-LANGUAGE plpgsql AS $$
-DECLARE
-    v_feature credits.features;
-    v_amount  numeric;
-    v_acct    credits.accounts;
-    v_state   credits_internal._account_state;
-    v_request uuid;
-    v_entry   bigint;
-BEGIN
-    PERFORM credits_internal._check_text(p_account, 'account_id');
-    v_feature := credits_internal._feature(p_feature);
-    v_amount := credits_internal._cost(v_feature, p_quantity);
-    PERFORM credits_internal._check_metadata(p_metadata);
-    IF p_key IS NOT NULL THEN
-        PERFORM credits_internal._check_text(p_key, 'idempotency_key');
-    END IF;
-
-    v_acct := credits_internal._lock_account(p_account, p_now);
-    p_now := v_acct.last_at;  -- the account's time (_lock_account)
-    IF p_key IS NOT NULL THEN
-        v_request := credits_internal._debit_request(p_feature, p_quantity, p_metadata);
-        v_entry := credits_internal._replay(p_account, p_key, v_request);
-        IF v_entry IS NOT NULL THEN
-            RETURN v_entry;
-        END IF;
-    END IF;
-
-    v_state := credits_internal._state(v_acct, p_now);
-    IF credits_internal._lacking_window(v_state, v_amount) IS NOT NULL THEN
-        PERFORM credits_internal._count('N', v_state.plan, v_feature.feature_id);
-        IF NOT p_raise THEN
-            PERFORM credits_internal._denied(p_account, v_amount, p_now);
-            RETURN NULL;
-        END IF;
-        PERFORM credits_internal._raise_insufficient(v_amount, p_feature, v_state, p_now);
-    END IF;
-    v_entry := credits_internal._charge(p_account, v_state, v_feature.feature_id, v_amount, p_metadata, NULL, p_now);
-    PERFORM credits_internal._after_write(p_account, p_now, v_entry, v_state);
-
-    IF p_key IS NOT NULL THEN
-        PERFORM credits_internal._remember_key(p_account, p_key, v_entry, v_request);
-    END IF;
-    RETURN v_entry;
-END
-$$;
-
--- refund: give back (part of) a debit to where it came from.
---   Grants first (they were drawn last), back to the very grants drawn
---   while they are still valid: a draw from a grant that has expired since
---   is recorded as expired at once ('E', SPEC §4.5), not restored;
---   then the allowance, back to the window of the debit: today's daily
---   window if the debit was today, this month's monthly window if the debit
---   was in it. A window that has since closed stays closed (no rollover):
---   that part is recorded in the ledger but not made available again.
---   amount NULL refunds what is left; repeating it returns the same entry.
---   idempotency_key (per account) makes a partial refund safe to retry.
-CREATE OR REPLACE FUNCTION refund(entry_id bigint, amount numeric DEFAULT NULL, reason text DEFAULT NULL,
-                       idempotency_key text DEFAULT NULL)
-RETURNS bigint
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    p_entry   bigint := refund.entry_id;
-    p_amount  numeric := refund.amount;
-    p_reason  text := refund.reason;
-    p_key     text := refund.idempotency_key;
-    v_request uuid;
-    v_now     timestamptz := credits.now();
-    v_debit   credits.ledger;
-    v_debit_at timestamptz;  -- the instant whose windows the debit counted in
-    v_acct    credits.accounts;
-    v_done    numeric;
-    v_grants_done numeric;
-    v_left    numeric;
-    v_last    bigint;
-    v_to_grants numeric;
-    v_need    numeric;
-    v_take    numeric;
-    v_entry   bigint;
-    g         record;
-BEGIN
-    IF p_entry IS NULL THEN
-        RAISE EXCEPTION 'invalid entry_id: NULL' USING ERRCODE = 'UC009';
-    END IF;
-    IF p_amount IS NOT NULL THEN
-        PERFORM credits_internal._check_amount(p_amount, 'amount');
-        p_amount := trim_scale(p_amount);
-    END IF;
-    IF p_reason IS NOT NULL THEN
-        PERFORM credits_internal._check_text(p_reason, 'reason');
-    END IF;
-    IF p_key IS NOT NULL THEN
-        PERFORM credits_internal._check_text(p_key, 'idempotency_key');
-    END IF;
-    SELECT * INTO v_debit FROM credits.ledger l WHERE l.entry_id = p_entry;
-    IF NOT FOUND OR v_debit.kind <> 'D' THEN
-        PERFORM credits_internal._raise_wrong_entry(p_entry, 'a debit');
-    END IF;
-    v_acct := credits_internal._lock_account(v_debit.account_id, v_now);
-    v_now := v_acct.last_at;  -- the account's time (_lock_account)
-    IF p_key IS NOT NULL THEN
-        v_request := credits_internal._fingerprint('refund', p_entry::text, p_amount::text, p_reason);
-        v_entry := credits_internal._replay(v_debit.account_id, p_key, v_request);
-        IF v_entry IS NOT NULL THEN
-            RETURN v_entry;
-        END IF;
-    END IF;
-    -- (a settle counted in the windows of its hold, SPEC §4.3)
-    v_debit_at := coalesce((SELECT h.at FROM credits.ledger h WHERE h.entry_id = v_debit.ref AND h.kind = 'H'),
-                           v_debit.at);
-
-    SELECT coalesce(sum(r.amount), 0), coalesce(sum(r.from_grants), 0), max(r.entry_id)
-      INTO v_done, v_grants_done, v_last
-      FROM credits.ledger r WHERE r.ref = p_entry AND r.kind = 'R';
-    v_left := v_debit.amount - v_done;
-    IF p_amount IS NULL THEN
-        IF v_left = 0 THEN
-            IF p_key IS NOT NULL THEN
-                PERFORM credits_internal._remember_key(v_debit.account_id, p_key, v_last, v_request);
-            END IF;
-            RETURN v_last;
-        END IF;
-        p_amount := v_left;
-    ELSIF p_amount > v_left THEN
-        RAISE EXCEPTION 'refund of % exceeds what is left of debit %: %', p_amount, p_entry, trim_scale(v_left)
-            USING ERRCODE = 'UC007',
-                  DETAIL = jsonb_build_object('entry_id', p_entry, 'debited', trim_scale(v_debit.amount),
-                                              'refunded', trim_scale(v_done), 'left', trim_scale(v_left))::text;
-    END IF;
-
-    v_to_grants := least(p_amount, coalesce(v_debit.from_grants, 0) - v_grants_done);
-    PERFORM credits_internal._count('R', v_acct.plan, v_debit.feature_id);
-    INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, from_grants, ref, metadata)
-    VALUES (v_debit.account_id, v_now, 'R', v_debit.feature_id, p_amount, nullif(v_to_grants, 0), p_entry,
-            CASE WHEN p_reason IS NOT NULL THEN jsonb_build_object('reason', p_reason) END)
-    RETURNING ledger.entry_id INTO v_entry;
-
-    -- Give back to the grants this debit drew from, latest-expiring first.
-    -- (_lock_account recorded every grant past its deadline as expired.)
-    v_need := v_to_grants;
-    FOR g IN SELECT d.grant_id, sum(d.amount) AS net, gr.kind,
-                    gr.expired_entry IS NOT NULL OR gr.expires_at <= v_now AS expired
-               FROM credits.grant_draws d
-               JOIN credits.grants gr ON gr.account_id = d.account_id AND gr.grant_id = d.grant_id
-              WHERE d.account_id = v_debit.account_id
-                AND (d.entry_id = p_entry
-                     OR d.entry_id IN (SELECT r.entry_id FROM credits.ledger r WHERE r.ref = p_entry AND r.kind = 'R'))
-              GROUP BY d.grant_id, gr.expires_at, gr.kind, gr.expired_entry
-             HAVING sum(d.amount) > 0
-              ORDER BY gr.expires_at DESC NULLS FIRST, d.grant_id DESC
-    LOOP
-        EXIT WHEN v_need = 0;
-        v_take := least(v_need, g.net);
-        INSERT INTO credits.grant_draws (account_id, entry_id, grant_id, amount)
-        VALUES (v_debit.account_id, v_entry, g.grant_id, -v_take);
-        IF g.expired THEN
-            -- Given back and expired at once: the grant stays as it expired.
-            INSERT INTO credits.ledger (account_id, at, kind, amount, ref, metadata)
-            VALUES (v_debit.account_id, v_now, 'E', v_take, g.grant_id,
-                    jsonb_build_object('grant_kind', g.kind, 'refund', v_entry))
-            RETURNING ledger.entry_id INTO v_last;
-            INSERT INTO credits.grant_draws (account_id, entry_id, grant_id, amount)
-            VALUES (v_debit.account_id, v_last, g.grant_id, v_take);
-        ELSE
-            UPDATE credits.grants gr SET remaining = gr.remaining + v_take
-             WHERE gr.account_id = v_debit.account_id AND gr.grant_id = g.grant_id;
-        END IF;
-        v_need := v_need - v_take;
-    END LOOP;
-
-    UPDATE credits.accounts a
-       SET daily_used = CASE WHEN a.day = credits_internal._utc_day(v_debit_at) AND a.day = credits_internal._utc_day(v_now)
-                             THEN a.daily_used - p_amount ELSE a.daily_used END,
-           monthly_used = CASE WHEN a.month = credits_internal._utc_month(v_debit_at) AND a.month = credits_internal._utc_month(v_now)
-                                    AND p_entry > a.monthly_epoch
-                               THEN a.monthly_used - (p_amount - v_to_grants) ELSE a.monthly_used END
-     WHERE a.account_id = v_debit.account_id;
-    IF p_key IS NOT NULL THEN
-        PERFORM credits_internal._remember_key(v_debit.account_id, p_key, v_entry, v_request);
-    END IF;
-    RETURN v_entry;
-END
-$$;
-
--- (IntervalStyle pinned: the ttl is part of the key's fingerprint, which
--- must not depend on session settings, SPEC §4.8.)
-CREATE OR REPLACE FUNCTION credits_internal._reserve(p_account text, p_feature text, p_amount numeric, p_ttl interval,
-                         p_key text, p_raise boolean)
-RETURNS bigint
-LANGUAGE plpgsql SET IntervalStyle = postgres AS $$
-DECLARE
-    v_now     timestamptz := credits.now();
-    v_feature credits.features;
-    v_acct    credits.accounts;
-    v_state   credits_internal._account_state;
-    v_request uuid;
-    v_entry   bigint;
-    v_expires timestamptz;
-    v_grants  numeric;
-BEGIN
-    PERFORM credits_internal._check_text(p_account, 'account_id');
-    v_feature := credits_internal._feature(p_feature);
-    PERFORM credits_internal._check_amount(p_amount, 'amount');
-    p_amount := trim_scale(p_amount);
-    IF p_ttl IS NULL OR p_ttl <= interval '0' OR p_ttl > interval '31 days' THEN
-        RAISE EXCEPTION 'invalid ttl: %', coalesce(trim_scale(extract(epoch FROM p_ttl)) || ' seconds', 'NULL')
-            USING ERRCODE = 'UC009', DETAIL = 'ttl must be more than 0 and at most 31 days';
-    END IF;
-    IF p_key IS NOT NULL THEN
-        PERFORM credits_internal._check_text(p_key, 'idempotency_key');
-    END IF;
-
-    v_acct := credits_internal._lock_account(p_account, v_now);
-    v_now := v_acct.last_at;  -- the account's time (_lock_account)
-    IF p_key IS NOT NULL THEN
-        v_request := credits_internal._fingerprint('reserve', p_feature, p_amount::text, p_ttl::text);
-        v_entry := credits_internal._replay(p_account, p_key, v_request);
-        IF v_entry IS NOT NULL THEN
-            RETURN v_entry;
-        END IF;
-    END IF;
-    v_state := credits_internal._state(v_acct, v_now);
-    IF credits_internal._lacking_window(v_state, p_amount) IS NOT NULL THEN
-        PERFORM credits_internal._count('N', v_state.plan, v_feature.feature_id);
-        IF NOT p_raise THEN
-            PERFORM credits_internal._denied(p_account, p_amount, v_now);
-            RETURN NULL;
-        END IF;
-        PERFORM credits_internal._raise_insufficient(p_amount, p_feature, v_state, v_now);
-    END IF;
-
-    -- (in UTC: a day of ttl is 24 hours whatever the session's TimeZone)
-    v_expires := (v_now AT TIME ZONE 'UTC' + p_ttl) AT TIME ZONE 'UTC';
-    v_grants := p_amount - least(p_amount, v_state.allowance_available);
-    INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, from_grants, metadata)
-    VALUES (p_account, v_now, 'H', v_feature.feature_id, p_amount, nullif(v_grants, 0),
-            jsonb_build_object('expires_at', v_expires))
-    RETURNING entry_id INTO v_entry;
-    INSERT INTO credits.holds (account_id, hold_id, feature_id, amount, expires_at, from_grants, day, month)
-    VALUES (p_account, v_entry, v_feature.feature_id, p_amount, v_expires, v_grants,
-            credits_internal._utc_day(v_now), credits_internal._utc_month(v_now));
-    UPDATE credits.accounts a SET reserved = a.reserved + p_amount WHERE a.account_id = p_account;
-    PERFORM credits_internal._count('H', v_state.plan, v_feature.feature_id);
-    PERFORM credits_internal._after_write(p_account, v_now, v_entry, v_state);
-    IF p_key IS NOT NULL THEN
-        PERFORM credits_internal._remember_key(p_account, p_key, v_entry, v_request);
-    END IF;
-    RETURN v_entry;
-END
-$$;
-
-REVOKE ALL ON ALL ROUTINES IN SCHEMA credits, credits_internal FROM PUBLIC;
-REVOKE ALL ON credits.stats FROM PUBLIC;
-GRANT SELECT ON credits.stats TO credits_reader, credits_admin;
-GRANT EXECUTE ON FUNCTION credits_internal._stats() TO credits_reader, credits_admin;
-GRANT EXECUTE ON FUNCTION credits.stats_reset() TO credits_admin;
-GRANT SELECT ON credits.stats TO credits_admin;
-COMMENT ON FUNCTION credits.stats_reset() IS
-'Reset this database''s activity counters (credits.stats) to zero. Admin.';
-COMMENT ON COLUMN credits.stats.plan IS 'The account''s plan at the call.';
-COMMENT ON COLUMN credits.stats.product IS 'The feature''s product.';
-COMMENT ON COLUMN credits.stats.feature IS 'The feature.';
-COMMENT ON COLUMN credits.stats.charges IS 'Debits and settles charged (fast and SQL path).';
-COMMENT ON COLUMN credits.stats.denials IS 'Debits and reserves refused for want of credits (UC001 or a try_ NULL), counted though a raised one rolls back.';
-COMMENT ON COLUMN credits.stats.refunds IS 'Refunds.';
-COMMENT ON COLUMN credits.stats.holds IS 'Holds placed.';

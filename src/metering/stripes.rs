@@ -21,7 +21,8 @@
 //!   commit together with the counters.
 //!
 //! Locks are taken stripes first, then the account row, everywhere. A debit
-//! tries stripes inside a subtransaction: when no stripe can take it, the
+//! locks one stripe inside a subtransaction (a free one, or it waits for a
+//! busy one: it holds nothing else); when no stripe can take it, the
 //! rollback releases what it locked before the SQL path waits for the
 //! stripes and the row in that order; that debit then refills the stripes.
 
@@ -29,7 +30,7 @@ use crate::accounts::row::Account;
 use crate::clock;
 use crate::metering::fast_path::{count_charge, write_entry, Charge, DebitTables, LockedAccount};
 use crate::pg::decimal::Decimal;
-use crate::pg::fmgr::{args, ret, v1_functions};
+use crate::pg::fmgr::{args, ret, text_bytes, v1_functions};
 use crate::pg::rows::{Found, Lock, Row, Schema, Table, Writes};
 use crate::schema::catalog_cache;
 use pgrx::pg_sys::{self, Datum};
@@ -134,52 +135,87 @@ unsafe fn spend_in_subtransaction(
     let tables = DebitTables::open(schema, &stripes, charge.has_key(), false)?;
     let now = seen.now(now_ts);
     let n = seen.stripes;
-    // Sessions start at different stripes, and go on to the next free one.
-    let start = (pg_sys::MyProcPid as i64).rem_euclid(n as i64) as i16;
+    // Sessions start at different stripes, and take the first free one
+    // that looks able to take the debit (a stripe locked and then not used
+    // would stay locked, and idle, to the end); when every such stripe is
+    // busy, they wait for the first. None able: the SQL path refills them.
+    // A transaction that debited this account from a stripe before starts
+    // at that one, which it holds, and waits for no other: holding one and
+    // waiting for another is how two such transactions would deadlock.
+    let held = HELD.with(|held| {
+        held.borrow().as_ref().and_then(|(xid, account, number)| {
+            (*xid == pg_sys::GetTopTransactionIdIfAny()
+                && account.as_slice() == text_bytes(account_id))
+            .then_some(*number)
+        })
+    });
+    let start = held.unwrap_or((pg_sys::MyProcPid as i64).rem_euclid(n as i64) as i16) % n;
+    let mut first_busy = None;
+    let mut locked = None;
     for k in 0..n {
         let number = (start + k) % n;
         let Some(found) = stripes.lookup_numbered(stripes_key, account_id, number) else {
             continue;
         };
-        // (only one that looks able to take it is locked: a stripe locked
-        // and then not used would stay locked, and idle, to the end)
         if Stripe::read(&stripes, &found)?
             .takes(now, charge.amount)
             .is_none()
         {
             continue;
         }
-        let row = match stripes.try_lock_seen(&found) {
-            Lock::Locked(row) => row,
-            Lock::Busy | Lock::Gone => continue,
-        };
-        let stripe = Stripe::read(&stripes, &row)?;
-        // (spent by a debit that committed since the snapshot)
-        let at = stripe.takes(now, charge.amount)?;
-        let mut spent = Row::copy_of(&stripes, row.slot);
-        spent.set(
-            stripes.col(c"spent")?,
-            Some(stripe.spent.add(charge.amount)?.to_datum()),
-        );
-        spent.set(stripes.col(c"last_at")?, Some(Datum::from(at)));
-        let spent = spent.complete()?;
-        let mut writes = Writes::begin(&tables.list());
-        let entry = write_entry(
-            schema,
-            &tables,
-            &mut writes,
-            account_id,
-            Datum::from(at),
-            charge,
-            |_| {},
-        );
-        if entry.is_some() {
-            writes.update(&stripes, row.slot, spent);
+        match stripes.try_lock_seen(&found) {
+            Lock::Locked(row) => {
+                locked = Some((row, number));
+                break;
+            }
+            Lock::Busy => {
+                first_busy.get_or_insert((found, number));
+            }
+            Lock::Gone => {}
         }
-        writes.finish();
-        return entry;
     }
-    None
+    let (row, number) = match (locked, first_busy) {
+        (Some(row), _) => row,
+        (None, Some(busy)) if held.is_none() => (stripes.lock_found(busy.0)?, busy.1),
+        _ => return None,
+    };
+    let stripe = Stripe::read(&stripes, &row)?;
+    // (spent by a debit that committed since the snapshot, or while we waited)
+    let at = stripe.takes(now, charge.amount)?;
+    let mut spent = Row::copy_of(&stripes, row.slot);
+    spent.set(
+        stripes.col(c"spent")?,
+        Some(stripe.spent.add(charge.amount)?.to_datum()),
+    );
+    spent.set(stripes.col(c"last_at")?, Some(Datum::from(at)));
+    let spent = spent.complete()?;
+    let mut writes = Writes::begin(&tables.list());
+    let entry = write_entry(
+        schema,
+        &tables,
+        &mut writes,
+        account_id,
+        Datum::from(at),
+        charge,
+        |_| {},
+    );
+    if entry.is_some() {
+        writes.update(&stripes, row.slot, spent);
+    }
+    writes.finish();
+    if entry.is_some() {
+        let account = text_bytes(account_id).to_vec();
+        let xid = pg_sys::GetTopTransactionIdIfAny();
+        HELD.with(|held| *held.borrow_mut() = Some((xid, account, number)));
+    }
+    entry
+}
+
+thread_local! {
+    /// The stripe this backend's transaction last debited: (its top-level
+    /// transaction id, the account id's bytes, the stripe's number).
+    static HELD: std::cell::RefCell<Option<(pg_sys::TransactionId, Vec<u8>, i16)>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// `credits_internal._stripes_refill(account_id text, now timestamptz)

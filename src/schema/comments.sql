@@ -332,7 +332,7 @@ COMMENT ON COLUMN credits.forfeits_monthly.forfeited IS 'Credits forfeited.';
 COMMENT ON COLUMN credits.accounts.alert_remaining IS 'Alert (set_alert): a low_balance event when available falls to this many credits; NULL: none.';
 COMMENT ON COLUMN credits.accounts.alert_percent IS 'Alert (set_alert): ... or to this percentage of the monthly limit; NULL: none.';
 
-COMMENT ON COLUMN credits.accounts.stripes IS 'Stripes its debits spread over (set_stripes); 0: none.';
+COMMENT ON COLUMN credits.accounts.stripes IS 'Stripes its debits spread over (set_stripes), 0 for none.';
 COMMENT ON COLUMN credits.accounts.stripe_budget IS 'Allowance handed to its stripes, counted in daily_used and monthly_used until what they did not spend is folded back.';
 COMMENT ON COLUMN credits.stripes.account_id IS 'The account.';
 COMMENT ON COLUMN credits.stripes.stripe IS 'Its number, from 0.';
