@@ -237,6 +237,15 @@ fn debit(req: &DebitRequest, now: Option<Datum>) -> Option<i64> {
             let seen = accounts.lookup(schema.accounts_key, req.account?)?;
             let seen_account = Account::read(&accounts, &seen)?;
             if seen_account.striped() {
+                // Its counters, budgets included, must still sit below every
+                // event as the plan, the thresholds and its alert are now
+                // (they were when the budgets were handed out): a plan made
+                // smaller since is the SQL path's, which folds them back.
+                let counters =
+                    LockedAccount::locked(&schema, &accounts, seen, req.account?, now_ts)?;
+                if counters.closing.is_some() || counters.fits(Decimal::ZERO).is_none() {
+                    return None;
+                }
                 return stripes::spend(&schema, &seen_account, req.account?, &charge, now_ts);
             }
             let mut account =
@@ -527,7 +536,8 @@ impl LockedAccount {
         (!account.a.striped()).then_some(account)
     }
 
-    /// An account the caller has locked (`locked`, its newest version).
+    /// An account the caller has locked (`locked`, its newest version; or
+    /// a row read without a lock, to check what fits() says of it).
     pub(super) unsafe fn locked(
         schema: &Schema,
         accounts: &Table,

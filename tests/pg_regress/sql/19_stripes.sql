@@ -73,6 +73,18 @@ SELECT credits.set_stripes('warm', 0);
 SELECT stripes, stripe_budget, monthly_used FROM credits.accounts WHERE account_id = 'warm';
 SELECT count(*) AS stripes_left FROM credits.stripes WHERE account_id = 'warm';
 
+-- A plan made smaller after budgets were handed out: a debit finds the
+-- counters (budgets included) past the new limits and takes the SQL path,
+-- which folds the budgets back; nothing is spent beyond the new limit.
+INSERT INTO credits.plans (plan, daily_limit, monthly_allowance, description) VALUES ('shrinking', NULL, 1000, 'test');
+SELECT credits.subscribe('shrink', 'shrinking');
+SELECT credits.set_stripes('shrink', 2);
+SELECT credits.debit('shrink', 'agent', 10) IS NOT NULL AS debited;   -- refills: 394 handed out
+SELECT stripe_budget FROM credits.accounts WHERE account_id = 'shrink';
+UPDATE credits.plans SET monthly_allowance = 100 WHERE plan = 'shrinking';
+SELECT count(credits.try_debit('shrink', 'agent', 10)) AS debited FROM generate_series(1, 20);
+SELECT monthly_used, monthly_limit, available FROM credits.balance('shrink');
+
 -- Bad input.
 SELECT credits.set_stripes('warm', 1);
 SELECT credits.set_stripes('warm', 65);
