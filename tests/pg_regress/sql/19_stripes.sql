@@ -4,7 +4,7 @@
 \set SHOW_CONTEXT never
 SET credits.clock_override = '2031-03-10 09:00:00+00';
 SELECT credits.subscribe('hot', 'pro');                  -- 100 a month
-SELECT credits.purchase('hot', 900);                     -- 1,000 a month
+SELECT credits.purchase('hot', 900) IS NOT NULL AS bought; -- 1,000 a month
 SELECT credits.set_stripes('hot', 4);
 SELECT stripes, stripe_budget FROM credits.accounts WHERE account_id = 'hot';
 SELECT stripe, budget, spent FROM credits.stripes WHERE account_id = 'hot' ORDER BY stripe;
@@ -61,7 +61,9 @@ SELECT credits.set_stripes('warm', 2);
 SELECT credits.debit('warm', 'agent', 1) IS NOT NULL AS debited;    -- refills
 SELECT credits.debit('warm', 'agent', 1) IS NOT NULL AS debited;    -- from a stripe
 SET credits.clock_override = '2031-04-01 08:00:00+00';
+SET client_min_messages = warning;  -- (its progress NOTICE counts every file's accounts)
 CALL credits.run_maintenance();
+RESET client_min_messages;
 SELECT window_kind, window_start, used, forfeited FROM credits.closed_windows
  WHERE account_id = 'warm' ORDER BY window_kind, window_start;
 SELECT kind, amount FROM credits.ledger WHERE account_id = 'warm' ORDER BY entry_id;
