@@ -237,16 +237,8 @@ fn debit(req: &DebitRequest, now: Option<Datum>) -> Option<i64> {
             let seen = accounts.lookup(schema.accounts_key, req.account?)?;
             let seen_account = Account::read(&accounts, &seen)?;
             if seen_account.striped() {
-                // Its counters, budgets included, must still sit below every
-                // event as the plan, the thresholds and its alert are now
-                // (they were when the budgets were handed out): a plan made
-                // smaller since is the SQL path's, which folds them back.
-                let counters =
-                    LockedAccount::locked(&schema, &accounts, seen, req.account?, now_ts)?;
-                if counters.closing.is_some() || counters.fits(Decimal::ZERO).is_none() {
-                    return None;
-                }
-                return stripes::spend(&schema, &seen_account, req.account?, &charge, now_ts);
+                let counters = striped_counters(&schema, &accounts, seen, req.account?, now_ts)?;
+                return stripes::spend(&schema, counters.account(), req.account?, &charge, now_ts);
             }
             let mut account =
                 LockedAccount::lock_seen(&schema, &accounts, seen, req.account?, now_ts)?;
@@ -296,7 +288,37 @@ fn debit_many(requests: &[DebitRequest], now: Datum) -> Vec<Option<i64>> {
             let mut charged = false;
             for group in order.chunk_by(|x, y| x.0 == y.0) {
                 let account_id = requests[group[0].1].account?;
-                let Some(mut account) = LockedAccount::lock(&schema, &accounts, account_id, now_ts)
+                let Some(seen) = accounts.lookup(schema.accounts_key, account_id) else {
+                    continue;
+                };
+                if Account::read(&accounts, &seen)?.striped() {
+                    // (each row from a stripe, in its own subtransaction)
+                    let Some(counters) =
+                        striped_counters(&schema, &accounts, seen, account_id, now_ts)
+                    else {
+                        continue;
+                    };
+                    for &(_, i) in group {
+                        let spent = Charge::validate(&requests[i])
+                            .and_then(|charge| charge.priced(&schema))
+                            .and_then(|charge| {
+                                stripes::spend(
+                                    &schema,
+                                    counters.account(),
+                                    account_id,
+                                    &charge,
+                                    now_ts,
+                                )
+                            });
+                        let Some(entry) = spent else {
+                            break;
+                        };
+                        entries[i] = Some(entry);
+                    }
+                    continue;
+                }
+                let Some(mut account) =
+                    LockedAccount::lock_seen(&schema, &accounts, seen, account_id, now_ts)
                 else {
                     continue;
                 };
@@ -320,6 +342,22 @@ fn debit_many(requests: &[DebitRequest], now: Datum) -> Vec<Option<i64>> {
         });
     }
     entries
+}
+
+/// A striped account as a lookup found it (`seen`), if its stripes may be
+/// spent from: its counters, budgets included, must still sit below every
+/// event as the plan, the thresholds and its alert are now (they were when
+/// the budgets were handed out); a plan made smaller since is the SQL
+/// path's, which folds them back.
+unsafe fn striped_counters(
+    schema: &Schema,
+    accounts: &Table,
+    seen: Found,
+    account_id: Datum,
+    now_ts: i64,
+) -> Option<LockedAccount> {
+    let counters = LockedAccount::locked(schema, accounts, seen, account_id, now_ts)?;
+    (counters.closing.is_none() && counters.fits(Decimal::ZERO).is_some()).then_some(counters)
 }
 
 /// One row of a batch on its locked account, or None: it and the account's
@@ -498,20 +536,9 @@ pub(super) struct LockedAccount {
 }
 
 impl LockedAccount {
-    /// Locks the account before anything is decided; None if the fast
-    /// path cannot take its debits (unknown, striped, or a window to close
-    /// that had run out, or one of an account with holds).
-    unsafe fn lock(
-        schema: &Schema,
-        accounts: &Table,
-        account_id: Datum,
-        now_ts: i64,
-    ) -> Option<LockedAccount> {
-        let seen = accounts.lookup(schema.accounts_key, account_id)?;
-        LockedAccount::lock_seen(schema, accounts, seen, account_id, now_ts)
-    }
-
-    /// lock(), for the row a lookup found.
+    /// Locks the account a lookup found (`seen`) before anything is
+    /// decided; None if the fast path cannot take its debits (striped, or
+    /// a window to close that had run out, or one of an account with holds).
     unsafe fn lock_seen(
         schema: &Schema,
         accounts: &Table,
@@ -722,6 +749,11 @@ impl LockedAccount {
         (self.daily_used, self.monthly_used) = totals;
         self.stripe_budget = Some(budget);
         self.charged = true;
+    }
+
+    /// Its row.
+    pub(super) fn account(&self) -> &Account {
+        &self.a
     }
 
     /// Its stripes' number, and the instant it decides at, its UTC day and month.

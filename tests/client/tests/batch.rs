@@ -2,8 +2,8 @@
 //! try_debit would decide it, each account's rows in the order given.
 //!
 //! - Equivalence: random batches (plans, grants, a purchase, an alert, an
-//!   open hold, reused and conflicting keys, invalid rows, day and month
-//!   boundaries) run through debit_many on one set of accounts and as
+//!   open hold, striped accounts, reused and conflicting keys, invalid
+//!   rows, day and month boundaries) run through debit_many on one set of accounts and as
 //!   single try_debit calls on a twin set; outcomes, balances, ledgers,
 //!   events, closed windows and grants must agree after every batch.
 //! - Concurrency: sessions posting batches over the same accounts in
@@ -171,6 +171,12 @@ fn a_batch_decides_every_row_as_try_debit_calls_in_the_order_given() {
                 _ => "SELECT credits.reserve($1, 'agent', 3)",
             };
             client.execute(setup, &[&account]).unwrap();
+            // two twins striped (a batch spends their rows from stripes)
+            if n == 1 || n == 3 {
+                client
+                    .execute("SELECT credits.set_stripes($1, 2)", &[&account])
+                    .unwrap();
+            }
         }
     }
     let mut rng = Rng(0x5EED_BA7C_4000_0001);
