@@ -451,7 +451,7 @@ BEGIN
     v_acct := credits_internal._account($1);
     v_feature := credits_internal._feature($2);
     cost := credits_internal._cost(v_feature, $3);
-    v_now := credits_internal._account_now(v_acct, v_now);
+    v_now := credits_internal._reader_now(v_acct, v_now);
     s := credits_internal._state(v_acct, v_now);
     v_lacking := credits_internal._lacking_window(s, cost);
     allowed := v_lacking IS NULL;
@@ -477,7 +477,7 @@ RETURNS TABLE (plan text, daily_limit numeric, daily_used numeric, daily_remaini
                next_daily_reset timestamptz, next_monthly_reset timestamptz)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    v_now   timestamptz := credits_internal._account_now(a, credits.now());
+    v_now   timestamptz := credits_internal._reader_now(a, credits.now());
     s       credits_internal._account_state := credits_internal._state(a, v_now);
 BEGIN
     plan := s.plan;
@@ -993,6 +993,50 @@ BEGIN
      WHERE ac.account_id = a.account_id
     RETURNING * INTO a;
     RETURN a;
+END
+$$;
+
+-- The instant a reader sees an account at: _account_now, moved on by the
+-- latest debit of its stripes (src/metering/stripes.rs), which a striped
+-- debit records on its stripe, not on the account row (_lock_account folds
+-- it into last_at). balance(), check() and grants() read at this instant.
+CREATE OR REPLACE FUNCTION credits_internal._reader_now(a credits.accounts, p_now timestamptz) RETURNS timestamptz
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF a.stripes > 0 OR a.stripe_budget > 0 THEN
+        RETURN greatest(credits_internal._account_now(a, p_now),
+                        (SELECT max(s.last_at) FROM credits.stripes s WHERE s.account_id = a.account_id));
+    END IF;
+    RETURN credits_internal._account_now(a, p_now);
+END
+$$;
+
+-- grants: each grant of an account, newest first: its kind, amount, what is
+-- left to use, when it expires and its status (active, used, expired, void).
+CREATE OR REPLACE FUNCTION grants(account_id text)
+RETURNS TABLE (grant_id bigint, kind text, amount numeric, remaining numeric, expires_at timestamptz,
+               granted_at timestamptz, status text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_now timestamptz;
+    v_acct credits.accounts;
+BEGIN
+    v_acct := credits_internal._account($1);
+    v_now := credits_internal._reader_now(v_acct, credits.now());
+    RETURN QUERY
+    SELECT g.grant_id, g.kind, trim_scale(g.amount), trim_scale(u.remaining), g.expires_at, l.at, u.status
+      FROM credits.grants g
+      JOIN credits.ledger l ON l.entry_id = g.grant_id
+      LEFT JOIN credits.ledger e ON e.entry_id = g.expired_entry
+      CROSS JOIN LATERAL (
+          SELECT CASE WHEN e.metadata ? 'void' THEN 'void'
+                      WHEN g.expired_entry IS NOT NULL OR g.expires_at <= v_now THEN 'expired'
+                      WHEN g.remaining = 0 THEN 'used'
+                      ELSE 'active' END AS status) st
+      CROSS JOIN LATERAL (
+          SELECT st.status, CASE WHEN st.status IN ('active', 'used') THEN g.remaining ELSE 0 END AS remaining) u
+     WHERE g.account_id = $1
+     ORDER BY g.grant_id DESC;
 END
 $$;
 

@@ -388,7 +388,7 @@ BEGIN
     v_acct := credits_internal._account($1);
     v_feature := credits_internal._feature($2);
     cost := credits_internal._cost(v_feature, $3);
-    v_now := credits_internal._account_now(v_acct, v_now);
+    v_now := credits_internal._reader_now(v_acct, v_now);
     s := credits_internal._state(v_acct, v_now);
     v_lacking := credits_internal._lacking_window(s, cost);
     allowed := v_lacking IS NULL;

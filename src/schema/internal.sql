@@ -32,6 +32,21 @@ CREATE FUNCTION credits_internal._account_now(a credits.accounts, p_now timestam
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN greatest(p_now, a.last_at, a.day::timestamp AT TIME ZONE 'UTC', a.month::timestamp AT TIME ZONE 'UTC');
 
+-- The instant a reader sees an account at: _account_now, moved on by the
+-- latest debit of its stripes (src/metering/stripes.rs), which a striped
+-- debit records on its stripe, not on the account row (_lock_account folds
+-- it into last_at). balance(), check() and grants() read at this instant.
+CREATE FUNCTION credits_internal._reader_now(a credits.accounts, p_now timestamptz) RETURNS timestamptz
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF a.stripes > 0 OR a.stripe_budget > 0 THEN
+        RETURN greatest(credits_internal._account_now(a, p_now),
+                        (SELECT max(s.last_at) FROM credits.stripes s WHERE s.account_id = a.account_id));
+    END IF;
+    RETURN credits_internal._account_now(a, p_now);
+END
+$$;
+
 -- Instants in messages: UTC, whatever the session's TimeZone and DateStyle.
 
 CREATE FUNCTION credits_internal._utc_text(at timestamptz) RETURNS text
