@@ -87,6 +87,20 @@ UPDATE credits.plans SET monthly_allowance = 100 WHERE plan = 'shrinking';
 SELECT count(credits.try_debit('shrink', 'agent', 10)) AS debited FROM generate_series(1, 20);
 SELECT monthly_used, monthly_limit, available FROM credits.balance('shrink');
 
+-- A striped debit moves the account's time on its stripe: a reader whose
+-- clock is behind sees the account at that time (a hold that expired by
+-- then no longer counts), as the next write decides there.
+SET credits.clock_override = '2031-04-02 10:00:00+00';
+SELECT credits.subscribe('clocked', 'pro');
+SELECT credits.set_stripes('clocked', 2);
+SELECT credits.reserve('clocked', 'agent', 5, ttl => interval '1 hour') IS NOT NULL AS held;  -- until 11:00
+SELECT credits.debit('clocked', 'agent', 1) IS NOT NULL AS debited;   -- refills
+SET credits.clock_override = '2031-04-02 12:00:00+00';
+SELECT credits.debit('clocked', 'agent', 1) IS NOT NULL AS debited;   -- from a stripe, at 12:00
+SELECT sum(spent) AS spent_from_stripes FROM credits.stripes WHERE account_id = 'clocked';
+SET credits.clock_override = '2031-04-02 10:30:00+00';               -- a clock behind
+SELECT reserved, monthly_used FROM credits.balance('clocked');
+
 -- Bad input.
 SELECT credits.set_stripes('warm', 1);
 SELECT credits.set_stripes('warm', 65);
