@@ -1,6 +1,7 @@
 //! An account row as the code below SQL reads it (schema.sql, accounts).
 
 use crate::clock;
+use crate::pg::decimal::Decimal;
 use crate::pg::rows::{Found, Table};
 use pgrx::pg_sys::Datum;
 
@@ -63,8 +64,7 @@ impl Account {
 
     /// Do its counters count budgets handed to its stripes as used?
     pub(crate) unsafe fn has_stripe_budget(&self) -> bool {
-        self.stripe_budget
-            .is_some_and(|b| crate::pg::numeric::cmp(b, crate::pg::numeric::from_i64(0)) != 0)
+        budget_out(self.stripe_budget)
     }
 
     /// Is it striped, or do its counters still count stripes' budgets (a
@@ -72,4 +72,18 @@ impl Account {
     pub(crate) unsafe fn striped(&self) -> bool {
         self.stripes > 0 || self.has_stripe_budget()
     }
+
+    /// striped() of a row, from its two stripe columns alone: every debit
+    /// asks before it locks the row (a whole read costs a score of column
+    /// lookups, and the locked row is read again anyway).
+    pub(crate) unsafe fn row_striped(table: &Table, row: &Found) -> bool {
+        let get = |name| table.col(name).and_then(|c| row.get(c));
+        get(c"stripes").is_some_and(|d| d.value() as i16 > 0) || budget_out(get(c"stripe_budget"))
+    }
+}
+
+/// A stripe_budget that is not zero (one this code cannot read counts as
+/// out, which only sends debits to the SQL path).
+unsafe fn budget_out(budget: Option<Datum>) -> bool {
+    budget.is_some_and(|b| Decimal::from_datum(b).is_none_or(|b| b != Decimal::ZERO))
 }

@@ -235,8 +235,7 @@ fn debit(req: &DebitRequest, now: Option<Datum>) -> Option<i64> {
             let charge = charge.priced(&schema)?;
             let accounts = Table::open(schema.accounts, pg_sys::RowExclusiveLock);
             let seen = accounts.lookup(schema.accounts_key, req.account?)?;
-            let seen_account = Account::read(&accounts, &seen)?;
-            if seen_account.striped() {
+            if Account::row_striped(&accounts, &seen) {
                 let counters = striped_counters(&schema, &accounts, seen, req.account?, now_ts)?;
                 return stripes::spend(&schema, counters.account(), req.account?, &charge, now_ts);
             }
@@ -291,7 +290,7 @@ fn debit_many(requests: &[DebitRequest], now: Datum) -> Vec<Option<i64>> {
                 let Some(seen) = accounts.lookup(schema.accounts_key, account_id) else {
                     continue;
                 };
-                if Account::read(&accounts, &seen)?.striped() {
+                if Account::row_striped(&accounts, &seen) {
                     // (each row from a stripe, in its own subtransaction)
                     let Some(counters) =
                         striped_counters(&schema, &accounts, seen, account_id, now_ts)
@@ -536,9 +535,10 @@ pub(super) struct LockedAccount {
 }
 
 impl LockedAccount {
-    /// Locks the account a lookup found (`seen`) before anything is
-    /// decided; None if the fast path cannot take its debits (striped, or
-    /// a window to close that had run out, or one of an account with holds).
+    /// Locks the account a lookup found (`seen`, not striped: callers ask
+    /// Account::row_striped first) before anything is decided; None if the
+    /// fast path cannot take its debits (striped since the lookup, or a
+    /// window to close that had run out, or one of an account with holds).
     unsafe fn lock_seen(
         schema: &Schema,
         accounts: &Table,
@@ -546,13 +546,9 @@ impl LockedAccount {
         account_id: Datum,
         now_ts: i64,
     ) -> Option<LockedAccount> {
-        // A striped account's debits are stripes.rs's, or the SQL path's,
-        // which takes its stripes before its row: not locked here. (One
-        // striped since the lookup, when set_stripes commits in between, is
-        // declined once locked.)
-        if Account::read(accounts, &seen)?.striped() {
-            return None;
-        }
+        // (A striped account's debits are stripes.rs's, or the SQL path's,
+        // which takes its stripes before its row; one striped since the
+        // lookup, when set_stripes commits in between, is declined here.)
         let account = LockedAccount::locked(
             schema,
             accounts,
@@ -756,16 +752,17 @@ impl LockedAccount {
         &self.a
     }
 
-    /// Its stripes' number, and the instant it decides at, its UTC day and month.
+    /// Its stripes' number.
     pub(super) fn stripes(&self) -> i16 {
         self.a.stripes
     }
 
-    pub(super) fn when(&self) -> (Datum, i32, i32) {
-        (self.now, self.today, self.this_month)
+    /// The UTC day and month it decides in.
+    pub(super) fn window_days(&self) -> (i32, i32) {
+        (self.today, self.this_month)
     }
 
-    pub(super) unsafe fn monthly_limit(&self) -> Decimal {
+    pub(super) fn monthly_limit(&self) -> Decimal {
         self.monthly_limit
     }
 

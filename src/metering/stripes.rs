@@ -243,7 +243,8 @@ unsafe fn refill(account_id: Datum, now_ts: i64) -> Option<Decimal> {
     let (stripes_oid, stripes_key) = schema.stripes?;
     let accounts = Table::open(schema.accounts, pg_sys::RowExclusiveLock);
     let seen = accounts.lookup(schema.accounts_key, account_id)?;
-    if Account::read(&accounts, &seen)?.stripes <= 0 {
+    // (every SQL-path debit asks: most accounts have no stripes)
+    if !Account::row_striped(&accounts, &seen) {
         return None;
     }
     // (the caller holds the row: this lock does not wait)
@@ -296,7 +297,7 @@ unsafe fn refill(account_id: Datum, now_ts: i64) -> Option<Decimal> {
     }
     let handed = Decimal::from_ten_thousandths(each * rows.len() as i64).trim_scale();
     let totals = account.fits(handed)?;
-    let (_, today, this_month) = account.when();
+    let (today, this_month) = account.window_days();
     if accounts.has_statement_triggers() || stripes.has_statement_triggers() {
         return None;
     }

@@ -188,6 +188,7 @@ fn a_consumer_following_read_events_gets_every_committed_event_exactly_once() {
     assert!(stored(&mut setup, "ev_feed_3", "exhausted").is_empty());
     // Nothing is read twice.
     assert_eq!(read_feed(&mut consumer, end).0, Vec::<i64>::new());
+    assert_verified(&mut setup);
 }
 
 /// With credits.notify_payload = minimal a listener learns that an event
@@ -238,4 +239,5 @@ fn a_minimal_notification_carries_no_account_data() {
         .unwrap()
         .get(0);
     assert_eq!(account, "ev_private");
+    assert_verified(&mut client);
 }
