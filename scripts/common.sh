@@ -139,3 +139,53 @@ psql_at() {
     shift
     "$PG_BIN/psql" -X -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres "$@"
 }
+
+# Citus (scale-out, docs/citus.md). Users install Citus from its own
+# packages; these scripts never build or download it: the Citus tests run
+# when the server has it and say that they were skipped otherwise.
+citus_available() {
+    [ -f "$("$PG_CONFIG" --pkglibdir)/citus.so" ] && [ -f "$("$PG_CONFIG" --sharedir)/extension/citus.control" ]
+}
+
+# citus_cluster_start PREFIX PORT DATABASE: a coordinator on PORT and two
+# workers on PORT+1, PORT+2 (clusters PREFIX-coord, PREFIX-w1, PREFIX-w2),
+# each preloading citus then credits, DATABASE created on each with the
+# citus extension and the workers registered. Idempotent.
+citus_cluster_start() {
+    local prefix=$1 port=$2 database=$3 node p
+    for node in coord w1 w2; do
+        case $node in coord) p=$port ;; w1) p=$((port + 1)) ;; w2) p=$((port + 2)) ;; esac
+        if [ ! -s "$(cluster_dir "$prefix-$node")/PG_VERSION" ]; then
+            cluster_start "$prefix-$node" "$p" "$database"
+            cluster_stop "$prefix-$node"
+            cat >>"$(cluster_dir "$prefix-$node")/postgresql.conf" <<CONF
+# Citus: loaded before credits
+shared_preload_libraries = 'citus, credits'
+wal_level = logical
+max_worker_processes = 32
+max_connections = 300
+citus.shard_count = 4
+CONF
+        fi
+        cluster_start "$prefix-$node" "$p" "$database"
+        psql_at "$p" -qtA -c "SELECT 1 FROM pg_database WHERE datname = '$database'" | grep -q 1 ||
+            psql_at "$p" -q -c "CREATE DATABASE $database"
+        psql_at "$p" -d "$database" -q -c "SET client_min_messages = warning" -c "CREATE EXTENSION IF NOT EXISTS citus"
+    done
+    psql_at "$port" -d "$database" -q -v ON_ERROR_STOP=1 >/dev/null <<SQL
+SET client_min_messages = warning;
+SELECT citus_set_coordinator_host('127.0.0.1', $port);
+SELECT citus_add_node('127.0.0.1', $((port + 1))) WHERE NOT EXISTS (SELECT 1 FROM pg_dist_node WHERE nodeport = $((port + 1)));
+SELECT citus_add_node('127.0.0.1', $((port + 2))) WHERE NOT EXISTS (SELECT 1 FROM pg_dist_node WHERE nodeport = $((port + 2)));
+SQL
+}
+
+citus_cluster_stop() {
+    local node
+    for node in coord w1 w2; do cluster_stop "$1-$node"; done
+}
+
+citus_cluster_destroy() {
+    local node
+    for node in coord w1 w2; do cluster_destroy "$1-$node"; done
+}

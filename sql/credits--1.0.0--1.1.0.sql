@@ -214,6 +214,9 @@ $$;
 CREATE OR REPLACE FUNCTION credits_internal._worker_rollups(p_max bigint, p_wait interval) RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    IF credits_internal._distributed() THEN
+        RETURN 0;  -- (not on Citus yet: docs/citus.md)
+    END IF;
     -- (and the event feed's watermark, which read_events moves too: so it
     -- moves on a primary nobody reads, for readers on a standby)
     PERFORM credits_internal._events_safe_through(interval '0');
@@ -779,12 +782,13 @@ BEGIN
         END IF;
     END IF;
     -- (a settle counted in the windows of its hold, SPEC §4.3)
-    v_debit_at := coalesce((SELECT h.at FROM credits.ledger h WHERE h.entry_id = v_debit.ref AND h.kind = 'H'),
+    v_debit_at := coalesce((SELECT h.at FROM credits.ledger h
+                             WHERE h.account_id = v_debit.account_id AND h.entry_id = v_debit.ref AND h.kind = 'H'),
                            v_debit.at);
 
     SELECT coalesce(sum(r.amount), 0), coalesce(sum(r.from_grants), 0), max(r.entry_id)
       INTO v_done, v_grants_done, v_last
-      FROM credits.ledger r WHERE r.ref = p_entry AND r.kind = 'R';
+      FROM credits.ledger r WHERE r.account_id = v_debit.account_id AND r.ref = p_entry AND r.kind = 'R';
     v_left := v_debit.amount - v_done;
     IF p_amount IS NULL THEN
         IF v_left = 0 THEN
@@ -817,7 +821,8 @@ BEGIN
                JOIN credits.grants gr ON gr.account_id = d.account_id AND gr.grant_id = d.grant_id
               WHERE d.account_id = v_debit.account_id
                 AND (d.entry_id = p_entry
-                     OR d.entry_id IN (SELECT r.entry_id FROM credits.ledger r WHERE r.ref = p_entry AND r.kind = 'R'))
+                     OR d.entry_id IN (SELECT r.entry_id FROM credits.ledger r
+                                       WHERE r.account_id = d.account_id AND r.ref = p_entry AND r.kind = 'R'))
               GROUP BY d.grant_id, gr.expires_at, gr.kind, gr.expired_entry
              HAVING sum(d.amount) > 0
               ORDER BY gr.expires_at DESC NULLS FIRST, d.grant_id DESC
@@ -1026,8 +1031,8 @@ BEGIN
     RETURN QUERY
     SELECT g.grant_id, g.kind, trim_scale(g.amount), trim_scale(u.remaining), g.expires_at, l.at, u.status
       FROM credits.grants g
-      JOIN credits.ledger l ON l.entry_id = g.grant_id
-      LEFT JOIN credits.ledger e ON e.entry_id = g.expired_entry
+      JOIN credits.ledger l ON l.account_id = g.account_id AND l.entry_id = g.grant_id
+      LEFT JOIN credits.ledger e ON e.account_id = g.account_id AND e.entry_id = g.expired_entry
       CROSS JOIN LATERAL (
           SELECT CASE WHEN e.metadata ? 'void' THEN 'void'
                       WHEN g.expired_entry IS NOT NULL OR g.expires_at <= v_now THEN 'expired'
@@ -1058,18 +1063,24 @@ BEGIN
     -- call decided at, including one that writes nothing else (a denial),
     -- so what it expires or closes now stays expired and closed for a call
     -- whose clock is behind. (Callers decide at last_at, and write no other.)
-    UPDATE credits.accounts a SET last_at = credits_internal._account_now(a, p_now)
+    UPDATE credits.accounts a SET last_at = credits_internal._time_of(a.last_at, a.day, a.month, p_now)
      WHERE a.account_id = p_account
     RETURNING * INTO v;
     IF NOT FOUND THEN
         PERFORM credits_internal._raise_unknown_account(p_account);
+    END IF;
+    IF credits_internal._distributed() THEN
+        PERFORM credits_internal._follow_history(p_account);
     END IF;
     IF v.stripe_budget > 0 THEN
         v := credits_internal._fold_stripes(v);
     END IF;
     p_now := v.last_at;
     IF credits_internal._windows_passed(v, p_now) THEN
-        PERFORM credits_internal._close_windows(ARRAY[p_account], p_now);
+        -- (through the account's row: on Citus, the query runs on the node
+        -- holding the account, where _close_windows finds its shards)
+        PERFORM credits_internal._close_windows(ARRAY[a.account_id], p_now)
+           FROM credits.accounts a WHERE a.account_id = p_account;
         SELECT * INTO v FROM credits.accounts a WHERE a.account_id = p_account;
     END IF;
     IF credits_internal._expiry_due(v, p_now) THEN
@@ -1143,9 +1154,12 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_now   timestamptz := credits.now();
     v_entry bigint;
+    a       credits.accounts;
 BEGIN
-    IF EXISTS (SELECT FROM credits.accounts a WHERE a.account_id = p_account
-                  AND (credits_internal._windows_passed(a, v_now) OR credits_internal._expiry_due(a, v_now))) THEN
+    -- (the row read first, then asked about: Citus cannot ship a query
+    -- that passes a whole row of a distributed table to a function)
+    SELECT * INTO a FROM credits.accounts ac WHERE ac.account_id = p_account;
+    IF FOUND AND (credits_internal._windows_passed(a, v_now) OR credits_internal._expiry_due(a, v_now)) THEN
         PERFORM credits_internal._lock_account(p_account, v_now);
         v_entry := credits_internal._debit_fast(p_account, p_feature, p_quantity, p_key, p_metadata, v_now);
     END IF;
@@ -1164,261 +1178,28 @@ $$;
 -- Each window counter is checked against the window it says it counts
 -- (accounts.day / accounts.month), so the result does not depend on the clock.
 CREATE OR REPLACE FUNCTION verify() RETURNS TABLE (account_id text, problem text)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-BEGIN ATOMIC
-    WITH
-    -- The latest plan entry says the plan and the purchases carried into it.
-    last_plan AS (
-        SELECT DISTINCT ON (l.account_id) l.account_id, l.entry_id, l.metadata
-          FROM credits.ledger l
-         WHERE l.kind = 'S'
-         ORDER BY l.account_id, l.entry_id DESC
-    ),
-    -- The monthly window restarted in the counted month at its latest plan
-    -- change (an upgrade from 0, any other move from the usage it recorded)
-    -- or at a purchase that set its usage to the old limit (SPEC §4.1, §4.2).
-    epoch AS (
-        SELECT DISTINCT ON (l.account_id) l.account_id, l.entry_id,
-               coalesce((l.metadata ->> 'monthly_used')::numeric, 0) AS used
-          FROM credits.ledger l
-          JOIN credits.accounts a ON a.account_id = l.account_id
-         WHERE ((l.kind = 'S' AND ((l.metadata ->> 'upgrade')::boolean OR l.metadata ? 'monthly_used'))
-                OR (l.kind = 'P' AND l.metadata ? 'monthly_used'))
-           AND credits_internal._utc_month(l.at) = a.month
-         ORDER BY l.account_id, l.entry_id DESC
-    ),
-    -- Every debit (+) and refund (-) with the instants whose windows it
-    -- counts in: a debit in the windows it was made in (a settle: its hold's,
-    -- SPEC §4.3); a refund gives back to a window only while the window of
-    -- its debit is still the current one (own_at and debit_at both in it).
-    counted AS (
-        SELECT d.account_id, s.sign * d.amount AS amount,
-               s.sign * (d.amount - coalesce(d.from_grants, 0)) AS allowance,
-               coalesce(src.entry_id, d.entry_id) AS debit_entry,
-               CASE d.kind WHEN 'D' THEN coalesce(h.at, d.at) ELSE d.at END AS own_at,
-               coalesce(h.at, src.at, d.at) AS debit_at
-          FROM credits.ledger d
-          CROSS JOIN LATERAL (SELECT CASE d.kind WHEN 'D' THEN 1 ELSE -1 END AS sign) s
-          LEFT JOIN credits.ledger src ON d.kind = 'R' AND src.entry_id = d.ref
-          LEFT JOIN credits.ledger h ON h.kind = 'H' AND h.entry_id = CASE d.kind WHEN 'D' THEN d.ref ELSE src.ref END
-         WHERE d.kind IN ('D', 'R')
-    ),
-    usage AS (
-        SELECT c.account_id,
-               sum(CASE WHEN credits_internal._utc_day(c.own_at) = a.day AND credits_internal._utc_day(c.debit_at) = a.day
-                        THEN c.amount ELSE 0 END) AS daily_used,
-               sum(CASE WHEN credits_internal._utc_month(c.own_at) = a.month AND credits_internal._utc_month(c.debit_at) = a.month
-                         AND c.debit_entry > coalesce(e.entry_id, 0)
-                        THEN c.allowance ELSE 0 END) AS monthly_used
-          FROM counted c
-          JOIN credits.accounts a ON a.account_id = c.account_id
-          LEFT JOIN epoch e ON e.account_id = c.account_id
-         GROUP BY c.account_id
-    ),
-    -- The plan changes of each month (SPEC §4.1), windows numbered by the
-    -- upgrades before them; what each window was granted is the largest limit
-    -- it held (a change's limit before and after it).
-    changes AS (
-        SELECT l.account_id, l.entry_id, credits_internal._utc_month(l.at) AS month,
-               (l.metadata ->> 'from_limit')::numeric AS from_limit,
-               (l.metadata ->> 'limit')::numeric AS new_limit,
-               (l.metadata ->> 'upgrade')::boolean AS upgrade,
-               count(*) FILTER (WHERE (l.metadata ->> 'upgrade')::boolean)
-                   OVER (PARTITION BY l.account_id, credits_internal._utc_month(l.at) ORDER BY l.entry_id) AS window_no
-          FROM credits.ledger l
-         WHERE l.kind = 'S' AND l.metadata ? 'from_limit'
-    ),
-    window_limits AS (
-        SELECT c.account_id, c.month, CASE WHEN c.upgrade THEN c.window_no - 1 ELSE c.window_no END AS window_no,
-               c.from_limit AS window_limit
-          FROM changes c
-        UNION ALL
-        SELECT c.account_id, c.month, c.window_no, c.new_limit FROM changes c
-    ),
-    month_grants AS (
-        SELECT w.account_id, w.month,
-               sum(w.window_limit)
-               -- (a reduction takes effect the next month: a plan change after it
-               -- records the lowered limit, but the month keeps what it had)
-               + coalesce((SELECT sum(abs(p.amount)) FROM credits.ledger p
-                            WHERE p.account_id = w.account_id AND p.kind = 'P'
-                              AND credits_internal._utc_month(p.at) = w.month), 0) AS granted
-          FROM (SELECT wl.account_id, wl.month, wl.window_no, max(wl.window_limit) AS window_limit
-                  FROM window_limits wl GROUP BY wl.account_id, wl.month, wl.window_no) w
-         GROUP BY w.account_id, w.month
-    ),
-    derived AS (
-        SELECT a.account_id,
-               lp.entry_id IS NOT NULL AS has_plan_entry,
-               lp.metadata ->> 'plan' AS plan,
-               (lp.metadata ->> 'purchased')::numeric
-                 + coalesce((SELECT sum(p.amount) FROM credits.ledger p
-                              WHERE p.account_id = a.account_id AND p.kind = 'P'
-                                AND p.entry_id > lp.entry_id), 0) AS purchased,
-               coalesce(u.daily_used, 0) AS daily_used,
-               coalesce(e.used, 0) + coalesce(u.monthly_used, 0) AS monthly_used
-          FROM credits.accounts a
-          LEFT JOIN last_plan lp ON lp.account_id = a.account_id
-          LEFT JOIN usage u ON u.account_id = a.account_id
-          LEFT JOIN epoch e ON e.account_id = a.account_id
-    ),
-    stripe_totals AS (
-        SELECT s.account_id, sum(s.budget) AS budget, sum(s.budget - s.spent) AS unspent
-          FROM credits.stripes s GROUP BY s.account_id
-    ),
-    problems AS (
-        SELECT a.account_id, 'the ledger has no plan entry for this account' AS problem
-          FROM credits.accounts a JOIN derived d USING (account_id)
-         WHERE NOT d.has_plan_entry
-        UNION ALL
-        SELECT a.account_id, format('plan is %s, the ledger says %s', a.plan, d.plan)
-          FROM credits.accounts a JOIN derived d USING (account_id)
-         WHERE d.has_plan_entry AND a.plan IS DISTINCT FROM d.plan
-        UNION ALL
-        SELECT a.account_id, format('purchased is %s, the ledger says %s', a.purchased, d.purchased)
-          FROM credits.accounts a JOIN derived d USING (account_id)
-         WHERE d.has_plan_entry AND a.purchased IS DISTINCT FROM d.purchased
-        UNION ALL
-        -- (a striped account's counters count its stripes' unspent budgets as used)
-        SELECT a.account_id, format('daily_used of %s is %s, the ledger says %s',
-                                    to_char(a.day, 'YYYY-MM-DD'), a.daily_used - coalesce(st.unspent, 0), d.daily_used)
-          FROM credits.accounts a JOIN derived d USING (account_id) LEFT JOIN stripe_totals st USING (account_id)
-         WHERE a.daily_used - coalesce(st.unspent, 0) <> d.daily_used
-        UNION ALL
-        SELECT a.account_id, format('monthly_used of %s is %s, the ledger says %s',
-                                    to_char(a.month, 'YYYY-MM'), a.monthly_used - coalesce(st.unspent, 0), d.monthly_used)
-          FROM credits.accounts a JOIN derived d USING (account_id) LEFT JOIN stripe_totals st USING (account_id)
-         WHERE a.monthly_used - coalesce(st.unspent, 0) <> d.monthly_used
-        UNION ALL
-        -- Stripes: stripe_budget is what they were handed, none spent more.
-        SELECT a.account_id, format('stripe_budget is %s, its stripes hold %s', a.stripe_budget, coalesce(st.budget, 0))
-          FROM credits.accounts a LEFT JOIN stripe_totals st USING (account_id)
-         WHERE a.stripe_budget <> coalesce(st.budget, 0)
-        UNION ALL
-        SELECT s.account_id, format('stripe %s spent %s of a budget of %s', s.stripe, s.spent, s.budget)
-          FROM credits.stripes s
-         WHERE s.spent > s.budget OR s.spent < 0
-        UNION ALL
-        -- SPEC §4: no credits appear through a sequence of calls. In a month
-        -- with plan changes, the allowance used and forfeited is at most the
-        -- allowances granted: for each window (an upgrade starts one) the
-        -- largest limit it held, and the purchases.
-        SELECT m.account_id,
-               format('in %s, %s of allowance was used and %s forfeited, but only %s was granted',
-                      to_char(m.month, 'YYYY-MM'), m.used, m.forfeited, m.granted)
-          FROM (SELECT g.account_id, g.month, g.granted,
-                       coalesce((SELECT sum(c.allowance) FROM counted c
-                                  WHERE c.account_id = g.account_id AND credits_internal._utc_month(c.own_at) = g.month
-                                    AND credits_internal._utc_month(c.debit_at) = g.month), 0) AS used,
-                       coalesce((SELECT sum(f.amount) FROM credits.ledger f
-                                  WHERE f.account_id = g.account_id AND f.kind = 'F'
-                                    AND credits_internal._report_month(f.kind, f.at, f.metadata) = g.month), 0) AS forfeited
-                  FROM month_grants g) m
-         WHERE m.used + m.forfeited > m.granted
-        UNION ALL
-        -- Holds: reserved is the sum of the open holds; each hold has its 'H'
-        -- entry, and a resolved hold points to the entry that resolved it.
-        SELECT a.account_id, format('reserved is %s, open holds sum to %s', a.reserved, coalesce(h.total, 0))
-          FROM credits.accounts a
-          LEFT JOIN (SELECT ho.account_id, sum(ho.amount) AS total FROM credits.holds ho
-                      WHERE ho.resolved_entry IS NULL GROUP BY ho.account_id) h ON h.account_id = a.account_id
-         WHERE a.reserved <> coalesce(h.total, 0)
-        UNION ALL
-        SELECT ho.account_id, format('hold %s has no matching hold entry in the ledger', ho.hold_id)
-          FROM credits.holds ho
-         WHERE NOT EXISTS (SELECT 1 FROM credits.ledger l
-                            WHERE l.entry_id = ho.hold_id AND l.kind = 'H'
-                              AND l.account_id = ho.account_id AND l.amount = ho.amount)
-        UNION ALL
-        SELECT ho.account_id, format('hold %s is resolved by entry %s, which does not resolve it',
-                                     ho.hold_id, ho.resolved_entry)
-          FROM credits.holds ho
-         WHERE ho.resolved_entry IS NOT NULL
-           AND NOT EXISTS (SELECT 1 FROM credits.ledger l
-                            WHERE l.entry_id = ho.resolved_entry AND l.ref = ho.hold_id
-                              AND l.kind IN ('D', 'X'))
-        UNION ALL
-        SELECT l.account_id, format('hold entry %s has no hold', l.entry_id)
-          FROM credits.ledger l
-         WHERE l.kind = 'H'
-           AND NOT EXISTS (SELECT 1 FROM credits.holds ho
-                            WHERE ho.account_id = l.account_id AND ho.hold_id = l.entry_id)
-        UNION ALL
-        -- Each grant: what is left = granted - drawn + given back.
-        SELECT g.account_id, format('grant %s has %s remaining, the ledger says %s', g.grant_id, g.remaining,
-                                    g.amount - coalesce(dr.drawn, 0))
-          FROM credits.grants g
-          LEFT JOIN (SELECT gd.account_id, gd.grant_id, sum(gd.amount) AS drawn
-                       FROM credits.grant_draws gd GROUP BY gd.account_id, gd.grant_id) dr
-                 ON dr.account_id = g.account_id AND dr.grant_id = g.grant_id
-         WHERE g.remaining <> g.amount - coalesce(dr.drawn, 0)
-        UNION ALL
-        -- The ledger alone: granted - drawn + given back - expired is what the
-        -- grants not yet expired hold (SPEC §4.5: nothing goes back to an
-        -- expired grant).
-        SELECT a.account_id, format('grants not yet expired hold %s, the ledger says %s',
-                                    coalesce(g.held, 0), coalesce(l.held, 0))
-          FROM credits.accounts a
-          LEFT JOIN (SELECT gr.account_id, sum(gr.remaining) AS held FROM credits.grants gr
-                      WHERE gr.expired_entry IS NULL GROUP BY gr.account_id) g ON g.account_id = a.account_id
-          LEFT JOIN (SELECT le.account_id,
-                            sum(CASE le.kind WHEN 'G' THEN le.amount WHEN 'D' THEN -coalesce(le.from_grants, 0)
-                                             WHEN 'R' THEN coalesce(le.from_grants, 0) WHEN 'E' THEN -le.amount END) AS held
-                       FROM credits.ledger le WHERE le.kind IN ('G', 'D', 'R', 'E')
-                      GROUP BY le.account_id) l ON l.account_id = a.account_id
-         WHERE coalesce(g.held, 0) <> coalesce(l.held, 0)
-        UNION ALL
-        SELECT g.account_id, format('grant %s has no matching grant entry in the ledger', g.grant_id)
-          FROM credits.grants g
-         WHERE NOT EXISTS (SELECT 1 FROM credits.ledger l
-                            WHERE l.entry_id = g.grant_id AND l.kind = 'G'
-                              AND l.account_id = g.account_id AND l.amount = g.amount)
-        UNION ALL
-        SELECT l.account_id, format('grant entry %s has no grant', l.entry_id)
-          FROM credits.ledger l
-         WHERE l.kind = 'G'
-           AND NOT EXISTS (SELECT 1 FROM credits.grants g
-                            WHERE g.account_id = l.account_id AND g.grant_id = l.entry_id)
-        UNION ALL
-        -- Each debit or refund: its grant part equals its grant draws.
-        SELECT l.account_id, format('entry %s has from_grants %s, its grant draws sum to %s',
-                                    l.entry_id, coalesce(l.from_grants, 0), coalesce(abs(dr.total), 0))
-          FROM credits.ledger l
-          LEFT JOIN (SELECT gd.entry_id, sum(gd.amount) AS total
-                       FROM credits.grant_draws gd GROUP BY gd.entry_id) dr ON dr.entry_id = l.entry_id
-         WHERE l.kind IN ('D', 'R') AND coalesce(l.from_grants, 0) <> coalesce(abs(dr.total), 0)
-        UNION ALL
-        SELECT d.account_id, format('debit %s of %s has %s refunded', d.entry_id, d.amount, r.total)
-          FROM credits.ledger d
-          JOIN (SELECT l.ref, sum(l.amount) AS total FROM credits.ledger l
-                 WHERE l.kind = 'R' GROUP BY l.ref) r ON r.ref = d.entry_id
-         WHERE d.kind = 'D' AND r.total > d.amount
-        UNION ALL
-        SELECT i.account_id, format('idempotency key %s points to entry %s of another account or none',
-                                    quote_literal(i.idempotency_key), i.entry_id)
-          FROM credits.idempotency i
-         WHERE NOT EXISTS (SELECT 1 FROM credits.ledger l
-                            WHERE l.entry_id = i.entry_id AND l.account_id = i.account_id)
-        UNION ALL
-        SELECT DISTINCT l.account_id, 'ledger entries for an account that does not exist'
-          FROM credits.ledger l
-         WHERE NOT EXISTS (SELECT 1 FROM credits.accounts a WHERE a.account_id = l.account_id)
-        UNION ALL
-        -- The usage rollups hold the ledger's totals up to rolled_through, exactly.
-        SELECT coalesce(r.account_id, t.account_id),
-               format('usage rollup of %s kind %s feature %s has %s (%s from grants) in %s entries, the ledger says %s (%s) in %s',
-                      to_char(coalesce(r.month, t.month), 'YYYY-MM'), coalesce(r.kind, t.kind),
-                      coalesce(r.feature_id, t.feature_id)::text, r.amount, r.from_grants, r.entries,
-                      t.amount, t.from_grants, t.entries)
-          FROM credits.usage_rollup r
-          FULL JOIN credits_internal._ledger_totals(0, credits_internal._rolled_through()) t
-            ON t.account_id = r.account_id AND t.month = r.month AND t.kind = r.kind
-           AND coalesce(t.feature_id, -1) = coalesce(r.feature_id, -1)
-         WHERE r.amount IS DISTINCT FROM t.amount OR r.from_grants IS DISTINCT FROM t.from_grants
-            OR r.entries IS DISTINCT FROM t.entries
-    )
-    SELECT p.account_id, p.problem FROM problems p ORDER BY p.account_id, p.problem;
-END;
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY
+    SELECT p.account_id, p.problem
+      FROM (SELECT v.account_id, v.problem FROM credits_internal._verify_accounts() v
+            UNION ALL
+            -- The usage rollups hold the ledger's totals up to rolled_through, exactly.
+            SELECT coalesce(r.account_id, t.account_id),
+                   format('usage rollup of %s kind %s feature %s has %s (%s from grants) in %s entries, the ledger says %s (%s) in %s',
+                          to_char(coalesce(r.month, t.month), 'YYYY-MM'), coalesce(r.kind, t.kind),
+                          coalesce(r.feature_id, t.feature_id)::text, r.amount, r.from_grants, r.entries,
+                          t.amount, t.from_grants, t.entries)
+              FROM credits.usage_rollup r
+              FULL JOIN credits_internal._ledger_totals(0, credits_internal._rolled_through()) t
+                ON t.account_id = r.account_id AND t.month = r.month AND t.kind = r.kind
+               AND coalesce(t.feature_id, -1) = coalesce(r.feature_id, -1)
+             WHERE r.amount IS DISTINCT FROM t.amount OR r.from_grants IS DISTINCT FROM t.from_grants
+                OR r.entries IS DISTINCT FROM t.entries
+           ) p
+     ORDER BY p.account_id, p.problem;
+END
+$$;
 
 -- One step of maintenance at instant `p_at`, in the caller's transaction:
 -- starts a run if something is due, or does one batch of the run in
@@ -1435,6 +1216,7 @@ DECLARE
     v_one    text;
     v_free   boolean;
 BEGIN
+    PERFORM credits_internal._refuse_distributed('maintenance');
     IF p_at IS NULL OR NOT isfinite(p_at) THEN
         RAISE EXCEPTION 'invalid maintenance instant: %', coalesce(p_at::text, 'NULL') USING ERRCODE = 'UC009';
     END IF;
@@ -1592,5 +1374,876 @@ COMMENT ON COLUMN credits.stripes.month IS 'The UTC month its budget counts in.'
 COMMENT ON COLUMN credits.stripes.budget IS 'Allowance the account handed it.';
 COMMENT ON COLUMN credits.stripes.spent IS 'Debited from the budget.';
 COMMENT ON COLUMN credits.stripes.last_at IS 'The instant of its latest debit.';
+
+-- Scale-out on Citus (issue 19): credits.distribute() and what a
+-- distributed install needs (src/distributed/): events take ids from a
+-- plain sequence (an identity column's cannot get the node bits), no whole
+-- row of a table passed to a function inside a query, joins of the ledger
+-- on account_id too, verify()'s per-account part as a view each node runs
+-- on its shards, and what does not run distributed yet refused with UC014.
+DO $$
+DECLARE
+    v_last   bigint;
+    v_called boolean;
+BEGIN
+    SELECT s.last_value, s.is_called INTO v_last, v_called FROM credits.events_event_id_seq s;
+    -- (out of the extension first, which also takes it off the list of
+    -- what pg_dump dumps, then dropped with the identity)
+    ALTER EXTENSION credits DROP SEQUENCE credits.events_event_id_seq;
+    ALTER TABLE credits.events ALTER COLUMN event_id DROP IDENTITY;
+    CREATE SEQUENCE credits.events_event_id_seq AS bigint OWNED BY credits.events.event_id;
+    PERFORM setval('credits.events_event_id_seq', v_last, v_called);
+    ALTER TABLE credits.events ALTER COLUMN event_id SET DEFAULT nextval('credits.events_event_id_seq');
+END
+$$;
+SELECT pg_catalog.pg_extension_config_dump('credits.events_event_id_seq', '');
+REVOKE ALL ON SEQUENCE credits.events_event_id_seq FROM PUBLIC;
+
+-- Time only moves forward per account (SPEC §4.6): a call whose clock is
+-- behind the account (a transaction that began before 00:00 UTC and reaches
+-- an account another session already rolled over, or one that began before
+-- the last write to the account; a clock set back) is counted at the
+-- account's time: the start of its windows or its last write, whichever is
+-- later, and its ledger entry is stamped there. So no call reopens a closed
+-- window or un-expires a hold, and an account's entries are in time order.
+-- Every call that locks an account (_lock_account) and the debit fast path
+-- set last_at to the time they decide at.
+CREATE OR REPLACE FUNCTION credits_internal._time_of(p_last_at timestamptz, p_day date, p_month date, p_now timestamptz)
+RETURNS timestamptz LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN greatest(p_now, p_last_at, p_day::timestamp AT TIME ZONE 'UTC', p_month::timestamp AT TIME ZONE 'UTC');
+
+-- (of a row; _time_of for a statement that writes the row: Citus cannot
+-- ship a whole row of a distributed table to a function)
+CREATE OR REPLACE FUNCTION credits_internal._account_now(a credits.accounts, p_now timestamptz) RETURNS timestamptz
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN credits_internal._time_of(a.last_at, a.day, a.month, p_now);
+
+-- A new id on a Citus cluster (the default distribute() gives ledger and
+-- events ids): the sequence's next value with the node's group in the low
+-- 16 bits, so that nodes never make the same id (each node has its own
+-- sequence; Citus gives extension sequences no ranges of their own). The
+-- code below SQL makes ledger ids the same way (Schema::next_entry_id).
+CREATE OR REPLACE FUNCTION credits_internal._next_id(p_sequence regclass) RETURNS bigint
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (nextval(p_sequence) << 16) | (SELECT g.groupid FROM pg_catalog.pg_dist_local_group g);
+END
+$$;
+
+-- Is this install distributed (credits.accounts a Citus table)? From the
+-- session's cache of the schema (src/distributed/shards.rs): cheap enough
+-- for every write to ask.
+CREATE OR REPLACE FUNCTION credits_internal._distributed() RETURNS boolean
+LANGUAGE c STABLE AS 'MODULE_PATHNAME', 'credits_distributed';
+
+-- On Citus, before a write makes ids for an account: each node makes ids
+-- from its own sequence (_next_id), so this node's may be behind the
+-- account's last entry or event, made on another node (the coordinator, a
+-- node the account's shard moved from). The sequence is moved past them,
+-- so that an account's ids increase with its entries. (Bumps on a node are
+-- serialized: setval is not transactional, and two racing bumps could move
+-- a sequence back.)
+CREATE OR REPLACE FUNCTION credits_internal._follow_history(p_account text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_entry bigint := (SELECT max(l.entry_id) FROM credits.ledger l WHERE l.account_id = p_account) >> 16;
+    v_event bigint := (SELECT max(e.event_id) FROM credits.events e WHERE e.account_id = p_account) >> 16;
+BEGIN
+    IF v_entry >= coalesce(pg_sequence_last_value('credits.ledger_entry_id_seq'), 0)
+       OR v_event >= coalesce(pg_sequence_last_value('credits.events_event_id_seq'), 0) THEN
+        PERFORM pg_advisory_xact_lock('credits.ledger_entry_id_seq'::regclass::oid::bigint);
+        IF v_entry >= coalesce(pg_sequence_last_value('credits.ledger_entry_id_seq'), 0) THEN
+            PERFORM setval('credits.ledger_entry_id_seq', v_entry + 1);
+        END IF;
+        IF v_event >= coalesce(pg_sequence_last_value('credits.events_event_id_seq'), 0) THEN
+            PERFORM setval('credits.events_event_id_seq', v_event + 1);
+        END IF;
+    END IF;
+END
+$$;
+
+-- UC014 for what does not run on a distributed install yet (docs/citus.md).
+CREATE OR REPLACE FUNCTION credits_internal._refuse_distributed(p_what text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF credits_internal._distributed() THEN
+        RAISE EXCEPTION 'credits: % does not run on a distributed install yet', p_what
+            USING ERRCODE = 'UC014',
+                  HINT = 'On Citus, windows close and holds and grants expire at each account''s next call; '
+                         'the reporting views read the ledger (docs/citus.md).';
+    END IF;
+END
+$$;
+
+-- The tables of per-account rows, distributed by account_id and colocated
+-- (the first is the one the others are colocated with).
+CREATE OR REPLACE FUNCTION credits_internal._distributed_tables() RETURNS text[]
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT ARRAY['accounts', 'ledger', 'grants', 'grant_draws', 'month_allowances', 'holds', 'events',
+                 'closed_windows', 'idempotency', 'stripes', 'usage_rollup']
+$$;
+
+-- The public functions that act on one account, delegated by Citus to the
+-- node holding it (their first argument is the account).
+CREATE OR REPLACE FUNCTION credits_internal._delegated_functions() RETURNS regprocedure[]
+LANGUAGE sql STABLE AS $$
+    SELECT array_agg(p.oid::regprocedure ORDER BY p.oid)
+      FROM pg_catalog.pg_proc p
+     WHERE p.pronamespace = 'credits'::regnamespace
+       AND p.proargnames[1] = 'account_id'
+       AND p.proargtypes[0] = 'text'::regtype
+$$;
+
+-- Run on every node before the tables are distributed: what Citus needs of
+-- them. Unique keys hold the distribution column; foreign keys and the
+-- catalogs' seed-replacing triggers (which write the table they fire on)
+-- go; ids get node bits, starting above `p_first_id`; a worker's shells are
+-- emptied (CREATE EXTENSION put the seed catalogs in them: Citus reads
+-- the shards, never the shells). Idempotent.
+CREATE OR REPLACE FUNCTION credits_internal._prepare_distribution(p_first_id bigint, p_rolled_through bigint, p_worker boolean)
+RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    SET LOCAL citus.enable_ddl_propagation = off;
+    -- (all at once, before any change: the maintenance worker and calls
+    -- that are running finish first, and none starts)
+    LOCK TABLE credits.plans, credits.features, credits.accounts, credits.ledger, credits.grants,
+               credits.grant_draws, credits.month_allowances, credits.holds, credits.events,
+               credits.closed_windows, credits.idempotency, credits.stripes, credits.usage_rollup
+        IN ACCESS EXCLUSIVE MODE;
+    ALTER TABLE credits.accounts DROP CONSTRAINT IF EXISTS accounts_plan_fkey;
+    ALTER TABLE credits.stripes DROP CONSTRAINT IF EXISTS stripes_account_id_fkey;
+    DROP TRIGGER IF EXISTS plans_replace_seed ON credits.plans;
+    DROP TRIGGER IF EXISTS features_replace_seed ON credits.features;
+    IF to_regclass('credits.ledger_account_idx') IS NOT NULL THEN
+        ALTER TABLE credits.ledger DROP CONSTRAINT ledger_pkey;
+        ALTER TABLE credits.ledger ADD CONSTRAINT ledger_pkey PRIMARY KEY (account_id, entry_id);
+        DROP INDEX credits.ledger_account_idx;
+        -- (refund, void_grant by entry id: found on every shard)
+        CREATE INDEX ledger_entry_idx ON credits.ledger (entry_id);
+        DROP INDEX credits.holds_hold_id_idx;
+        CREATE INDEX holds_hold_idx ON credits.holds (hold_id);
+        ALTER TABLE credits.events DROP CONSTRAINT events_pkey;
+        ALTER TABLE credits.events ADD CONSTRAINT events_pkey PRIMARY KEY (account_id, event_id);
+        DROP INDEX credits.events_account_idx;
+        -- (a shard move copies rows by logical replication: every table
+        -- needs a replica identity, and this one has no key without NULLs)
+        ALTER TABLE credits.usage_rollup REPLICA IDENTITY FULL;
+    END IF;
+    ALTER TABLE credits.ledger ALTER COLUMN entry_id
+        SET DEFAULT credits_internal._next_id('credits.ledger_entry_id_seq');
+    ALTER TABLE credits.events ALTER COLUMN event_id
+        SET DEFAULT credits_internal._next_id('credits.events_event_id_seq');
+    IF (SELECT s.last_value FROM credits.ledger_entry_id_seq s) < p_first_id THEN
+        PERFORM setval('credits.ledger_entry_id_seq', p_first_id);
+    END IF;
+    IF (SELECT s.last_value FROM credits.events_event_id_seq s) < p_first_id THEN
+        PERFORM setval('credits.events_event_id_seq', p_first_id);
+    END IF;
+    IF p_worker AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition p
+                                 WHERE p.logicalrelid = 'credits.accounts'::regclass) THEN
+        ALTER TABLE credits.ledger DISABLE TRIGGER ledger_no_truncate;
+        TRUNCATE credits.plans, credits.features, credits.accounts, credits.ledger, credits.grants,
+                 credits.grant_draws, credits.month_allowances, credits.holds, credits.events,
+                 credits.closed_windows, credits.idempotency, credits.stripes, credits.usage_rollup;
+        ALTER TABLE credits.ledger ENABLE ALWAYS TRIGGER ledger_no_truncate;
+        -- (the usage rollups go to the shards with the ledger: up to here)
+        UPDATE credits.rollup_state SET rolled_through = p_rolled_through;
+    END IF;
+END
+$$;
+
+-- UC014 unless this is a Citus coordinator every node of which has credits
+-- at this version.
+CREATE OR REPLACE FUNCTION credits_internal._check_citus() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_version text := (SELECT e.extversion FROM pg_catalog.pg_extension e WHERE e.extname = 'credits');
+    v_node text;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_extension e WHERE e.extname = 'citus') THEN
+        RAISE EXCEPTION 'credits.distribute() needs Citus: the citus extension is not installed in database %',
+                        current_database()
+            USING ERRCODE = 'UC014',
+                  HINT = 'On a single server there is nothing to distribute. For Citus, see docs/citus.md.';
+    END IF;
+    IF NOT citus_is_coordinator() THEN
+        RAISE EXCEPTION 'credits.distribute() runs on the Citus coordinator, and this node is not it'
+            USING ERRCODE = 'UC014', HINT = 'Connect to the coordinator and call it there.';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_node n WHERE n.isactive AND n.noderole = 'primary'
+                                                              AND n.shouldhaveshards) THEN
+        RAISE EXCEPTION 'credits.distribute() found no Citus worker node to place shards on'
+            USING ERRCODE = 'UC014', HINT = 'Add workers with citus_add_node() first.';
+    END IF;
+    SELECT format('%s:%s (%s)', n.nodename, n.nodeport, coalesce(r.result, 'no answer'))
+      INTO v_node
+      FROM run_command_on_all_nodes(
+               $c$SELECT coalesce((SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'credits'), 'not installed')
+                         || CASE WHEN current_setting('shared_preload_libraries') ~ '\mcredits\M' THEN '' ELSE ', not preloaded' END$c$) r
+      JOIN pg_catalog.pg_dist_node n USING (nodeid)
+     WHERE NOT r.success OR r.result IS DISTINCT FROM v_version
+     LIMIT 1;
+    IF v_node IS NOT NULL THEN
+        RAISE EXCEPTION 'credits.distribute() needs credits % on every node, preloaded: node % differs', v_version, v_node
+            USING ERRCODE = 'UC014',
+                  HINT = 'Install the same credits build on every node, preload it, and run ALTER EXTENSION credits UPDATE.';
+    END IF;
+END
+$$;
+
+-- Raises a node's error (for run_command_on_workers' results).
+CREATE OR REPLACE FUNCTION credits_internal._raise_node_error(p_host text, p_port integer, p_error text) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'credits.distribute() failed on node %:%: %', p_host, p_port, p_error
+        USING ERRCODE = 'UC014';
+END
+$$;
+
+-- Distributes the install over the Citus cluster (docs/citus.md): the
+-- per-account tables sharded by account_id and colocated, plans and
+-- features replicated to every node, and every public per-account function
+-- delegated to the node holding its account. Returns a line per step it
+-- took; a second call finds everything done and takes none.
+CREATE OR REPLACE FUNCTION distribute() RETURNS SETOF text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_table text;
+    v_first bigint;
+    v_function regprocedure;
+    v_tables text[] := credits_internal._distributed_tables();
+    v_steps integer := 0;
+BEGIN
+    PERFORM credits_internal._check_citus();
+    SET LOCAL citus.enable_unsafe_triggers = on;
+    SET LOCAL citus.multi_shard_modify_mode = 'sequential';
+    SET LOCAL client_min_messages = warning;  -- (Citus's notices of each table copied)
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition p
+                    WHERE p.logicalrelid = 'credits.accounts'::regclass) THEN
+        -- (ids already made stay below every new one)
+        v_first := (greatest((SELECT max(l.entry_id) FROM credits.ledger l),
+                             (SELECT max(e.event_id) FROM credits.events e), 0) >> 16) + 1;
+        PERFORM credits_internal._prepare_distribution(v_first, 0, false);
+        PERFORM 1 FROM run_command_on_workers(
+            format('SELECT credits_internal._prepare_distribution(%s, %s, true)', v_first,
+                   (SELECT st.rolled_through FROM credits.rollup_state st))) r
+         WHERE NOT r.success AND credits_internal._raise_node_error(r.nodename, r.nodeport, r.result);
+        PERFORM create_reference_table('credits.plans');
+        PERFORM create_reference_table('credits.features');
+        RETURN NEXT 'plans and features: reference tables';
+        PERFORM create_distributed_table('credits.accounts', 'account_id', colocate_with => 'none');
+        FOREACH v_table IN ARRAY v_tables[2:] LOOP
+            PERFORM create_distributed_table('credits.' || v_table, 'account_id', colocate_with => 'credits.accounts');
+        END LOOP;
+        RETURN NEXT format('%s: distributed by account_id, %s shards each', array_to_string(v_tables, ', '),
+                           (SELECT count(*) FROM pg_catalog.pg_dist_shard s
+                             WHERE s.logicalrelid = 'credits.accounts'::regclass));
+        -- The coordinator's own rows were copied to the shards.
+        ALTER TABLE credits.ledger DISABLE TRIGGER ledger_no_truncate;
+        FOREACH v_table IN ARRAY v_tables || ARRAY['plans', 'features'] LOOP
+            PERFORM truncate_local_data_after_distributing_table('credits.' || v_table);
+        END LOOP;
+        ALTER TABLE credits.ledger ENABLE ALWAYS TRIGGER ledger_no_truncate;
+        v_steps := v_steps + 1;
+    END IF;
+    FOREACH v_function IN ARRAY credits_internal._delegated_functions() LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_object o
+                        WHERE o.classid = 'pg_proc'::regclass AND o.objid = v_function
+                          AND o.distribution_argument_index = 0) THEN
+            PERFORM create_distributed_function(v_function, 'account_id', colocate_with => 'credits.accounts');
+            RETURN NEXT format('%s: delegated to the node holding the account', v_function);
+            v_steps := v_steps + 1;
+        END IF;
+    END LOOP;
+    IF v_steps = 0 THEN
+        RESET client_min_messages;
+        RAISE NOTICE 'credits is already distributed: nothing to do';
+    END IF;
+END
+$$;
+
+-- A window's reset event, emitted when closing it (src/maintenance/close.rs).
+CREATE OR REPLACE FUNCTION credits_internal._emit_reset(p_account text, p_window text, p_at timestamptz) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    a credits.accounts;
+BEGIN
+    SELECT * INTO a FROM credits.accounts ac WHERE ac.account_id = p_account;
+    IF FOUND THEN
+        PERFORM credits_internal._emit(a, 'reset', p_window, NULL, p_at, credits_internal._state(a, p_at));
+    END IF;
+END
+$$;
+
+-- Expire, for locked accounts, the holds and grants whose deadline is at or
+-- before `at`: holds are freed ('X', reason expired), grants with credits
+-- left are closed by an 'E' entry, both stamped at their deadline whoever
+-- sees it first. Each resolves once. An account a grant's expiry leaves
+-- with nothing available gets an exhausted event. Returns how many.
+CREATE OR REPLACE FUNCTION credits_internal._expire_due(p_accounts text[], p_at timestamptz) RETURNS integer
+LANGUAGE plpgsql SET jit = off SET plan_cache_mode = force_generic_plan AS $$
+DECLARE
+    v_holds    integer;
+    v_grants   integer;
+    v_accounts text[];
+    v_entries  bigint[];
+    v_freed    bigint[];
+    v_acct     credits.accounts;
+    v_state    credits_internal._account_state;
+    v_hold     credits.holds;
+BEGIN
+    WITH due AS (
+        SELECT h.account_id, h.hold_id, h.feature_id, h.amount, h.expires_at, h.month
+          FROM credits.holds h
+         WHERE h.account_id = ANY (p_accounts) AND h.resolved_entry IS NULL AND h.expires_at <= p_at
+    ), freed AS (
+        INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, ref, metadata)
+        SELECT d.account_id, d.expires_at, 'X', d.feature_id, d.amount, d.hold_id, '{"reason": "expired"}'
+          FROM due d
+         ORDER BY d.account_id, d.hold_id
+        RETURNING entry_id, account_id, ref, amount
+    ), resolved AS (
+        UPDATE credits.holds h SET resolved_entry = f.entry_id
+          FROM freed f
+         WHERE h.account_id = f.account_id AND h.hold_id = f.ref
+    ), unreserved AS (
+        UPDATE credits.accounts a SET reserved = a.reserved - f.total
+          FROM (SELECT account_id, sum(amount) AS total FROM freed GROUP BY account_id) f
+         WHERE a.account_id = f.account_id
+    )
+    SELECT count(*), array_agg(f.ref), array_agg(f.entry_id), array_agg(f.account_id)
+      INTO v_holds, v_freed, v_entries, v_accounts
+      FROM freed f;
+    -- What a hold kept aside of a month that has closed, or of an allowance an
+    -- upgrade has replaced since, is forfeited (_hold_resolved).
+    FOR i IN 1 .. coalesce(array_length(v_freed, 1), 0) LOOP
+        SELECT * INTO v_hold FROM credits.holds h WHERE h.account_id = v_accounts[i] AND h.hold_id = v_freed[i];
+        PERFORM credits_internal._hold_resolved(v_hold, v_entries[i], 0, 0, p_at);
+    END LOOP;
+
+    WITH due AS (
+        SELECT g.account_id, g.grant_id, g.kind, g.remaining, g.expires_at
+          FROM credits.grants g
+         WHERE g.account_id = ANY (p_accounts) AND g.expired_entry IS NULL AND g.expires_at <= p_at
+    ), expired AS (
+        INSERT INTO credits.ledger (account_id, at, kind, amount, ref, metadata)
+        SELECT d.account_id, d.expires_at, 'E', d.remaining, d.grant_id, jsonb_build_object('grant_kind', d.kind)
+          FROM due d
+         WHERE d.remaining > 0
+         ORDER BY d.account_id, d.expires_at, d.grant_id
+        RETURNING entry_id, account_id, ref
+    ), marked AS (
+        UPDATE credits.grants g SET expired_entry = coalesce(e.entry_id, 0)
+          FROM due d
+          LEFT JOIN expired e ON e.account_id = d.account_id AND e.ref = d.grant_id
+         WHERE g.account_id = d.account_id AND g.grant_id = d.grant_id
+    )
+    -- (per account, its last expiry entry: the one that may have run it out)
+    SELECT (SELECT count(*) FROM due), array_agg(l.account_id ORDER BY l.account_id),
+           array_agg(l.entry_id ORDER BY l.account_id)
+      INTO v_grants, v_accounts, v_entries
+      FROM (SELECT e.account_id, max(e.entry_id) AS entry_id FROM expired e GROUP BY e.account_id) l;
+    FOR i IN 1 .. coalesce(array_length(v_accounts, 1), 0) LOOP
+        SELECT * INTO v_acct FROM credits.accounts ac WHERE ac.account_id = v_accounts[i];
+        v_state := credits_internal._state(v_acct, p_at);
+        IF v_state.allowance_available + v_state.grants_available = 0 THEN
+            PERFORM credits_internal._emit(v_acct, 'exhausted', 'monthly', NULL, p_at, v_state, v_entries[i]);
+        END IF;
+    END LOOP;
+    RETURN v_holds + v_grants;
+END
+$$;
+
+-- history: an account's transactions, newest first, as its customer reads
+-- them. Keyset-paginated: pass the last entry_id of a page as before_entry
+-- for the next one (max_rows 1 to 1000).
+--   kind     the entry as a word: plan, purchase, purchase_reduction, grant,
+--            debit, refund, hold, release, hold_expiry, forfeit, expiry, void;
+--   amount   credits, always positive (what the kind says happened to them);
+--   plan     the plan a plan entry moved the account to;
+--   from_grants  the part of a debit or refund drawn from / given back to grants;
+--   day, month   the UTC windows a debit, refund or hold counted in (a
+--            settle: its hold's; a refund: its debit's); for other kinds the
+--            month of the entry (a month-end forfeit: the month it ended);
+--   ref      the debit a refund refunds, the hold a settle, release or
+--            hold_expiry resolves, the grant an expiry or void ends;
+--   reason   the reason given (a refund's, a void's) or recorded (a
+--            forfeit's: month_end, upgrade, hold; a release's);
+--   metadata the application's metadata of a debit.
+CREATE OR REPLACE FUNCTION history(account_id text, before_entry bigint DEFAULT NULL, max_rows integer DEFAULT 50)
+RETURNS TABLE (entry_id bigint, at timestamptz, kind text, feature text, product text, amount numeric,
+               from_grants numeric, plan text, day date, month date, ref bigint, reason text, metadata jsonb)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM credits_internal._account($1);
+    IF max_rows IS NULL OR max_rows < 1 OR max_rows > 1000 THEN
+        RAISE EXCEPTION 'invalid max_rows: %', coalesce(max_rows::text, 'NULL')
+            USING ERRCODE = 'UC009', DETAIL = 'max_rows must be between 1 and 1000';
+    END IF;
+    RETURN QUERY
+    SELECT l.entry_id, l.at, credits_internal._kind_word(l.kind, l.metadata), f.feature, f.product,
+           trim_scale(abs(l.amount)), trim_scale(l.from_grants),
+           CASE WHEN l.kind = 'S' THEN l.metadata ->> 'plan' END,
+           CASE WHEN l.kind IN ('D', 'R', 'H') THEN credits_internal._utc_day(coalesce(h.at, d.at, l.at)) END,
+           CASE WHEN l.kind IN ('D', 'R', 'H') THEN credits_internal._utc_month(coalesce(h.at, d.at, l.at))
+                ELSE credits_internal._report_month(l.kind, l.at, l.metadata) END,
+           l.ref,
+           CASE WHEN l.kind IN ('F', 'R', 'E', 'X') THEN l.metadata ->> 'reason' END,
+           CASE WHEN l.kind = 'D' THEN l.metadata END
+      FROM credits.ledger l
+      LEFT JOIN credits.features f ON f.feature_id = l.feature_id
+      -- the instant whose windows it counted in: a settle's hold, a refund's
+      -- debit (or its hold)
+      LEFT JOIN credits.ledger d ON l.kind = 'R' AND d.account_id = l.account_id AND d.entry_id = l.ref
+      LEFT JOIN credits.ledger h ON l.kind IN ('D', 'R') AND h.kind = 'H' AND h.account_id = l.account_id
+                                AND h.entry_id = CASE l.kind WHEN 'D' THEN l.ref ELSE d.ref END
+     WHERE l.account_id = $1 AND l.entry_id < coalesce(before_entry, 9223372036854775807)
+     ORDER BY l.entry_id DESC
+     LIMIT max_rows;
+END
+$$;
+
+-- grants: each grant of an account, newest first: its kind, amount, what is
+-- left to use, when it expires and its status (active, used, expired, void).
+CREATE OR REPLACE FUNCTION grants(account_id text)
+RETURNS TABLE (grant_id bigint, kind text, amount numeric, remaining numeric, expires_at timestamptz,
+               granted_at timestamptz, status text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_now timestamptz;
+    v_acct credits.accounts;
+BEGIN
+    v_acct := credits_internal._account($1);
+    v_now := credits_internal._reader_now(v_acct, credits.now());
+    RETURN QUERY
+    SELECT g.grant_id, g.kind, trim_scale(g.amount), trim_scale(u.remaining), g.expires_at, l.at, u.status
+      FROM credits.grants g
+      JOIN credits.ledger l ON l.account_id = g.account_id AND l.entry_id = g.grant_id
+      LEFT JOIN credits.ledger e ON e.account_id = g.account_id AND e.entry_id = g.expired_entry
+      CROSS JOIN LATERAL (
+          SELECT CASE WHEN e.metadata ? 'void' THEN 'void'
+                      WHEN g.expired_entry IS NOT NULL OR g.expires_at <= v_now THEN 'expired'
+                      WHEN g.remaining = 0 THEN 'used'
+                      ELSE 'active' END AS status) st
+      CROSS JOIN LATERAL (
+          SELECT st.status, CASE WHEN st.status IN ('active', 'used') THEN g.remaining ELSE 0 END AS remaining) u
+     WHERE g.account_id = $1
+     ORDER BY g.grant_id DESC;
+END
+$$;
+
+-- The ledger's totals per account, reporting month, kind and feature for
+-- the entries after `p_after` up to `p_upto`: what usage_rollup adds up
+-- (_refresh_rollups) and what verify() checks it against.
+CREATE OR REPLACE FUNCTION credits_internal._ledger_totals(p_after bigint, p_upto bigint)
+RETURNS TABLE (account_id text, month date, kind "char", feature_id smallint,
+               amount numeric, from_grants numeric, entries bigint)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- (PL/pgSQL: Citus plans no SQL function with parameters over its tables)
+    RETURN QUERY
+    SELECT l.account_id, credits_internal._report_month(l.kind, l.at, l.metadata), l.kind::"char", l.feature_id,
+           sum(l.amount), coalesce(sum(l.from_grants), 0), count(*)
+      FROM credits.ledger l
+     WHERE l.entry_id > p_after AND l.entry_id <= p_upto
+     GROUP BY 1, 2, 3, 4;
+END
+$$;
+
+-- The worker's rollup step: like _refresh_rollups, but an error is recorded
+-- in rollup_state (and the server log) instead of ending the worker.
+-- (pinned search_path: see _worker_step)
+CREATE OR REPLACE FUNCTION credits_internal._worker_rollups(p_max bigint, p_wait interval) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF credits_internal._distributed() THEN
+        RETURN 0;  -- (not on Citus yet: docs/citus.md)
+    END IF;
+    -- (and the event feed's watermark, which read_events moves too: so it
+    -- moves on a primary nobody reads, for readers on a standby)
+    PERFORM credits_internal._events_safe_through(interval '0');
+    RETURN credits_internal._refresh_rollups(p_max, p_wait);
+EXCEPTION WHEN OTHERS THEN
+    UPDATE credits.rollup_state
+       SET last_error = format('%s (SQLSTATE %s)', SQLERRM, SQLSTATE), last_error_at = clock_timestamp();
+    RAISE WARNING 'credits rollups: % (SQLSTATE %)', SQLERRM, SQLSTATE;
+    RETURN 0;
+END
+$$;
+
+-- refresh_rollups: bring the rollups up to every entry committed before the
+-- call, committing after each batch, with a NOTICE on progress. The worker
+-- does this every credits.rollup_interval; call it by hand after a restore
+-- or a bulk load. It waits (up to `wait`) for transactions that were open
+-- when it started, since their entries may still be coming.
+CREATE OR REPLACE PROCEDURE refresh_rollups(batch bigint DEFAULT 1000000, wait interval DEFAULT '1 minute')
+-- (No SET search_path: a procedure with one cannot COMMIT. Every name is qualified.)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_target  bigint := coalesce((SELECT max(l.entry_id) FROM credits.ledger l), 0);
+    v_start   timestamptz := pg_catalog.clock_timestamp();
+    v_done    bigint;
+    v_batches integer := 0;
+    v_n       bigint;
+BEGIN
+    PERFORM credits_internal._refuse_distributed('refresh_rollups');
+    IF refresh_rollups.wait IS NULL OR refresh_rollups.wait < interval '0' THEN
+        RAISE EXCEPTION 'invalid wait: %', coalesce(refresh_rollups.wait::text, 'NULL') USING ERRCODE = 'UC009';
+    END IF;
+    LOOP
+        v_n := credits_internal._refresh_rollups(refresh_rollups.batch, interval '10 ms');
+        SELECT s.rolled_through INTO v_done FROM credits.rollup_state s;
+        COMMIT;
+        v_batches := v_batches + CASE WHEN v_n > 0 THEN 1 ELSE 0 END;
+        EXIT WHEN v_done >= v_target;
+        IF v_n > 0 THEN
+            IF v_batches % 5 = 0 THEN
+                RAISE NOTICE 'credits rollups: through entry % of %', v_done, v_target;
+            END IF;
+        ELSIF pg_catalog.clock_timestamp() - v_start > refresh_rollups.wait THEN
+            RAISE WARNING 'credits rollups: still waiting for transactions open since before %; the views stay exact meanwhile',
+                          credits_internal._utc_text(v_start)
+                USING HINT = 'See pg_stat_activity for old transactions, pg_prepared_xacts for prepared ones.';
+            RETURN;
+        ELSE
+            PERFORM pg_catalog.pg_sleep(0.05);
+        END IF;
+    END LOOP;
+    RAISE NOTICE 'credits rollups: through entry % (% batches)', v_done, v_batches;
+END
+$$;
+
+-- The worker's step: like _maintenance_step, but an error is recorded in
+-- maintenance_state (and the server log) instead of ending the worker, which
+-- retries after `p_retry` seconds: returns -p_retry.
+-- (The worker runs as the bootstrap superuser: every name it resolves, in
+-- the exception handler too, comes from pg_catalog, never from a schema a
+-- user can create objects in.)
+CREATE OR REPLACE FUNCTION credits_internal._worker_step(p_batch integer, p_retry double precision) RETURNS double precision
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF credits_internal._distributed() THEN
+        RETURN 3600;  -- (not on Citus yet: docs/citus.md)
+    END IF;
+    RETURN credits_internal._maintenance_step(credits.now(), p_batch);
+EXCEPTION WHEN OTHERS THEN
+    UPDATE credits.maintenance_state
+       SET last_error = format('%s (SQLSTATE %s)', SQLERRM, SQLSTATE), last_error_at = clock_timestamp();
+    RAISE WARNING 'credits maintenance: % (SQLSTATE %), retrying in % s', SQLERRM, SQLSTATE, p_retry;
+    RETURN -p_retry;
+END
+$$;
+
+-- The problems verify() reports for the accounts, from their rows alone
+-- (everything but the usage rollups): per account, joined on account_id
+-- throughout, so that on Citus each node runs it on its shards
+-- (credits_internal._verify_nodes).
+CREATE OR REPLACE VIEW credits_internal._verify_problems AS
+    WITH
+    -- The latest plan entry says the plan and the purchases carried into it.
+    last_plan AS (
+        SELECT DISTINCT ON (l.account_id) l.account_id, l.entry_id, l.metadata
+          FROM credits.ledger l
+         WHERE l.kind = 'S'
+         ORDER BY l.account_id, l.entry_id DESC
+    ),
+    -- The monthly window restarted in the counted month at its latest plan
+    -- change (an upgrade from 0, any other move from the usage it recorded)
+    -- or at a purchase that set its usage to the old limit (SPEC §4.1, §4.2).
+    epoch AS (
+        SELECT DISTINCT ON (l.account_id) l.account_id, l.entry_id,
+               coalesce((l.metadata ->> 'monthly_used')::numeric, 0) AS used
+          FROM credits.ledger l
+          JOIN credits.accounts a ON a.account_id = l.account_id
+         WHERE ((l.kind = 'S' AND ((l.metadata ->> 'upgrade')::boolean OR l.metadata ? 'monthly_used'))
+                OR (l.kind = 'P' AND l.metadata ? 'monthly_used'))
+           AND credits_internal._utc_month(l.at) = a.month
+         ORDER BY l.account_id, l.entry_id DESC
+    ),
+    -- Every debit (+) and refund (-) with the instants whose windows it
+    -- counts in: a debit in the windows it was made in (a settle: its hold's,
+    -- SPEC §4.3); a refund gives back to a window only while the window of
+    -- its debit is still the current one (own_at and debit_at both in it).
+    counted AS (
+        SELECT d.account_id, s.sign * d.amount AS amount,
+               s.sign * (d.amount - coalesce(d.from_grants, 0)) AS allowance,
+               coalesce(src.entry_id, d.entry_id) AS debit_entry,
+               CASE d.kind WHEN 'D' THEN coalesce(h.at, d.at) ELSE d.at END AS own_at,
+               coalesce(h.at, src.at, d.at) AS debit_at
+          FROM credits.ledger d
+          CROSS JOIN LATERAL (SELECT CASE d.kind WHEN 'D' THEN 1 ELSE -1 END AS sign) s
+          LEFT JOIN credits.ledger src ON d.kind = 'R' AND src.account_id = d.account_id AND src.entry_id = d.ref
+          LEFT JOIN credits.ledger h ON h.kind = 'H' AND h.account_id = d.account_id
+                                    AND h.entry_id = CASE d.kind WHEN 'D' THEN d.ref ELSE src.ref END
+         WHERE d.kind IN ('D', 'R')
+    ),
+    usage AS (
+        SELECT c.account_id,
+               sum(CASE WHEN credits_internal._utc_day(c.own_at) = a.day AND credits_internal._utc_day(c.debit_at) = a.day
+                        THEN c.amount ELSE 0 END) AS daily_used,
+               sum(CASE WHEN credits_internal._utc_month(c.own_at) = a.month AND credits_internal._utc_month(c.debit_at) = a.month
+                         AND c.debit_entry > coalesce(e.entry_id, 0)
+                        THEN c.allowance ELSE 0 END) AS monthly_used
+          FROM counted c
+          JOIN credits.accounts a ON a.account_id = c.account_id
+          LEFT JOIN epoch e ON e.account_id = c.account_id
+         GROUP BY c.account_id
+    ),
+    -- The plan changes of each month (SPEC §4.1), windows numbered by the
+    -- upgrades before them; what each window was granted is the largest limit
+    -- it held (a change's limit before and after it).
+    changes AS (
+        SELECT l.account_id, l.entry_id, credits_internal._utc_month(l.at) AS month,
+               (l.metadata ->> 'from_limit')::numeric AS from_limit,
+               (l.metadata ->> 'limit')::numeric AS new_limit,
+               (l.metadata ->> 'upgrade')::boolean AS upgrade,
+               count(*) FILTER (WHERE (l.metadata ->> 'upgrade')::boolean)
+                   OVER (PARTITION BY l.account_id, credits_internal._utc_month(l.at) ORDER BY l.entry_id) AS window_no
+          FROM credits.ledger l
+         WHERE l.kind = 'S' AND l.metadata ? 'from_limit'
+    ),
+    window_limits AS (
+        SELECT c.account_id, c.month, CASE WHEN c.upgrade THEN c.window_no - 1 ELSE c.window_no END AS window_no,
+               c.from_limit AS window_limit
+          FROM changes c
+        UNION ALL
+        SELECT c.account_id, c.month, c.window_no, c.new_limit FROM changes c
+    ),
+    month_grants AS (
+        SELECT w.account_id, w.month,
+               sum(w.window_limit)
+               -- (a reduction takes effect the next month: a plan change after it
+               -- records the lowered limit, but the month keeps what it had)
+               + coalesce((SELECT sum(abs(p.amount)) FROM credits.ledger p
+                            WHERE p.account_id = w.account_id AND p.kind = 'P'
+                              AND credits_internal._utc_month(p.at) = w.month), 0) AS granted
+          FROM (SELECT wl.account_id, wl.month, wl.window_no, max(wl.window_limit) AS window_limit
+                  FROM window_limits wl GROUP BY wl.account_id, wl.month, wl.window_no) w
+         GROUP BY w.account_id, w.month
+    ),
+    derived AS (
+        SELECT a.account_id,
+               lp.entry_id IS NOT NULL AS has_plan_entry,
+               lp.metadata ->> 'plan' AS plan,
+               (lp.metadata ->> 'purchased')::numeric
+                 + coalesce((SELECT sum(p.amount) FROM credits.ledger p
+                              WHERE p.account_id = a.account_id AND p.kind = 'P'
+                                AND p.entry_id > lp.entry_id), 0) AS purchased,
+               coalesce(u.daily_used, 0) AS daily_used,
+               coalesce(e.used, 0) + coalesce(u.monthly_used, 0) AS monthly_used
+          FROM credits.accounts a
+          LEFT JOIN last_plan lp ON lp.account_id = a.account_id
+          LEFT JOIN usage u ON u.account_id = a.account_id
+          LEFT JOIN epoch e ON e.account_id = a.account_id
+    ),
+    stripe_totals AS (
+        SELECT s.account_id, sum(s.budget) AS budget, sum(s.budget - s.spent) AS unspent
+          FROM credits.stripes s GROUP BY s.account_id
+    ),
+    problems AS (
+        SELECT a.account_id, 'the ledger has no plan entry for this account' AS problem
+          FROM credits.accounts a JOIN derived d USING (account_id)
+         WHERE NOT d.has_plan_entry
+        UNION ALL
+        SELECT a.account_id, format('plan is %s, the ledger says %s', a.plan, d.plan)
+          FROM credits.accounts a JOIN derived d USING (account_id)
+         WHERE d.has_plan_entry AND a.plan IS DISTINCT FROM d.plan
+        UNION ALL
+        SELECT a.account_id, format('purchased is %s, the ledger says %s', a.purchased, d.purchased)
+          FROM credits.accounts a JOIN derived d USING (account_id)
+         WHERE d.has_plan_entry AND a.purchased IS DISTINCT FROM d.purchased
+        UNION ALL
+        -- (a striped account's counters count its stripes' unspent budgets as used)
+        SELECT a.account_id, format('daily_used of %s is %s, the ledger says %s',
+                                    to_char(a.day, 'YYYY-MM-DD'), a.daily_used - coalesce(st.unspent, 0), d.daily_used)
+          FROM credits.accounts a JOIN derived d USING (account_id) LEFT JOIN stripe_totals st USING (account_id)
+         WHERE a.daily_used - coalesce(st.unspent, 0) <> d.daily_used
+        UNION ALL
+        SELECT a.account_id, format('monthly_used of %s is %s, the ledger says %s',
+                                    to_char(a.month, 'YYYY-MM'), a.monthly_used - coalesce(st.unspent, 0), d.monthly_used)
+          FROM credits.accounts a JOIN derived d USING (account_id) LEFT JOIN stripe_totals st USING (account_id)
+         WHERE a.monthly_used - coalesce(st.unspent, 0) <> d.monthly_used
+        UNION ALL
+        -- Stripes: stripe_budget is what they were handed, none spent more.
+        SELECT a.account_id, format('stripe_budget is %s, its stripes hold %s', a.stripe_budget, coalesce(st.budget, 0))
+          FROM credits.accounts a LEFT JOIN stripe_totals st USING (account_id)
+         WHERE a.stripe_budget <> coalesce(st.budget, 0)
+        UNION ALL
+        SELECT s.account_id, format('stripe %s spent %s of a budget of %s', s.stripe, s.spent, s.budget)
+          FROM credits.stripes s
+         WHERE s.spent > s.budget OR s.spent < 0
+        UNION ALL
+        -- SPEC §4: no credits appear through a sequence of calls. In a month
+        -- with plan changes, the allowance used and forfeited is at most the
+        -- allowances granted: for each window (an upgrade starts one) the
+        -- largest limit it held, and the purchases.
+        SELECT m.account_id,
+               format('in %s, %s of allowance was used and %s forfeited, but only %s was granted',
+                      to_char(m.month, 'YYYY-MM'), m.used, m.forfeited, m.granted)
+          FROM (SELECT g.account_id, g.month, g.granted,
+                       coalesce((SELECT sum(c.allowance) FROM counted c
+                                  WHERE c.account_id = g.account_id AND credits_internal._utc_month(c.own_at) = g.month
+                                    AND credits_internal._utc_month(c.debit_at) = g.month), 0) AS used,
+                       coalesce((SELECT sum(f.amount) FROM credits.ledger f
+                                  WHERE f.account_id = g.account_id AND f.kind = 'F'
+                                    AND credits_internal._report_month(f.kind, f.at, f.metadata) = g.month), 0) AS forfeited
+                  FROM month_grants g) m
+         WHERE m.used + m.forfeited > m.granted
+        UNION ALL
+        -- Holds: reserved is the sum of the open holds; each hold has its 'H'
+        -- entry, and a resolved hold points to the entry that resolved it.
+        SELECT a.account_id, format('reserved is %s, open holds sum to %s', a.reserved, coalesce(h.total, 0))
+          FROM credits.accounts a
+          LEFT JOIN (SELECT ho.account_id, sum(ho.amount) AS total FROM credits.holds ho
+                      WHERE ho.resolved_entry IS NULL GROUP BY ho.account_id) h ON h.account_id = a.account_id
+         WHERE a.reserved <> coalesce(h.total, 0)
+        UNION ALL
+        SELECT ho.account_id, format('hold %s has no matching hold entry in the ledger', ho.hold_id)
+          FROM credits.holds ho
+         WHERE NOT EXISTS (SELECT 1 FROM credits.ledger l
+                            WHERE l.entry_id = ho.hold_id AND l.kind = 'H'
+                              AND l.account_id = ho.account_id AND l.amount = ho.amount)
+        UNION ALL
+        SELECT ho.account_id, format('hold %s is resolved by entry %s, which does not resolve it',
+                                     ho.hold_id, ho.resolved_entry)
+          FROM credits.holds ho
+         WHERE ho.resolved_entry IS NOT NULL
+           AND NOT EXISTS (SELECT 1 FROM credits.ledger l
+                            WHERE l.account_id = ho.account_id AND l.entry_id = ho.resolved_entry AND l.ref = ho.hold_id
+                              AND l.kind IN ('D', 'X'))
+        UNION ALL
+        SELECT l.account_id, format('hold entry %s has no hold', l.entry_id)
+          FROM credits.ledger l
+         WHERE l.kind = 'H'
+           AND NOT EXISTS (SELECT 1 FROM credits.holds ho
+                            WHERE ho.account_id = l.account_id AND ho.hold_id = l.entry_id)
+        UNION ALL
+        -- Each grant: what is left = granted - drawn + given back.
+        SELECT g.account_id, format('grant %s has %s remaining, the ledger says %s', g.grant_id, g.remaining,
+                                    g.amount - coalesce(dr.drawn, 0))
+          FROM credits.grants g
+          LEFT JOIN (SELECT gd.account_id, gd.grant_id, sum(gd.amount) AS drawn
+                       FROM credits.grant_draws gd GROUP BY gd.account_id, gd.grant_id) dr
+                 ON dr.account_id = g.account_id AND dr.grant_id = g.grant_id
+         WHERE g.remaining <> g.amount - coalesce(dr.drawn, 0)
+        UNION ALL
+        -- The ledger alone: granted - drawn + given back - expired is what the
+        -- grants not yet expired hold (SPEC §4.5: nothing goes back to an
+        -- expired grant).
+        SELECT a.account_id, format('grants not yet expired hold %s, the ledger says %s',
+                                    coalesce(g.held, 0), coalesce(l.held, 0))
+          FROM credits.accounts a
+          LEFT JOIN (SELECT gr.account_id, sum(gr.remaining) AS held FROM credits.grants gr
+                      WHERE gr.expired_entry IS NULL GROUP BY gr.account_id) g ON g.account_id = a.account_id
+          LEFT JOIN (SELECT le.account_id,
+                            sum(CASE le.kind WHEN 'G' THEN le.amount WHEN 'D' THEN -coalesce(le.from_grants, 0)
+                                             WHEN 'R' THEN coalesce(le.from_grants, 0) WHEN 'E' THEN -le.amount END) AS held
+                       FROM credits.ledger le WHERE le.kind IN ('G', 'D', 'R', 'E')
+                      GROUP BY le.account_id) l ON l.account_id = a.account_id
+         WHERE coalesce(g.held, 0) <> coalesce(l.held, 0)
+        UNION ALL
+        SELECT g.account_id, format('grant %s has no matching grant entry in the ledger', g.grant_id)
+          FROM credits.grants g
+         WHERE NOT EXISTS (SELECT 1 FROM credits.ledger l
+                            WHERE l.entry_id = g.grant_id AND l.kind = 'G'
+                              AND l.account_id = g.account_id AND l.amount = g.amount)
+        UNION ALL
+        SELECT l.account_id, format('grant entry %s has no grant', l.entry_id)
+          FROM credits.ledger l
+         WHERE l.kind = 'G'
+           AND NOT EXISTS (SELECT 1 FROM credits.grants g
+                            WHERE g.account_id = l.account_id AND g.grant_id = l.entry_id)
+        UNION ALL
+        -- Each debit or refund: its grant part equals its grant draws.
+        SELECT l.account_id, format('entry %s has from_grants %s, its grant draws sum to %s',
+                                    l.entry_id, coalesce(l.from_grants, 0), coalesce(abs(dr.total), 0))
+          FROM credits.ledger l
+          LEFT JOIN (SELECT gd.account_id, gd.entry_id, sum(gd.amount) AS total
+                       FROM credits.grant_draws gd GROUP BY gd.account_id, gd.entry_id) dr
+                 ON dr.account_id = l.account_id AND dr.entry_id = l.entry_id
+         WHERE l.kind IN ('D', 'R') AND coalesce(l.from_grants, 0) <> coalesce(abs(dr.total), 0)
+        UNION ALL
+        SELECT d.account_id, format('debit %s of %s has %s refunded', d.entry_id, d.amount, r.total)
+          FROM credits.ledger d
+          JOIN (SELECT l.account_id, l.ref, sum(l.amount) AS total FROM credits.ledger l
+                 WHERE l.kind = 'R' GROUP BY l.account_id, l.ref) r ON r.account_id = d.account_id AND r.ref = d.entry_id
+         WHERE d.kind = 'D' AND r.total > d.amount
+        UNION ALL
+        SELECT i.account_id, format('idempotency key %s points to entry %s of another account or none',
+                                    quote_literal(i.idempotency_key), i.entry_id)
+          FROM credits.idempotency i
+         WHERE NOT EXISTS (SELECT 1 FROM credits.ledger l
+                            WHERE l.entry_id = i.entry_id AND l.account_id = i.account_id)
+        UNION ALL
+        SELECT DISTINCT l.account_id, 'ledger entries for an account that does not exist'
+          FROM credits.ledger l
+         WHERE NOT EXISTS (SELECT 1 FROM credits.accounts a WHERE a.account_id = l.account_id)
+    )
+    SELECT p.account_id, p.problem FROM problems p;
+
+-- verify()'s problems of the accounts' rows: on Citus gathered from every
+-- node (src/distributed/distribute.sql).
+CREATE OR REPLACE FUNCTION credits_internal._verify_accounts() RETURNS TABLE (account_id text, problem text)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF credits_internal._distributed() THEN
+        RETURN QUERY SELECT v.account_id, v.problem FROM credits_internal._verify_nodes() v;
+    ELSE
+        RETURN QUERY SELECT v.account_id, v.problem FROM credits_internal._verify_problems v;
+    END IF;
+END
+$$;
+
+-- verify()'s problems of the accounts on Citus: every node checks the
+-- shards it holds (_verify_local), in its own transaction.
+CREATE OR REPLACE FUNCTION credits_internal._verify_nodes() RETURNS TABLE (account_id text, problem text)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT * FROM run_command_on_all_nodes(
+                 $c$SELECT coalesce(json_agg(v), '[]') FROM credits_internal._verify_local() v$c$) LOOP
+        IF NOT r.success THEN
+            RAISE EXCEPTION 'credits.verify() failed on Citus node %: %', r.nodeid, r.result USING ERRCODE = 'UC014';
+        END IF;
+        RETURN QUERY SELECT x.account_id, x.problem FROM json_to_recordset(r.result::json) x(account_id text, problem text);
+    END LOOP;
+END
+$$;
+
+-- The problems of the accounts on this node's shards: the query of
+-- credits_internal._verify_problems, run on each group of colocated shards
+-- this node holds (their relations named for the tables', so that the
+-- query reads the shards directly; every account's rows are in one group).
+CREATE OR REPLACE FUNCTION credits_internal._verify_local() RETURNS TABLE (account_id text, problem text)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_query text := pg_get_viewdef('credits_internal._verify_problems'::regclass);
+    v_sql   text;
+    v_group record;
+    v_shard record;
+BEGIN
+    FOR v_group IN SELECT s.shardminvalue
+                     FROM pg_catalog.pg_dist_shard s
+                     JOIN pg_catalog.pg_dist_placement p USING (shardid)
+                    WHERE s.logicalrelid = 'credits.accounts'::regclass
+                      AND p.groupid = (SELECT g.groupid FROM pg_catalog.pg_dist_local_group g) LOOP
+        v_sql := v_query;
+        FOR v_shard IN SELECT c.relname, s.shardid
+                         FROM pg_catalog.pg_dist_shard s
+                         JOIN pg_catalog.pg_class c ON c.oid = s.logicalrelid
+                        WHERE c.relnamespace = 'credits'::regnamespace
+                          AND (s.shardminvalue = v_group.shardminvalue OR s.shardminvalue IS NULL) LOOP
+            v_sql := regexp_replace(v_sql, '\mcredits\.' || v_shard.relname || '\M',
+                                    'credits.' || v_shard.relname || '_' || v_shard.shardid, 'g');
+        END LOOP;
+        RETURN QUERY EXECUTE v_sql;
+    END LOOP;
+END
+$$;
+
+COMMENT ON FUNCTION credits.distribute() IS
+'Citus: distribute this install over the cluster (on the coordinator, as a superuser): per-account tables sharded by account, catalogs replicated, per-account calls delegated to the node holding the account. UC014 without Citus. Idempotent (docs/citus.md).';
 
 REVOKE ALL ON ALL ROUTINES IN SCHEMA credits, credits_internal FROM PUBLIC;

@@ -6,6 +6,7 @@ use pgrx::prelude::*;
 
 mod accounts;
 mod clock;
+mod distributed;
 mod gucs;
 mod maintenance;
 mod metering;

@@ -13,6 +13,7 @@
 
 use crate::accounts::row::Account;
 use crate::clock;
+use crate::distributed::shards::nested_statements;
 use crate::pg::fmgr::{
     args, call, ret, text, text_array, text_bytes, text_string, v1_functions, SessionDatums,
 };
@@ -217,7 +218,7 @@ impl Closing {
             row.complete()?;
             let forfeit = match w.forfeited {
                 Some(amount) if numeric::cmp(amount, numeric::from_i64(0)) > 0 => {
-                    let entry = call(pg_sys::nextval_oid, &[Datum::from(schema.ledger_seq)]);
+                    let entry = schema.next_entry_id();
                     let metadata = month_end_metadata(w.start);
                     let mut f = Row::new(ledger);
                     f.set(ledger.col(c"entry_id")?, Some(entry));
@@ -278,13 +279,39 @@ pub unsafe extern "C-unwind" fn credits_close_windows(fcinfo: pg_sys::FunctionCa
     let (Some(ids), Some(at)) = (a[0], a[1]) else {
         return ret(fcinfo, Some(Datum::from(0i32)));
     };
-    let mut closer = Closer::begin(at);
-    for id in text_array(ids).into_iter().flatten() {
-        let key = closer.schema.accounts_key;
-        // (already locked by the caller: this finds the row it locked)
-        closer.close(|accounts| accounts.lock(key, id));
+    let ids = text_array(ids).into_iter().flatten().collect::<Vec<_>>();
+    let mut recorded = 0;
+    // One set of writes for them all; on a Citus cluster one per account
+    // (each on its shards).
+    let together = if catalog_cache::distributed() { 1 } else { ids.len().max(1) };
+    for ids in ids.chunks(together) {
+        let schema = match ids.first() {
+            Some(&id) if catalog_cache::distributed() => catalog_cache::shards_of(id)
+                .unwrap_or_else(|| {
+                    ereport!(
+                        ERROR,
+                        PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                        format!(
+                            "credits: the shards of account {:?} are not on this node",
+                            String::from_utf8_lossy(text_bytes(id))
+                        ),
+                        "call credits_internal._close_windows through a query on the account's row"
+                    );
+                    #[allow(unreachable_code)]
+                    {
+                        unreachable!("ereport(ERROR) does not return")
+                    }
+                }),
+            _ => whole_schema(),
+        };
+        let mut closer = Closer::begin(at, schema);
+        for &id in ids {
+            let key = closer.schema.accounts_key;
+            // (already locked by the caller: this finds the row it locked)
+            closer.close(|accounts| accounts.lock(key, id));
+        }
+        recorded += closer.finish().1;
     }
-    let (_, recorded) = closer.finish();
     ret(fcinfo, Some(Datum::from(recorded)))
 }
 
@@ -304,7 +331,15 @@ pub unsafe extern "C-unwind" fn credits_close_windows_after(
         error!("credits_internal._close_windows_after: NULL instant or batch size");
     };
     let limit = limit.value() as i32;
-    let mut closer = Closer::begin(at);
+    if catalog_cache::distributed() {
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            "credits: maintenance batches do not run on a distributed install",
+            "on Citus, windows close at each account's next call (docs/citus.md)"
+        );
+    }
+    let mut closer = Closer::begin(at, whole_schema());
     let mut last = None;
     // Accounts another transaction holds: skipped, never waited for (one
     // transaction open across midnight must not stall every account after
@@ -379,17 +414,24 @@ unsafe fn held_on_allowance(a: &Account, account_id: Datum) -> Datum {
     if numeric::cmp(a.reserved, numeric::from_i64(0)) <= 0 {
         return numeric::from_i64(0);
     }
-    let held = Spi::get_one_with_args::<pgrx::AnyNumeric>(
+    let held = nested_statements(|| {
+        Spi::get_one_with_args::<pgrx::AnyNumeric>(
         "SELECT coalesce(sum(h.amount - h.from_grants), 0)
            FROM credits.accounts a
            JOIN credits.holds h ON h.account_id = a.account_id AND h.month = a.month
           WHERE a.account_id = $1 AND h.resolved_entry IS NULL
             AND h.expires_at > (a.month + interval '1 month')::timestamp AT TIME ZONE 'UTC'",
-        &[DatumWithOid::from(text_string(account_id))],
-    )
+            &[DatumWithOid::from(text_string(account_id))],
+        )
+    })
     .expect("the held allowance");
     held.and_then(|h| h.into_datum())
         .unwrap_or_else(|| numeric::from_i64(0))
+}
+
+/// The extension's relations on a single node.
+unsafe fn whole_schema() -> Schema {
+    catalog_cache::schema().unwrap_or_else(|| error!("credits: the credits schema is incomplete"))
 }
 
 /// A library older than the schema it runs against.
@@ -418,7 +460,7 @@ struct Closer {
 }
 
 impl Closer {
-    unsafe fn begin(at: Datum) -> Closer {
+    unsafe fn begin(at: Datum, schema: Schema) -> Closer {
         let at = at.value() as i64;
         if at == i64::MIN || at == i64::MAX {
             ereport!(
@@ -427,8 +469,7 @@ impl Closer {
                 "invalid instant for closing windows: infinity"
             );
         }
-        let found = catalog_cache::schema().and_then(|schema| Some((schema.closing()?, schema)));
-        let Some((closing_schema, schema)) = found else {
+        let Some(closing_schema) = schema.closing() else {
             error!("credits: the credits schema is incomplete");
         };
         if !pg_sys::ActiveSnapshotSet() {
@@ -541,15 +582,16 @@ impl Closer {
         resets.sort();
         for (at, account_id, window) in resets {
             let at = TimestampWithTimeZone::try_from(at).expect("a finite instant");
-            Spi::run_with_args(
-                "SELECT credits_internal._emit(a, 'reset', $2, NULL, $3, credits_internal._state(a, $3))
-                   FROM credits.accounts a WHERE a.account_id = $1",
-                &[
-                    DatumWithOid::from(account_id),
-                    DatumWithOid::from(window),
-                    DatumWithOid::from(at),
-                ],
-            )
+            nested_statements(|| {
+                Spi::run_with_args(
+                    "SELECT credits_internal._emit_reset($1, $2, $3)",
+                    &[
+                        DatumWithOid::from(account_id),
+                        DatumWithOid::from(window),
+                        DatumWithOid::from(at),
+                    ],
+                )
+            })
             .expect("a reset event");
         }
         (self.closed_accounts, self.recorded)

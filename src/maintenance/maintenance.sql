@@ -50,6 +50,7 @@ DECLARE
     v_freed    bigint[];
     v_acct     credits.accounts;
     v_state    credits_internal._account_state;
+    v_hold     credits.holds;
 BEGIN
     WITH due AS (
         SELECT h.account_id, h.hold_id, h.feature_id, h.amount, h.expires_at, h.month
@@ -70,14 +71,14 @@ BEGIN
           FROM (SELECT account_id, sum(amount) AS total FROM freed GROUP BY account_id) f
          WHERE a.account_id = f.account_id
     )
-    SELECT count(*), array_agg(f.ref), array_agg(f.entry_id)
-      INTO v_holds, v_freed, v_entries
+    SELECT count(*), array_agg(f.ref), array_agg(f.entry_id), array_agg(f.account_id)
+      INTO v_holds, v_freed, v_entries, v_accounts
       FROM freed f;
     -- What a hold kept aside of a month that has closed, or of an allowance an
     -- upgrade has replaced since, is forfeited (_hold_resolved).
     FOR i IN 1 .. coalesce(array_length(v_freed, 1), 0) LOOP
-        PERFORM credits_internal._hold_resolved(h, v_entries[i], 0, 0, p_at)
-           FROM credits.holds h WHERE h.hold_id = v_freed[i];
+        SELECT * INTO v_hold FROM credits.holds h WHERE h.account_id = v_accounts[i] AND h.hold_id = v_freed[i];
+        PERFORM credits_internal._hold_resolved(v_hold, v_entries[i], 0, 0, p_at);
     END LOOP;
 
     WITH due AS (
@@ -175,18 +176,24 @@ BEGIN
     -- call decided at, including one that writes nothing else (a denial),
     -- so what it expires or closes now stays expired and closed for a call
     -- whose clock is behind. (Callers decide at last_at, and write no other.)
-    UPDATE credits.accounts a SET last_at = credits_internal._account_now(a, p_now)
+    UPDATE credits.accounts a SET last_at = credits_internal._time_of(a.last_at, a.day, a.month, p_now)
      WHERE a.account_id = p_account
     RETURNING * INTO v;
     IF NOT FOUND THEN
         PERFORM credits_internal._raise_unknown_account(p_account);
+    END IF;
+    IF credits_internal._distributed() THEN
+        PERFORM credits_internal._follow_history(p_account);
     END IF;
     IF v.stripe_budget > 0 THEN
         v := credits_internal._fold_stripes(v);
     END IF;
     p_now := v.last_at;
     IF credits_internal._windows_passed(v, p_now) THEN
-        PERFORM credits_internal._close_windows(ARRAY[p_account], p_now);
+        -- (through the account's row: on Citus, the query runs on the node
+        -- holding the account, where _close_windows finds its shards)
+        PERFORM credits_internal._close_windows(ARRAY[a.account_id], p_now)
+           FROM credits.accounts a WHERE a.account_id = p_account;
         SELECT * INTO v FROM credits.accounts a WHERE a.account_id = p_account;
     END IF;
     IF credits_internal._expiry_due(v, p_now) THEN
@@ -229,6 +236,7 @@ DECLARE
     v_one    text;
     v_free   boolean;
 BEGIN
+    PERFORM credits_internal._refuse_distributed('maintenance');
     IF p_at IS NULL OR NOT isfinite(p_at) THEN
         RAISE EXCEPTION 'invalid maintenance instant: %', coalesce(p_at::text, 'NULL') USING ERRCODE = 'UC009';
     END IF;
@@ -357,6 +365,9 @@ $$;
 CREATE FUNCTION credits_internal._worker_step(p_batch integer, p_retry double precision) RETURNS double precision
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    IF credits_internal._distributed() THEN
+        RETURN 3600;  -- (not on Citus yet: docs/citus.md)
+    END IF;
     RETURN credits_internal._maintenance_step(credits.now(), p_batch);
 EXCEPTION WHEN OTHERS THEN
     UPDATE credits.maintenance_state

@@ -67,6 +67,19 @@ BEGIN
 END
 $$;
 
+-- A window's reset event, emitted when closing it (src/maintenance/close.rs).
+CREATE FUNCTION credits_internal._emit_reset(p_account text, p_window text, p_at timestamptz) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    a credits.accounts;
+BEGIN
+    SELECT * INTO a FROM credits.accounts ac WHERE ac.account_id = p_account;
+    IF FOUND THEN
+        PERFORM credits_internal._emit(a, 'reset', p_window, NULL, p_at, credits_internal._state(a, p_at));
+    END IF;
+END
+$$;
+
 -- The event feed's watermark: every event id at or below it is final
 -- (committed or rolled back), as events take their ids when inserted, in
 -- transactions that may commit in any order. The stored candidate becomes

@@ -38,7 +38,8 @@ use crate::metering::stats;
 use crate::metering::stripes;
 use crate::metering::thresholds::lowest_threshold;
 use crate::pg::decimal::Decimal;
-use crate::pg::fmgr::{args, array_elements, call, ret, text_bytes, v1_functions};
+use crate::distributed::shards::ids_follow_history;
+use crate::pg::fmgr::{args, array_elements, ret, text_bytes, v1_functions};
 use crate::pg::rows::{Found, Row, Schema, Table, Writes};
 use crate::schema::catalog_cache;
 use pgrx::pg_sys::{self, Datum};
@@ -231,7 +232,7 @@ fn debit(req: &DebitRequest, now: Option<Datum>) -> Option<i64> {
         // (before anything is locked: an invalid request is the SQL path's)
         let charge = Charge::validate(req)?;
         with_own_commands_visible(|| {
-            let schema = catalog_cache::schema()?;
+            let schema = catalog_cache::shards_of(req.account?)?;
             let charge = charge.priced(&schema)?;
             let accounts = Table::open(schema.accounts, pg_sys::RowExclusiveLock);
             let seen = accounts.lookup(schema.accounts_key, req.account?)?;
@@ -569,6 +570,9 @@ impl LockedAccount {
         now_ts: i64,
     ) -> Option<LockedAccount> {
         let a = Account::read(accounts, &locked)?;
+        if !ids_follow_history(schema, account_id)? {
+            return None;
+        }
         // A clock behind the account (a transaction that began before a
         // boundary another session already crossed for it, or before its
         // last write) decides and stamps at the account's time.
@@ -805,7 +809,7 @@ pub(super) unsafe fn write_entry(
 ) -> Option<i64> {
     let ledger = &tables.ledger;
     let req = &charge.req;
-    let entry = call(pg_sys::nextval_oid, &[Datum::from(schema.ledger_seq)]);
+    let entry = schema.next_entry_id();
     let mut ledger_row = Row::new(ledger);
     ledger_row.set(ledger.col(c"entry_id")?, Some(entry));
     ledger_row.set(ledger.col(c"account_id")?, Some(account_id));

@@ -205,9 +205,12 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_now   timestamptz := credits.now();
     v_entry bigint;
+    a       credits.accounts;
 BEGIN
-    IF EXISTS (SELECT FROM credits.accounts a WHERE a.account_id = p_account
-                  AND (credits_internal._windows_passed(a, v_now) OR credits_internal._expiry_due(a, v_now))) THEN
+    -- (the row read first, then asked about: Citus cannot ship a query
+    -- that passes a whole row of a distributed table to a function)
+    SELECT * INTO a FROM credits.accounts ac WHERE ac.account_id = p_account;
+    IF FOUND AND (credits_internal._windows_passed(a, v_now) OR credits_internal._expiry_due(a, v_now)) THEN
         PERFORM credits_internal._lock_account(p_account, v_now);
         v_entry := credits_internal._debit_fast(p_account, p_feature, p_quantity, p_key, p_metadata, v_now);
     END IF;
@@ -460,12 +463,13 @@ BEGIN
         END IF;
     END IF;
     -- (a settle counted in the windows of its hold, SPEC §4.3)
-    v_debit_at := coalesce((SELECT h.at FROM credits.ledger h WHERE h.entry_id = v_debit.ref AND h.kind = 'H'),
+    v_debit_at := coalesce((SELECT h.at FROM credits.ledger h
+                             WHERE h.account_id = v_debit.account_id AND h.entry_id = v_debit.ref AND h.kind = 'H'),
                            v_debit.at);
 
     SELECT coalesce(sum(r.amount), 0), coalesce(sum(r.from_grants), 0), max(r.entry_id)
       INTO v_done, v_grants_done, v_last
-      FROM credits.ledger r WHERE r.ref = p_entry AND r.kind = 'R';
+      FROM credits.ledger r WHERE r.account_id = v_debit.account_id AND r.ref = p_entry AND r.kind = 'R';
     v_left := v_debit.amount - v_done;
     IF p_amount IS NULL THEN
         IF v_left = 0 THEN
@@ -498,7 +502,8 @@ BEGIN
                JOIN credits.grants gr ON gr.account_id = d.account_id AND gr.grant_id = d.grant_id
               WHERE d.account_id = v_debit.account_id
                 AND (d.entry_id = p_entry
-                     OR d.entry_id IN (SELECT r.entry_id FROM credits.ledger r WHERE r.ref = p_entry AND r.kind = 'R'))
+                     OR d.entry_id IN (SELECT r.entry_id FROM credits.ledger r
+                                       WHERE r.account_id = d.account_id AND r.ref = p_entry AND r.kind = 'R'))
               GROUP BY d.grant_id, gr.expires_at, gr.kind, gr.expired_entry
              HAVING sum(d.amount) > 0
               ORDER BY gr.expires_at DESC NULLS FIRST, d.grant_id DESC

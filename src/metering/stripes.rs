@@ -26,6 +26,7 @@
 //! rollback releases what it locked before the SQL path waits for the
 //! stripes and the row in that order; that debit then refills the stripes.
 
+use crate::distributed::shards::ids_follow_history;
 use crate::accounts::row::Account;
 use crate::clock;
 use crate::metering::fast_path::{count_charge, write_entry, Charge, DebitTables, LockedAccount};
@@ -81,7 +82,9 @@ pub(super) unsafe fn spend(
     charge: &Charge,
     now_ts: i64,
 ) -> Option<i64> {
-    if seen.stripes <= 0 {
+    // (striped debits do not lock the account row: a concurrent stripe
+    // debit may add an entry after this check, made on this node too)
+    if seen.stripes <= 0 || !ids_follow_history(schema, account_id)? {
         return None;
     }
     let (context, owner) = (pg_sys::CurrentMemoryContext, pg_sys::CurrentResourceOwner);
@@ -239,7 +242,7 @@ unsafe fn refill(account_id: Datum, now_ts: i64) -> Option<Decimal> {
     if now_ts == i64::MIN || now_ts == i64::MAX || !pg_sys::ActiveSnapshotSet() {
         return None;
     }
-    let schema = catalog_cache::schema()?;
+    let schema = catalog_cache::shards_of(account_id)?;
     let (stripes_oid, stripes_key) = schema.stripes?;
     let accounts = Table::open(schema.accounts, pg_sys::RowExclusiveLock);
     let seen = accounts.lookup(schema.accounts_key, account_id)?;

@@ -11,6 +11,14 @@ pub(crate) unsafe fn call(
     f: unsafe fn(pg_sys::FunctionCallInfo) -> Datum,
     args: &[Datum],
 ) -> Datum {
+    call_nullable(f, args).expect("a built-in function's result")
+}
+
+/// `call` of a function that may return NULL (None).
+pub(crate) unsafe fn call_nullable(
+    f: unsafe fn(pg_sys::FunctionCallInfo) -> Datum,
+    args: &[Datum],
+) -> Option<Datum> {
     // FunctionCallInfoBaseData ends in a flexible array of arguments.
     #[repr(C)]
     struct Frame {
@@ -24,8 +32,7 @@ pub(crate) unsafe fn call(
         slot.value = value;
     }
     let result = f(&mut frame.base);
-    assert!(!frame.base.isnull, "a built-in function's result");
-    result
+    (!frame.base.isnull).then_some(result)
 }
 
 /// The arguments of a V1 call, NULL as None.

@@ -7,6 +7,8 @@
 //! Nothing here depends on the caller's search_path: relations are found by
 //! name in schema credits.
 
+use crate::distributed::shards::shard_relation;
+use crate::pg::fmgr::call;
 use pgrx::pg_sys::{self, Datum, Oid};
 use pgrx::prelude::*;
 use std::ffi::CStr;
@@ -29,6 +31,23 @@ pub(crate) struct Schema {
     /// (table, its key on (account_id, stripe)): None in a schema from
     /// before stripes, whose accounts have none.
     pub stripes: Option<(Oid, Oid)>,
+    /// On a Citus cluster: the shards these relations are, and the node's
+    /// group (the low bits of the ids it makes); None on a single node.
+    pub shard: Option<(ShardIds, i64)>,
+}
+
+/// The shards of one account's rows on a Citus cluster (colocated: one per
+/// table), and of the catalogs (reference tables: one shard each).
+#[derive(Clone, Copy)]
+pub(crate) struct ShardIds {
+    pub accounts: i64,
+    pub ledger: i64,
+    pub idempotency: i64,
+    pub stripes: i64,
+    pub closed_windows: i64,
+    pub events: i64,
+    pub plans: i64,
+    pub features: i64,
 }
 
 /// The relations closing windows writes and reads besides those of every
@@ -59,7 +78,43 @@ impl Schema {
             ledger_seq: rel(c"ledger_entry_id_seq")?,
             idempotency: rel(c"idempotency")?,
             stripes: rel(c"stripes").zip(rel(c"stripes_pkey")),
+            shard: None,
         })
+    }
+
+    /// The same relations' shards `ids` on this node (None if one is
+    /// missing); `group` is the node's.
+    pub(crate) fn on_shards(&self, ids: ShardIds, group: i64) -> Option<Schema> {
+        let rel = |name, id| shard_relation(self.namespace, name, id);
+        Some(Schema {
+            namespace: self.namespace,
+            accounts: rel("accounts", ids.accounts)?,
+            accounts_key: rel("accounts_pkey", ids.accounts)?,
+            plans: rel("plans", ids.plans)?,
+            plans_key: rel("plans_pkey", ids.plans)?,
+            features: rel("features", ids.features)?,
+            features_key: rel("features_feature_key", ids.features)?,
+            ledger: rel("ledger", ids.ledger)?,
+            ledger_seq: self.ledger_seq,
+            idempotency: rel("idempotency", ids.idempotency)?,
+            stripes: Some((rel("stripes", ids.stripes)?, rel("stripes_pkey", ids.stripes)?)),
+            shard: Some((ids, group)),
+        })
+    }
+
+    /// A new ledger entry's id: the sequence's next value, and on a Citus
+    /// cluster the node's group in its low 16 bits (as the column's default
+    /// there, credits_internal._next_id), so nodes never make the same id.
+    pub(crate) unsafe fn next_entry_id(&self) -> Datum {
+        let next = call(pg_sys::nextval_oid, &[Datum::from(self.ledger_seq)]);
+        match self.shard {
+            None => next,
+            Some((_, group)) => Datum::from((next.value() as i64) << 16 | group),
+        }
+    }
+
+    pub(crate) fn namespace(&self) -> Oid {
+        self.namespace
     }
 
     /// Is `oid` the schema or one of its relations?
@@ -83,6 +138,14 @@ impl Schema {
     }
 
     pub(crate) unsafe fn closing(&self) -> Option<ClosingSchema> {
+        if let Some((ids, _)) = self.shard {
+            let rel = |name, id| shard_relation(self.namespace, name, id);
+            return Some(ClosingSchema {
+                closed_windows: rel("closed_windows", ids.closed_windows)?,
+                events: rel("events", ids.events)?,
+                events_key: rel("events_once", ids.events)?,
+            });
+        }
         let rel = |name| relation(self.namespace, name);
         Some(ClosingSchema {
             closed_windows: rel(c"closed_windows")?,
@@ -150,6 +213,21 @@ impl Table {
         let equal = (pg_sys::BTEqualStrategyNumber, pg_sys::F_TEXTEQ, key);
         let mut scan = self.scan(index, &[equal], pg_sys::GetActiveSnapshot());
         scan.next().then(|| scan.into_row())
+    }
+
+    /// The last row (in the order of `index`, on a text column and more)
+    /// whose first column is `key`, as the latest snapshot sees it.
+    pub(crate) unsafe fn last_of(&self, index: Oid, key: Datum) -> Option<Found> {
+        let equal = (pg_sys::BTEqualStrategyNumber, pg_sys::F_TEXTEQ, key);
+        let scan = self.scan(index, &[equal], pg_sys::GetLatestSnapshot());
+        let caller = pg_sys::MemoryContextSwitchTo(scan.context);
+        let found = pg_sys::index_getnext_slot(
+            scan.scan,
+            pg_sys::ScanDirection::BackwardScanDirection,
+            scan.row.slot,
+        );
+        pg_sys::MemoryContextSwitchTo(caller);
+        found.then(|| scan.into_row())
     }
 
     /// The rows in the order of `index` (on one text column) after the key

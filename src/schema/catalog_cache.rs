@@ -13,6 +13,7 @@
 //! change as soon as a statement would.
 
 use crate::pg::fmgr::{text_bytes, v1_functions, varlena_bytes, varlena_datum};
+use crate::distributed::shards::Citus;
 use crate::pg::rows::{Schema, Table};
 use pgrx::pg_sys::{self, Datum, Oid};
 use std::cell::{Cell, RefCell};
@@ -42,6 +43,11 @@ thread_local! {
     /// The relations last found (kept while stale: the invalidation
     /// callback matches oids against them).
     static SCHEMA: Cell<Option<Schema>> = const { Cell::new(None) };
+    /// On a Citus cluster: where each account's shards are (found with SCHEMA).
+    static CITUS: RefCell<Option<Citus>> = const { RefCell::new(None) };
+    /// On a Citus cluster: this node's shards of plans and features (their
+    /// catalog trigger invalidates the shard, not the shell).
+    static CATALOG_SHARDS: Cell<Option<(Oid, Oid)>> = const { Cell::new(None) };
 }
 /// Set by the invalidation callbacks, which may run in the middle of a
 /// lookup; the cache is emptied (the relations found again) at the next
@@ -67,7 +73,10 @@ unsafe extern "C-unwind" fn relcache_changed(_arg: Datum, relid: Oid) {
     // InvalidOid: every relation (after a cache reset).
     let every = relid == pg_sys::InvalidOid;
     let known = SCHEMA.with(Cell::get);
-    if every || known.is_some_and(|s| relid == s.features || relid == s.plans) {
+    let catalog_shard = CATALOG_SHARDS
+        .with(Cell::get)
+        .is_some_and(|(plans, features)| relid == plans || relid == features);
+    if every || catalog_shard || known.is_some_and(|s| relid == s.features || relid == s.plans) {
         ROWS_STALE.store(true, Ordering::Relaxed);
     }
     if every || known.is_some_and(|s| s.holds(relid)) {
@@ -81,9 +90,32 @@ unsafe extern "C-unwind" fn namespace_changed(_arg: Datum, _cache: i32, _hash: u
 }
 
 /// The extension's relations, the cache brought up to date with committed
-/// changes first; None if the schema is missing or incomplete. Called once
-/// per call below SQL, before any lookup.
+/// changes first; None if the schema is missing or incomplete, or
+/// distributed by Citus (whose calls take `shards_of`). Called once per
+/// call below SQL, before any lookup.
 pub(crate) unsafe fn schema() -> Option<Schema> {
+    let schema = current()?;
+    CITUS.with(|c| c.borrow().is_none()).then_some(schema)
+}
+
+/// The relations holding `account_id`'s rows (a text datum): the
+/// extension's on a single node; on a Citus cluster the shards of the
+/// account on this node, locked against a move, or None when they are on
+/// another node (the caller declines: the SQL path, routed by Citus, decides).
+pub(crate) unsafe fn shards_of(account_id: Datum) -> Option<Schema> {
+    let schema = current()?;
+    CITUS.with(|c| match c.borrow().as_ref() {
+        None => Some(schema),
+        Some(citus) => citus.shards_of(account_id),
+    })
+}
+
+/// Is the install distributed by Citus (as far as this session knows)?
+pub(crate) unsafe fn distributed() -> bool {
+    current().is_some() && CITUS.with(|c| c.borrow().is_some())
+}
+
+unsafe fn current() -> Option<Schema> {
     pg_sys::AcceptInvalidationMessages();
     if ROWS_STALE.swap(false, Ordering::Relaxed) {
         CACHE.with(|c| *c.borrow_mut() = Cache::default());
@@ -96,6 +128,8 @@ pub(crate) unsafe fn schema() -> Option<Schema> {
         // Nothing kept: the next call looks again (and no rows are cached
         // for relations this session no longer knows).
         SCHEMA.with(|s| s.set(None));
+        CITUS.with(|c| *c.borrow_mut() = None);
+        CATALOG_SHARDS.with(|c| c.set(None));
         CACHE.with(|c| *c.borrow_mut() = Cache::default());
         return None;
     };
@@ -103,6 +137,11 @@ pub(crate) unsafe fn schema() -> Option<Schema> {
     if known.is_some_and(|k| k.features != found.features || k.plans != found.plans) {
         CACHE.with(|c| *c.borrow_mut() = Cache::default());
     }
+    let citus = Citus::load(&found);
+    CATALOG_SHARDS.with(|c| c.set(citus.as_ref().and_then(Citus::catalog_shards)));
+    CITUS.with(|c| *c.borrow_mut() = citus);
+    // (rows cached from other shards of the catalogs are theirs too: the
+    // same rows, replicated)
     SCHEMA.with(|s| s.set(Some(found)));
     Some(found)
 }

@@ -72,6 +72,8 @@ COMMENT ON FUNCTION credits.bandwidth_allowance(text) IS
 'Fusion bandwidth in GB derived from credits (rule 10): 20 GB per 100 credits of monthly limit, or 25 per 100 purchased for accounts created before credits.bandwidth_cutoff.';
 COMMENT ON FUNCTION credits.verify() IS
 'The audit: no rows when every stored balance is what the ledger implies; else one row per account and problem.';
+COMMENT ON FUNCTION credits.distribute() IS
+'Citus: distribute this install over the cluster (on the coordinator, as a superuser): per-account tables sharded by account, catalogs replicated, per-account calls delegated to the node holding the account. UC014 without Citus. Idempotent (docs/citus.md).';
 COMMENT ON FUNCTION credits.ledger_balance(text, timestamptz) IS
 'An account''s plan, purchases, window usage, grants and holds rebuilt from its ledger rows alone, as of an instant (default now): an auditor''s second opinion on balance().';
 COMMENT ON FUNCTION credits.now() IS

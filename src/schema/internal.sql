@@ -28,9 +28,15 @@ RETURN date_trunc('month', at AT TIME ZONE 'UTC')::date;
 -- window or un-expires a hold, and an account's entries are in time order.
 -- Every call that locks an account (_lock_account) and the debit fast path
 -- set last_at to the time they decide at.
+CREATE FUNCTION credits_internal._time_of(p_last_at timestamptz, p_day date, p_month date, p_now timestamptz)
+RETURNS timestamptz LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN greatest(p_now, p_last_at, p_day::timestamp AT TIME ZONE 'UTC', p_month::timestamp AT TIME ZONE 'UTC');
+
+-- (of a row; _time_of for a statement that writes the row: Citus cannot
+-- ship a whole row of a distributed table to a function)
 CREATE FUNCTION credits_internal._account_now(a credits.accounts, p_now timestamptz) RETURNS timestamptz
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN greatest(p_now, a.last_at, a.day::timestamp AT TIME ZONE 'UTC', a.month::timestamp AT TIME ZONE 'UTC');
+RETURN credits_internal._time_of(a.last_at, a.day, a.month, p_now);
 
 -- The instant a reader sees an account at: _account_now, moved on by the
 -- latest debit of its stripes (src/metering/stripes.rs), which a striped

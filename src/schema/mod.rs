@@ -25,6 +25,7 @@ extension_sql_file!(
         "reporting_views",
         "replay",
         "rollups",
-        "float_amounts"
+        "float_amounts",
+        "distribute"
     ]
 );

@@ -215,8 +215,12 @@ CREATE INDEX holds_expiry_idx ON holds (expires_at) WHERE resolved_entry IS NULL
 --   (a monthly window restarted by an upgrade at ledger entry <entry>).
 -------------------------------------------------------------------------------
 
+-- (a plain sequence, not an identity column: on Citus, distribute() gives
+-- the column a default that makes ids unique across nodes)
+CREATE SEQUENCE events_event_id_seq AS bigint;
+
 CREATE TABLE events (
-    event_id    bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    event_id    bigint NOT NULL DEFAULT nextval('events_event_id_seq') PRIMARY KEY,
     account_id  text COLLATE "C" NOT NULL,
     at          timestamptz NOT NULL,
     kind        text NOT NULL CHECK (kind IN ('exhausted', 'threshold', 'reset', 'denied', 'low_balance')),
@@ -229,6 +233,7 @@ CREATE TABLE events (
     cause_entry bigint NOT NULL DEFAULT 0,
     CONSTRAINT events_once UNIQUE NULLS NOT DISTINCT (account_id, kind, window_kind, window_key, threshold, cause_entry)
 );
+ALTER SEQUENCE events_event_id_seq OWNED BY events.event_id;
 CREATE INDEX events_account_idx ON events (account_id, event_id);
 
 -- The event feed's watermark (credits.read_events, src/metering/events.sql):

@@ -1,0 +1,295 @@
+-- Scale-out on Citus (docs/citus.md): credits.distribute() and what the
+-- distributed install needs besides it.
+
+-- A new id on a Citus cluster (the default distribute() gives ledger and
+-- events ids): the sequence's next value with the node's group in the low
+-- 16 bits, so that nodes never make the same id (each node has its own
+-- sequence; Citus gives extension sequences no ranges of their own). The
+-- code below SQL makes ledger ids the same way (Schema::next_entry_id).
+CREATE FUNCTION credits_internal._next_id(p_sequence regclass) RETURNS bigint
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (nextval(p_sequence) << 16) | (SELECT g.groupid FROM pg_catalog.pg_dist_local_group g);
+END
+$$;
+
+-- Is this install distributed (credits.accounts a Citus table)? From the
+-- session's cache of the schema (src/distributed/shards.rs): cheap enough
+-- for every write to ask.
+CREATE FUNCTION credits_internal._distributed() RETURNS boolean
+LANGUAGE c STABLE AS 'MODULE_PATHNAME', 'credits_distributed';
+
+-- On Citus, before a write makes ids for an account: each node makes ids
+-- from its own sequence (_next_id), so this node's may be behind the
+-- account's last entry or event, made on another node (the coordinator, a
+-- node the account's shard moved from). The sequence is moved past them,
+-- so that an account's ids increase with its entries. (Bumps on a node are
+-- serialized: setval is not transactional, and two racing bumps could move
+-- a sequence back.)
+CREATE FUNCTION credits_internal._follow_history(p_account text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_entry bigint := (SELECT max(l.entry_id) FROM credits.ledger l WHERE l.account_id = p_account) >> 16;
+    v_event bigint := (SELECT max(e.event_id) FROM credits.events e WHERE e.account_id = p_account) >> 16;
+BEGIN
+    IF v_entry >= coalesce(pg_sequence_last_value('credits.ledger_entry_id_seq'), 0)
+       OR v_event >= coalesce(pg_sequence_last_value('credits.events_event_id_seq'), 0) THEN
+        PERFORM pg_advisory_xact_lock('credits.ledger_entry_id_seq'::regclass::oid::bigint);
+        IF v_entry >= coalesce(pg_sequence_last_value('credits.ledger_entry_id_seq'), 0) THEN
+            PERFORM setval('credits.ledger_entry_id_seq', v_entry + 1);
+        END IF;
+        IF v_event >= coalesce(pg_sequence_last_value('credits.events_event_id_seq'), 0) THEN
+            PERFORM setval('credits.events_event_id_seq', v_event + 1);
+        END IF;
+    END IF;
+END
+$$;
+
+-- UC014 for what does not run on a distributed install yet (docs/citus.md).
+CREATE FUNCTION credits_internal._refuse_distributed(p_what text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF credits_internal._distributed() THEN
+        RAISE EXCEPTION 'credits: % does not run on a distributed install yet', p_what
+            USING ERRCODE = 'UC014',
+                  HINT = 'On Citus, windows close and holds and grants expire at each account''s next call; '
+                         'the reporting views read the ledger (docs/citus.md).';
+    END IF;
+END
+$$;
+
+-- The tables of per-account rows, distributed by account_id and colocated
+-- (the first is the one the others are colocated with).
+CREATE FUNCTION credits_internal._distributed_tables() RETURNS text[]
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT ARRAY['accounts', 'ledger', 'grants', 'grant_draws', 'month_allowances', 'holds', 'events',
+                 'closed_windows', 'idempotency', 'stripes', 'usage_rollup']
+$$;
+
+-- The public functions that act on one account, delegated by Citus to the
+-- node holding it (their first argument is the account).
+CREATE FUNCTION credits_internal._delegated_functions() RETURNS regprocedure[]
+LANGUAGE sql STABLE AS $$
+    SELECT array_agg(p.oid::regprocedure ORDER BY p.oid)
+      FROM pg_catalog.pg_proc p
+     WHERE p.pronamespace = 'credits'::regnamespace
+       AND p.proargnames[1] = 'account_id'
+       AND p.proargtypes[0] = 'text'::regtype
+$$;
+
+-- Run on every node before the tables are distributed: what Citus needs of
+-- them. Unique keys hold the distribution column; foreign keys and the
+-- catalogs' seed-replacing triggers (which write the table they fire on)
+-- go; ids get node bits, starting above `p_first_id`; a worker's shells are
+-- emptied (CREATE EXTENSION put the seed catalogs in them: Citus reads
+-- the shards, never the shells). Idempotent.
+CREATE FUNCTION credits_internal._prepare_distribution(p_first_id bigint, p_rolled_through bigint, p_worker boolean)
+RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    SET LOCAL citus.enable_ddl_propagation = off;
+    -- (all at once, before any change: the maintenance worker and calls
+    -- that are running finish first, and none starts)
+    LOCK TABLE credits.plans, credits.features, credits.accounts, credits.ledger, credits.grants,
+               credits.grant_draws, credits.month_allowances, credits.holds, credits.events,
+               credits.closed_windows, credits.idempotency, credits.stripes, credits.usage_rollup
+        IN ACCESS EXCLUSIVE MODE;
+    ALTER TABLE credits.accounts DROP CONSTRAINT IF EXISTS accounts_plan_fkey;
+    ALTER TABLE credits.stripes DROP CONSTRAINT IF EXISTS stripes_account_id_fkey;
+    DROP TRIGGER IF EXISTS plans_replace_seed ON credits.plans;
+    DROP TRIGGER IF EXISTS features_replace_seed ON credits.features;
+    IF to_regclass('credits.ledger_account_idx') IS NOT NULL THEN
+        ALTER TABLE credits.ledger DROP CONSTRAINT ledger_pkey;
+        ALTER TABLE credits.ledger ADD CONSTRAINT ledger_pkey PRIMARY KEY (account_id, entry_id);
+        DROP INDEX credits.ledger_account_idx;
+        -- (refund, void_grant by entry id: found on every shard)
+        CREATE INDEX ledger_entry_idx ON credits.ledger (entry_id);
+        DROP INDEX credits.holds_hold_id_idx;
+        CREATE INDEX holds_hold_idx ON credits.holds (hold_id);
+        ALTER TABLE credits.events DROP CONSTRAINT events_pkey;
+        ALTER TABLE credits.events ADD CONSTRAINT events_pkey PRIMARY KEY (account_id, event_id);
+        DROP INDEX credits.events_account_idx;
+        -- (a shard move copies rows by logical replication: every table
+        -- needs a replica identity, and this one has no key without NULLs)
+        ALTER TABLE credits.usage_rollup REPLICA IDENTITY FULL;
+    END IF;
+    ALTER TABLE credits.ledger ALTER COLUMN entry_id
+        SET DEFAULT credits_internal._next_id('credits.ledger_entry_id_seq');
+    ALTER TABLE credits.events ALTER COLUMN event_id
+        SET DEFAULT credits_internal._next_id('credits.events_event_id_seq');
+    IF (SELECT s.last_value FROM credits.ledger_entry_id_seq s) < p_first_id THEN
+        PERFORM setval('credits.ledger_entry_id_seq', p_first_id);
+    END IF;
+    IF (SELECT s.last_value FROM credits.events_event_id_seq s) < p_first_id THEN
+        PERFORM setval('credits.events_event_id_seq', p_first_id);
+    END IF;
+    IF p_worker AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition p
+                                 WHERE p.logicalrelid = 'credits.accounts'::regclass) THEN
+        ALTER TABLE credits.ledger DISABLE TRIGGER ledger_no_truncate;
+        TRUNCATE credits.plans, credits.features, credits.accounts, credits.ledger, credits.grants,
+                 credits.grant_draws, credits.month_allowances, credits.holds, credits.events,
+                 credits.closed_windows, credits.idempotency, credits.stripes, credits.usage_rollup;
+        ALTER TABLE credits.ledger ENABLE ALWAYS TRIGGER ledger_no_truncate;
+        -- (the usage rollups go to the shards with the ledger: up to here)
+        UPDATE credits.rollup_state SET rolled_through = p_rolled_through;
+    END IF;
+END
+$$;
+
+-- UC014 unless this is a Citus coordinator every node of which has credits
+-- at this version.
+CREATE FUNCTION credits_internal._check_citus() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_version text := (SELECT e.extversion FROM pg_catalog.pg_extension e WHERE e.extname = 'credits');
+    v_node text;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_extension e WHERE e.extname = 'citus') THEN
+        RAISE EXCEPTION 'credits.distribute() needs Citus: the citus extension is not installed in database %',
+                        current_database()
+            USING ERRCODE = 'UC014',
+                  HINT = 'On a single server there is nothing to distribute. For Citus, see docs/citus.md.';
+    END IF;
+    IF NOT citus_is_coordinator() THEN
+        RAISE EXCEPTION 'credits.distribute() runs on the Citus coordinator, and this node is not it'
+            USING ERRCODE = 'UC014', HINT = 'Connect to the coordinator and call it there.';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_node n WHERE n.isactive AND n.noderole = 'primary'
+                                                              AND n.shouldhaveshards) THEN
+        RAISE EXCEPTION 'credits.distribute() found no Citus worker node to place shards on'
+            USING ERRCODE = 'UC014', HINT = 'Add workers with citus_add_node() first.';
+    END IF;
+    SELECT format('%s:%s (%s)', n.nodename, n.nodeport, coalesce(r.result, 'no answer'))
+      INTO v_node
+      FROM run_command_on_all_nodes(
+               $c$SELECT coalesce((SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'credits'), 'not installed')
+                         || CASE WHEN current_setting('shared_preload_libraries') ~ '\mcredits\M' THEN '' ELSE ', not preloaded' END$c$) r
+      JOIN pg_catalog.pg_dist_node n USING (nodeid)
+     WHERE NOT r.success OR r.result IS DISTINCT FROM v_version
+     LIMIT 1;
+    IF v_node IS NOT NULL THEN
+        RAISE EXCEPTION 'credits.distribute() needs credits % on every node, preloaded: node % differs', v_version, v_node
+            USING ERRCODE = 'UC014',
+                  HINT = 'Install the same credits build on every node, preload it, and run ALTER EXTENSION credits UPDATE.';
+    END IF;
+END
+$$;
+
+-- Distributes the install over the Citus cluster (docs/citus.md): the
+-- per-account tables sharded by account_id and colocated, plans and
+-- features replicated to every node, and every public per-account function
+-- delegated to the node holding its account. Returns a line per step it
+-- took; a second call finds everything done and takes none.
+CREATE FUNCTION distribute() RETURNS SETOF text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_table text;
+    v_first bigint;
+    v_function regprocedure;
+    v_tables text[] := credits_internal._distributed_tables();
+    v_steps integer := 0;
+BEGIN
+    PERFORM credits_internal._check_citus();
+    SET LOCAL citus.enable_unsafe_triggers = on;
+    SET LOCAL citus.multi_shard_modify_mode = 'sequential';
+    SET LOCAL client_min_messages = warning;  -- (Citus's notices of each table copied)
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition p
+                    WHERE p.logicalrelid = 'credits.accounts'::regclass) THEN
+        -- (ids already made stay below every new one)
+        v_first := (greatest((SELECT max(l.entry_id) FROM credits.ledger l),
+                             (SELECT max(e.event_id) FROM credits.events e), 0) >> 16) + 1;
+        PERFORM credits_internal._prepare_distribution(v_first, 0, false);
+        PERFORM 1 FROM run_command_on_workers(
+            format('SELECT credits_internal._prepare_distribution(%s, %s, true)', v_first,
+                   (SELECT st.rolled_through FROM credits.rollup_state st))) r
+         WHERE NOT r.success AND credits_internal._raise_node_error(r.nodename, r.nodeport, r.result);
+        PERFORM create_reference_table('credits.plans');
+        PERFORM create_reference_table('credits.features');
+        RETURN NEXT 'plans and features: reference tables';
+        PERFORM create_distributed_table('credits.accounts', 'account_id', colocate_with => 'none');
+        FOREACH v_table IN ARRAY v_tables[2:] LOOP
+            PERFORM create_distributed_table('credits.' || v_table, 'account_id', colocate_with => 'credits.accounts');
+        END LOOP;
+        RETURN NEXT format('%s: distributed by account_id, %s shards each', array_to_string(v_tables, ', '),
+                           (SELECT count(*) FROM pg_catalog.pg_dist_shard s
+                             WHERE s.logicalrelid = 'credits.accounts'::regclass));
+        -- The coordinator's own rows were copied to the shards.
+        ALTER TABLE credits.ledger DISABLE TRIGGER ledger_no_truncate;
+        FOREACH v_table IN ARRAY v_tables || ARRAY['plans', 'features'] LOOP
+            PERFORM truncate_local_data_after_distributing_table('credits.' || v_table);
+        END LOOP;
+        ALTER TABLE credits.ledger ENABLE ALWAYS TRIGGER ledger_no_truncate;
+        v_steps := v_steps + 1;
+    END IF;
+    FOREACH v_function IN ARRAY credits_internal._delegated_functions() LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_object o
+                        WHERE o.classid = 'pg_proc'::regclass AND o.objid = v_function
+                          AND o.distribution_argument_index = 0) THEN
+            PERFORM create_distributed_function(v_function, 'account_id', colocate_with => 'credits.accounts');
+            RETURN NEXT format('%s: delegated to the node holding the account', v_function);
+            v_steps := v_steps + 1;
+        END IF;
+    END LOOP;
+    IF v_steps = 0 THEN
+        RESET client_min_messages;
+        RAISE NOTICE 'credits is already distributed: nothing to do';
+    END IF;
+END
+$$;
+
+-- Raises a node's error (for run_command_on_workers' results).
+CREATE FUNCTION credits_internal._raise_node_error(p_host text, p_port integer, p_error text) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'credits.distribute() failed on node %:%: %', p_host, p_port, p_error
+        USING ERRCODE = 'UC014';
+END
+$$;
+
+-- verify()'s problems of the accounts on Citus: every node checks the
+-- shards it holds (_verify_local), in its own transaction.
+CREATE FUNCTION credits_internal._verify_nodes() RETURNS TABLE (account_id text, problem text)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT * FROM run_command_on_all_nodes(
+                 $c$SELECT coalesce(json_agg(v), '[]') FROM credits_internal._verify_local() v$c$) LOOP
+        IF NOT r.success THEN
+            RAISE EXCEPTION 'credits.verify() failed on Citus node %: %', r.nodeid, r.result USING ERRCODE = 'UC014';
+        END IF;
+        RETURN QUERY SELECT x.account_id, x.problem FROM json_to_recordset(r.result::json) x(account_id text, problem text);
+    END LOOP;
+END
+$$;
+
+-- The problems of the accounts on this node's shards: the query of
+-- credits_internal._verify_problems, run on each group of colocated shards
+-- this node holds (their relations named for the tables', so that the
+-- query reads the shards directly; every account's rows are in one group).
+CREATE FUNCTION credits_internal._verify_local() RETURNS TABLE (account_id text, problem text)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_query text := pg_get_viewdef('credits_internal._verify_problems'::regclass);
+    v_sql   text;
+    v_group record;
+    v_shard record;
+BEGIN
+    FOR v_group IN SELECT s.shardminvalue
+                     FROM pg_catalog.pg_dist_shard s
+                     JOIN pg_catalog.pg_dist_placement p USING (shardid)
+                    WHERE s.logicalrelid = 'credits.accounts'::regclass
+                      AND p.groupid = (SELECT g.groupid FROM pg_catalog.pg_dist_local_group g) LOOP
+        v_sql := v_query;
+        FOR v_shard IN SELECT c.relname, s.shardid
+                         FROM pg_catalog.pg_dist_shard s
+                         JOIN pg_catalog.pg_class c ON c.oid = s.logicalrelid
+                        WHERE c.relnamespace = 'credits'::regnamespace
+                          AND (s.shardminvalue = v_group.shardminvalue OR s.shardminvalue IS NULL) LOOP
+            v_sql := regexp_replace(v_sql, '\mcredits\.' || v_shard.relname || '\M',
+                                    'credits.' || v_shard.relname || '_' || v_shard.shardid, 'g');
+        END LOOP;
+        RETURN QUERY EXECUTE v_sql;
+    END LOOP;
+END
+$$;
