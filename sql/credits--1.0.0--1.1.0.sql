@@ -222,6 +222,9 @@ BEGIN
     PERFORM credits_internal._events_safe_through(interval '0');
     RETURN credits_internal._refresh_rollups(p_max, p_wait);
 EXCEPTION WHEN OTHERS THEN
+    IF credits_internal._distributed() THEN
+        RETURN 0;  -- (distributed meanwhile: not an error)
+    END IF;
     UPDATE credits.rollup_state
        SET last_error = format('%s (SQLSTATE %s)', SQLERRM, SQLSTATE), last_error_at = clock_timestamp();
     RAISE WARNING 'credits rollups: % (SQLSTATE %)', SQLERRM, SQLSTATE;
@@ -1216,7 +1219,6 @@ DECLARE
     v_one    text;
     v_free   boolean;
 BEGIN
-    PERFORM credits_internal._refuse_distributed('maintenance');
     IF p_at IS NULL OR NOT isfinite(p_at) THEN
         RAISE EXCEPTION 'invalid maintenance instant: %', coalesce(p_at::text, 'NULL') USING ERRCODE = 'UC009';
     END IF;
@@ -1225,6 +1227,8 @@ BEGIN
     END IF;
     -- One maintenance step at a time: the worker and a manual run interleave safely.
     SELECT * INTO st FROM credits.maintenance_state FOR UPDATE;
+    -- (after the lock, which credits.distribute() takes too)
+    PERFORM credits_internal._refuse_distributed('maintenance');
 
     IF st.run_id IS NULL THEN
         IF credits_internal._next_due(st.done_through) > p_at THEN
@@ -1484,7 +1488,9 @@ LANGUAGE sql IMMUTABLE AS $$
 $$;
 
 -- The public functions that act on one account, delegated by Citus to the
--- node holding it (their first argument is the account).
+-- node holding it (their first argument is the account). Not the SQL
+-- wrappers the planner inlines (most double precision forms): they become
+-- calls of the numeric forms, which are delegated.
 CREATE OR REPLACE FUNCTION credits_internal._delegated_functions() RETURNS regprocedure[]
 LANGUAGE sql STABLE AS $$
     SELECT array_agg(p.oid::regprocedure ORDER BY p.oid)
@@ -1492,6 +1498,8 @@ LANGUAGE sql STABLE AS $$
      WHERE p.pronamespace = 'credits'::regnamespace
        AND p.proargnames[1] = 'account_id'
        AND p.proargtypes[0] = 'text'::regtype
+       AND NOT (p.prolang = (SELECT l.oid FROM pg_catalog.pg_language l WHERE l.lanname = 'sql')
+                AND NOT p.prosecdef AND p.proconfig IS NULL)
 $$;
 
 -- Run on every node before the tables are distributed: what Citus needs of
@@ -1507,8 +1515,8 @@ BEGIN
     SET LOCAL citus.enable_ddl_propagation = off;
     -- (all at once, before any change: the maintenance worker and calls
     -- that are running finish first, and none starts)
-    LOCK TABLE credits.plans, credits.features, credits.accounts, credits.ledger, credits.grants,
-               credits.grant_draws, credits.month_allowances, credits.holds, credits.events,
+    LOCK TABLE credits.maintenance_state, credits.plans, credits.features, credits.accounts, credits.ledger,
+               credits.grants, credits.grant_draws, credits.month_allowances, credits.holds, credits.events,
                credits.closed_windows, credits.idempotency, credits.stripes, credits.usage_rollup
         IN ACCESS EXCLUSIVE MODE;
     ALTER TABLE credits.accounts DROP CONSTRAINT IF EXISTS accounts_plan_fkey;
@@ -1865,6 +1873,9 @@ BEGIN
     PERFORM credits_internal._events_safe_through(interval '0');
     RETURN credits_internal._refresh_rollups(p_max, p_wait);
 EXCEPTION WHEN OTHERS THEN
+    IF credits_internal._distributed() THEN
+        RETURN 0;  -- (distributed meanwhile: not an error)
+    END IF;
     UPDATE credits.rollup_state
        SET last_error = format('%s (SQLSTATE %s)', SQLERRM, SQLSTATE), last_error_at = clock_timestamp();
     RAISE WARNING 'credits rollups: % (SQLSTATE %)', SQLERRM, SQLSTATE;
@@ -1928,12 +1939,23 @@ BEGIN
     END IF;
     RETURN credits_internal._maintenance_step(credits.now(), p_batch);
 EXCEPTION WHEN OTHERS THEN
+    IF credits_internal._distributed() THEN
+        RETURN 3600;  -- (distributed meanwhile: not an error)
+    END IF;
     UPDATE credits.maintenance_state
        SET last_error = format('%s (SQLSTATE %s)', SQLERRM, SQLSTATE), last_error_at = clock_timestamp();
     RAISE WARNING 'credits maintenance: % (SQLSTATE %), retrying in % s', SQLERRM, SQLSTATE, p_retry;
     RETURN -p_retry;
 END
 $$;
+
+-- (the double precision check, not inlined: src/metering/float_amounts.sql)
+CREATE OR REPLACE FUNCTION credits."check"(account_id text, feature text, quantity double precision)
+RETURNS TABLE (allowed boolean, cost numeric, available numeric, limiting_window text, resets_at timestamptz)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    SELECT * FROM credits."check"(account_id, feature, credits_internal._from_float8(quantity, 'quantity'));
+END;
 
 -- The problems verify() reports for the accounts, from their rows alone
 -- (everything but the usage rollups): per account, joined on account_id
@@ -2243,6 +2265,7 @@ BEGIN
 END
 $$;
 
+GRANT EXECUTE ON FUNCTION credits_internal._refuse_distributed(text), credits_internal._distributed() TO credits_admin;
 COMMENT ON FUNCTION credits.distribute() IS
 'Citus: distribute this install over the cluster (on the coordinator, as a superuser): per-account tables sharded by account, catalogs replicated, per-account calls delegated to the node holding the account. UC014 without Citus. Idempotent (docs/citus.md).';
 

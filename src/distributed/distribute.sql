@@ -67,7 +67,9 @@ LANGUAGE sql IMMUTABLE AS $$
 $$;
 
 -- The public functions that act on one account, delegated by Citus to the
--- node holding it (their first argument is the account).
+-- node holding it (their first argument is the account). Not the SQL
+-- wrappers the planner inlines (most double precision forms): they become
+-- calls of the numeric forms, which are delegated.
 CREATE FUNCTION credits_internal._delegated_functions() RETURNS regprocedure[]
 LANGUAGE sql STABLE AS $$
     SELECT array_agg(p.oid::regprocedure ORDER BY p.oid)
@@ -75,6 +77,8 @@ LANGUAGE sql STABLE AS $$
      WHERE p.pronamespace = 'credits'::regnamespace
        AND p.proargnames[1] = 'account_id'
        AND p.proargtypes[0] = 'text'::regtype
+       AND NOT (p.prolang = (SELECT l.oid FROM pg_catalog.pg_language l WHERE l.lanname = 'sql')
+                AND NOT p.prosecdef AND p.proconfig IS NULL)
 $$;
 
 -- Run on every node before the tables are distributed: what Citus needs of
@@ -90,8 +94,8 @@ BEGIN
     SET LOCAL citus.enable_ddl_propagation = off;
     -- (all at once, before any change: the maintenance worker and calls
     -- that are running finish first, and none starts)
-    LOCK TABLE credits.plans, credits.features, credits.accounts, credits.ledger, credits.grants,
-               credits.grant_draws, credits.month_allowances, credits.holds, credits.events,
+    LOCK TABLE credits.maintenance_state, credits.plans, credits.features, credits.accounts, credits.ledger,
+               credits.grants, credits.grant_draws, credits.month_allowances, credits.holds, credits.events,
                credits.closed_windows, credits.idempotency, credits.stripes, credits.usage_rollup
         IN ACCESS EXCLUSIVE MODE;
     ALTER TABLE credits.accounts DROP CONSTRAINT IF EXISTS accounts_plan_fkey;

@@ -236,7 +236,6 @@ DECLARE
     v_one    text;
     v_free   boolean;
 BEGIN
-    PERFORM credits_internal._refuse_distributed('maintenance');
     IF p_at IS NULL OR NOT isfinite(p_at) THEN
         RAISE EXCEPTION 'invalid maintenance instant: %', coalesce(p_at::text, 'NULL') USING ERRCODE = 'UC009';
     END IF;
@@ -245,6 +244,8 @@ BEGIN
     END IF;
     -- One maintenance step at a time: the worker and a manual run interleave safely.
     SELECT * INTO st FROM credits.maintenance_state FOR UPDATE;
+    -- (after the lock, which credits.distribute() takes too)
+    PERFORM credits_internal._refuse_distributed('maintenance');
 
     IF st.run_id IS NULL THEN
         IF credits_internal._next_due(st.done_through) > p_at THEN
@@ -370,6 +371,9 @@ BEGIN
     END IF;
     RETURN credits_internal._maintenance_step(credits.now(), p_batch);
 EXCEPTION WHEN OTHERS THEN
+    IF credits_internal._distributed() THEN
+        RETURN 3600;  -- (distributed meanwhile: not an error)
+    END IF;
     UPDATE credits.maintenance_state
        SET last_error = format('%s (SQLSTATE %s)', SQLERRM, SQLSTATE), last_error_at = clock_timestamp();
     RAISE WARNING 'credits maintenance: % (SQLSTATE %), retrying in % s', SQLERRM, SQLSTATE, p_retry;

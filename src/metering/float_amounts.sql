@@ -22,9 +22,12 @@ RETURNS bigint LANGUAGE sql
 RETURN credits.try_debit(account_id, feature, credits_internal._from_float8(quantity, 'quantity'),
                          idempotency_key, metadata);
 
+-- (not inlined, for its SET: on Citus, `SELECT * FROM` this function
+-- inlined into a delegated call crashes the coordinator (Citus 13.2); not
+-- inlined, it is delegated itself)
 CREATE FUNCTION "check"(account_id text, feature text, quantity double precision)
 RETURNS TABLE (allowed boolean, cost numeric, available numeric, limiting_window text, resets_at timestamptz)
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
     SELECT * FROM credits."check"(account_id, feature, credits_internal._from_float8(quantity, 'quantity'));
 END;

@@ -161,6 +161,9 @@ BEGIN
     PERFORM credits_internal._events_safe_through(interval '0');
     RETURN credits_internal._refresh_rollups(p_max, p_wait);
 EXCEPTION WHEN OTHERS THEN
+    IF credits_internal._distributed() THEN
+        RETURN 0;  -- (distributed meanwhile: not an error)
+    END IF;
     UPDATE credits.rollup_state
        SET last_error = format('%s (SQLSTATE %s)', SQLERRM, SQLSTATE), last_error_at = clock_timestamp();
     RAISE WARNING 'credits rollups: % (SQLSTATE %)', SQLERRM, SQLSTATE;

@@ -120,6 +120,8 @@ TO credits_admin;
 -- likewise refresh_rollups
 GRANT EXECUTE ON PROCEDURE credits.refresh_rollups(bigint, interval) TO credits_admin;
 GRANT EXECUTE ON FUNCTION credits_internal._refresh_rollups(bigint, interval) TO credits_admin;
+-- (both refuse to run on a distributed install: docs/citus.md)
+GRANT EXECUTE ON FUNCTION credits_internal._refuse_distributed(text), credits_internal._distributed() TO credits_admin;
 -- Catalogs are data the operator edits; everything else is read-only to them.
 GRANT SELECT ON ALL TABLES IN SCHEMA credits TO credits_admin;
 GRANT INSERT, UPDATE ON credits.plans, credits.features TO credits_admin;

@@ -1,0 +1,90 @@
+-- The core rules through the coordinator: each call in its own transaction
+-- (delegated to the account's node: the statement is the call alone, its
+-- result kept with \gset), and inside a transaction (run on the
+-- coordinator, statement by statement on the node). Errors keep their
+-- SQLSTATE and message.
+\set VERBOSITY terse
+SET client_min_messages = warning;
+SELECT credits.subscribe('free_1', 'free');
+SELECT credits.subscribe('pro_1', 'pro');
+SELECT credits.subscribe('pro_2', 'pro');
+SELECT credits.subscribe('grantee', 'enterprise');
+RESET client_min_messages;
+
+-- Daily limit (free: 10 a day, 25 a month), exact.
+SELECT credits.debit('free_1', 'code_generation', 4) AS e \gset
+SELECT credits.debit('free_1', 'agent', 6) AS e \gset
+SELECT credits.try_debit('free_1', 'agent', 1) AS refused;
+SELECT credits.debit('free_1', 'agent', 1);
+\echo :LAST_ERROR_SQLSTATE
+SELECT allowed, available, limiting_window FROM credits.check('free_1', 'agent', 1);
+SELECT plan, daily_used, daily_remaining, monthly_used, available FROM credits.balance('free_1');
+
+-- Unknown account, unknown feature, bad quantity: their SQLSTATEs.
+SELECT credits.debit('nobody', 'agent', 1);
+\echo :LAST_ERROR_SQLSTATE
+SELECT credits.debit('pro_1', 'no_such_feature', 1);
+\echo :LAST_ERROR_SQLSTATE
+SELECT credits.debit('pro_1', 'agent', -1);
+\echo :LAST_ERROR_SQLSTATE
+
+-- Idempotency: a replay returns the same entry; the same key for another
+-- request is refused.
+SELECT credits.debit('pro_1', 'agent', 5, idempotency_key => 'k-1') AS first \gset
+SELECT credits.debit('pro_1', 'agent', 5, idempotency_key => 'k-1') = :first AS replayed;
+SELECT credits.debit('pro_1', 'agent', 6, idempotency_key => 'k-1');
+\echo :LAST_ERROR_SQLSTATE
+
+-- Grants (an enterprise account has no allowance of its own): a debit
+-- draws from them, its refund (by entry id: found on its node) gives back.
+SELECT credits.grant('grantee', 10, 'promotional') AS g \gset
+SELECT credits.debit('grantee', 'agent', 4) AS drawn \gset
+SELECT amount, from_grants FROM credits.ledger WHERE account_id = 'grantee' AND entry_id = :drawn;
+SELECT granted_remaining FROM credits.balance('grantee');
+SELECT credits.refund(:drawn, 3) > :drawn AS refunded;
+SELECT granted_remaining FROM credits.balance('grantee');
+SELECT status, remaining FROM credits.grants('grantee');
+\set VERBOSITY sqlstate
+SELECT credits.refund(:drawn, 2);
+\set VERBOSITY terse
+
+-- Holds: reserved credits count as spent until settled or released.
+SELECT credits.reserve('pro_1', 'agent', 20) AS hold \gset
+SELECT reserved, available FROM credits.balance('pro_1');
+SELECT credits.settle(:hold, 12) > :hold AS settled;
+SELECT credits.reserve('pro_1', 'agent', 7) AS hold2 \gset
+SELECT credits.release(:hold2);
+SELECT reserved, monthly_used, available FROM credits.balance('pro_1');
+
+-- Purchases raise the monthly limit; the ledger and balance() agree.
+SELECT credits.purchase('pro_1', 50) AS p \gset
+SELECT monthly_limit, monthly_used FROM credits.balance('pro_1');
+SELECT purchased, monthly_used, reserved FROM credits.ledger_balance('pro_1');
+
+-- Inside a transaction: the same rules, every statement routed to the node.
+BEGIN;
+SELECT credits.debit('pro_1', 'agent', 1) > 0 AS charged;
+SELECT credits.debit('pro_2', 'agent', 1) > 0 AS charged_on_another_account;
+ROLLBACK;
+SELECT monthly_used FROM credits.balance('pro_2');
+BEGIN;
+SELECT credits.debit('pro_1', 'agent', 2) > 0 AS charged;
+SELECT credits.try_debit('pro_1', 'agent', 10000) AS refused;
+SELECT monthly_used FROM credits.balance('pro_1');
+COMMIT;
+SELECT monthly_used FROM credits.balance('pro_1');
+
+-- Striped accounts.
+SELECT credits.set_stripes('pro_1', 4);
+SELECT count(*) AS debits FROM (SELECT credits.debit('pro_1', 'agent', 1) FROM generate_series(1, 10)) d;
+SELECT monthly_used FROM credits.balance('pro_1');
+
+-- The history and the audit.
+SELECT kind, amount, from_grants FROM credits.history('pro_1', max_rows => 5);
+-- Each account's entries in order of id and time, ids unique across nodes.
+SELECT count(*) = count(DISTINCT entry_id) AS unique_ids FROM credits.ledger;
+SELECT count(*) AS out_of_order
+  FROM (SELECT account_id, entry_id, at, lag(at) OVER (PARTITION BY account_id ORDER BY entry_id) AS before
+          FROM credits.ledger) l
+ WHERE l.at < l.before;
+SELECT * FROM credits.verify();
