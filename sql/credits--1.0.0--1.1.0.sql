@@ -534,51 +534,11 @@ $$;
 -- left, with the reason. Nothing given back to the grant afterwards (a
 -- refund of a debit that drew on it) returns to it. Voiding it again returns
 -- the same entry; a grant that has expired cannot be voided (UC012).
+-- void_grant_for takes the grant's account too (on Citus: delegated to its node).
 CREATE OR REPLACE FUNCTION void_grant(entry_id bigint, reason text DEFAULT NULL) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    p_entry  bigint := void_grant.entry_id;
-    p_reason text := void_grant.reason;
-    v_now    timestamptz := credits.now();
-    v_grant  credits.grants;
-    v_acct   credits.accounts;
-    v_state  credits_internal._account_state;
-    v_gone   credits.ledger;
-    v_entry  bigint;
 BEGIN
-    IF p_entry IS NULL THEN
-        RAISE EXCEPTION 'invalid entry_id: NULL' USING ERRCODE = 'UC009';
-    END IF;
-    IF p_reason IS NOT NULL THEN
-        PERFORM credits_internal._check_text(p_reason, 'reason');
-    END IF;
-    SELECT * INTO v_grant FROM credits.grants g WHERE g.grant_id = p_entry;
-    IF NOT FOUND THEN
-        PERFORM credits_internal._raise_wrong_entry(p_entry, 'a grant');
-    END IF;
-    v_acct := credits_internal._lock_account(v_grant.account_id, v_now);  -- may expire it
-    v_now := v_acct.last_at;  -- the account's time (_lock_account)
-    SELECT * INTO v_grant FROM credits.grants g WHERE g.account_id = v_grant.account_id AND g.grant_id = p_entry;
-    IF v_grant.expired_entry IS NOT NULL THEN
-        SELECT * INTO v_gone FROM credits.ledger l WHERE l.entry_id = v_grant.expired_entry;
-        IF v_gone.metadata ? 'void' THEN
-            RETURN v_gone.entry_id;
-        END IF;
-        RAISE EXCEPTION 'grant % is not active: it expired at %', p_entry, credits_internal._utc_text(v_grant.expires_at)
-            USING ERRCODE = 'UC012',
-                  DETAIL = jsonb_build_object('grant_id', p_entry, 'state', 'expired',
-                                              'entry_id', nullif(v_grant.expired_entry, 0),
-                                              'expires_at', credits_internal._iso(v_grant.expires_at))::text;
-    END IF;
-    v_state := credits_internal._state(v_acct, v_now);
-    INSERT INTO credits.ledger (account_id, at, kind, amount, ref, metadata)
-    VALUES (v_grant.account_id, v_now, 'E', v_grant.remaining, p_entry,
-            jsonb_strip_nulls(jsonb_build_object('grant_kind', v_grant.kind, 'void', true, 'reason', p_reason)))
-    RETURNING ledger.entry_id INTO v_entry;
-    UPDATE credits.grants g SET expired_entry = v_entry
-     WHERE g.account_id = v_grant.account_id AND g.grant_id = p_entry;
-    PERFORM credits_internal._after_write(v_grant.account_id, v_now, v_entry, v_state);
-    RETURN v_entry;
+    RETURN credits_internal._void_grant(NULL, $1, $2);
 END
 $$;
 
@@ -734,132 +694,15 @@ $$;
 --   that part is recorded in the ledger but not made available again.
 --   amount NULL refunds what is left; repeating it returns the same entry.
 --   idempotency_key (per account) makes a partial refund safe to retry.
+--   refund_for takes the debit's account too: on Citus it is delegated to
+--   the account's node, where refund(entry_id) looks the entry up on every
+--   node first (docs/citus.md).
 CREATE OR REPLACE FUNCTION refund(entry_id bigint, amount numeric DEFAULT NULL, reason text DEFAULT NULL,
                        idempotency_key text DEFAULT NULL)
 RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    p_entry   bigint := refund.entry_id;
-    p_amount  numeric := refund.amount;
-    p_reason  text := refund.reason;
-    p_key     text := refund.idempotency_key;
-    v_request uuid;
-    v_now     timestamptz := credits.now();
-    v_debit   credits.ledger;
-    v_debit_at timestamptz;  -- the instant whose windows the debit counted in
-    v_acct    credits.accounts;
-    v_done    numeric;
-    v_grants_done numeric;
-    v_left    numeric;
-    v_last    bigint;
-    v_to_grants numeric;
-    v_need    numeric;
-    v_take    numeric;
-    v_entry   bigint;
-    g         record;
 BEGIN
-    IF p_entry IS NULL THEN
-        RAISE EXCEPTION 'invalid entry_id: NULL' USING ERRCODE = 'UC009';
-    END IF;
-    IF p_amount IS NOT NULL THEN
-        PERFORM credits_internal._check_amount(p_amount, 'amount');
-        p_amount := trim_scale(p_amount);
-    END IF;
-    IF p_reason IS NOT NULL THEN
-        PERFORM credits_internal._check_text(p_reason, 'reason');
-    END IF;
-    IF p_key IS NOT NULL THEN
-        PERFORM credits_internal._check_text(p_key, 'idempotency_key');
-    END IF;
-    SELECT * INTO v_debit FROM credits.ledger l WHERE l.entry_id = p_entry;
-    IF NOT FOUND OR v_debit.kind <> 'D' THEN
-        PERFORM credits_internal._raise_wrong_entry(p_entry, 'a debit');
-    END IF;
-    v_acct := credits_internal._lock_account(v_debit.account_id, v_now);
-    v_now := v_acct.last_at;  -- the account's time (_lock_account)
-    IF p_key IS NOT NULL THEN
-        v_request := credits_internal._fingerprint('refund', p_entry::text, p_amount::text, p_reason);
-        v_entry := credits_internal._replay(v_debit.account_id, p_key, v_request);
-        IF v_entry IS NOT NULL THEN
-            RETURN v_entry;
-        END IF;
-    END IF;
-    -- (a settle counted in the windows of its hold, SPEC §4.3)
-    v_debit_at := coalesce((SELECT h.at FROM credits.ledger h
-                             WHERE h.account_id = v_debit.account_id AND h.entry_id = v_debit.ref AND h.kind = 'H'),
-                           v_debit.at);
-
-    SELECT coalesce(sum(r.amount), 0), coalesce(sum(r.from_grants), 0), max(r.entry_id)
-      INTO v_done, v_grants_done, v_last
-      FROM credits.ledger r WHERE r.account_id = v_debit.account_id AND r.ref = p_entry AND r.kind = 'R';
-    v_left := v_debit.amount - v_done;
-    IF p_amount IS NULL THEN
-        IF v_left = 0 THEN
-            IF p_key IS NOT NULL THEN
-                PERFORM credits_internal._remember_key(v_debit.account_id, p_key, v_last, v_request);
-            END IF;
-            RETURN v_last;
-        END IF;
-        p_amount := v_left;
-    ELSIF p_amount > v_left THEN
-        RAISE EXCEPTION 'refund of % exceeds what is left of debit %: %', p_amount, p_entry, trim_scale(v_left)
-            USING ERRCODE = 'UC007',
-                  DETAIL = jsonb_build_object('entry_id', p_entry, 'debited', trim_scale(v_debit.amount),
-                                              'refunded', trim_scale(v_done), 'left', trim_scale(v_left))::text;
-    END IF;
-
-    v_to_grants := least(p_amount, coalesce(v_debit.from_grants, 0) - v_grants_done);
-    PERFORM credits_internal._count('R', v_acct.plan, v_debit.feature_id);
-    INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, from_grants, ref, metadata)
-    VALUES (v_debit.account_id, v_now, 'R', v_debit.feature_id, p_amount, nullif(v_to_grants, 0), p_entry,
-            CASE WHEN p_reason IS NOT NULL THEN jsonb_build_object('reason', p_reason) END)
-    RETURNING ledger.entry_id INTO v_entry;
-
-    -- Give back to the grants this debit drew from, latest-expiring first.
-    -- (_lock_account recorded every grant past its deadline as expired.)
-    v_need := v_to_grants;
-    FOR g IN SELECT d.grant_id, sum(d.amount) AS net, gr.kind,
-                    gr.expired_entry IS NOT NULL OR gr.expires_at <= v_now AS expired
-               FROM credits.grant_draws d
-               JOIN credits.grants gr ON gr.account_id = d.account_id AND gr.grant_id = d.grant_id
-              WHERE d.account_id = v_debit.account_id
-                AND (d.entry_id = p_entry
-                     OR d.entry_id IN (SELECT r.entry_id FROM credits.ledger r
-                                       WHERE r.account_id = d.account_id AND r.ref = p_entry AND r.kind = 'R'))
-              GROUP BY d.grant_id, gr.expires_at, gr.kind, gr.expired_entry
-             HAVING sum(d.amount) > 0
-              ORDER BY gr.expires_at DESC NULLS FIRST, d.grant_id DESC
-    LOOP
-        EXIT WHEN v_need = 0;
-        v_take := least(v_need, g.net);
-        INSERT INTO credits.grant_draws (account_id, entry_id, grant_id, amount)
-        VALUES (v_debit.account_id, v_entry, g.grant_id, -v_take);
-        IF g.expired THEN
-            -- Given back and expired at once: the grant stays as it expired.
-            INSERT INTO credits.ledger (account_id, at, kind, amount, ref, metadata)
-            VALUES (v_debit.account_id, v_now, 'E', v_take, g.grant_id,
-                    jsonb_build_object('grant_kind', g.kind, 'refund', v_entry))
-            RETURNING ledger.entry_id INTO v_last;
-            INSERT INTO credits.grant_draws (account_id, entry_id, grant_id, amount)
-            VALUES (v_debit.account_id, v_last, g.grant_id, v_take);
-        ELSE
-            UPDATE credits.grants gr SET remaining = gr.remaining + v_take
-             WHERE gr.account_id = v_debit.account_id AND gr.grant_id = g.grant_id;
-        END IF;
-        v_need := v_need - v_take;
-    END LOOP;
-
-    UPDATE credits.accounts a
-       SET daily_used = CASE WHEN a.day = credits_internal._utc_day(v_debit_at) AND a.day = credits_internal._utc_day(v_now)
-                             THEN a.daily_used - p_amount ELSE a.daily_used END,
-           monthly_used = CASE WHEN a.month = credits_internal._utc_month(v_debit_at) AND a.month = credits_internal._utc_month(v_now)
-                                    AND p_entry > a.monthly_epoch
-                               THEN a.monthly_used - (p_amount - v_to_grants) ELSE a.monthly_used END
-     WHERE a.account_id = v_debit.account_id;
-    IF p_key IS NOT NULL THEN
-        PERFORM credits_internal._remember_key(v_debit.account_id, p_key, v_entry, v_request);
-    END IF;
-    RETURN v_entry;
+    RETURN credits_internal._refund(NULL, $1, $2, $3, $4);
 END
 $$;
 
@@ -1493,7 +1336,7 @@ $$;
 -- calls of the numeric forms, which are delegated.
 CREATE OR REPLACE FUNCTION credits_internal._delegated_functions() RETURNS regprocedure[]
 LANGUAGE sql STABLE AS $$
-    SELECT array_agg(p.oid::regprocedure ORDER BY p.oid)
+    SELECT array_agg(p.oid::regprocedure ORDER BY p.oid::regprocedure::text)
       FROM pg_catalog.pg_proc p
      WHERE p.pronamespace = 'credits'::regnamespace
        AND p.proargnames[1] = 'account_id'
@@ -1956,6 +1799,492 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
     SELECT * FROM credits."check"(account_id, feature, credits_internal._from_float8(quantity, 'quantity'));
 END;
+
+-- Account forms of the calls that take an entry or hold id (delegated on
+-- Citus): refund_for, settle_for, release_for, void_grant_for.
+DROP FUNCTION credits_internal._take_hold(bigint, timestamptz, numeric);
+DROP FUNCTION credits_internal._release(bigint);
+DROP FUNCTION credits_internal._raise_wrong_entry(bigint, text);
+
+-- UC011: the entry a call names is not of the kind it acts on (or, with
+-- an account, not one of its entries).
+CREATE OR REPLACE FUNCTION credits_internal._raise_wrong_entry(p_entry bigint, p_wanted text, p_account text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_kind text := (SELECT credits_internal._kind_word(l.kind, l.metadata) FROM credits.ledger l
+                     WHERE l.entry_id = p_entry AND (p_account IS NULL OR l.account_id = p_account));
+BEGIN
+    RAISE EXCEPTION 'entry % is not %: %', p_entry, p_wanted || coalesce(' of account ' || quote_literal(p_account), ''),
+                    coalesce('it is a ' || v_kind,
+                             CASE WHEN p_account IS NULL THEN 'no entry has that id' ELSE 'the account has no entry with that id' END)
+        USING ERRCODE = 'UC011',
+              DETAIL = (jsonb_build_object('entry_id', p_entry, 'kind', v_kind)
+                        || CASE WHEN p_account IS NOT NULL THEN jsonb_build_object('account_id', p_account)
+                                ELSE '{}' END)::text;
+END
+$$;
+
+-- Lock the account of an open hold and free the hold, for a settle of
+-- `p_settle` (NULL: a release). A hold resolves at most once: one already
+-- resolved the same way (settled for the same amount, or released) comes
+-- back with its resolving entry, which the caller returns (a retry gets the
+-- first result); anything else is UC008 (unknown, or resolved otherwise:
+-- settled for another amount, released, expired). A hold taken is marked
+-- resolved by entry 0 until the caller writes the entry that resolves it
+-- (so the account's state no longer counts it).
+CREATE OR REPLACE FUNCTION credits_internal._take_hold(p_account text, p_hold bigint, p_now timestamptz, p_settle numeric)
+RETURNS credits.holds
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_hold credits.holds;
+    v_by   credits.ledger;
+    v_how  text;
+BEGIN
+    IF p_hold IS NULL THEN
+        RAISE EXCEPTION 'invalid hold_id: NULL' USING ERRCODE = 'UC009';
+    END IF;
+    IF p_account IS NULL THEN
+        SELECT * INTO v_hold FROM credits.holds h WHERE h.hold_id = p_hold;
+    ELSE
+        SELECT * INTO v_hold FROM credits.holds h WHERE h.account_id = p_account AND h.hold_id = p_hold;
+    END IF;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'hold % is not active: no hold has that id', p_hold
+            USING ERRCODE = 'UC008', DETAIL = jsonb_build_object('hold_id', p_hold, 'state', 'unknown')::text;
+    END IF;
+    PERFORM credits_internal._lock_account(v_hold.account_id, p_now);  -- may expire it
+    SELECT * INTO v_hold FROM credits.holds h WHERE h.account_id = v_hold.account_id AND h.hold_id = p_hold;
+    IF v_hold.resolved_entry IS NOT NULL THEN
+        SELECT * INTO v_by FROM credits.ledger l
+         WHERE l.account_id = v_hold.account_id AND l.entry_id = v_hold.resolved_entry;
+        v_how := CASE WHEN v_by.kind = 'D' THEN 'settled'
+                      WHEN v_by.metadata ->> 'reason' = 'expired' THEN 'expired'
+                      ELSE 'released' END;
+        IF (v_how = 'settled' AND v_by.amount = p_settle) OR (v_how = 'released' AND p_settle IS NULL) THEN
+            RETURN v_hold;
+        END IF;
+        RAISE EXCEPTION 'hold % is not active: already %', p_hold,
+                        v_how || CASE WHEN v_how = 'settled' THEN ' for ' || trim_scale(v_by.amount) ELSE '' END
+            USING ERRCODE = 'UC008',
+                  DETAIL = jsonb_strip_nulls(jsonb_build_object(
+                      'hold_id', p_hold, 'state', v_how, 'entry_id', v_by.entry_id,
+                      'amount', CASE WHEN v_how = 'settled' THEN trim_scale(v_by.amount) END))::text;
+    END IF;
+    UPDATE credits.accounts a SET reserved = a.reserved - v_hold.amount WHERE a.account_id = v_hold.account_id;
+    UPDATE credits.holds h SET resolved_entry = 0 WHERE h.account_id = v_hold.account_id AND h.hold_id = p_hold;
+    v_hold.resolved_entry := NULL;
+    RETURN v_hold;
+END
+$$;
+
+-- Free a hold without charge: the release's entry ('X'); a hold already
+-- released gives its release back.
+CREATE OR REPLACE FUNCTION credits_internal._release(p_account text, p_hold bigint) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_now   timestamptz := credits.now();
+    v_hold  credits.holds;
+    v_entry bigint;
+BEGIN
+    v_hold := credits_internal._take_hold(p_account, p_hold, v_now, NULL);
+    IF v_hold.resolved_entry IS NOT NULL THEN
+        RETURN v_hold.resolved_entry;
+    END IF;
+    v_now := (SELECT a.last_at FROM credits.accounts a WHERE a.account_id = v_hold.account_id);
+    INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, ref, metadata)
+    VALUES (v_hold.account_id, v_now, 'X', v_hold.feature_id, v_hold.amount, v_hold.hold_id, '{"reason": "release"}')
+    RETURNING entry_id INTO v_entry;
+    PERFORM credits_internal._hold_resolved(v_hold, v_entry, 0, 0, v_now);
+    RETURN v_entry;
+END
+$$;
+
+-- (the hold of the account `p_account`, or of any account when NULL)
+CREATE OR REPLACE FUNCTION credits_internal._settle(p_account text, p_hold bigint, p_amount numeric) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_now    timestamptz := credits.now();
+    v_hold   credits.holds;
+    v_acct   credits.accounts;
+    v_state  credits_internal._account_state;
+    v_own    numeric;  -- what the hold held on the allowance
+    v_alloc  numeric;
+    v_entry  bigint;
+BEGIN
+    IF p_amount = 0 THEN
+        RETURN credits_internal._release(p_account, p_hold);
+    END IF;
+    PERFORM credits_internal._check_amount(p_amount, 'amount');
+    p_amount := trim_scale(p_amount);
+    v_hold := credits_internal._take_hold(p_account, p_hold, v_now, p_amount);
+    IF v_hold.resolved_entry IS NOT NULL THEN
+        RETURN v_hold.resolved_entry;
+    END IF;
+    SELECT * INTO v_acct FROM credits.accounts a WHERE a.account_id = v_hold.account_id;
+    v_now := v_acct.last_at;  -- the account's time (_lock_account)
+    v_state := credits_internal._state(v_acct, v_now);
+    v_own := v_hold.amount - v_hold.from_grants;
+
+    IF v_hold.day >= credits_internal._utc_day(v_now) THEN
+        -- Its windows are the current ones: what it held is there again, and
+        -- up to its amount it is charged whatever the limits say now.
+        IF p_amount <= v_hold.amount THEN
+            v_state.daily_available := greatest(v_state.daily_available, p_amount);
+            v_state.allowance_available := greatest(v_state.allowance_available, least(p_amount, v_own));
+        END IF;
+        IF credits_internal._lacking_window(v_state, p_amount) IS NOT NULL THEN
+            PERFORM credits_internal._raise_insufficient(p_amount,
+                                                format('hold %s', v_hold.hold_id), v_state, v_now);
+        END IF;
+        v_entry := credits_internal._charge(v_hold.account_id, v_state, v_hold.feature_id, p_amount, NULL, v_hold.hold_id, v_now);
+        PERFORM credits_internal._hold_resolved(v_hold, v_entry, p_amount, 0, v_now);
+        PERFORM credits_internal._after_write(v_hold.account_id, v_now, v_entry, v_state);
+        RETURN v_entry;
+    END IF;
+
+    -- Its day (and perhaps its month) has closed: at most its amount.
+    IF p_amount > v_hold.amount THEN
+        RAISE EXCEPTION 'insufficient credits: % needed for hold %, placed on %, a day that has closed: it settles for at most %',
+                        p_amount, v_hold.hold_id, to_char(v_hold.day, 'YYYY-MM-DD'), trim_scale(v_hold.amount)
+            USING ERRCODE = 'UC001',
+                  -- (UC001's keys, those of an open window null: the window has closed)
+                  DETAIL = jsonb_build_object('window', 'daily', 'limit', NULL, 'used', NULL, 'granted', NULL,
+                                              'reserved', NULL, 'available', trim_scale(v_hold.amount),
+                                              'needed', p_amount, 'resets_at', NULL,
+                                              'day', v_hold.day, 'hold_id', v_hold.hold_id)::text,
+                  HINT = 'Settle the hold for at most its amount and debit the rest.';
+    END IF;
+    v_alloc := least(p_amount, v_own);
+    IF v_hold.month >= credits_internal._utc_month(v_now) THEN
+        -- The month is current: the monthly allowance counts it now.
+        v_state.allowance_available := greatest(v_state.allowance_available, v_alloc);
+        IF p_amount > v_state.allowance_available + v_state.grants_available THEN
+            PERFORM credits_internal._raise_insufficient(p_amount,
+                                                format('hold %s', v_hold.hold_id), v_state, v_now);
+        END IF;
+        v_entry := credits_internal._charge(v_hold.account_id, v_state, v_hold.feature_id, p_amount, NULL, v_hold.hold_id,
+                                   v_now, p_today => false);
+        PERFORM credits_internal._hold_resolved(v_hold, v_entry, p_amount, 0, v_now);
+    ELSE
+        -- The month has closed too: its allowance part is charged there.
+        IF p_amount - v_alloc > v_state.grants_available THEN
+            RAISE EXCEPTION 'insufficient credits: % needed from grants for hold %, % available',
+                            p_amount - v_alloc, v_hold.hold_id, trim_scale(v_state.grants_available)
+                USING ERRCODE = 'UC001',
+                      DETAIL = jsonb_build_object('window', 'monthly', 'limit', NULL, 'used', NULL,
+                                                  'granted', trim_scale(v_state.granted_remaining),
+                                                  'reserved', NULL, 'available', trim_scale(v_state.grants_available),
+                                                  'needed', p_amount - v_alloc, 'resets_at', NULL,
+                                                  'month', to_char(v_hold.month, 'YYYY-MM'),
+                                                  'hold_id', v_hold.hold_id)::text,
+                      HINT = 'The grants the hold was backed by have expired since.';
+        END IF;
+        INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, from_grants, ref)
+        VALUES (v_hold.account_id, v_now, 'D', v_hold.feature_id, p_amount, nullif(p_amount - v_alloc, 0),
+                v_hold.hold_id)
+        RETURNING entry_id INTO v_entry;
+        IF p_amount > v_alloc THEN
+            PERFORM credits_internal._draw_grants(v_hold.account_id, v_entry, p_amount - v_alloc, v_now);
+        END IF;
+        PERFORM credits_internal._hold_resolved(v_hold, v_entry, p_amount, v_alloc, v_now);
+    END IF;
+    PERFORM credits_internal._after_write(v_hold.account_id, v_now, v_entry, v_state);
+    RETURN v_entry;
+END
+$$;
+
+-- settle: charge the actual amount of a hold (see the top of this file);
+-- settle(hold, 0) is a release (and returns the release's entry).
+-- settle_for takes the hold's account too (on Citus: delegated to its node).
+CREATE OR REPLACE FUNCTION settle(hold_id bigint, amount numeric) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN credits_internal._settle(NULL, $1, $2);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION settle_for(account_id text, hold_id bigint, amount numeric) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF $1 IS NULL THEN
+        RAISE EXCEPTION 'invalid account_id: NULL' USING ERRCODE = 'UC009';
+    END IF;
+    RETURN credits_internal._settle($1, $2, $3);
+END
+$$;
+
+-- release: free a hold without charge (see the top of this file).
+CREATE OR REPLACE FUNCTION release(hold_id bigint) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM credits_internal._release(NULL, $1);
+END
+$$;
+
+-- (release_for: with the hold's account; on Citus, delegated to its node)
+CREATE OR REPLACE FUNCTION release_for(account_id text, hold_id bigint) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF $1 IS NULL THEN
+        RAISE EXCEPTION 'invalid account_id: NULL' USING ERRCODE = 'UC009';
+    END IF;
+    PERFORM credits_internal._release($1, $2);
+END
+$$;
+
+-- (the entry of the account `p_account`, or of any account when NULL)
+CREATE OR REPLACE FUNCTION credits_internal._refund(p_account text, p_entry bigint, p_amount numeric, p_reason text, p_key text)
+RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_request uuid;
+    v_now     timestamptz := credits.now();
+    v_debit   credits.ledger;
+    v_debit_at timestamptz;  -- the instant whose windows the debit counted in
+    v_acct    credits.accounts;
+    v_done    numeric;
+    v_grants_done numeric;
+    v_left    numeric;
+    v_last    bigint;
+    v_to_grants numeric;
+    v_need    numeric;
+    v_take    numeric;
+    v_entry   bigint;
+    g         record;
+BEGIN
+    IF p_entry IS NULL THEN
+        RAISE EXCEPTION 'invalid entry_id: NULL' USING ERRCODE = 'UC009';
+    END IF;
+    IF p_amount IS NOT NULL THEN
+        PERFORM credits_internal._check_amount(p_amount, 'amount');
+        p_amount := trim_scale(p_amount);
+    END IF;
+    IF p_reason IS NOT NULL THEN
+        PERFORM credits_internal._check_text(p_reason, 'reason');
+    END IF;
+    IF p_key IS NOT NULL THEN
+        PERFORM credits_internal._check_text(p_key, 'idempotency_key');
+    END IF;
+    IF p_account IS NULL THEN
+        SELECT * INTO v_debit FROM credits.ledger l WHERE l.entry_id = p_entry;
+    ELSE
+        SELECT * INTO v_debit FROM credits.ledger l WHERE l.account_id = p_account AND l.entry_id = p_entry;
+    END IF;
+    IF NOT FOUND OR v_debit.kind <> 'D' THEN
+        PERFORM credits_internal._raise_wrong_entry(p_entry, 'a debit', p_account);
+    END IF;
+    v_acct := credits_internal._lock_account(v_debit.account_id, v_now);
+    v_now := v_acct.last_at;  -- the account's time (_lock_account)
+    IF p_key IS NOT NULL THEN
+        v_request := credits_internal._fingerprint('refund', p_entry::text, p_amount::text, p_reason);
+        v_entry := credits_internal._replay(v_debit.account_id, p_key, v_request);
+        IF v_entry IS NOT NULL THEN
+            RETURN v_entry;
+        END IF;
+    END IF;
+    -- (a settle counted in the windows of its hold, SPEC §4.3)
+    v_debit_at := coalesce((SELECT h.at FROM credits.ledger h
+                             WHERE h.account_id = v_debit.account_id AND h.entry_id = v_debit.ref AND h.kind = 'H'),
+                           v_debit.at);
+
+    SELECT coalesce(sum(r.amount), 0), coalesce(sum(r.from_grants), 0), max(r.entry_id)
+      INTO v_done, v_grants_done, v_last
+      FROM credits.ledger r WHERE r.account_id = v_debit.account_id AND r.ref = p_entry AND r.kind = 'R';
+    v_left := v_debit.amount - v_done;
+    IF p_amount IS NULL THEN
+        IF v_left = 0 THEN
+            IF p_key IS NOT NULL THEN
+                PERFORM credits_internal._remember_key(v_debit.account_id, p_key, v_last, v_request);
+            END IF;
+            RETURN v_last;
+        END IF;
+        p_amount := v_left;
+    ELSIF p_amount > v_left THEN
+        RAISE EXCEPTION 'refund of % exceeds what is left of debit %: %', p_amount, p_entry, trim_scale(v_left)
+            USING ERRCODE = 'UC007',
+                  DETAIL = jsonb_build_object('entry_id', p_entry, 'debited', trim_scale(v_debit.amount),
+                                              'refunded', trim_scale(v_done), 'left', trim_scale(v_left))::text;
+    END IF;
+
+    v_to_grants := least(p_amount, coalesce(v_debit.from_grants, 0) - v_grants_done);
+    PERFORM credits_internal._count('R', v_acct.plan, v_debit.feature_id);
+    INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, from_grants, ref, metadata)
+    VALUES (v_debit.account_id, v_now, 'R', v_debit.feature_id, p_amount, nullif(v_to_grants, 0), p_entry,
+            CASE WHEN p_reason IS NOT NULL THEN jsonb_build_object('reason', p_reason) END)
+    RETURNING ledger.entry_id INTO v_entry;
+
+    -- Give back to the grants this debit drew from, latest-expiring first.
+    -- (_lock_account recorded every grant past its deadline as expired.)
+    v_need := v_to_grants;
+    FOR g IN SELECT d.grant_id, sum(d.amount) AS net, gr.kind,
+                    gr.expired_entry IS NOT NULL OR gr.expires_at <= v_now AS expired
+               FROM credits.grant_draws d
+               JOIN credits.grants gr ON gr.account_id = d.account_id AND gr.grant_id = d.grant_id
+              WHERE d.account_id = v_debit.account_id
+                AND (d.entry_id = p_entry
+                     OR d.entry_id IN (SELECT r.entry_id FROM credits.ledger r
+                                       WHERE r.account_id = d.account_id AND r.ref = p_entry AND r.kind = 'R'))
+              GROUP BY d.grant_id, gr.expires_at, gr.kind, gr.expired_entry
+             HAVING sum(d.amount) > 0
+              ORDER BY gr.expires_at DESC NULLS FIRST, d.grant_id DESC
+    LOOP
+        EXIT WHEN v_need = 0;
+        v_take := least(v_need, g.net);
+        INSERT INTO credits.grant_draws (account_id, entry_id, grant_id, amount)
+        VALUES (v_debit.account_id, v_entry, g.grant_id, -v_take);
+        IF g.expired THEN
+            -- Given back and expired at once: the grant stays as it expired.
+            INSERT INTO credits.ledger (account_id, at, kind, amount, ref, metadata)
+            VALUES (v_debit.account_id, v_now, 'E', v_take, g.grant_id,
+                    jsonb_build_object('grant_kind', g.kind, 'refund', v_entry))
+            RETURNING ledger.entry_id INTO v_last;
+            INSERT INTO credits.grant_draws (account_id, entry_id, grant_id, amount)
+            VALUES (v_debit.account_id, v_last, g.grant_id, v_take);
+        ELSE
+            UPDATE credits.grants gr SET remaining = gr.remaining + v_take
+             WHERE gr.account_id = v_debit.account_id AND gr.grant_id = g.grant_id;
+        END IF;
+        v_need := v_need - v_take;
+    END LOOP;
+
+    UPDATE credits.accounts a
+       SET daily_used = CASE WHEN a.day = credits_internal._utc_day(v_debit_at) AND a.day = credits_internal._utc_day(v_now)
+                             THEN a.daily_used - p_amount ELSE a.daily_used END,
+           monthly_used = CASE WHEN a.month = credits_internal._utc_month(v_debit_at) AND a.month = credits_internal._utc_month(v_now)
+                                    AND p_entry > a.monthly_epoch
+                               THEN a.monthly_used - (p_amount - v_to_grants) ELSE a.monthly_used END
+     WHERE a.account_id = v_debit.account_id;
+    IF p_key IS NOT NULL THEN
+        PERFORM credits_internal._remember_key(v_debit.account_id, p_key, v_entry, v_request);
+    END IF;
+    RETURN v_entry;
+END
+$$;
+
+-- refund: give back (part of) a debit to where it came from.
+--   Grants first (they were drawn last), back to the very grants drawn
+--   while they are still valid: a draw from a grant that has expired since
+--   is recorded as expired at once ('E', SPEC §4.5), not restored;
+--   then the allowance, back to the window of the debit: today's daily
+--   window if the debit was today, this month's monthly window if the debit
+--   was in it. A window that has since closed stays closed (no rollover):
+--   that part is recorded in the ledger but not made available again.
+--   amount NULL refunds what is left; repeating it returns the same entry.
+--   idempotency_key (per account) makes a partial refund safe to retry.
+--   refund_for takes the debit's account too: on Citus it is delegated to
+--   the account's node, where refund(entry_id) looks the entry up on every
+--   node first (docs/citus.md).
+CREATE OR REPLACE FUNCTION refund(entry_id bigint, amount numeric DEFAULT NULL, reason text DEFAULT NULL,
+                       idempotency_key text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN credits_internal._refund(NULL, $1, $2, $3, $4);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION refund_for(account_id text, entry_id bigint, amount numeric DEFAULT NULL, reason text DEFAULT NULL,
+                           idempotency_key text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF $1 IS NULL THEN
+        RAISE EXCEPTION 'invalid account_id: NULL' USING ERRCODE = 'UC009';
+    END IF;
+    RETURN credits_internal._refund($1, $2, $3, $4, $5);
+END
+$$;
+
+-- (the grant of the account `p_account`, or of any account when NULL)
+CREATE OR REPLACE FUNCTION credits_internal._void_grant(p_account text, p_entry bigint, p_reason text) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_now    timestamptz := credits.now();
+    v_grant  credits.grants;
+    v_acct   credits.accounts;
+    v_state  credits_internal._account_state;
+    v_gone   credits.ledger;
+    v_entry  bigint;
+BEGIN
+    IF p_entry IS NULL THEN
+        RAISE EXCEPTION 'invalid entry_id: NULL' USING ERRCODE = 'UC009';
+    END IF;
+    IF p_reason IS NOT NULL THEN
+        PERFORM credits_internal._check_text(p_reason, 'reason');
+    END IF;
+    IF p_account IS NULL THEN
+        SELECT * INTO v_grant FROM credits.grants g WHERE g.grant_id = p_entry;
+    ELSE
+        SELECT * INTO v_grant FROM credits.grants g WHERE g.account_id = p_account AND g.grant_id = p_entry;
+    END IF;
+    IF NOT FOUND THEN
+        PERFORM credits_internal._raise_wrong_entry(p_entry, 'a grant', p_account);
+    END IF;
+    v_acct := credits_internal._lock_account(v_grant.account_id, v_now);  -- may expire it
+    v_now := v_acct.last_at;  -- the account's time (_lock_account)
+    SELECT * INTO v_grant FROM credits.grants g WHERE g.account_id = v_grant.account_id AND g.grant_id = p_entry;
+    IF v_grant.expired_entry IS NOT NULL THEN
+        SELECT * INTO v_gone FROM credits.ledger l
+         WHERE l.account_id = v_grant.account_id AND l.entry_id = v_grant.expired_entry;
+        IF v_gone.metadata ? 'void' THEN
+            RETURN v_gone.entry_id;
+        END IF;
+        RAISE EXCEPTION 'grant % is not active: it expired at %', p_entry, credits_internal._utc_text(v_grant.expires_at)
+            USING ERRCODE = 'UC012',
+                  DETAIL = jsonb_build_object('grant_id', p_entry, 'state', 'expired',
+                                              'entry_id', nullif(v_grant.expired_entry, 0),
+                                              'expires_at', credits_internal._iso(v_grant.expires_at))::text;
+    END IF;
+    v_state := credits_internal._state(v_acct, v_now);
+    INSERT INTO credits.ledger (account_id, at, kind, amount, ref, metadata)
+    VALUES (v_grant.account_id, v_now, 'E', v_grant.remaining, p_entry,
+            jsonb_strip_nulls(jsonb_build_object('grant_kind', v_grant.kind, 'void', true, 'reason', p_reason)))
+    RETURNING ledger.entry_id INTO v_entry;
+    UPDATE credits.grants g SET expired_entry = v_entry
+     WHERE g.account_id = v_grant.account_id AND g.grant_id = p_entry;
+    PERFORM credits_internal._after_write(v_grant.account_id, v_now, v_entry, v_state);
+    RETURN v_entry;
+END
+$$;
+
+-- void_grant: remove what is left of a grant (a promotion withdrawn, a
+-- grant made by mistake), as an expiry would: an 'E' entry of what was
+-- left, with the reason. Nothing given back to the grant afterwards (a
+-- refund of a debit that drew on it) returns to it. Voiding it again returns
+-- the same entry; a grant that has expired cannot be voided (UC012).
+-- void_grant_for takes the grant's account too (on Citus: delegated to its node).
+CREATE OR REPLACE FUNCTION void_grant(entry_id bigint, reason text DEFAULT NULL) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN credits_internal._void_grant(NULL, $1, $2);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION void_grant_for(account_id text, entry_id bigint, reason text DEFAULT NULL) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF $1 IS NULL THEN
+        RAISE EXCEPTION 'invalid account_id: NULL' USING ERRCODE = 'UC009';
+    END IF;
+    RETURN credits_internal._void_grant($1, $2, $3);
+END
+$$;
+
+GRANT EXECUTE ON FUNCTION
+    credits.refund_for(text, bigint, numeric, text, text),
+    credits.settle_for(text, bigint, numeric),
+    credits.release_for(text, bigint)
+TO credits_app, credits_admin;
+GRANT EXECUTE ON FUNCTION credits.void_grant_for(text, bigint, text) TO credits_billing, credits_admin;
+COMMENT ON FUNCTION credits.refund_for(text, bigint, numeric, text, text) IS
+'refund of a debit of the given account (UC011 if it is not one): on Citus, delegated to the account''s node.';
+COMMENT ON FUNCTION credits.settle_for(text, bigint, numeric) IS
+'settle of a hold of the given account (UC008 if it has none by that id): on Citus, delegated to the account''s node.';
+COMMENT ON FUNCTION credits.release_for(text, bigint) IS
+'release of a hold of the given account (UC008 if it has none by that id): on Citus, delegated to the account''s node.';
+COMMENT ON FUNCTION credits.void_grant_for(text, bigint, text) IS
+'void_grant of a grant of the given account (UC011 if it is not one): on Citus, delegated to the account''s node.';
 
 -- The problems verify() reports for the accounts, from their rows alone
 -- (everything but the usage rollups): per account, joined on account_id

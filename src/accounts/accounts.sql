@@ -342,11 +342,28 @@ $$;
 -- left, with the reason. Nothing given back to the grant afterwards (a
 -- refund of a debit that drew on it) returns to it. Voiding it again returns
 -- the same entry; a grant that has expired cannot be voided (UC012).
+-- void_grant_for takes the grant's account too (on Citus: delegated to its node).
 CREATE FUNCTION void_grant(entry_id bigint, reason text DEFAULT NULL) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN credits_internal._void_grant(NULL, $1, $2);
+END
+$$;
+
+CREATE FUNCTION void_grant_for(account_id text, entry_id bigint, reason text DEFAULT NULL) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF $1 IS NULL THEN
+        RAISE EXCEPTION 'invalid account_id: NULL' USING ERRCODE = 'UC009';
+    END IF;
+    RETURN credits_internal._void_grant($1, $2, $3);
+END
+$$;
+
+-- (the grant of the account `p_account`, or of any account when NULL)
+CREATE FUNCTION credits_internal._void_grant(p_account text, p_entry bigint, p_reason text) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    p_entry  bigint := void_grant.entry_id;
-    p_reason text := void_grant.reason;
     v_now    timestamptz := credits.now();
     v_grant  credits.grants;
     v_acct   credits.accounts;
@@ -360,15 +377,20 @@ BEGIN
     IF p_reason IS NOT NULL THEN
         PERFORM credits_internal._check_text(p_reason, 'reason');
     END IF;
-    SELECT * INTO v_grant FROM credits.grants g WHERE g.grant_id = p_entry;
+    IF p_account IS NULL THEN
+        SELECT * INTO v_grant FROM credits.grants g WHERE g.grant_id = p_entry;
+    ELSE
+        SELECT * INTO v_grant FROM credits.grants g WHERE g.account_id = p_account AND g.grant_id = p_entry;
+    END IF;
     IF NOT FOUND THEN
-        PERFORM credits_internal._raise_wrong_entry(p_entry, 'a grant');
+        PERFORM credits_internal._raise_wrong_entry(p_entry, 'a grant', p_account);
     END IF;
     v_acct := credits_internal._lock_account(v_grant.account_id, v_now);  -- may expire it
     v_now := v_acct.last_at;  -- the account's time (_lock_account)
     SELECT * INTO v_grant FROM credits.grants g WHERE g.account_id = v_grant.account_id AND g.grant_id = p_entry;
     IF v_grant.expired_entry IS NOT NULL THEN
-        SELECT * INTO v_gone FROM credits.ledger l WHERE l.entry_id = v_grant.expired_entry;
+        SELECT * INTO v_gone FROM credits.ledger l
+         WHERE l.account_id = v_grant.account_id AND l.entry_id = v_grant.expired_entry;
         IF v_gone.metadata ? 'void' THEN
             RETURN v_gone.entry_id;
         END IF;

@@ -72,7 +72,7 @@ $$;
 -- calls of the numeric forms, which are delegated.
 CREATE FUNCTION credits_internal._delegated_functions() RETURNS regprocedure[]
 LANGUAGE sql STABLE AS $$
-    SELECT array_agg(p.oid::regprocedure ORDER BY p.oid)
+    SELECT array_agg(p.oid::regprocedure ORDER BY p.oid::regprocedure::text)
       FROM pg_catalog.pg_proc p
      WHERE p.pronamespace = 'credits'::regnamespace
        AND p.proargnames[1] = 'account_id'

@@ -116,7 +116,7 @@ $$;
 -- settled for another amount, released, expired). A hold taken is marked
 -- resolved by entry 0 until the caller writes the entry that resolves it
 -- (so the account's state no longer counts it).
-CREATE FUNCTION credits_internal._take_hold(p_hold bigint, p_now timestamptz, p_settle numeric)
+CREATE FUNCTION credits_internal._take_hold(p_account text, p_hold bigint, p_now timestamptz, p_settle numeric)
 RETURNS credits.holds
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -127,7 +127,11 @@ BEGIN
     IF p_hold IS NULL THEN
         RAISE EXCEPTION 'invalid hold_id: NULL' USING ERRCODE = 'UC009';
     END IF;
-    SELECT * INTO v_hold FROM credits.holds h WHERE h.hold_id = p_hold;
+    IF p_account IS NULL THEN
+        SELECT * INTO v_hold FROM credits.holds h WHERE h.hold_id = p_hold;
+    ELSE
+        SELECT * INTO v_hold FROM credits.holds h WHERE h.account_id = p_account AND h.hold_id = p_hold;
+    END IF;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'hold % is not active: no hold has that id', p_hold
             USING ERRCODE = 'UC008', DETAIL = jsonb_build_object('hold_id', p_hold, 'state', 'unknown')::text;
@@ -135,7 +139,8 @@ BEGIN
     PERFORM credits_internal._lock_account(v_hold.account_id, p_now);  -- may expire it
     SELECT * INTO v_hold FROM credits.holds h WHERE h.account_id = v_hold.account_id AND h.hold_id = p_hold;
     IF v_hold.resolved_entry IS NOT NULL THEN
-        SELECT * INTO v_by FROM credits.ledger l WHERE l.entry_id = v_hold.resolved_entry;
+        SELECT * INTO v_by FROM credits.ledger l
+         WHERE l.account_id = v_hold.account_id AND l.entry_id = v_hold.resolved_entry;
         v_how := CASE WHEN v_by.kind = 'D' THEN 'settled'
                       WHEN v_by.metadata ->> 'reason' = 'expired' THEN 'expired'
                       ELSE 'released' END;
@@ -215,10 +220,28 @@ $$;
 
 -- settle: charge the actual amount of a hold (see the top of this file);
 -- settle(hold, 0) is a release (and returns the release's entry).
+-- settle_for takes the hold's account too (on Citus: delegated to its node).
 CREATE FUNCTION settle(hold_id bigint, amount numeric) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN credits_internal._settle(NULL, $1, $2);
+END
+$$;
+
+CREATE FUNCTION settle_for(account_id text, hold_id bigint, amount numeric) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF $1 IS NULL THEN
+        RAISE EXCEPTION 'invalid account_id: NULL' USING ERRCODE = 'UC009';
+    END IF;
+    RETURN credits_internal._settle($1, $2, $3);
+END
+$$;
+
+-- (the hold of the account `p_account`, or of any account when NULL)
+CREATE FUNCTION credits_internal._settle(p_account text, p_hold bigint, p_amount numeric) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    p_amount numeric := settle.amount;
     v_now    timestamptz := credits.now();
     v_hold   credits.holds;
     v_acct   credits.accounts;
@@ -228,11 +251,11 @@ DECLARE
     v_entry  bigint;
 BEGIN
     IF p_amount = 0 THEN
-        RETURN credits_internal._release(settle.hold_id);
+        RETURN credits_internal._release(p_account, p_hold);
     END IF;
     PERFORM credits_internal._check_amount(p_amount, 'amount');
     p_amount := trim_scale(p_amount);
-    v_hold := credits_internal._take_hold(settle.hold_id, v_now, p_amount);
+    v_hold := credits_internal._take_hold(p_account, p_hold, v_now, p_amount);
     IF v_hold.resolved_entry IS NOT NULL THEN
         RETURN v_hold.resolved_entry;
     END IF;
@@ -311,14 +334,14 @@ $$;
 
 -- Free a hold without charge: the release's entry ('X'); a hold already
 -- released gives its release back.
-CREATE FUNCTION credits_internal._release(p_hold bigint) RETURNS bigint
+CREATE FUNCTION credits_internal._release(p_account text, p_hold bigint) RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
     v_now   timestamptz := credits.now();
     v_hold  credits.holds;
     v_entry bigint;
 BEGIN
-    v_hold := credits_internal._take_hold(p_hold, v_now, NULL);
+    v_hold := credits_internal._take_hold(p_account, p_hold, v_now, NULL);
     IF v_hold.resolved_entry IS NOT NULL THEN
         RETURN v_hold.resolved_entry;
     END IF;
@@ -335,6 +358,17 @@ $$;
 CREATE FUNCTION release(hold_id bigint) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM credits_internal._release(release.hold_id);
+    PERFORM credits_internal._release(NULL, $1);
+END
+$$;
+
+-- (release_for: with the hold's account; on Citus, delegated to its node)
+CREATE FUNCTION release_for(account_id text, hold_id bigint) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF $1 IS NULL THEN
+        RAISE EXCEPTION 'invalid account_id: NULL' USING ERRCODE = 'UC009';
+    END IF;
+    PERFORM credits_internal._release($1, $2);
 END
 $$;

@@ -412,15 +412,35 @@ $$;
 --   that part is recorded in the ledger but not made available again.
 --   amount NULL refunds what is left; repeating it returns the same entry.
 --   idempotency_key (per account) makes a partial refund safe to retry.
+--   refund_for takes the debit's account too: on Citus it is delegated to
+--   the account's node, where refund(entry_id) looks the entry up on every
+--   node first (docs/citus.md).
 CREATE FUNCTION refund(entry_id bigint, amount numeric DEFAULT NULL, reason text DEFAULT NULL,
                        idempotency_key text DEFAULT NULL)
 RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN credits_internal._refund(NULL, $1, $2, $3, $4);
+END
+$$;
+
+CREATE FUNCTION refund_for(account_id text, entry_id bigint, amount numeric DEFAULT NULL, reason text DEFAULT NULL,
+                           idempotency_key text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF $1 IS NULL THEN
+        RAISE EXCEPTION 'invalid account_id: NULL' USING ERRCODE = 'UC009';
+    END IF;
+    RETURN credits_internal._refund($1, $2, $3, $4, $5);
+END
+$$;
+
+-- (the entry of the account `p_account`, or of any account when NULL)
+CREATE FUNCTION credits_internal._refund(p_account text, p_entry bigint, p_amount numeric, p_reason text, p_key text)
+RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    p_entry   bigint := refund.entry_id;
-    p_amount  numeric := refund.amount;
-    p_reason  text := refund.reason;
-    p_key     text := refund.idempotency_key;
     v_request uuid;
     v_now     timestamptz := credits.now();
     v_debit   credits.ledger;
@@ -449,9 +469,13 @@ BEGIN
     IF p_key IS NOT NULL THEN
         PERFORM credits_internal._check_text(p_key, 'idempotency_key');
     END IF;
-    SELECT * INTO v_debit FROM credits.ledger l WHERE l.entry_id = p_entry;
+    IF p_account IS NULL THEN
+        SELECT * INTO v_debit FROM credits.ledger l WHERE l.entry_id = p_entry;
+    ELSE
+        SELECT * INTO v_debit FROM credits.ledger l WHERE l.account_id = p_account AND l.entry_id = p_entry;
+    END IF;
     IF NOT FOUND OR v_debit.kind <> 'D' THEN
-        PERFORM credits_internal._raise_wrong_entry(p_entry, 'a debit');
+        PERFORM credits_internal._raise_wrong_entry(p_entry, 'a debit', p_account);
     END IF;
     v_acct := credits_internal._lock_account(v_debit.account_id, v_now);
     v_now := v_acct.last_at;  -- the account's time (_lock_account)

@@ -54,6 +54,14 @@ COMMENT ON FUNCTION credits.settle(bigint, double precision) IS
 'settle with the amount as double precision.';
 COMMENT ON FUNCTION credits.release(bigint) IS
 'Free a hold without charge; releasing it again changes nothing; UC008 if it was settled or expired.';
+COMMENT ON FUNCTION credits.refund_for(text, bigint, numeric, text, text) IS
+'refund of a debit of the given account (UC011 if it is not one): on Citus, delegated to the account''s node.';
+COMMENT ON FUNCTION credits.settle_for(text, bigint, numeric) IS
+'settle of a hold of the given account (UC008 if it has none by that id): on Citus, delegated to the account''s node.';
+COMMENT ON FUNCTION credits.release_for(text, bigint) IS
+'release of a hold of the given account (UC008 if it has none by that id): on Citus, delegated to the account''s node.';
+COMMENT ON FUNCTION credits.void_grant_for(text, bigint, text) IS
+'void_grant of a grant of the given account (UC011 if it is not one): on Citus, delegated to the account''s node.';
 COMMENT ON FUNCTION credits.read_events(bigint, integer) IS
 'The events committed after a cursor, oldest first: following the cursors a consumer sees every committed event exactly once, whatever order transactions commit in.';
 COMMENT ON FUNCTION credits.stats_reset() IS

@@ -200,14 +200,22 @@ RETURN CASE kind
     WHEN 'E' THEN CASE WHEN metadata ? 'void' THEN 'void' ELSE 'expiry' END
 END;
 
--- UC011: the entry a call names is not of the kind it acts on.
-CREATE FUNCTION credits_internal._raise_wrong_entry(p_entry bigint, p_wanted text) RETURNS void
+-- UC011: the entry a call names is not of the kind it acts on (or, with
+-- an account, not one of its entries).
+CREATE FUNCTION credits_internal._raise_wrong_entry(p_entry bigint, p_wanted text, p_account text DEFAULT NULL)
+RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_kind text := (SELECT credits_internal._kind_word(l.kind, l.metadata) FROM credits.ledger l WHERE l.entry_id = p_entry);
+    v_kind text := (SELECT credits_internal._kind_word(l.kind, l.metadata) FROM credits.ledger l
+                     WHERE l.entry_id = p_entry AND (p_account IS NULL OR l.account_id = p_account));
 BEGIN
-    RAISE EXCEPTION 'entry % is not %: %', p_entry, p_wanted, coalesce('it is a ' || v_kind, 'no entry has that id')
-        USING ERRCODE = 'UC011', DETAIL = jsonb_build_object('entry_id', p_entry, 'kind', v_kind)::text;
+    RAISE EXCEPTION 'entry % is not %: %', p_entry, p_wanted || coalesce(' of account ' || quote_literal(p_account), ''),
+                    coalesce('it is a ' || v_kind,
+                             CASE WHEN p_account IS NULL THEN 'no entry has that id' ELSE 'the account has no entry with that id' END)
+        USING ERRCODE = 'UC011',
+              DETAIL = (jsonb_build_object('entry_id', p_entry, 'kind', v_kind)
+                        || CASE WHEN p_account IS NOT NULL THEN jsonb_build_object('account_id', p_account)
+                                ELSE '{}' END)::text;
 END
 $$;
 

@@ -45,13 +45,16 @@ GRANT EXECUTE ON FUNCTION
     credits.debit_many(text[], text[], numeric[], text[], jsonb[]),
     credits.refund(bigint, numeric, text, text),
     credits.refund(bigint, double precision, text, text),
+    credits.refund_for(text, bigint, numeric, text, text),
     credits.reserve(text, text, numeric, interval, text),
     credits.reserve(text, text, double precision, interval, text),
     credits.try_reserve(text, text, numeric, interval, text),
     credits.try_reserve(text, text, double precision, interval, text),
     credits.settle(bigint, numeric),
     credits.settle(bigint, double precision),
-    credits.release(bigint)
+    credits.settle_for(text, bigint, numeric),
+    credits.release(bigint),
+    credits.release_for(text, bigint)
 TO credits_app, credits_admin;
 -- Amounts as double precision (src/metering/float_amounts.sql): the
 -- conversion, inlined into each caller's statement, runs with its rights.
@@ -90,7 +93,8 @@ GRANT EXECUTE ON FUNCTION
     credits.reduce_purchase(text, double precision, text),
     credits."grant"(text, numeric, text, timestamptz, text),
     credits."grant"(text, double precision, text, timestamptz, text),
-    credits.void_grant(bigint, text)
+    credits.void_grant(bigint, text),
+    credits.void_grant_for(text, bigint, text)
 TO credits_billing, credits_admin;
 
 -- What analysts read: the reporting views, closed window totals, events, the

@@ -16,6 +16,16 @@ SELECT credits.debit('acct_7', 'agent', 1) AS e \gset
 SELECT * FROM credits.balance('acct_7') \gset
 RESET citus.log_remote_commands;
 EXPLAIN (COSTS OFF) SELECT credits.debit('acct_7', 'agent', 1);
+-- The account forms of the calls by entry or hold id are delegated too
+-- (the id forms look the id up on every node first).
+SELECT credits.reserve('acct_7', 'agent', 2) AS hold7 \gset
+SELECT credits.debit('acct_7', 'agent', 2) AS debit7 \gset
+SET citus.log_remote_commands = on;
+SELECT credits.settle_for('acct_7', :hold7, 1) AS e \gset
+SELECT credits.refund_for('acct_7', :debit7, 1) AS e \gset
+RESET citus.log_remote_commands;
+SELECT credits.refund(:debit7, 1) > :debit7 AS refunded_by_id;
+SELECT reserved, monthly_used FROM credits.balance('acct_7');
 SELECT :acct_port IN (SELECT nodeport FROM pg_dist_node WHERE groupid > 0) AS on_a_worker;
 
 -- Every row is on the shard its account hashes to (the code below SQL
