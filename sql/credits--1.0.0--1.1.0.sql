@@ -1002,6 +1002,17 @@ DECLARE
     v_entry bigint;
     a       credits.accounts;
 BEGIN
+    -- On Citus, away from the account's node (a debit inside a transaction
+    -- on the coordinator): the whole debit runs on that node, in this
+    -- transaction, in one round trip (src/distributed/distribute.sql).
+    IF credits_internal._elsewhere(p_account) THEN
+        SELECT credits_internal._debit_there(ac.account_id, p_feature, p_quantity, p_key, p_metadata, p_raise)
+          INTO v_entry FROM credits.accounts ac WHERE ac.account_id = p_account;
+        IF NOT FOUND THEN
+            PERFORM credits_internal._raise_unknown_account(p_account);
+        END IF;
+        RETURN v_entry;
+    END IF;
     -- (the row read first, then asked about: Citus cannot ship a query
     -- that passes a whole row of a distributed table to a function)
     SELECT * INTO a FROM credits.accounts ac WHERE ac.account_id = p_account;
@@ -1306,6 +1317,28 @@ BEGIN
             PERFORM setval('credits.events_event_id_seq', v_event + 1);
         END IF;
     END IF;
+END
+$$;
+
+-- Is the install distributed and the account's shards on another node?
+CREATE OR REPLACE FUNCTION credits_internal._elsewhere(p_account text) RETURNS boolean
+LANGUAGE c STABLE AS 'MODULE_PATHNAME', 'credits_elsewhere';
+
+-- A debit on the account's node, called there through a query on the
+-- account's row (credits_internal._debit, away from the node): the query
+-- runs on the node in the caller's distributed transaction, where this
+-- makes the debit as a call there would (fast path first). Citus refuses
+-- queries on distributed tables from inside a query on a shard unless told
+-- it may: they are the account's own, on this shard, which the query holds.
+CREATE OR REPLACE FUNCTION credits_internal._debit_there(p_account text, p_feature text, p_quantity numeric, p_key text,
+                                              p_metadata jsonb, p_raise boolean)
+RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET citus.allow_nested_distributed_execution = on AS $$
+BEGIN
+    IF p_raise THEN
+        RETURN credits.debit(p_account, p_feature, p_quantity, p_key, p_metadata);
+    END IF;
+    RETURN credits.try_debit(p_account, p_feature, p_quantity, p_key, p_metadata);
 END
 $$;
 

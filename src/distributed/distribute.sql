@@ -19,6 +19,28 @@ $$;
 CREATE FUNCTION credits_internal._distributed() RETURNS boolean
 LANGUAGE c STABLE AS 'MODULE_PATHNAME', 'credits_distributed';
 
+-- Is the install distributed and the account's shards on another node?
+CREATE FUNCTION credits_internal._elsewhere(p_account text) RETURNS boolean
+LANGUAGE c STABLE AS 'MODULE_PATHNAME', 'credits_elsewhere';
+
+-- A debit on the account's node, called there through a query on the
+-- account's row (credits_internal._debit, away from the node): the query
+-- runs on the node in the caller's distributed transaction, where this
+-- makes the debit as a call there would (fast path first). Citus refuses
+-- queries on distributed tables from inside a query on a shard unless told
+-- it may: they are the account's own, on this shard, which the query holds.
+CREATE FUNCTION credits_internal._debit_there(p_account text, p_feature text, p_quantity numeric, p_key text,
+                                              p_metadata jsonb, p_raise boolean)
+RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET citus.allow_nested_distributed_execution = on AS $$
+BEGIN
+    IF p_raise THEN
+        RETURN credits.debit(p_account, p_feature, p_quantity, p_key, p_metadata);
+    END IF;
+    RETURN credits.try_debit(p_account, p_feature, p_quantity, p_key, p_metadata);
+END
+$$;
+
 -- On Citus, before a write makes ids for an account: each node makes ids
 -- from its own sequence (_next_id), so this node's may be behind the
 -- account's last entry or event, made on another node (the coordinator, a

@@ -11,5 +11,13 @@ pub(crate) mod shards;
 extension_sql_file!(
     "distribute.sql",
     name = "distribute",
-    requires = ["internal", "metering", "holds", "accounts", "reporting", "maintenance", "float_amounts"]
+    requires = [
+        "internal",
+        "metering",
+        "holds",
+        "accounts",
+        "reporting",
+        "maintenance",
+        "float_amounts"
+    ]
 );

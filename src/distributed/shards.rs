@@ -58,7 +58,11 @@ impl Citus {
                 return None;
             }
             let group = client
-                .select("SELECT groupid::bigint FROM pg_catalog.pg_dist_local_group", None, &[])
+                .select(
+                    "SELECT groupid::bigint FROM pg_catalog.pg_dist_local_group",
+                    None,
+                    &[],
+                )
                 .ok()?
                 .first()
                 .get_one::<i64>()
@@ -90,14 +94,20 @@ impl Citus {
                 }
                 Some(out)
             };
-            let per_table = TABLES.iter().map(|t| shards(t)).collect::<Option<Vec<_>>>()?;
+            let per_table = TABLES
+                .iter()
+                .map(|t| shards(t))
+                .collect::<Option<Vec<_>>>()?;
             let plans = *shards("plans")?.first()?;
             let features = *shards("features")?.first()?;
             let accounts = &per_table[0];
             if per_table.iter().any(|t| t.len() != accounts.len()) {
                 return None;
             }
-            let ranges = accounts.iter().map(|&(id, lo, hi, _)| (lo, hi, id)).collect();
+            let ranges = accounts
+                .iter()
+                .map(|&(id, lo, hi, _)| (lo, hi, id))
+                .collect();
             let local = (0..accounts.len())
                 .map(|i| {
                     let ids = ShardIds {
@@ -119,17 +129,18 @@ impl Citus {
                     }
                 })
                 .collect();
-            Some(Citus {
-                ranges,
-                local,
-            })
+            Some(Citus { ranges, local })
         })
     }
 
     /// This node's shards of plans and features (the same on every shard
     /// index: reference tables).
     pub(crate) fn catalog_shards(&self) -> Option<(Oid, Oid)> {
-        self.local.iter().flatten().next().map(|s| (s.plans, s.features))
+        self.local
+            .iter()
+            .flatten()
+            .next()
+            .map(|s| (s.plans, s.features))
     }
 
     /// The shard relations of `account_id` (a text datum) when this node
@@ -239,8 +250,11 @@ pub(crate) unsafe fn ids_follow_history(schema: &Schema, account_id: Datum) -> O
         return Some(true);
     };
     let last = last.get(ledger.col(c"entry_id")?)?.value() as i64;
-    let made = call_nullable(pg_sys::pg_sequence_last_value, &[Datum::from(schema.ledger_seq)])
-        .map_or(0, |v| v.value() as i64);
+    let made = call_nullable(
+        pg_sys::pg_sequence_last_value,
+        &[Datum::from(schema.ledger_seq)],
+    )
+    .map_or(0, |v| v.value() as i64);
     Some(made > last >> 16)
 }
 
@@ -248,6 +262,24 @@ pub(crate) unsafe fn ids_follow_history(schema: &Schema, account_id: Datum) -> O
 #[no_mangle]
 #[pg_guard]
 pub unsafe extern "C-unwind" fn credits_distributed(fcinfo: pg_sys::FunctionCallInfo) -> Datum {
-    crate::pg::fmgr::ret(fcinfo, Some(Datum::from(crate::schema::catalog_cache::distributed())))
+    crate::pg::fmgr::ret(
+        fcinfo,
+        Some(Datum::from(crate::schema::catalog_cache::distributed())),
+    )
 }
-crate::pg::fmgr::v1_functions!(pg_finfo_credits_distributed);
+
+/// `credits_internal._elsewhere(account_id text) RETURNS boolean`: on Citus,
+/// are the account's shards on another node? (False on a single node.)
+#[no_mangle]
+#[pg_guard]
+pub unsafe extern "C-unwind" fn credits_elsewhere(fcinfo: pg_sys::FunctionCallInfo) -> Datum {
+    use crate::schema::catalog_cache;
+    let elsewhere = match crate::pg::fmgr::args(fcinfo)[0] {
+        Some(account_id) => {
+            catalog_cache::distributed() && catalog_cache::shards_of(account_id).is_none()
+        }
+        None => false,
+    };
+    crate::pg::fmgr::ret(fcinfo, Some(Datum::from(elsewhere)))
+}
+crate::pg::fmgr::v1_functions!(pg_finfo_credits_distributed, pg_finfo_credits_elsewhere);

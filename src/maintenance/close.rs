@@ -283,7 +283,11 @@ pub unsafe extern "C-unwind" fn credits_close_windows(fcinfo: pg_sys::FunctionCa
     let mut recorded = 0;
     // One set of writes for them all; on a Citus cluster one per account
     // (each on its shards).
-    let together = if catalog_cache::distributed() { 1 } else { ids.len().max(1) };
+    let together = if catalog_cache::distributed() {
+        1
+    } else {
+        ids.len().max(1)
+    };
     for ids in ids.chunks(together) {
         let schema = match ids.first() {
             Some(&id) if catalog_cache::distributed() => catalog_cache::shards_of(id)
@@ -416,7 +420,7 @@ unsafe fn held_on_allowance(a: &Account, account_id: Datum) -> Datum {
     }
     let held = nested_statements(|| {
         Spi::get_one_with_args::<pgrx::AnyNumeric>(
-        "SELECT coalesce(sum(h.amount - h.from_grants), 0)
+            "SELECT coalesce(sum(h.amount - h.from_grants), 0)
            FROM credits.accounts a
            JOIN credits.holds h ON h.account_id = a.account_id AND h.month = a.month
           WHERE a.account_id = $1 AND h.resolved_entry IS NULL

@@ -32,13 +32,13 @@
 
 use crate::accounts::row::Account;
 use crate::clock;
+use crate::distributed::shards::ids_follow_history;
 use crate::maintenance::close;
 use crate::metering::requests::{debit_request, metadata_text};
 use crate::metering::stats;
 use crate::metering::stripes;
 use crate::metering::thresholds::lowest_threshold;
 use crate::pg::decimal::Decimal;
-use crate::distributed::shards::ids_follow_history;
 use crate::pg::fmgr::{args, array_elements, ret, text_bytes, v1_functions};
 use crate::pg::rows::{Found, Row, Schema, Table, Writes};
 use crate::schema::catalog_cache;

@@ -207,6 +207,17 @@ DECLARE
     v_entry bigint;
     a       credits.accounts;
 BEGIN
+    -- On Citus, away from the account's node (a debit inside a transaction
+    -- on the coordinator): the whole debit runs on that node, in this
+    -- transaction, in one round trip (src/distributed/distribute.sql).
+    IF credits_internal._elsewhere(p_account) THEN
+        SELECT credits_internal._debit_there(ac.account_id, p_feature, p_quantity, p_key, p_metadata, p_raise)
+          INTO v_entry FROM credits.accounts ac WHERE ac.account_id = p_account;
+        IF NOT FOUND THEN
+            PERFORM credits_internal._raise_unknown_account(p_account);
+        END IF;
+        RETURN v_entry;
+    END IF;
     -- (the row read first, then asked about: Citus cannot ship a query
     -- that passes a whole row of a distributed table to a function)
     SELECT * INTO a FROM credits.accounts ac WHERE ac.account_id = p_account;

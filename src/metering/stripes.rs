@@ -26,9 +26,9 @@
 //! rollback releases what it locked before the SQL path waits for the
 //! stripes and the row in that order; that debit then refills the stripes.
 
-use crate::distributed::shards::ids_follow_history;
 use crate::accounts::row::Account;
 use crate::clock;
+use crate::distributed::shards::ids_follow_history;
 use crate::metering::fast_path::{count_charge, write_entry, Charge, DebitTables, LockedAccount};
 use crate::pg::decimal::Decimal;
 use crate::pg::fmgr::{args, ret, text_bytes, v1_functions};

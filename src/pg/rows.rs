@@ -97,7 +97,10 @@ impl Schema {
             ledger: rel("ledger", ids.ledger)?,
             ledger_seq: self.ledger_seq,
             idempotency: rel("idempotency", ids.idempotency)?,
-            stripes: Some((rel("stripes", ids.stripes)?, rel("stripes_pkey", ids.stripes)?)),
+            stripes: Some((
+                rel("stripes", ids.stripes)?,
+                rel("stripes_pkey", ids.stripes)?,
+            )),
             shard: Some((ids, group)),
         })
     }

@@ -12,8 +12,8 @@
 //! SQL accepts pending invalidations before it reads the cache, so it sees a
 //! change as soon as a statement would.
 
-use crate::pg::fmgr::{text_bytes, v1_functions, varlena_bytes, varlena_datum};
 use crate::distributed::shards::Citus;
+use crate::pg::fmgr::{text_bytes, v1_functions, varlena_bytes, varlena_datum};
 use crate::pg::rows::{Schema, Table};
 use pgrx::pg_sys::{self, Datum, Oid};
 use std::cell::{Cell, RefCell};

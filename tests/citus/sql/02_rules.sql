@@ -61,7 +61,9 @@ SELECT credits.purchase('pro_1', 50) AS p \gset
 SELECT monthly_limit, monthly_used FROM credits.balance('pro_1');
 SELECT purchased, monthly_used, reserved FROM credits.ledger_balance('pro_1');
 
--- Inside a transaction: the same rules, every statement routed to the node.
+-- Inside a transaction: the same rules, each debit run on its account's
+-- node in the transaction (one round trip), other calls statement by
+-- statement.
 BEGIN;
 SELECT credits.debit('pro_1', 'agent', 1) > 0 AS charged;
 SELECT credits.debit('pro_2', 'agent', 1) > 0 AS charged_on_another_account;
@@ -78,6 +80,17 @@ SELECT monthly_used FROM credits.balance('pro_1');
 SELECT credits.set_stripes('pro_1', 4);
 SELECT count(*) AS debits FROM (SELECT credits.debit('pro_1', 'agent', 1) FROM generate_series(1, 10)) d;
 SELECT monthly_used FROM credits.balance('pro_1');
+
+-- A batch: on the coordinator, each row decided on its account's node.
+SELECT ordinality, outcome, sqlstate
+  FROM credits.debit_many(ARRAY['pro_2', 'pro_2', 'free_1', 'nobody'], ARRAY['agent', 'agent', 'agent', 'agent'],
+                          ARRAY[1, 2, 1, 1])
+ ORDER BY ordinality;
+SELECT monthly_used FROM credits.balance('pro_2');
+
+-- The event feed reads the events of every node (ordered across nodes
+-- not yet: docs/citus.md).
+SELECT count(*) > 0 AS events_read FROM credits.read_events(0, 100);
 
 -- The history and the audit.
 SELECT kind, amount, from_grants FROM credits.history('pro_1', max_rows => 5);

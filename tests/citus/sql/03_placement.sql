@@ -20,10 +20,10 @@ EXPLAIN (COSTS OFF) SELECT credits.debit('acct_7', 'agent', 1);
 -- (the id forms look the id up on every node first).
 SELECT credits.reserve('acct_7', 'agent', 2) AS hold7 \gset
 SELECT credits.debit('acct_7', 'agent', 2) AS debit7 \gset
-SET citus.log_remote_commands = on;
+EXPLAIN (COSTS OFF) SELECT credits.settle_for('acct_7', :hold7, 1);
+EXPLAIN (COSTS OFF) SELECT credits.refund_for('acct_7', :debit7, 1);
 SELECT credits.settle_for('acct_7', :hold7, 1) AS e \gset
 SELECT credits.refund_for('acct_7', :debit7, 1) AS e \gset
-RESET citus.log_remote_commands;
 SELECT credits.refund(:debit7, 1) > :debit7 AS refunded_by_id;
 SELECT reserved, monthly_used FROM credits.balance('acct_7');
 SELECT :acct_port IN (SELECT nodeport FROM pg_dist_node WHERE groupid > 0) AS on_a_worker;
@@ -55,7 +55,8 @@ SELECT n.groupid > 0 AS worker, sum(r.result::bigint) AS charges
   JOIN pg_dist_node n USING (nodeid)
  GROUP BY 1 ORDER BY 1;
 -- Ids are unique across nodes, each carrying the group of the node that
--- made it (the coordinator's debits above, and the workers').
+-- made it: the workers, for the debits called inside one statement on the
+-- coordinator above too (each ran on its account's node).
 SELECT count(*) = count(DISTINCT entry_id) AS unique_ids,
        count(DISTINCT entry_id & 65535) AS node_groups
   FROM credits.ledger WHERE account_id LIKE 'acct_%' AND kind = 'D';
