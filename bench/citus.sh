@@ -9,8 +9,9 @@
 #   delegated   through the coordinator, each debit delegated to its
 #               account's worker (one round trip coordinator -> worker);
 #   in a tx     through the coordinator inside BEGIN ... COMMIT with a
-#               read of the balance: run on the coordinator, statement by
-#               statement on the worker.
+#               read of the balance: the debit run on its worker in one
+#               round trip, the balance statement by statement, and a
+#               two-phase commit.
 # Durable commits (fsync, synchronous_commit and full_page_writes on).
 # Needs Citus in the server (users install it from Citus's packages);
 # says SKIPPED otherwise. Report: target/bench/citus-<date>.md.
@@ -91,7 +92,8 @@ for round in $(seq 1 "$ROUNDS"); do
     tps[single_tx]+="$(run single_tx "$SINGLE_PORT" debit_tx.sql) "
     tps[citus_tx]+="$(run citus_tx "$CITUS_PORT" debit_tx.sql) "
 done
-m() { echo "${tps[$1]}" | tr ' ' '\n' | grep . | median; }
+m() { echo "${tps[$1]}" | tr ' ' '\n' | grep . | median | awk '{ printf "%.0f", $1 }'; }
+each() { echo "${tps[$1]}" | tr ' ' '\n' | grep . | awk '{ printf "%s%.0f", (NR > 1 ? " " : ""), $1 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 
 report=$(bench_report citus)
@@ -102,8 +104,8 @@ report=$(bench_report citus)
     echo
     echo "| cell | one server | Citus (coordinator + 2 workers) | Citus ÷ one server |"
     echo "|---|---|---|---|"
-    echo "| debit in its own transaction (delegated on Citus) | $(m single) (${tps[single]% }) | $(m delegated) (${tps[delegated]% }) | $(ratio "$(m delegated)" "$(m single)") |"
-    echo "| BEGIN; debit; balance; COMMIT (statement by statement on Citus) | $(m single_tx) (${tps[single_tx]% }) | $(m citus_tx) (${tps[citus_tx]% }) | $(ratio "$(m citus_tx)" "$(m single_tx)") |"
+    echo "| debit in its own transaction (delegated on Citus) | $(m single) ($(each single)) | $(m delegated) ($(each delegated)) | $(ratio "$(m delegated)" "$(m single)") |"
+    echo "| BEGIN; debit; balance; COMMIT (on Citus: the debit run on its node, the balance statement by statement) | $(m single_tx) ($(each single_tx)) | $(m citus_tx) ($(each citus_tx)) | $(ratio "$(m citus_tx)" "$(m single_tx)") |"
 } | tee "$report"
 echo
 echo "report: $report"

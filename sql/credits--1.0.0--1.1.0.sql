@@ -2040,9 +2040,7 @@ $$;
 CREATE OR REPLACE FUNCTION settle_for(account_id text, hold_id bigint, amount numeric) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF $1 IS NULL THEN
-        RAISE EXCEPTION 'invalid account_id: NULL' USING ERRCODE = 'UC009';
-    END IF;
+    PERFORM credits_internal._check_text($1, 'account_id');
     RETURN credits_internal._settle($1, $2, $3);
 END
 $$;
@@ -2059,9 +2057,7 @@ $$;
 CREATE OR REPLACE FUNCTION release_for(account_id text, hold_id bigint) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF $1 IS NULL THEN
-        RAISE EXCEPTION 'invalid account_id: NULL' USING ERRCODE = 'UC009';
-    END IF;
+    PERFORM credits_internal._check_text($1, 'account_id');
     PERFORM credits_internal._release($1, $2);
 END
 $$;
@@ -2222,9 +2218,7 @@ CREATE OR REPLACE FUNCTION refund_for(account_id text, entry_id bigint, amount n
 RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF $1 IS NULL THEN
-        RAISE EXCEPTION 'invalid account_id: NULL' USING ERRCODE = 'UC009';
-    END IF;
+    PERFORM credits_internal._check_text($1, 'account_id');
     RETURN credits_internal._refund($1, $2, $3, $4, $5);
 END
 $$;
@@ -2297,9 +2291,7 @@ $$;
 CREATE OR REPLACE FUNCTION void_grant_for(account_id text, entry_id bigint, reason text DEFAULT NULL) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF $1 IS NULL THEN
-        RAISE EXCEPTION 'invalid account_id: NULL' USING ERRCODE = 'UC009';
-    END IF;
+    PERFORM credits_internal._check_text($1, 'account_id');
     RETURN credits_internal._void_grant($1, $2, $3);
 END
 $$;

@@ -231,9 +231,7 @@ $$;
 CREATE FUNCTION settle_for(account_id text, hold_id bigint, amount numeric) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF $1 IS NULL THEN
-        RAISE EXCEPTION 'invalid account_id: NULL' USING ERRCODE = 'UC009';
-    END IF;
+    PERFORM credits_internal._check_text($1, 'account_id');
     RETURN credits_internal._settle($1, $2, $3);
 END
 $$;
@@ -366,9 +364,7 @@ $$;
 CREATE FUNCTION release_for(account_id text, hold_id bigint) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF $1 IS NULL THEN
-        RAISE EXCEPTION 'invalid account_id: NULL' USING ERRCODE = 'UC009';
-    END IF;
+    PERFORM credits_internal._check_text($1, 'account_id');
     PERFORM credits_internal._release($1, $2);
 END
 $$;

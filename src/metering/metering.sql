@@ -440,9 +440,7 @@ CREATE FUNCTION refund_for(account_id text, entry_id bigint, amount numeric DEFA
 RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF $1 IS NULL THEN
-        RAISE EXCEPTION 'invalid account_id: NULL' USING ERRCODE = 'UC009';
-    END IF;
+    PERFORM credits_internal._check_text($1, 'account_id');
     RETURN credits_internal._refund($1, $2, $3, $4, $5);
 END
 $$;

@@ -222,15 +222,9 @@ impl Table {
     /// whose first column is `key`, as the latest snapshot sees it.
     pub(crate) unsafe fn last_of(&self, index: Oid, key: Datum) -> Option<Found> {
         let equal = (pg_sys::BTEqualStrategyNumber, pg_sys::F_TEXTEQ, key);
-        let scan = self.scan(index, &[equal], pg_sys::GetLatestSnapshot());
-        let caller = pg_sys::MemoryContextSwitchTo(scan.context);
-        let found = pg_sys::index_getnext_slot(
-            scan.scan,
-            pg_sys::ScanDirection::BackwardScanDirection,
-            scan.row.slot,
-        );
-        pg_sys::MemoryContextSwitchTo(caller);
-        found.then(|| scan.into_row())
+        let mut scan = self.scan(index, &[equal], pg_sys::GetLatestSnapshot());
+        scan.step(pg_sys::ScanDirection::BackwardScanDirection)
+            .then(|| scan.into_row())
     }
 
     /// The rows in the order of `index` (on one text column) after the key
@@ -436,12 +430,12 @@ impl IndexScan {
     }
 
     pub(crate) unsafe fn next(&mut self) -> bool {
+        self.step(pg_sys::ScanDirection::ForwardScanDirection)
+    }
+
+    unsafe fn step(&mut self, direction: pg_sys::ScanDirection::Type) -> bool {
         let caller = pg_sys::MemoryContextSwitchTo(self.context);
-        let found = pg_sys::index_getnext_slot(
-            self.scan,
-            pg_sys::ScanDirection::ForwardScanDirection,
-            self.row.slot,
-        );
+        let found = pg_sys::index_getnext_slot(self.scan, direction, self.row.slot);
         pg_sys::MemoryContextSwitchTo(caller);
         found
     }
