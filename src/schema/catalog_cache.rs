@@ -104,10 +104,19 @@ pub(crate) unsafe fn schema() -> Option<Schema> {
 /// another node (the caller declines: the SQL path, routed by Citus, decides).
 pub(crate) unsafe fn shards_of(account_id: Datum) -> Option<Schema> {
     let schema = current()?;
-    CITUS.with(|c| match c.borrow().as_ref() {
+    let shards = CITUS.with(|c| c.borrow().as_ref().map(|citus| citus.shards_of(account_id)));
+    match shards {
         None => Some(schema),
-        Some(citus) => citus.shards_of(account_id),
-    })
+        Some(None) => None,
+        Some(Some(shards)) => {
+            // The shard lock is held now. A move that switched the shard to
+            // another node while this call waited for it has committed, and
+            // its invalidation is here: with the map stale, decline (the
+            // rows go where Citus routes the SQL path).
+            pg_sys::AcceptInvalidationMessages();
+            (!SCHEMA_STALE.load(Ordering::Relaxed)).then_some(shards)
+        }
+    }
 }
 
 /// Is the install distributed by Citus (as far as this session knows)?
