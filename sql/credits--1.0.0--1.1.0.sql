@@ -1080,9 +1080,9 @@ BEGIN
         RAISE EXCEPTION 'invalid batch size: %', coalesce(p_batch::text, 'NULL') USING ERRCODE = 'UC009';
     END IF;
     -- One maintenance step at a time: the worker and a manual run interleave safely.
+    -- (On Citus every node runs its own: these tables are the node's, and
+    -- each batch works on the node's shards.)
     SELECT * INTO st FROM credits.maintenance_state FOR UPDATE;
-    -- (after the lock, which credits.distribute() takes too)
-    PERFORM credits_internal._refuse_distributed('maintenance');
 
     IF st.run_id IS NULL THEN
         IF credits_internal._next_due(st.done_through) > p_at THEN
@@ -1118,19 +1118,8 @@ BEGIN
 
     -- Expiries: the accounts with a hold or grant past its deadline, a batch
     -- at a time (one another transaction holds is left for a later step).
-    SELECT array_agg(x.account_id ORDER BY x.account_id) INTO v_ids
-      FROM (SELECT a.account_id FROM credits.accounts a
-             WHERE a.account_id IN (
-                   (SELECT h.account_id FROM credits.holds h
-                     WHERE h.resolved_entry IS NULL AND h.expires_at <= run.run_at
-                     ORDER BY h.expires_at LIMIT p_batch)
-                   UNION
-                   (SELECT g.account_id FROM credits.grants g
-                     WHERE g.expired_entry IS NULL AND g.expires_at <= run.run_at
-                     ORDER BY g.expires_at LIMIT p_batch))
-             ORDER BY a.account_id
-               FOR UPDATE SKIP LOCKED) x;
-    IF v_ids IS NOT NULL THEN
+    v_ids := credits_internal._lock_free(credits_internal._due_accounts(run.run_at, p_batch), false);
+    IF v_ids <> '{}' THEN
         v_n := credits_internal._expire_due(v_ids, run.run_at);
         UPDATE credits.maintenance_runs r SET batches = r.batches + 1, expired = r.expired + v_n
          WHERE r.run_id = run.run_id;
@@ -1143,9 +1132,9 @@ BEGIN
     -- taken without waiting (the order every path takes them in).
     v_n := 0;
     FOR v_one IN SELECT w.account_id FROM credits.maintenance_waiting w
-                   JOIN credits.accounts a ON a.account_id = w.account_id
-                  WHERE w.run_id = run.run_id AND a.stripe_budget > 0
+                  WHERE w.run_id = run.run_id ORDER BY w.account_id
     LOOP
+        CONTINUE WHEN NOT coalesce((SELECT a.stripe_budget > 0 FROM credits.accounts a WHERE a.account_id = v_one), false);
         SELECT count(*) = (SELECT count(*) FROM credits.stripes s WHERE s.account_id = v_one) INTO v_free
           FROM (SELECT FROM credits.stripes s WHERE s.account_id = v_one FOR UPDATE SKIP LOCKED) x;
         IF v_free THEN
@@ -1162,14 +1151,9 @@ BEGIN
          WHERE r.run_id = run.run_id;
         RETURN 0;
     END IF;
-    SELECT array_agg(x.account_id ORDER BY x.account_id) INTO v_ids
-      FROM (SELECT a.account_id FROM credits.accounts a
-             WHERE a.account_id IN (SELECT w.account_id FROM credits.maintenance_waiting w
-                                     WHERE w.run_id = run.run_id)
-               AND a.stripe_budget = 0
-             ORDER BY a.account_id
-               FOR UPDATE SKIP LOCKED) x;
-    IF v_ids IS NOT NULL THEN
+    v_ids := credits_internal._lock_free(ARRAY(SELECT w.account_id FROM credits.maintenance_waiting w
+                                                 WHERE w.run_id = run.run_id), true);
+    IF v_ids <> '{}' THEN
         v_n := credits_internal._close_windows(v_ids, run.run_at);
         DELETE FROM credits.maintenance_waiting w WHERE w.run_id = run.run_id AND w.account_id = ANY (v_ids);
         UPDATE credits.maintenance_runs r
@@ -1181,8 +1165,7 @@ BEGIN
     -- every other account is done, and the held ones are correct at their
     -- next call meanwhile.
     IF EXISTS (SELECT FROM credits.maintenance_waiting w WHERE w.run_id = run.run_id)
-       OR EXISTS (SELECT FROM credits.holds h WHERE h.resolved_entry IS NULL AND h.expires_at <= run.run_at)
-       OR EXISTS (SELECT FROM credits.grants g WHERE g.expired_entry IS NULL AND g.expires_at <= run.run_at) THEN
+       OR credits_internal._due_accounts(run.run_at, 1) <> '{}' THEN
         RETURN 1;
     END IF;
 
@@ -1566,76 +1549,77 @@ $$;
 -- sees it first. Each resolves once. An account a grant's expiry leaves
 -- with nothing available gets an exhausted event. Returns how many.
 CREATE OR REPLACE FUNCTION credits_internal._expire_due(p_accounts text[], p_at timestamptz) RETURNS integer
-LANGUAGE plpgsql SET jit = off SET plan_cache_mode = force_generic_plan AS $$
+LANGUAGE plpgsql SET jit = off AS $$
 DECLARE
-    v_holds    integer;
-    v_grants   integer;
-    v_accounts text[];
-    v_entries  bigint[];
-    v_freed    bigint[];
-    v_acct     credits.accounts;
-    v_state    credits_internal._account_state;
-    v_hold     credits.holds;
+    v_n       integer := 0;
+    v_account text;
+    v_hold    credits.holds;
+    v_holds   credits.holds[];
+    v_grant   credits.grants;
+    v_entry   bigint;
+    v_entries bigint[];
+    v_last    bigint;
+    v_freed   numeric;
+    v_acct    credits.accounts;
+    v_state   credits_internal._account_state;
 BEGIN
-    WITH due AS (
-        SELECT h.account_id, h.hold_id, h.feature_id, h.amount, h.expires_at, h.month
-          FROM credits.holds h
-         WHERE h.account_id = ANY (p_accounts) AND h.resolved_entry IS NULL AND h.expires_at <= p_at
-    ), freed AS (
-        INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, ref, metadata)
-        SELECT d.account_id, d.expires_at, 'X', d.feature_id, d.amount, d.hold_id, '{"reason": "expired"}'
-          FROM due d
-         ORDER BY d.account_id, d.hold_id
-        RETURNING entry_id, account_id, ref, amount
-    ), resolved AS (
-        UPDATE credits.holds h SET resolved_entry = f.entry_id
-          FROM freed f
-         WHERE h.account_id = f.account_id AND h.hold_id = f.ref
-    ), unreserved AS (
-        UPDATE credits.accounts a SET reserved = a.reserved - f.total
-          FROM (SELECT account_id, sum(amount) AS total FROM freed GROUP BY account_id) f
-         WHERE a.account_id = f.account_id
-    )
-    SELECT count(*), array_agg(f.ref), array_agg(f.entry_id), array_agg(f.account_id)
-      INTO v_holds, v_freed, v_entries, v_accounts
-      FROM freed f;
-    -- What a hold kept aside of a month that has closed, or of an allowance an
-    -- upgrade has replaced since, is forfeited (_hold_resolved).
-    FOR i IN 1 .. coalesce(array_length(v_freed, 1), 0) LOOP
-        SELECT * INTO v_hold FROM credits.holds h WHERE h.account_id = v_accounts[i] AND h.hold_id = v_freed[i];
-        PERFORM credits_internal._hold_resolved(v_hold, v_entries[i], 0, 0, p_at);
-    END LOOP;
+    -- An account at a time, every statement on its rows alone (on Citus:
+    -- on its shard, where Citus routes each).
+    FOREACH v_account IN ARRAY p_accounts LOOP
+        -- Holds: freed ('X'), then what each kept aside of a month that has
+        -- closed, or of an allowance an upgrade has replaced since, is
+        -- forfeited (_hold_resolved).
+        v_holds := '{}';
+        v_entries := '{}';
+        v_freed := 0;
+        FOR v_hold IN SELECT * FROM credits.holds h
+                       WHERE h.account_id = v_account AND h.resolved_entry IS NULL AND h.expires_at <= p_at
+                       ORDER BY h.hold_id LOOP
+            INSERT INTO credits.ledger (account_id, at, kind, feature_id, amount, ref, metadata)
+            VALUES (v_account, v_hold.expires_at, 'X', v_hold.feature_id, v_hold.amount, v_hold.hold_id,
+                    '{"reason": "expired"}')
+            RETURNING entry_id INTO v_entry;
+            UPDATE credits.holds h SET resolved_entry = v_entry
+             WHERE h.account_id = v_account AND h.hold_id = v_hold.hold_id;
+            v_holds := v_holds || v_hold;
+            v_entries := v_entries || v_entry;
+            v_freed := v_freed + v_hold.amount;
+        END LOOP;
+        IF v_freed > 0 THEN
+            UPDATE credits.accounts a SET reserved = a.reserved - v_freed WHERE a.account_id = v_account;
+        END IF;
+        FOR i IN 1 .. coalesce(array_length(v_holds, 1), 0) LOOP
+            PERFORM credits_internal._hold_resolved(v_holds[i], v_entries[i], 0, 0, p_at);
+        END LOOP;
+        v_n := v_n + coalesce(array_length(v_holds, 1), 0);
 
-    WITH due AS (
-        SELECT g.account_id, g.grant_id, g.kind, g.remaining, g.expires_at
-          FROM credits.grants g
-         WHERE g.account_id = ANY (p_accounts) AND g.expired_entry IS NULL AND g.expires_at <= p_at
-    ), expired AS (
-        INSERT INTO credits.ledger (account_id, at, kind, amount, ref, metadata)
-        SELECT d.account_id, d.expires_at, 'E', d.remaining, d.grant_id, jsonb_build_object('grant_kind', d.kind)
-          FROM due d
-         WHERE d.remaining > 0
-         ORDER BY d.account_id, d.expires_at, d.grant_id
-        RETURNING entry_id, account_id, ref
-    ), marked AS (
-        UPDATE credits.grants g SET expired_entry = coalesce(e.entry_id, 0)
-          FROM due d
-          LEFT JOIN expired e ON e.account_id = d.account_id AND e.ref = d.grant_id
-         WHERE g.account_id = d.account_id AND g.grant_id = d.grant_id
-    )
-    -- (per account, its last expiry entry: the one that may have run it out)
-    SELECT (SELECT count(*) FROM due), array_agg(l.account_id ORDER BY l.account_id),
-           array_agg(l.entry_id ORDER BY l.account_id)
-      INTO v_grants, v_accounts, v_entries
-      FROM (SELECT e.account_id, max(e.entry_id) AS entry_id FROM expired e GROUP BY e.account_id) l;
-    FOR i IN 1 .. coalesce(array_length(v_accounts, 1), 0) LOOP
-        SELECT * INTO v_acct FROM credits.accounts ac WHERE ac.account_id = v_accounts[i];
-        v_state := credits_internal._state(v_acct, p_at);
-        IF v_state.allowance_available + v_state.grants_available = 0 THEN
-            PERFORM credits_internal._emit(v_acct, 'exhausted', 'monthly', NULL, p_at, v_state, v_entries[i]);
+        -- Grants: what is left expires ('E'); one that ran its account out
+        -- (its last expiry entry) makes an exhausted event.
+        v_last := NULL;
+        FOR v_grant IN SELECT * FROM credits.grants g
+                        WHERE g.account_id = v_account AND g.expired_entry IS NULL AND g.expires_at <= p_at
+                        ORDER BY g.expires_at, g.grant_id LOOP
+            v_entry := 0;
+            IF v_grant.remaining > 0 THEN
+                INSERT INTO credits.ledger (account_id, at, kind, amount, ref, metadata)
+                VALUES (v_account, v_grant.expires_at, 'E', v_grant.remaining, v_grant.grant_id,
+                        jsonb_build_object('grant_kind', v_grant.kind))
+                RETURNING entry_id INTO v_entry;
+                v_last := v_entry;
+            END IF;
+            UPDATE credits.grants g SET expired_entry = v_entry
+             WHERE g.account_id = v_account AND g.grant_id = v_grant.grant_id;
+            v_n := v_n + 1;
+        END LOOP;
+        IF v_last IS NOT NULL THEN
+            SELECT * INTO v_acct FROM credits.accounts ac WHERE ac.account_id = v_account;
+            v_state := credits_internal._state(v_acct, p_at);
+            IF v_state.allowance_available + v_state.grants_available = 0 THEN
+                PERFORM credits_internal._emit(v_acct, 'exhausted', 'monthly', NULL, p_at, v_state, v_last);
+            END IF;
         END IF;
     END LOOP;
-    RETURN v_holds + v_grants;
+    RETURN v_n;
 END
 $$;
 
@@ -1810,18 +1794,120 @@ $$;
 CREATE OR REPLACE FUNCTION credits_internal._worker_step(p_batch integer, p_retry double precision) RETURNS double precision
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF credits_internal._distributed() THEN
-        RETURN 3600;  -- (not on Citus yet: docs/citus.md)
-    END IF;
     RETURN credits_internal._maintenance_step(credits.now(), p_batch);
 EXCEPTION WHEN OTHERS THEN
-    IF credits_internal._distributed() THEN
-        RETURN 3600;  -- (distributed meanwhile: not an error)
-    END IF;
     UPDATE credits.maintenance_state
        SET last_error = format('%s (SQLSTATE %s)', SQLERRM, SQLSTATE), last_error_at = clock_timestamp();
     RAISE WARNING 'credits maintenance: % (SQLSTATE %), retrying in % s', SQLERRM, SQLSTATE, p_retry;
     RETURN -p_retry;
+END
+$$;
+
+-- The earliest instant at which something is or was due after `done_through`:
+-- the next UTC day boundary, the next hold or grant deadline.
+CREATE OR REPLACE FUNCTION credits_internal._next_due(p_done_through timestamptz) RETURNS timestamptz
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$  -- used by the status view
+BEGIN
+    -- (PL/pgSQL: Citus plans no SQL function with parameters over its tables)
+    RETURN least(
+        CASE WHEN p_done_through IS NULL THEN '-infinity'::timestamptz
+             ELSE (credits_internal._utc_day(p_done_through) + 1)::timestamp AT TIME ZONE 'UTC' END,
+        (SELECT min(h.expires_at) FROM credits.holds h WHERE h.resolved_entry IS NULL),
+        (SELECT min(g.expires_at) FROM credits.grants g WHERE g.expired_entry IS NULL AND g.expires_at IS NOT NULL));
+END
+$$;
+
+-- The accounts with a hold or grant past its deadline at `p_at`: up to
+-- `p_batch` of each kind, the earliest deadlines first. On Citus, those of
+-- this node's shards (read directly: every node expires its own).
+CREATE OR REPLACE FUNCTION credits_internal._due_accounts(p_at timestamptz, p_batch integer) RETURNS text[]
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_due   text[] := '{}';
+    v_some  text[];
+    v_group record;
+BEGIN
+    IF NOT credits_internal._distributed() THEN
+        RETURN ARRAY((SELECT h.account_id FROM credits.holds h
+                       WHERE h.resolved_entry IS NULL AND h.expires_at <= p_at
+                       ORDER BY h.expires_at LIMIT p_batch)
+                     UNION
+                     (SELECT g.account_id FROM credits.grants g
+                       WHERE g.expired_entry IS NULL AND g.expires_at <= p_at
+                       ORDER BY g.expires_at LIMIT p_batch));
+    END IF;
+    FOR v_group IN SELECT h.shardid AS holds, g.shardid AS grants
+                     FROM pg_catalog.pg_dist_shard h
+                     JOIN pg_catalog.pg_dist_shard g ON g.shardminvalue = h.shardminvalue
+                     JOIN pg_catalog.pg_dist_placement p ON p.shardid = h.shardid
+                    WHERE h.logicalrelid = 'credits.holds'::regclass AND g.logicalrelid = 'credits.grants'::regclass
+                      AND p.groupid = (SELECT l.groupid FROM pg_catalog.pg_dist_local_group l) LOOP
+        EXECUTE format($q$SELECT ARRAY((SELECT h.account_id FROM credits.%I h
+                                         WHERE h.resolved_entry IS NULL AND h.expires_at <= $1
+                                         ORDER BY h.expires_at LIMIT $2)
+                                       UNION
+                                       (SELECT g.account_id FROM credits.%I g
+                                         WHERE g.expired_entry IS NULL AND g.expires_at <= $1
+                                         ORDER BY g.expires_at LIMIT $2))$q$,
+                       'holds_' || v_group.holds, 'grants_' || v_group.grants)
+           INTO v_some USING p_at, p_batch;
+        v_due := v_due || v_some;
+    END LOOP;
+    RETURN v_due;
+END
+$$;
+
+-- Of the accounts `p_ids`, those no other transaction holds, locked (for the
+-- rest of the transaction), in key order; with `p_unstriped`, only those
+-- with no budgets out on stripes. (On Citus an account at a time: Citus
+-- locks rows of one shard per statement.)
+CREATE OR REPLACE FUNCTION credits_internal._lock_free(p_ids text[], p_unstriped boolean) RETURNS text[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_free text[] := '{}';
+    v_one  text;
+BEGIN
+    IF NOT credits_internal._distributed() THEN
+        RETURN ARRAY(SELECT a.account_id FROM credits.accounts a
+                      WHERE a.account_id = ANY (p_ids) AND (NOT p_unstriped OR a.stripe_budget = 0)
+                      ORDER BY a.account_id
+                        FOR UPDATE SKIP LOCKED);
+    END IF;
+    FOR v_one IN SELECT DISTINCT x FROM unnest(p_ids) x ORDER BY x LOOP
+        PERFORM FROM credits.accounts a
+          WHERE a.account_id = v_one AND (NOT p_unstriped OR a.stripe_budget = 0)
+            FOR UPDATE SKIP LOCKED;
+        IF FOUND THEN
+            v_free := v_free || v_one;
+        END IF;
+    END LOOP;
+    RETURN v_free;
+END
+$$;
+
+-- run_maintenance: do everything due at `at` (default credits.now()) now,
+-- committing after each batch; a NOTICE reports progress. Idempotent: a
+-- second call for the same instant finds nothing due. Call it outside a
+-- transaction block (CALL credits.run_maintenance()), by hand or from pg_cron.
+CREATE OR REPLACE PROCEDURE run_maintenance(at timestamptz DEFAULT NULL)
+-- (No SET search_path: a procedure with one cannot COMMIT. Every name is qualified.)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_at    timestamptz := coalesce(run_maintenance.at, credits.now());
+    v_batch integer := coalesce(nullif(pg_catalog.current_setting('credits.maintenance_batch_size', true), ''), '2000')::integer;
+    v_steps integer := 0;
+BEGIN
+    -- (each batch is idempotent, so it commits without waiting for the WAL flush)
+    WHILE pg_catalog.set_config('synchronous_commit', 'off', true) IS NOT NULL
+          AND credits_internal._maintenance_step(v_at, v_batch) = 0 LOOP
+        COMMIT;
+        v_steps := v_steps + 1;
+        IF v_steps % 10 = 0 THEN
+            RAISE NOTICE '%', credits_internal._maintenance_progress();
+        END IF;
+    END LOOP;
+    COMMIT;
+    RAISE NOTICE '%', credits_internal._maintenance_progress();
 END
 $$;
 

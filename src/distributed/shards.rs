@@ -153,6 +153,19 @@ impl Citus {
         Some(schema)
     }
 
+    /// The shard groups this node holds, locked (see catalog_cache).
+    pub(crate) unsafe fn local_groups(&self) -> Vec<(i64, Schema)> {
+        self.ranges
+            .iter()
+            .zip(&self.local)
+            .filter_map(|(&(_, _, accounts_shard), local)| {
+                let schema = (*local)?;
+                lock_shard_metadata(accounts_shard);
+                Some((accounts_shard, schema))
+            })
+            .collect()
+    }
+
     /// The shard index of an account: Citus hashes a text distribution
     /// column with hashtext in the column's collation ("C": the bytes).
     unsafe fn index_of(&self, account_id: Datum) -> Option<usize> {

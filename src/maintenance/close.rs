@@ -335,61 +335,43 @@ pub unsafe extern "C-unwind" fn credits_close_windows_after(
         error!("credits_internal._close_windows_after: NULL instant or batch size");
     };
     let limit = limit.value() as i32;
-    if catalog_cache::distributed() {
-        ereport!(
-            ERROR,
-            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-            "credits: maintenance batches do not run on a distributed install",
-            "on Citus, windows close at each account's next call (docs/citus.md)"
-        );
-    }
-    let mut closer = Closer::begin(at, whole_schema());
-    let mut last = None;
     // Accounts another transaction holds: skipped, never waited for (one
     // transaction open across midnight must not stall every account after
     // it); maintenance comes back to them.
     let mut skipped: Vec<String> = Vec::new();
-    {
-        let mut scan = closer.accounts.scan_after(closer.schema.accounts_key, a[0]);
-        let id_col = closer
-            .accounts
-            .col(c"account_id")
-            .unwrap_or_else(|| incomplete());
-        let (today, this_month) = (closer.today, closer.this_month);
-        while closer.closed_accounts < limit && scan.next() {
-            let row = &scan.row;
-            let mut busy = false;
-            let closed = closer.close(|accounts| {
-                // Nothing to close: skipped without a lock. (One a debit
-                // closed since this statement began is found so once locked.)
-                let seen = Account::read(accounts, row).unwrap_or_else(|| incomplete());
-                if !passed(&seen, today, this_month) {
-                    return None;
-                }
-                // Budgets out on its stripes are folded back first, stripes
-                // before the row: maintenance comes back to it.
-                if seen.has_stripe_budget() {
-                    busy = true;
-                    return None;
-                }
-                match accounts.try_lock_seen(row) {
-                    Lock::Locked(found) => Some(found),
-                    Lock::Busy => {
-                        busy = true;
-                        None
-                    }
-                    Lock::Gone => None,
-                }
-            });
-            let id = || text_string(scan.row.get(id_col).unwrap_or_else(|| incomplete()));
-            if closed {
-                last = Some(id());
-            } else if busy {
-                skipped.push(id());
+    let (mut last, mut accounts, mut recorded) = (None, 0, 0);
+    if catalog_cache::distributed() {
+        // On Citus, this node's own shard groups one after another, the
+        // cursor naming the group: "<accounts shard id>/<last account>".
+        let cursor = a[0].map(|c| text_string(c));
+        let (from_group, after) = match cursor.as_deref().and_then(|c| c.split_once('/')) {
+            Some((group, account)) => (group.parse::<i64>().ok(), Some(account.to_string())),
+            None => (None, None),
+        };
+        let groups = catalog_cache::local_shard_groups();
+        let first = groups
+            .iter()
+            .position(|(group, _)| Some(*group) == from_group)
+            .unwrap_or(0);
+        let mut after = after.filter(|a| !a.is_empty());
+        for (group, schema) in groups.into_iter().skip(first) {
+            let mut closer = Closer::begin(at, schema);
+            let after_key = after.take().map(|a| text(&a));
+            let closed_last = closer.batch(after_key, limit - accounts, &mut skipped);
+            let (n, windows) = closer.finish();
+            (accounts, recorded) = (accounts + n, recorded + windows);
+            if let Some(account) = closed_last {
+                last = Some(format!("{group}/{account}"));
+            }
+            if accounts >= limit {
+                break;
             }
         }
+    } else {
+        let mut closer = Closer::begin(at, whole_schema());
+        last = closer.batch(a[0], limit, &mut skipped);
+        (accounts, recorded) = closer.finish();
     }
-    let (accounts, recorded) = closer.finish();
 
     let mut desc = std::ptr::null_mut();
     if pg_sys::get_call_result_type(fcinfo, std::ptr::null_mut(), &mut desc)
@@ -574,6 +556,56 @@ impl Closer {
         self.writes.update(accounts, locked.slot, rolled_slot);
         self.closed_accounts += 1;
         true
+    }
+
+    /// A maintenance batch on this closer's relations: closes the ended
+    /// windows of up to `limit` accounts that have one, the first after
+    /// `after` in key order, locking each as the scan reaches it (one
+    /// another transaction holds goes to `skipped`). Returns the last
+    /// account closed.
+    unsafe fn batch(&mut self, after: Option<Datum>, limit: i32, skipped: &mut Vec<String>) -> Option<String> {
+        let mut last = None;
+        {
+            let mut scan = self.accounts.scan_after(self.schema.accounts_key, after);
+            let id_col = self
+                .accounts
+                .col(c"account_id")
+                .unwrap_or_else(|| incomplete());
+            let (today, this_month) = (self.today, self.this_month);
+            while self.closed_accounts < limit && scan.next() {
+                let row = &scan.row;
+                let mut busy = false;
+                let closed = self.close(|accounts| {
+                    // Nothing to close: skipped without a lock. (One a debit
+                    // closed since this statement began is found so once locked.)
+                    let seen = Account::read(accounts, row).unwrap_or_else(|| incomplete());
+                    if !passed(&seen, today, this_month) {
+                        return None;
+                    }
+                    // Budgets out on its stripes are folded back first, stripes
+                    // before the row: maintenance comes back to it.
+                    if seen.has_stripe_budget() {
+                        busy = true;
+                        return None;
+                    }
+                    match accounts.try_lock_seen(row) {
+                        Lock::Locked(found) => Some(found),
+                        Lock::Busy => {
+                            busy = true;
+                            None
+                        }
+                        Lock::Gone => None,
+                    }
+                });
+                let id = || text_string(scan.row.get(id_col).unwrap_or_else(|| incomplete()));
+                if closed {
+                    last = Some(id());
+                } else if busy {
+                    skipped.push(id());
+                }
+            }
+        }
+        last
     }
 
     /// Ends the writes and emits the reset events: (accounts, windows) closed.

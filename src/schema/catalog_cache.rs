@@ -119,6 +119,21 @@ pub(crate) unsafe fn shards_of(account_id: Datum) -> Option<Schema> {
     }
 }
 
+/// On a Citus cluster, the shard groups this node holds, each as (its
+/// accounts shard's id, its relations), locked against a move for the rest
+/// of the transaction; none on a single node.
+pub(crate) unsafe fn local_shard_groups() -> Vec<(i64, Schema)> {
+    if current().is_none() {
+        return Vec::new();
+    }
+    CITUS.with(|c| {
+        c.borrow()
+            .as_ref()
+            .map(|citus| citus.local_groups())
+            .unwrap_or_default()
+    })
+}
+
 /// Is the install distributed by Citus (as far as this session knows)?
 pub(crate) unsafe fn distributed() -> bool {
     current().is_some() && CITUS.with(|c| c.borrow().is_some())
