@@ -563,46 +563,49 @@ impl Closer {
     /// `after` in key order, locking each as the scan reaches it (one
     /// another transaction holds goes to `skipped`). Returns the last
     /// account closed.
-    unsafe fn batch(&mut self, after: Option<Datum>, limit: i32, skipped: &mut Vec<String>) -> Option<String> {
+    unsafe fn batch(
+        &mut self,
+        after: Option<Datum>,
+        limit: i32,
+        skipped: &mut Vec<String>,
+    ) -> Option<String> {
         let mut last = None;
-        {
-            let mut scan = self.accounts.scan_after(self.schema.accounts_key, after);
-            let id_col = self
-                .accounts
-                .col(c"account_id")
-                .unwrap_or_else(|| incomplete());
-            let (today, this_month) = (self.today, self.this_month);
-            while self.closed_accounts < limit && scan.next() {
-                let row = &scan.row;
-                let mut busy = false;
-                let closed = self.close(|accounts| {
-                    // Nothing to close: skipped without a lock. (One a debit
-                    // closed since this statement began is found so once locked.)
-                    let seen = Account::read(accounts, row).unwrap_or_else(|| incomplete());
-                    if !passed(&seen, today, this_month) {
-                        return None;
-                    }
-                    // Budgets out on its stripes are folded back first, stripes
-                    // before the row: maintenance comes back to it.
-                    if seen.has_stripe_budget() {
-                        busy = true;
-                        return None;
-                    }
-                    match accounts.try_lock_seen(row) {
-                        Lock::Locked(found) => Some(found),
-                        Lock::Busy => {
-                            busy = true;
-                            None
-                        }
-                        Lock::Gone => None,
-                    }
-                });
-                let id = || text_string(scan.row.get(id_col).unwrap_or_else(|| incomplete()));
-                if closed {
-                    last = Some(id());
-                } else if busy {
-                    skipped.push(id());
+        let mut scan = self.accounts.scan_after(self.schema.accounts_key, after);
+        let id_col = self
+            .accounts
+            .col(c"account_id")
+            .unwrap_or_else(|| incomplete());
+        let (today, this_month) = (self.today, self.this_month);
+        while self.closed_accounts < limit && scan.next() {
+            let row = &scan.row;
+            let mut busy = false;
+            let closed = self.close(|accounts| {
+                // Nothing to close: skipped without a lock. (One a debit
+                // closed since this statement began is found so once locked.)
+                let seen = Account::read(accounts, row).unwrap_or_else(|| incomplete());
+                if !passed(&seen, today, this_month) {
+                    return None;
                 }
+                // Budgets out on its stripes are folded back first, stripes
+                // before the row: maintenance comes back to it.
+                if seen.has_stripe_budget() {
+                    busy = true;
+                    return None;
+                }
+                match accounts.try_lock_seen(row) {
+                    Lock::Locked(found) => Some(found),
+                    Lock::Busy => {
+                        busy = true;
+                        None
+                    }
+                    Lock::Gone => None,
+                }
+            });
+            let id = || text_string(scan.row.get(id_col).unwrap_or_else(|| incomplete()));
+            if closed {
+                last = Some(id());
+            } else if busy {
+                skipped.push(id());
             }
         }
         last
