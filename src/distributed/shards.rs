@@ -25,8 +25,8 @@ pub(crate) struct Citus {
     local: Vec<Option<Schema>>,
 }
 
-/// The tables whose shard relations the code below SQL opens, in the order
-/// `shard_ids` returns their shards.
+/// The per-account tables whose shards the code below SQL opens (as
+/// `load` fills ShardIds: in this order).
 const TABLES: [&str; 6] = [
     "accounts",
     "ledger",
