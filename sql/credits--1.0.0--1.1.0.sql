@@ -2397,6 +2397,56 @@ COMMENT ON FUNCTION credits.release_for(text, bigint) IS
 COMMENT ON FUNCTION credits.void_grant_for(text, bigint, text) IS
 'void_grant of a grant of the given account (UC011 if it is not one): on Citus, delegated to the account''s node.';
 
+-- (usage_monthly and account_months find the month's plan with a LATERAL
+-- subquery instead of credits_internal._plan_in, which Citus cannot run per
+-- row: src/reporting/views.sql)
+-- The plan an account was on at the end of a month (now, for the current
+-- month) is its last plan change before the month ended: a LATERAL
+-- subquery in the view (read with the view's rights, as every table here;
+-- Citus runs it on the account's shard), the same in account_months.
+CREATE OR REPLACE VIEW usage_monthly AS
+SELECT m.*, p.plan
+  FROM (SELECT u.account_id,
+               u.month,
+               f.product,
+               f.feature,
+               coalesce(sum(u.amount) FILTER (WHERE u.kind = 'D'), 0) AS debited,
+               coalesce(sum(u.amount) FILTER (WHERE u.kind = 'R'), 0) AS refunded,
+               coalesce(sum(CASE u.kind WHEN 'D' THEN u.amount ELSE -u.amount END), 0) AS net,
+               coalesce(sum(u.entries) FILTER (WHERE u.kind = 'D'), 0) AS debits,
+               coalesce(sum(u.entries) FILTER (WHERE u.kind = 'R'), 0) AS refunds
+          FROM credits_internal._ledger_months u
+          JOIN credits.features f ON f.feature_id = u.feature_id
+         WHERE u.kind IN ('D', 'R')
+         GROUP BY u.account_id, u.month, f.product, f.feature) m
+  LEFT JOIN LATERAL (SELECT (l.metadata ->> 'plan') COLLATE "C" AS plan FROM credits.ledger l
+                      WHERE l.account_id = m.account_id AND l.kind = 'S'
+                        AND l.at < (m.month + interval '1 month')::timestamp AT TIME ZONE 'UTC'
+                      ORDER BY l.entry_id DESC LIMIT 1) p ON true;
+
+CREATE OR REPLACE VIEW account_months AS
+SELECT m.*, p.plan
+  FROM (SELECT u.account_id,
+               u.month,
+               coalesce(sum(u.amount) FILTER (WHERE u.kind = 'D'), 0) AS debited,
+               coalesce(sum(u.amount) FILTER (WHERE u.kind = 'R'), 0) AS refunded,
+               coalesce(sum(u.amount) FILTER (WHERE u.kind = 'D'), 0)
+                 - coalesce(sum(u.amount) FILTER (WHERE u.kind = 'R'), 0) AS net_usage,
+               coalesce(sum(u.from_grants) FILTER (WHERE u.kind = 'D'), 0)
+                 - coalesce(sum(u.from_grants) FILTER (WHERE u.kind = 'R'), 0) AS net_from_grants,
+               coalesce(sum(u.amount) FILTER (WHERE u.kind = 'F'), 0) AS forfeited,
+               coalesce(sum(u.amount) FILTER (WHERE u.kind = 'G'), 0) AS granted,
+               coalesce(sum(u.amount) FILTER (WHERE u.kind = 'P'), 0) AS purchased,
+               coalesce(sum(u.amount) FILTER (WHERE u.kind = 'E'), 0) AS expired
+          FROM credits_internal._ledger_months u
+         GROUP BY u.account_id, u.month) m
+  LEFT JOIN LATERAL (SELECT (l.metadata ->> 'plan') COLLATE "C" AS plan FROM credits.ledger l
+                      WHERE l.account_id = m.account_id AND l.kind = 'S'
+                        AND l.at < (m.month + interval '1 month')::timestamp AT TIME ZONE 'UTC'
+                      ORDER BY l.entry_id DESC LIMIT 1) p ON true;
+
+DROP FUNCTION credits_internal._plan_in(text, date);
+
 -- The problems verify() reports for the accounts, from their rows alone
 -- (everything but the usage rollups): per account, joined on account_id
 -- throughout, so that on Citus each node runs it on its shards

@@ -45,49 +45,51 @@ SELECT l.account_id, credits_internal._report_month(l.kind, l.at, l.metadata), l
  WHERE l.entry_id > credits_internal._rolled_through();
 COMMENT ON VIEW credits_internal._ledger_months IS 'Internal: usage_rollup plus the ledger entries not rolled up yet.';
 
--- The plan an account was on at the end of `month` (now, for the current
--- month): its last plan change before the month ended. (Security definer:
--- the views call it with the reader's rights, who reads no table.)
-CREATE FUNCTION credits_internal._plan_in(p_account text, p_month date) RETURNS text
-LANGUAGE sql STABLE PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-RETURN (SELECT l.metadata ->> 'plan' FROM credits.ledger l
-         WHERE l.account_id = p_account AND l.kind = 'S'
-           AND l.at < (p_month + interval '1 month')::timestamp AT TIME ZONE 'UTC'
-         ORDER BY l.entry_id DESC LIMIT 1);
-
+-- The plan an account was on at the end of a month (now, for the current
+-- month) is its last plan change before the month ended: a LATERAL
+-- subquery in the view (read with the view's rights, as every table here;
+-- Citus runs it on the account's shard), the same in account_months.
 CREATE VIEW usage_monthly AS
-SELECT u.account_id,
-       u.month,
-       f.product,
-       f.feature,
-       coalesce(sum(u.amount) FILTER (WHERE u.kind = 'D'), 0) AS debited,
-       coalesce(sum(u.amount) FILTER (WHERE u.kind = 'R'), 0) AS refunded,
-       coalesce(sum(CASE u.kind WHEN 'D' THEN u.amount ELSE -u.amount END), 0) AS net,
-       coalesce(sum(u.entries) FILTER (WHERE u.kind = 'D'), 0) AS debits,
-       coalesce(sum(u.entries) FILTER (WHERE u.kind = 'R'), 0) AS refunds,
-       credits_internal._plan_in(u.account_id, u.month) AS plan
-  FROM credits_internal._ledger_months u
-  JOIN credits.features f ON f.feature_id = u.feature_id
- WHERE u.kind IN ('D', 'R')
- GROUP BY u.account_id, u.month, f.product, f.feature;
+SELECT m.*, p.plan
+  FROM (SELECT u.account_id,
+               u.month,
+               f.product,
+               f.feature,
+               coalesce(sum(u.amount) FILTER (WHERE u.kind = 'D'), 0) AS debited,
+               coalesce(sum(u.amount) FILTER (WHERE u.kind = 'R'), 0) AS refunded,
+               coalesce(sum(CASE u.kind WHEN 'D' THEN u.amount ELSE -u.amount END), 0) AS net,
+               coalesce(sum(u.entries) FILTER (WHERE u.kind = 'D'), 0) AS debits,
+               coalesce(sum(u.entries) FILTER (WHERE u.kind = 'R'), 0) AS refunds
+          FROM credits_internal._ledger_months u
+          JOIN credits.features f ON f.feature_id = u.feature_id
+         WHERE u.kind IN ('D', 'R')
+         GROUP BY u.account_id, u.month, f.product, f.feature) m
+  LEFT JOIN LATERAL (SELECT (l.metadata ->> 'plan') COLLATE "C" AS plan FROM credits.ledger l
+                      WHERE l.account_id = m.account_id AND l.kind = 'S'
+                        AND l.at < (m.month + interval '1 month')::timestamp AT TIME ZONE 'UTC'
+                      ORDER BY l.entry_id DESC LIMIT 1) p ON true;
 COMMENT ON VIEW usage_monthly IS 'Usage per account, UTC month, product and feature (refunds in the month of the refund).';
 
 CREATE VIEW account_months AS
-SELECT u.account_id,
-       u.month,
-       coalesce(sum(u.amount) FILTER (WHERE u.kind = 'D'), 0) AS debited,
-       coalesce(sum(u.amount) FILTER (WHERE u.kind = 'R'), 0) AS refunded,
-       coalesce(sum(u.amount) FILTER (WHERE u.kind = 'D'), 0)
-         - coalesce(sum(u.amount) FILTER (WHERE u.kind = 'R'), 0) AS net_usage,
-       coalesce(sum(u.from_grants) FILTER (WHERE u.kind = 'D'), 0)
-         - coalesce(sum(u.from_grants) FILTER (WHERE u.kind = 'R'), 0) AS net_from_grants,
-       coalesce(sum(u.amount) FILTER (WHERE u.kind = 'F'), 0) AS forfeited,
-       coalesce(sum(u.amount) FILTER (WHERE u.kind = 'G'), 0) AS granted,
-       coalesce(sum(u.amount) FILTER (WHERE u.kind = 'P'), 0) AS purchased,
-       coalesce(sum(u.amount) FILTER (WHERE u.kind = 'E'), 0) AS expired,
-       credits_internal._plan_in(u.account_id, u.month) AS plan
-  FROM credits_internal._ledger_months u
- GROUP BY u.account_id, u.month;
+SELECT m.*, p.plan
+  FROM (SELECT u.account_id,
+               u.month,
+               coalesce(sum(u.amount) FILTER (WHERE u.kind = 'D'), 0) AS debited,
+               coalesce(sum(u.amount) FILTER (WHERE u.kind = 'R'), 0) AS refunded,
+               coalesce(sum(u.amount) FILTER (WHERE u.kind = 'D'), 0)
+                 - coalesce(sum(u.amount) FILTER (WHERE u.kind = 'R'), 0) AS net_usage,
+               coalesce(sum(u.from_grants) FILTER (WHERE u.kind = 'D'), 0)
+                 - coalesce(sum(u.from_grants) FILTER (WHERE u.kind = 'R'), 0) AS net_from_grants,
+               coalesce(sum(u.amount) FILTER (WHERE u.kind = 'F'), 0) AS forfeited,
+               coalesce(sum(u.amount) FILTER (WHERE u.kind = 'G'), 0) AS granted,
+               coalesce(sum(u.amount) FILTER (WHERE u.kind = 'P'), 0) AS purchased,
+               coalesce(sum(u.amount) FILTER (WHERE u.kind = 'E'), 0) AS expired
+          FROM credits_internal._ledger_months u
+         GROUP BY u.account_id, u.month) m
+  LEFT JOIN LATERAL (SELECT (l.metadata ->> 'plan') COLLATE "C" AS plan FROM credits.ledger l
+                      WHERE l.account_id = m.account_id AND l.kind = 'S'
+                        AND l.at < (m.month + interval '1 month')::timestamp AT TIME ZONE 'UTC'
+                      ORDER BY l.entry_id DESC LIMIT 1) p ON true;
 COMMENT ON VIEW account_months IS 'Per account and UTC month: usage, refunds, forfeited allowance, grants, purchases, expired grant credits.';
 
 -- Summed directly, not over account_months: one group per month instead of

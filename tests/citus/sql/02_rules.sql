@@ -92,6 +92,12 @@ SELECT monthly_used FROM credits.balance('pro_2');
 -- not yet: docs/citus.md).
 SELECT count(*) > 0 AS events_read FROM credits.read_events(0, 100);
 
+-- The monthly reports, over the accounts of both workers.
+SELECT account_id, feature, debited, refunded, plan FROM credits.usage_monthly
+ WHERE account_id IN ('free_1', 'pro_1', 'grantee') ORDER BY 1, 2;
+SELECT account_id, net_usage, net_from_grants, granted, purchased, plan FROM credits.account_months
+ WHERE account_id IN ('free_1', 'pro_1', 'grantee') ORDER BY 1;
+
 -- The history and the audit.
 SELECT kind, amount, from_grants FROM credits.history('pro_1', max_rows => 5);
 -- Each account's entries in order of id and time, ids unique across nodes.
