@@ -190,6 +190,9 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 DECLARE
     v_safe bigint;
 BEGIN
+    -- (On Citus each node makes event ids from its own sequence: a cursor
+    -- past one node's ids would skip another's later events.)
+    PERFORM credits_internal._refuse_distributed('read_events');
     IF after IS NULL OR after < 0 THEN
         RAISE EXCEPTION 'invalid cursor: %', coalesce(after::text, 'NULL')
             USING ERRCODE = 'UC009', DETAIL = 'after is 0 or a cursor read_events returned';
@@ -1332,8 +1335,7 @@ BEGIN
     IF credits_internal._distributed() THEN
         RAISE EXCEPTION 'credits: % does not run on a distributed install yet', p_what
             USING ERRCODE = 'UC014',
-                  HINT = 'On Citus, windows close and holds and grants expire at each account''s next call; '
-                         'the reporting views read the ledger (docs/citus.md).';
+                  HINT = 'See docs/citus.md, "Not yet on a distributed install".';
     END IF;
 END
 $$;

@@ -74,8 +74,7 @@ BEGIN
     IF credits_internal._distributed() THEN
         RAISE EXCEPTION 'credits: % does not run on a distributed install yet', p_what
             USING ERRCODE = 'UC014',
-                  HINT = 'On Citus, windows close and holds and grants expire at each account''s next call; '
-                         'the reporting views read the ledger (docs/citus.md).';
+                  HINT = 'See docs/citus.md, "Not yet on a distributed install".';
     END IF;
 END
 $$;

@@ -132,6 +132,9 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 DECLARE
     v_safe bigint;
 BEGIN
+    -- (On Citus each node makes event ids from its own sequence: a cursor
+    -- past one node's ids would skip another's later events.)
+    PERFORM credits_internal._refuse_distributed('read_events');
     IF after IS NULL OR after < 0 THEN
         RAISE EXCEPTION 'invalid cursor: %', coalesce(after::text, 'NULL')
             USING ERRCODE = 'UC009', DETAIL = 'after is 0 or a cursor read_events returned';
