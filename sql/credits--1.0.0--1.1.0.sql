@@ -1399,6 +1399,11 @@ BEGIN
         -- needs a replica identity, and this one has no key without NULLs)
         ALTER TABLE credits.usage_rollup REPLICA IDENTITY FULL;
     END IF;
+    -- (no whole row of a distributed table in a query: _display_of)
+    CREATE OR REPLACE VIEW credits.usage_display AS
+    SELECT a.account_id, d.*
+      FROM credits.accounts a
+     CROSS JOIN LATERAL credits_internal._display_of(a.account_id) d;
     ALTER TABLE credits.ledger ALTER COLUMN entry_id
         SET DEFAULT credits_internal._next_id('credits.ledger_entry_id_seq');
     ALTER TABLE credits.events ALTER COLUMN event_id
@@ -1421,6 +1426,26 @@ BEGIN
     END IF;
 END
 $$;
+
+-- One account's usage display (credits_internal._display) by its id, for
+-- the usage_display view of a distributed install (distribute() points the
+-- view here on every node): Citus runs the view on each shard, a call per
+-- account there, and refuses the call's own queries unless told it may
+-- (they read that account's rows, on that shard). A single server keeps the
+-- view on _display, which reads the row it is given (faster).
+CREATE OR REPLACE FUNCTION credits_internal._display_of(p_account text)
+RETURNS TABLE (plan text, daily_limit numeric, daily_used numeric, daily_remaining numeric,
+               monthly_limit numeric, monthly_used numeric, monthly_remaining numeric,
+               granted_remaining numeric, reserved numeric, available numeric,
+               next_daily_reset timestamptz, next_monthly_reset timestamptz)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+SET citus.allow_nested_distributed_execution = on AS $$
+BEGIN
+    RETURN QUERY SELECT d.* FROM credits_internal._display(credits_internal._account(p_account)) d;
+END
+$$;
+
+GRANT EXECUTE ON FUNCTION credits_internal._display_of(text) TO credits_reader, credits_admin;
 
 -- UC014 unless this is a Citus coordinator every node of which has credits
 -- at this version.

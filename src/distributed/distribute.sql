@@ -138,6 +138,11 @@ BEGIN
         -- needs a replica identity, and this one has no key without NULLs)
         ALTER TABLE credits.usage_rollup REPLICA IDENTITY FULL;
     END IF;
+    -- (no whole row of a distributed table in a query: _display_of)
+    CREATE OR REPLACE VIEW credits.usage_display AS
+    SELECT a.account_id, d.*
+      FROM credits.accounts a
+     CROSS JOIN LATERAL credits_internal._display_of(a.account_id) d;
     ALTER TABLE credits.ledger ALTER COLUMN entry_id
         SET DEFAULT credits_internal._next_id('credits.ledger_entry_id_seq');
     ALTER TABLE credits.events ALTER COLUMN event_id
@@ -158,6 +163,24 @@ BEGIN
         -- (the usage rollups go to the shards with the ledger: up to here)
         UPDATE credits.rollup_state SET rolled_through = p_rolled_through;
     END IF;
+END
+$$;
+
+-- One account's usage display (credits_internal._display) by its id, for
+-- the usage_display view of a distributed install (distribute() points the
+-- view here on every node): Citus runs the view on each shard, a call per
+-- account there, and refuses the call's own queries unless told it may
+-- (they read that account's rows, on that shard). A single server keeps the
+-- view on _display, which reads the row it is given (faster).
+CREATE FUNCTION credits_internal._display_of(p_account text)
+RETURNS TABLE (plan text, daily_limit numeric, daily_used numeric, daily_remaining numeric,
+               monthly_limit numeric, monthly_used numeric, monthly_remaining numeric,
+               granted_remaining numeric, reserved numeric, available numeric,
+               next_daily_reset timestamptz, next_monthly_reset timestamptz)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+SET citus.allow_nested_distributed_execution = on AS $$
+BEGIN
+    RETURN QUERY SELECT d.* FROM credits_internal._display(credits_internal._account(p_account)) d;
 END
 $$;
 

@@ -106,7 +106,7 @@ GRANT SELECT ON credits.closed_windows, credits.events, credits.maintenance_stat
                 credits.account_plans, credits.forfeits_monthly
 TO credits_reader, credits_admin;
 GRANT EXECUTE ON FUNCTION credits.now(), credits_internal._next_due(timestamptz), credits_internal._worker_pid(),
-                          credits_internal._display(credits.accounts),
+                          credits_internal._display(credits.accounts), credits_internal._display_of(text),
                           credits_internal._utc_day(timestamptz), credits_internal._utc_month(timestamptz),
                           credits_internal._report_month("char", timestamptz, jsonb), credits_internal._rolled_through(),
                           credits.balance(text)

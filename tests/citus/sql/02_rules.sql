@@ -100,6 +100,9 @@ SELECT account_id, feature, debited, refunded, plan FROM credits.usage_monthly
 SELECT account_id, net_usage, net_from_grants, granted, purchased, plan FROM credits.account_months
  WHERE account_id IN ('free_1', 'pro_1', 'grantee') ORDER BY 1;
 
+SELECT account_id, plan, monthly_used, granted_remaining, available FROM credits.usage_display
+ WHERE account_id IN ('free_1', 'pro_1', 'grantee') ORDER BY 1;
+
 -- The history and the audit.
 SELECT kind, amount, from_grants FROM credits.history('pro_1', max_rows => 5);
 -- Each account's entries in order of id and time, ids unique across nodes.
