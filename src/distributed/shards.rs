@@ -271,6 +271,22 @@ pub(crate) unsafe fn ids_follow_history(schema: &Schema, account_id: Datum) -> O
     Some(made > last >> 16)
 }
 
+/// Moves this node's sequences past the account's last entry and event
+/// (credits_internal._follow_history, which every SQL-path writer runs in
+/// _lock_account), for a writer below SQL that cannot decline instead
+/// (closing windows).
+pub(crate) unsafe fn follow_history(account_id: Datum) {
+    nested_statements(|| {
+        Spi::run_with_args(
+            "SELECT credits_internal._follow_history($1)",
+            &[pgrx::datum::DatumWithOid::from(
+                crate::pg::fmgr::text_string(account_id),
+            )],
+        )
+    })
+    .expect("credits: the account's ids followed");
+}
+
 /// `credits_internal._distributed() RETURNS boolean`.
 #[no_mangle]
 #[pg_guard]

@@ -13,7 +13,7 @@
 
 use crate::accounts::row::Account;
 use crate::clock;
-use crate::distributed::shards::nested_statements;
+use crate::distributed::shards::{follow_history, nested_statements};
 use crate::pg::fmgr::{
     args, call, ret, text, text_array, text_bytes, text_string, v1_functions, SessionDatums,
 };
@@ -520,6 +520,11 @@ impl Closer {
         let id = locked
             .get(accounts.col(c"account_id").unwrap_or_else(|| incomplete()))
             .unwrap_or_else(|| incomplete());
+        // (on Citus, this node's ids past the account's last, as every
+        // writer of an account first makes them: entries and reset events)
+        if self.schema.shard.is_some() {
+            follow_history(id);
+        }
         let held = if passed(&account, today, this_month) {
             held_on_allowance(&account, id)
         } else {

@@ -287,6 +287,8 @@ BEGIN
           WHERE a.account_id = v_one AND (NOT p_unstriped OR a.stripe_budget = 0)
             FOR UPDATE SKIP LOCKED;
         IF FOUND THEN
+            -- (this node's ids past the account's, as _lock_account makes them)
+            PERFORM credits_internal._follow_history(v_one);
             v_free := v_free || v_one;
         END IF;
     END LOOP;

@@ -18,6 +18,15 @@ SELECT count(credits.subscribe('idle_' || i, 'free')) AS idle FROM generate_seri
 SELECT count(credits.debit('idle_' || i, 'agent', 2)) AS debited FROM generate_series(1, 8) i;
 SELECT credits.reserve('idle_1', 'agent', 3, '30 minutes') AS h \gset
 SELECT credits.grant('idle_2', 4, 'promotional', '2031-01-31 23:45:00+00') AS g \gset
+-- Entries made on the coordinator (calls inside a transaction run their
+-- statements there) with its ids ahead of the workers' (as they get when
+-- the coordinator follows a busy account's history): what maintenance
+-- writes later on the accounts' nodes must come after them.
+SELECT setval('credits.ledger_entry_id_seq', 100000000) > 0 AS coordinator_ahead;
+BEGIN;
+SELECT credits.grant('idle_1', 1, 'adjustment') AS g1 \gset
+SELECT credits.grant('idle_2', 1, 'adjustment') AS g2 \gset
+COMMIT;
 SELECT count(DISTINCT p.groupid) AS on_both_workers
   FROM generate_series(1, 8) i
   JOIN pg_dist_placement p ON p.shardid = get_shard_id_for_distribution_column('credits.accounts', 'idle_' || i);
@@ -49,6 +58,10 @@ SELECT bool_and(success) AS ran_everywhere
 SELECT count(*) AS idle_windows_closed FROM credits.closed_windows WHERE account_id LIKE 'idle\_%';
 SELECT account_id, kind, amount FROM credits.ledger
  WHERE account_id IN ('idle_1', 'idle_2') AND kind IN ('X', 'E', 'F') ORDER BY account_id, entry_id;
+SELECT account_id, count(*) AS written_later,
+       bool_and(entry_id > CASE account_id WHEN 'idle_1' THEN :g1 ELSE :g2 END) AS after_the_coordinators
+  FROM credits.ledger WHERE account_id IN ('idle_1', 'idle_2') AND kind IN ('X', 'E', 'F')
+ GROUP BY account_id ORDER BY account_id;
 SELECT reserved, granted_remaining FROM credits.balance('idle_1');
 SELECT n.groupid > 0 AS worker, r.result::int > 0 AS ran_a_run
   FROM run_command_on_all_nodes($$SELECT count(*) FROM credits.maintenance_runs WHERE phase = 'done'$$) r
