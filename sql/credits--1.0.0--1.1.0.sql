@@ -1850,34 +1850,25 @@ $$;
 CREATE OR REPLACE FUNCTION credits_internal._due_accounts(p_at timestamptz, p_batch integer) RETURNS text[]
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    -- (one query: as it is on a single server, on each of this node's
+    -- shard groups on Citus)
+    v_query text := $q$SELECT ARRAY((SELECT h.account_id FROM credits.holds h
+                                      WHERE h.resolved_entry IS NULL AND h.expires_at <= $1
+                                      ORDER BY h.expires_at LIMIT $2)
+                                    UNION
+                                    (SELECT g.account_id FROM credits.grants g
+                                      WHERE g.expired_entry IS NULL AND g.expires_at <= $1
+                                      ORDER BY g.expires_at LIMIT $2))$q$;
     v_due   text[] := '{}';
     v_some  text[];
-    v_group record;
+    v_sql   text;
 BEGIN
     IF NOT credits_internal._distributed() THEN
-        RETURN ARRAY((SELECT h.account_id FROM credits.holds h
-                       WHERE h.resolved_entry IS NULL AND h.expires_at <= p_at
-                       ORDER BY h.expires_at LIMIT p_batch)
-                     UNION
-                     (SELECT g.account_id FROM credits.grants g
-                       WHERE g.expired_entry IS NULL AND g.expires_at <= p_at
-                       ORDER BY g.expires_at LIMIT p_batch));
+        EXECUTE v_query INTO v_due USING p_at, p_batch;
+        RETURN v_due;
     END IF;
-    FOR v_group IN SELECT h.shardid AS holds, g.shardid AS grants
-                     FROM pg_catalog.pg_dist_shard h
-                     JOIN pg_catalog.pg_dist_shard g ON g.shardminvalue = h.shardminvalue
-                     JOIN pg_catalog.pg_dist_placement p ON p.shardid = h.shardid
-                    WHERE h.logicalrelid = 'credits.holds'::regclass AND g.logicalrelid = 'credits.grants'::regclass
-                      AND p.groupid = (SELECT l.groupid FROM pg_catalog.pg_dist_local_group l) LOOP
-        EXECUTE format($q$SELECT ARRAY((SELECT h.account_id FROM credits.%I h
-                                         WHERE h.resolved_entry IS NULL AND h.expires_at <= $1
-                                         ORDER BY h.expires_at LIMIT $2)
-                                       UNION
-                                       (SELECT g.account_id FROM credits.%I g
-                                         WHERE g.expired_entry IS NULL AND g.expires_at <= $1
-                                         ORDER BY g.expires_at LIMIT $2))$q$,
-                       'holds_' || v_group.holds, 'grants_' || v_group.grants)
-           INTO v_some USING p_at, p_batch;
+    FOR v_sql IN SELECT credits_internal._on_local_shards(v_query) LOOP
+        EXECUTE v_sql INTO v_some USING p_at, p_batch;
         v_due := v_due || v_some;
     END LOOP;
     RETURN v_due;
@@ -2753,14 +2744,13 @@ BEGIN
 END
 $$;
 
--- The problems of the accounts on this node's shards: the query of
--- credits_internal._verify_problems, run on each group of colocated shards
--- this node holds (their relations named for the tables', so that the
--- query reads the shards directly; every account's rows are in one group).
-CREATE OR REPLACE FUNCTION credits_internal._verify_local() RETURNS TABLE (account_id text, problem text)
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+-- `p_query` (naming the extension's tables) once for each group of
+-- colocated shards this node holds, the tables' names replaced by the
+-- group's shards': a plain query of this node's rows there (every
+-- account's rows are in one group; plans and features have one shard).
+CREATE OR REPLACE FUNCTION credits_internal._on_local_shards(p_query text) RETURNS SETOF text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    v_query text := pg_get_viewdef('credits_internal._verify_problems'::regclass);
     v_sql   text;
     v_group record;
     v_shard record;
@@ -2770,7 +2760,7 @@ BEGIN
                      JOIN pg_catalog.pg_dist_placement p USING (shardid)
                     WHERE s.logicalrelid = 'credits.accounts'::regclass
                       AND p.groupid = (SELECT g.groupid FROM pg_catalog.pg_dist_local_group g) LOOP
-        v_sql := v_query;
+        v_sql := p_query;
         FOR v_shard IN SELECT c.relname, s.shardid
                          FROM pg_catalog.pg_dist_shard s
                          JOIN pg_catalog.pg_class c ON c.oid = s.logicalrelid
@@ -2779,6 +2769,20 @@ BEGIN
             v_sql := regexp_replace(v_sql, '\mcredits\.' || v_shard.relname || '\M',
                                     'credits.' || v_shard.relname || '_' || v_shard.shardid, 'g');
         END LOOP;
+        RETURN NEXT v_sql;
+    END LOOP;
+END
+$$;
+
+-- The problems of the accounts on this node's shards: the query of
+-- credits_internal._verify_problems on each of its shard groups.
+CREATE OR REPLACE FUNCTION credits_internal._verify_local() RETURNS TABLE (account_id text, problem text)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_sql text;
+BEGIN
+    FOR v_sql IN SELECT credits_internal._on_local_shards(pg_get_viewdef('credits_internal._verify_problems'::regclass))
+    LOOP
         RETURN QUERY EXECUTE v_sql;
     END LOOP;
 END

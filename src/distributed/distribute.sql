@@ -311,14 +311,13 @@ BEGIN
 END
 $$;
 
--- The problems of the accounts on this node's shards: the query of
--- credits_internal._verify_problems, run on each group of colocated shards
--- this node holds (their relations named for the tables', so that the
--- query reads the shards directly; every account's rows are in one group).
-CREATE FUNCTION credits_internal._verify_local() RETURNS TABLE (account_id text, problem text)
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+-- `p_query` (naming the extension's tables) once for each group of
+-- colocated shards this node holds, the tables' names replaced by the
+-- group's shards': a plain query of this node's rows there (every
+-- account's rows are in one group; plans and features have one shard).
+CREATE FUNCTION credits_internal._on_local_shards(p_query text) RETURNS SETOF text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    v_query text := pg_get_viewdef('credits_internal._verify_problems'::regclass);
     v_sql   text;
     v_group record;
     v_shard record;
@@ -328,7 +327,7 @@ BEGIN
                      JOIN pg_catalog.pg_dist_placement p USING (shardid)
                     WHERE s.logicalrelid = 'credits.accounts'::regclass
                       AND p.groupid = (SELECT g.groupid FROM pg_catalog.pg_dist_local_group g) LOOP
-        v_sql := v_query;
+        v_sql := p_query;
         FOR v_shard IN SELECT c.relname, s.shardid
                          FROM pg_catalog.pg_dist_shard s
                          JOIN pg_catalog.pg_class c ON c.oid = s.logicalrelid
@@ -337,6 +336,20 @@ BEGIN
             v_sql := regexp_replace(v_sql, '\mcredits\.' || v_shard.relname || '\M',
                                     'credits.' || v_shard.relname || '_' || v_shard.shardid, 'g');
         END LOOP;
+        RETURN NEXT v_sql;
+    END LOOP;
+END
+$$;
+
+-- The problems of the accounts on this node's shards: the query of
+-- credits_internal._verify_problems on each of its shard groups.
+CREATE FUNCTION credits_internal._verify_local() RETURNS TABLE (account_id text, problem text)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_sql text;
+BEGIN
+    FOR v_sql IN SELECT credits_internal._on_local_shards(pg_get_viewdef('credits_internal._verify_problems'::regclass))
+    LOOP
         RETURN QUERY EXECUTE v_sql;
     END LOOP;
 END

@@ -254,12 +254,11 @@ pub(crate) fn nested_statements<R>(statements: impl FnOnce() -> R) -> R {
 /// (credits_internal._follow_history) and the fast path declines to it.
 /// Always true on a single node.
 pub(crate) unsafe fn ids_follow_history(schema: &Schema, account_id: Datum) -> Option<bool> {
-    let Some((ids, _)) = schema.shard else {
+    let Some(shard) = schema.shard else {
         return Some(true);
     };
     let ledger = Table::open(schema.ledger, pg_sys::AccessShareLock);
-    let key = shard_relation(schema.namespace(), "ledger_pkey", ids.ledger)?;
-    let Some(last) = ledger.last_of(key, account_id) else {
+    let Some(last) = ledger.last_of(shard.ledger_key, account_id) else {
         return Some(true);
     };
     let last = last.get(ledger.col(c"entry_id")?)?.value() as i64;

@@ -280,42 +280,15 @@ pub unsafe extern "C-unwind" fn credits_close_windows(fcinfo: pg_sys::FunctionCa
         return ret(fcinfo, Some(Datum::from(0i32)));
     };
     let ids = text_array(ids).into_iter().flatten().collect::<Vec<_>>();
-    let mut recorded = 0;
-    // One set of writes for them all; on a Citus cluster one per account
-    // (each on its shards).
-    let together = if catalog_cache::distributed() {
-        1
+    // One set of writes for them all; on a Citus cluster one per account,
+    // each on its shards.
+    let recorded = if catalog_cache::distributed() {
+        ids.iter()
+            .map(|&id| close_each(at, shards_here(id), &[id]))
+            .sum()
     } else {
-        ids.len().max(1)
+        close_each(at, whole_schema(), &ids)
     };
-    for ids in ids.chunks(together) {
-        let schema = match ids.first() {
-            Some(&id) if catalog_cache::distributed() => catalog_cache::shards_of(id)
-                .unwrap_or_else(|| {
-                    ereport!(
-                        ERROR,
-                        PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-                        format!(
-                            "credits: the shards of account {:?} are not on this node",
-                            String::from_utf8_lossy(text_bytes(id))
-                        ),
-                        "call credits_internal._close_windows through a query on the account's row"
-                    );
-                    #[allow(unreachable_code)]
-                    {
-                        unreachable!("ereport(ERROR) does not return")
-                    }
-                }),
-            _ => whole_schema(),
-        };
-        let mut closer = Closer::begin(at, schema);
-        for &id in ids {
-            let key = closer.schema.accounts_key;
-            // (already locked by the caller: this finds the row it locked)
-            closer.close(|accounts| accounts.lock(key, id));
-        }
-        recorded += closer.finish().1;
-    }
     ret(fcinfo, Some(Datum::from(recorded)))
 }
 
@@ -413,6 +386,38 @@ unsafe fn held_on_allowance(a: &Account, account_id: Datum) -> Datum {
     .expect("the held allowance");
     held.and_then(|h| h.into_datum())
         .unwrap_or_else(|| numeric::from_i64(0))
+}
+
+/// Closes the ended windows of `ids` (each locked by the caller) in one set
+/// of writes on `schema`; the windows recorded.
+unsafe fn close_each(at: Datum, schema: Schema, ids: &[Datum]) -> i32 {
+    let mut closer = Closer::begin(at, schema);
+    for &id in ids {
+        let key = closer.schema.accounts_key;
+        // (already locked by the caller: this finds the row it locked)
+        closer.close(|accounts| accounts.lock(key, id));
+    }
+    closer.finish().1
+}
+
+/// On a Citus cluster, the shards of an account on this node; an error
+/// where they are not (the SQL path calls _close_windows through a query
+/// on the account's row, which Citus runs on its node).
+#[allow(unreachable_code)] // ereport!(ERROR) does not return
+unsafe fn shards_here(id: Datum) -> Schema {
+    if let Some(schema) = catalog_cache::shards_of(id) {
+        return schema;
+    }
+    ereport!(
+        ERROR,
+        PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+        format!(
+            "credits: the shards of account {:?} are not on this node",
+            String::from_utf8_lossy(text_bytes(id))
+        ),
+        "call credits_internal._close_windows through a query on the account's row"
+    );
+    unreachable!("ereport(ERROR) does not return")
 }
 
 /// The extension's relations on a single node.

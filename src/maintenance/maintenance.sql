@@ -232,34 +232,25 @@ $$;
 CREATE FUNCTION credits_internal._due_accounts(p_at timestamptz, p_batch integer) RETURNS text[]
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    -- (one query: as it is on a single server, on each of this node's
+    -- shard groups on Citus)
+    v_query text := $q$SELECT ARRAY((SELECT h.account_id FROM credits.holds h
+                                      WHERE h.resolved_entry IS NULL AND h.expires_at <= $1
+                                      ORDER BY h.expires_at LIMIT $2)
+                                    UNION
+                                    (SELECT g.account_id FROM credits.grants g
+                                      WHERE g.expired_entry IS NULL AND g.expires_at <= $1
+                                      ORDER BY g.expires_at LIMIT $2))$q$;
     v_due   text[] := '{}';
     v_some  text[];
-    v_group record;
+    v_sql   text;
 BEGIN
     IF NOT credits_internal._distributed() THEN
-        RETURN ARRAY((SELECT h.account_id FROM credits.holds h
-                       WHERE h.resolved_entry IS NULL AND h.expires_at <= p_at
-                       ORDER BY h.expires_at LIMIT p_batch)
-                     UNION
-                     (SELECT g.account_id FROM credits.grants g
-                       WHERE g.expired_entry IS NULL AND g.expires_at <= p_at
-                       ORDER BY g.expires_at LIMIT p_batch));
+        EXECUTE v_query INTO v_due USING p_at, p_batch;
+        RETURN v_due;
     END IF;
-    FOR v_group IN SELECT h.shardid AS holds, g.shardid AS grants
-                     FROM pg_catalog.pg_dist_shard h
-                     JOIN pg_catalog.pg_dist_shard g ON g.shardminvalue = h.shardminvalue
-                     JOIN pg_catalog.pg_dist_placement p ON p.shardid = h.shardid
-                    WHERE h.logicalrelid = 'credits.holds'::regclass AND g.logicalrelid = 'credits.grants'::regclass
-                      AND p.groupid = (SELECT l.groupid FROM pg_catalog.pg_dist_local_group l) LOOP
-        EXECUTE format($q$SELECT ARRAY((SELECT h.account_id FROM credits.%I h
-                                         WHERE h.resolved_entry IS NULL AND h.expires_at <= $1
-                                         ORDER BY h.expires_at LIMIT $2)
-                                       UNION
-                                       (SELECT g.account_id FROM credits.%I g
-                                         WHERE g.expired_entry IS NULL AND g.expires_at <= $1
-                                         ORDER BY g.expires_at LIMIT $2))$q$,
-                       'holds_' || v_group.holds, 'grants_' || v_group.grants)
-           INTO v_some USING p_at, p_batch;
+    FOR v_sql IN SELECT credits_internal._on_local_shards(v_query) LOOP
+        EXECUTE v_sql INTO v_some USING p_at, p_batch;
         v_due := v_due || v_some;
     END LOOP;
     RETURN v_due;

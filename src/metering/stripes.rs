@@ -28,7 +28,6 @@
 
 use crate::accounts::row::Account;
 use crate::clock;
-use crate::distributed::shards::ids_follow_history;
 use crate::metering::fast_path::{count_charge, write_entry, Charge, DebitTables, LockedAccount};
 use crate::pg::decimal::Decimal;
 use crate::pg::fmgr::{args, ret, text_bytes, v1_functions};
@@ -82,9 +81,9 @@ pub(super) unsafe fn spend(
     charge: &Charge,
     now_ts: i64,
 ) -> Option<i64> {
-    // (striped debits do not lock the account row: a concurrent stripe
-    // debit may add an entry after this check, made on this node too)
-    if seen.stripes <= 0 || !ids_follow_history(schema, account_id)? {
+    // (on Citus the caller checked this node's ids follow the account's:
+    // striped_counters, LockedAccount::locked)
+    if seen.stripes <= 0 {
         return None;
     }
     let (context, owner) = (pg_sys::CurrentMemoryContext, pg_sys::CurrentResourceOwner);

@@ -31,9 +31,19 @@ pub(crate) struct Schema {
     /// (table, its key on (account_id, stripe)): None in a schema from
     /// before stripes, whose accounts have none.
     pub stripes: Option<(Oid, Oid)>,
-    /// On a Citus cluster: the shards these relations are, and the node's
-    /// group (the low bits of the ids it makes); None on a single node.
-    pub shard: Option<(ShardIds, i64)>,
+    /// On a Citus cluster: the shards these relations are; None on a
+    /// single node.
+    pub shard: Option<Shard>,
+}
+
+/// The shards of a Schema on a Citus cluster.
+#[derive(Clone, Copy)]
+pub(crate) struct Shard {
+    pub ids: ShardIds,
+    /// The node's group: the low bits of the ids it makes.
+    pub group: i64,
+    /// The ledger shard's key, on (account_id, entry_id).
+    pub ledger_key: Oid,
 }
 
 /// The shards of one account's rows on a Citus cluster (colocated: one per
@@ -101,7 +111,11 @@ impl Schema {
                 rel("stripes", ids.stripes)?,
                 rel("stripes_pkey", ids.stripes)?,
             )),
-            shard: Some((ids, group)),
+            shard: Some(Shard {
+                ids,
+                group,
+                ledger_key: rel("ledger_pkey", ids.ledger)?,
+            }),
         })
     }
 
@@ -112,12 +126,8 @@ impl Schema {
         let next = call(pg_sys::nextval_oid, &[Datum::from(self.ledger_seq)]);
         match self.shard {
             None => next,
-            Some((_, group)) => Datum::from((next.value() as i64) << 16 | group),
+            Some(shard) => Datum::from((next.value() as i64) << 16 | shard.group),
         }
-    }
-
-    pub(crate) fn namespace(&self) -> Oid {
-        self.namespace
     }
 
     /// Is `oid` the schema or one of its relations?
@@ -141,7 +151,7 @@ impl Schema {
     }
 
     pub(crate) unsafe fn closing(&self) -> Option<ClosingSchema> {
-        if let Some((ids, _)) = self.shard {
+        if let Some(Shard { ids, .. }) = self.shard {
             let rel = |name, id| shard_relation(self.namespace, name, id);
             return Some(ClosingSchema {
                 closed_windows: rel("closed_windows", ids.closed_windows)?,
