@@ -1375,11 +1375,23 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     SET LOCAL citus.enable_ddl_propagation = off;
     -- (all at once, before any change: the maintenance worker and calls
-    -- that are running finish first, and none starts)
-    LOCK TABLE credits.maintenance_state, credits.plans, credits.features, credits.accounts, credits.ledger,
-               credits.grants, credits.grant_draws, credits.month_allowances, credits.holds, credits.events,
-               credits.closed_windows, credits.idempotency, credits.stripes, credits.usage_rollup
-        IN ACCESS EXCLUSIVE MODE;
+    -- that are running finish first, and none starts. The worker's steps
+    -- take these tables in other orders: a deadlock with one costs that
+    -- try, and the locks are taken again.)
+    FOR v_try IN 1 .. 10 LOOP
+        BEGIN
+            LOCK TABLE credits.maintenance_state, credits.plans, credits.features, credits.accounts,
+                       credits.ledger, credits.grants, credits.grant_draws, credits.month_allowances,
+                       credits.holds, credits.events, credits.closed_windows, credits.idempotency,
+                       credits.stripes, credits.usage_rollup
+                IN ACCESS EXCLUSIVE MODE;
+            EXIT;
+        EXCEPTION WHEN deadlock_detected THEN
+            IF v_try = 10 THEN
+                RAISE;
+            END IF;
+        END;
+    END LOOP;
     ALTER TABLE credits.accounts DROP CONSTRAINT IF EXISTS accounts_plan_fkey;
     ALTER TABLE credits.stripes DROP CONSTRAINT IF EXISTS stripes_account_id_fkey;
     DROP TRIGGER IF EXISTS plans_replace_seed ON credits.plans;
