@@ -152,26 +152,10 @@ citus_available() {
 # each preloading citus then credits, DATABASE created on each with the
 # citus extension and the workers registered. Idempotent.
 citus_cluster_start() {
-    local prefix=$1 port=$2 database=$3 node p
-    for node in coord w1 w2; do
-        case $node in coord) p=$port ;; w1) p=$((port + 1)) ;; w2) p=$((port + 2)) ;; esac
-        if [ ! -s "$(cluster_dir "$prefix-$node")/PG_VERSION" ]; then
-            cluster_start "$prefix-$node" "$p" "$database"
-            cluster_stop "$prefix-$node"
-            cat >>"$(cluster_dir "$prefix-$node")/postgresql.conf" <<CONF
-# Citus: loaded before credits
-shared_preload_libraries = 'citus, credits'
-wal_level = logical
-max_worker_processes = 32
-max_connections = 300
-citus.shard_count = 4
-CONF
-        fi
-        cluster_start "$prefix-$node" "$p" "$database"
-        psql_at "$p" -qtA -c "SELECT 1 FROM pg_database WHERE datname = '$database'" | grep -q 1 ||
-            psql_at "$p" -q -c "CREATE DATABASE $database"
-        psql_at "$p" -d "$database" -q -c "SET client_min_messages = warning" -c "CREATE EXTENSION IF NOT EXISTS citus"
-    done
+    local prefix=$1 port=$2 database=$3
+    citus_node_start "$prefix-coord" "$port" "$database"
+    citus_node_start "$prefix-w1" $((port + 1)) "$database"
+    citus_node_start "$prefix-w2" $((port + 2)) "$database"
     psql_at "$port" -d "$database" -q -v ON_ERROR_STOP=1 >/dev/null <<SQL
 SET client_min_messages = warning;
 SELECT citus_set_coordinator_host('127.0.0.1', $port);
@@ -180,12 +164,36 @@ SELECT citus_add_node('127.0.0.1', $((port + 2))) WHERE NOT EXISTS (SELECT 1 FRO
 SQL
 }
 
+# citus_node_start NAME PORT DATABASE: a cluster as cluster_start makes,
+# preloading Citus before credits, with Citus created in DATABASE (not yet
+# a node of any coordinator: citus_add_node). A third worker in the Citus
+# tests is NAME <prefix>-w3 (stopped and destroyed with the others).
+citus_node_start() {
+    local name=$1 port=$2 database=$3
+    if [ ! -s "$(cluster_dir "$name")/PG_VERSION" ]; then
+        cluster_start "$name" "$port" "$database"
+        cluster_stop "$name"
+        cat >>"$(cluster_dir "$name")/postgresql.conf" <<CONF
+# Citus: loaded before credits
+shared_preload_libraries = 'citus, credits'
+wal_level = logical
+max_worker_processes = 32
+max_connections = 300
+citus.shard_count = 4
+CONF
+    fi
+    cluster_start "$name" "$port" "$database"
+    psql_at "$port" -qtA -c "SELECT 1 FROM pg_database WHERE datname = '$database'" | grep -q 1 ||
+        psql_at "$port" -q -c "CREATE DATABASE $database"
+    psql_at "$port" -d "$database" -q -c "SET client_min_messages = warning" -c "CREATE EXTENSION IF NOT EXISTS citus"
+}
+
 citus_cluster_stop() {
     local node
-    for node in coord w1 w2; do cluster_stop "$1-$node"; done
+    for node in coord w1 w2 w3; do cluster_stop "$1-$node"; done
 }
 
 citus_cluster_destroy() {
     local node
-    for node in coord w1 w2; do cluster_destroy "$1-$node"; done
+    for node in coord w1 w2 w3; do cluster_destroy "$1-$node"; done
 }

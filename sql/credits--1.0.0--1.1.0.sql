@@ -14,7 +14,10 @@ CREATE TABLE credits_internal.event_watermark (
     singleton    boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     safe_through bigint NOT NULL DEFAULT 0,
     candidate    bigint NOT NULL DEFAULT 0,  -- the next safe_through, once no older transaction is open ...
-    candidate_at timestamptz                 -- ... than this instant
+    candidate_at timestamptz,                -- ... than this instant
+    -- on Citus, the instant of each worker ('host:port'), by its own clock
+    -- (credits_internal._cluster_candidate)
+    candidate_at_nodes jsonb
 );
 INSERT INTO credits_internal.event_watermark DEFAULT VALUES;
 
@@ -35,6 +38,48 @@ BEGIN
         END IF;
         PERFORM pg_catalog.pg_sleep(0.002);
     END LOOP;
+END
+$$;
+
+-- Whether a transaction that began before `since` may still add ledger
+-- entries. An entry's id is taken by the statement that inserts it, which
+-- also gives its transaction an xid: a transaction idle without an xid has
+-- no entry in flight (a psql session left open after a SELECT does not hold
+-- the rollups back). (pg_stat_activity is cached per transaction, hence the
+-- clear.) Without track_activities there is no telling: assume one is.
+CREATE OR REPLACE FUNCTION credits_internal._older_transactions_open(since timestamptz) RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT current_setting('track_activities')::boolean THEN
+        RETURN true;
+    END IF;
+    PERFORM pg_catalog.pg_stat_clear_snapshot();
+    RETURN EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a
+                    WHERE a.datname = current_database() AND a.pid <> pg_catalog.pg_backend_pid()
+                      AND a.backend_type <> 'autovacuum worker'  -- never writes the ledger
+                      AND a.xact_start < since
+                      -- (on Citus an idle transaction may hold ids without an xid here:
+                      -- a coordinator's, whose rows went to a worker)
+                      AND (a.backend_xid IS NOT NULL OR a.state NOT LIKE 'idle in transaction%'
+                           OR credits_internal._distributed()))
+           -- a prepared transaction may hold ids of any age
+           OR EXISTS (SELECT 1 FROM pg_catalog.pg_prepared_xacts p WHERE p.database = current_database());
+END
+$$;
+
+-- _settled for a watermark's candidate: picked on a single server at p_at;
+-- on Citus at p_at on the coordinator and at p_at_nodes on each worker (by
+-- its clock). The coordinator is asked first: a transaction that ended
+-- there may still be committing on a worker, where it is then prepared,
+-- which the worker's check sees.
+CREATE OR REPLACE FUNCTION credits_internal._candidate_settled(p_at timestamptz, p_at_nodes jsonb, p_wait interval)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    IF NOT credits_internal._settled(p_at, p_wait) THEN
+        RETURN false;
+    END IF;
+    RETURN p_at_nodes IS NULL OR credits_internal._workers_settled(p_at_nodes, p_wait);
 END
 $$;
 
@@ -141,13 +186,16 @@ $$;
 -- The event feed's watermark: every event id at or below it is final
 -- (committed or rolled back), as events take their ids when inserted, in
 -- transactions that may commit in any order. The stored candidate becomes
--- safe once no transaction older than it is open; then the newest visible
--- id is the next candidate, given up to p_wait (milliseconds: a writer's
--- commit) to become safe too. The technique of the usage rollups
--- (_settled, src/reporting/rollups.sql). Advanced by read_events; a
--- session that finds another advancing it, or cannot write (a standby, a
--- read-only transaction, REPEATABLE READ: its snapshot could miss events
--- committed meanwhile), uses the stored value.
+-- safe once no transaction older than it is open; then the newest id is
+-- the next candidate, given up to p_wait (milliseconds: a writer's commit)
+-- to become safe too. The technique of the usage rollups (_settled,
+-- src/reporting/rollups.sql); on Citus, where every node gives ids, the
+-- candidate is the highest id any node gave, once every node gives only
+-- higher ones (_cluster_candidate), and it is safe once no older
+-- transaction is open on any node. Advanced by read_events; a session that
+-- finds another advancing it, or cannot write (a standby, a read-only
+-- transaction, REPEATABLE READ: its snapshot could miss events committed
+-- meanwhile), uses the stored value.
 CREATE OR REPLACE FUNCTION credits_internal._events_safe_through(p_wait interval) RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -161,18 +209,26 @@ BEGIN
     IF NOT FOUND THEN
         RETURN (SELECT w.safe_through FROM credits_internal.event_watermark w);
     END IF;
-    IF st.candidate > st.safe_through AND credits_internal._settled(st.candidate_at, interval '0') THEN
+    IF st.candidate > st.safe_through
+       AND credits_internal._candidate_settled(st.candidate_at, st.candidate_at_nodes, interval '0') THEN
         st.safe_through := st.candidate;
     END IF;
     IF st.candidate <= st.safe_through THEN
-        st.candidate := coalesce((SELECT max(e.event_id) FROM credits.events e), 0);
-        st.candidate_at := clock_timestamp();
-        IF st.candidate > st.safe_through AND credits_internal._settled(st.candidate_at, p_wait) THEN
+        IF credits_internal._distributed() THEN
+            SELECT c.candidate, c.at, c.at_nodes INTO st.candidate, st.candidate_at, st.candidate_at_nodes
+              FROM credits_internal._cluster_candidate('credits.events_event_id_seq', st.safe_through) c;
+        ELSE
+            st.candidate := coalesce((SELECT max(e.event_id) FROM credits.events e), 0);
+            st.candidate_at := clock_timestamp();
+        END IF;
+        IF st.candidate > st.safe_through
+           AND credits_internal._candidate_settled(st.candidate_at, st.candidate_at_nodes, p_wait) THEN
             st.safe_through := st.candidate;
         END IF;
     END IF;
     UPDATE credits_internal.event_watermark
-       SET safe_through = st.safe_through, candidate = st.candidate, candidate_at = st.candidate_at;
+       SET safe_through = st.safe_through, candidate = st.candidate, candidate_at = st.candidate_at,
+           candidate_at_nodes = st.candidate_at_nodes;
     RETURN st.safe_through;
 END
 $$;
@@ -183,6 +239,7 @@ $$;
 -- order their transactions commit in (an event still in flight holds back
 -- the ones after it, for as long as its transaction is open). Call it
 -- outside a long transaction: it waits up to 50 ms for a commit in flight.
+-- On Citus, on the coordinator: the events of every node, in one order.
 CREATE OR REPLACE FUNCTION read_events(after bigint DEFAULT 0, max_rows integer DEFAULT 100)
 RETURNS TABLE ("cursor" bigint, event_id bigint, kind text, account_id text, "window" text, at text,
                payload jsonb)
@@ -190,9 +247,6 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 DECLARE
     v_safe bigint;
 BEGIN
-    -- (On Citus each node makes event ids from its own sequence: a cursor
-    -- past one node's ids would skip another's later events.)
-    PERFORM credits_internal._refuse_distributed('read_events');
     IF after IS NULL OR after < 0 THEN
         RAISE EXCEPTION 'invalid cursor: %', coalesce(after::text, 'NULL')
             USING ERRCODE = 'UC009', DETAIL = 'after is 0 or a cursor read_events returned';
@@ -1280,29 +1334,141 @@ $$;
 CREATE OR REPLACE FUNCTION credits_internal._distributed() RETURNS boolean
 LANGUAGE c STABLE AS 'MODULE_PATHNAME', 'credits_distributed';
 
+-- Moves this node's sequence so that every value it gives from now on is
+-- above p_past; never back, which would give values again. (setval is not
+-- atomic with the read that decides it: values other sessions take between
+-- the two would be given again if setval moved the sequence to below them.
+-- So the sequence moves by nextval, which is atomic, across a gap of up to
+-- 100,000; only a wider gap is jumped with setval, which to go back would
+-- need 100,000 values taken on this node between two statements of this
+-- function. Jumps on a node are serialized.)
+CREATE OR REPLACE FUNCTION credits_internal._advance_sequence(p_sequence regclass, p_past bigint) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_at   bigint;
+    v_step constant bigint := 100000;
+BEGIN
+    IF coalesce(pg_sequence_last_value(p_sequence), 0) >= p_past THEN
+        RETURN;  -- (past it already: a sequence only moves forward)
+    END IF;
+    v_at := nextval(p_sequence);
+    IF v_at < p_past - v_step THEN
+        PERFORM pg_advisory_xact_lock(p_sequence::oid::bigint);
+        v_at := nextval(p_sequence);
+        IF v_at < p_past - v_step THEN
+            PERFORM setval(p_sequence, p_past);
+            RETURN;
+        END IF;
+    END IF;
+    IF v_at < p_past THEN
+        PERFORM count(nextval(p_sequence)) FROM generate_series(1, p_past - v_at);
+    END IF;
+END
+$$;
+
 -- On Citus, before a write makes ids for an account: each node makes ids
 -- from its own sequence (_next_id), so this node's may be behind the
 -- account's last entry or event, made on another node (the coordinator, a
 -- node the account's shard moved from). The sequence is moved past them,
--- so that an account's ids increase with its entries. (Bumps on a node are
--- serialized: setval is not transactional, and two racing bumps could move
--- a sequence back.)
+-- so that an account's ids increase with its entries.
 CREATE OR REPLACE FUNCTION credits_internal._follow_history(p_account text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_entry bigint := (SELECT max(l.entry_id) FROM credits.ledger l WHERE l.account_id = p_account) >> 16;
     v_event bigint := (SELECT max(e.event_id) FROM credits.events e WHERE e.account_id = p_account) >> 16;
 BEGIN
-    IF v_entry >= coalesce(pg_sequence_last_value('credits.ledger_entry_id_seq'), 0)
-       OR v_event >= coalesce(pg_sequence_last_value('credits.events_event_id_seq'), 0) THEN
-        PERFORM pg_advisory_xact_lock('credits.ledger_entry_id_seq'::regclass::oid::bigint);
-        IF v_entry >= coalesce(pg_sequence_last_value('credits.ledger_entry_id_seq'), 0) THEN
-            PERFORM setval('credits.ledger_entry_id_seq', v_entry + 1);
-        END IF;
-        IF v_event >= coalesce(pg_sequence_last_value('credits.events_event_id_seq'), 0) THEN
-            PERFORM setval('credits.events_event_id_seq', v_event + 1);
-        END IF;
+    IF to_regclass('credits.ledger_entry_idx') IS NULL THEN
+        -- (a worker added after distribute(): its ids would have no node bits)
+        RAISE EXCEPTION 'credits on this node (Citus group %) is not prepared for the distributed install',
+                        (SELECT g.groupid FROM pg_catalog.pg_dist_local_group g)
+            USING ERRCODE = 'UC014', HINT = 'Run SELECT * FROM credits.distribute() on the coordinator.';
     END IF;
+    IF v_entry >= coalesce(pg_sequence_last_value('credits.ledger_entry_id_seq'), 0) THEN
+        PERFORM credits_internal._advance_sequence('credits.ledger_entry_id_seq', v_entry);
+    END IF;
+    IF v_event >= coalesce(pg_sequence_last_value('credits.events_event_id_seq'), 0) THEN
+        PERFORM credits_internal._advance_sequence('credits.events_event_id_seq', v_event);
+    END IF;
+END
+$$;
+
+-- A candidate for a watermark over ids of `p_sequence` on Citus (the event
+-- feed's: _events_safe_through): the highest value any node's sequence has
+-- given, once every node's gives only higher ones. Then every id at or
+-- below the candidate was taken already, by a transaction that began
+-- before the node's instant after the move: `at` on the coordinator,
+-- `at_nodes` on each worker (by its clock). No candidate above `p_above`
+-- (nothing new): p_above and no move.
+CREATE OR REPLACE FUNCTION credits_internal._cluster_candidate(p_sequence regclass, p_above bigint,
+                                                    OUT candidate bigint, OUT at timestamptz, OUT at_nodes jsonb)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_max bigint := credits_internal._cluster_sequence_max(p_sequence);
+    r record;
+BEGIN
+    candidate := (v_max << 16) | 65535;  -- (the node group in the low bits: any)
+    IF candidate <= p_above THEN
+        candidate := p_above;
+        RETURN;
+    END IF;
+    at := credits_internal._sequence_past(p_sequence, v_max);
+    at_nodes := '{}';
+    FOR r IN SELECT * FROM run_command_on_workers(
+                 format('SELECT credits_internal._sequence_past(%L, %s)', p_sequence, v_max)) LOOP
+        PERFORM credits_internal._node_failed(r.success, format('moving %s', p_sequence), r.nodename, r.nodeport,
+                                              r.result);
+        at_nodes := at_nodes || jsonb_build_object(r.nodename || ':' || r.nodeport, r.result);
+    END LOOP;
+END
+$$;
+
+-- The highest value any node's `p_sequence` has given (on the coordinator).
+CREATE OR REPLACE FUNCTION credits_internal._cluster_sequence_max(p_sequence regclass) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_max bigint := coalesce(pg_sequence_last_value(p_sequence), 0);
+    r record;
+BEGIN
+    FOR r IN SELECT * FROM run_command_on_workers(
+                 format('SELECT coalesce(pg_sequence_last_value(%L), 0)', p_sequence)) LOOP
+        PERFORM credits_internal._node_failed(r.success, format('reading %s', p_sequence), r.nodename, r.nodeport,
+                                              r.result);
+        v_max := greatest(v_max, r.result::bigint);
+    END LOOP;
+    RETURN v_max;
+END
+$$;
+
+-- This node's part of _cluster_candidate: its sequence moved past p_past,
+-- then its clock.
+CREATE OR REPLACE FUNCTION credits_internal._sequence_past(p_sequence regclass, p_past bigint) RETURNS timestamptz
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM credits_internal._advance_sequence(p_sequence, p_past);
+    RETURN clock_timestamp();
+END
+$$;
+
+-- Whether on each worker of `p_at_nodes` ('host:port' to the worker's
+-- instant: _cluster_candidate) no transaction that began before its
+-- instant is open or prepared, waiting up to p_wait on each (a worker that
+-- has left the cluster has nothing open).
+CREATE OR REPLACE FUNCTION credits_internal._workers_settled(p_at_nodes jsonb, p_wait interval) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_names text[];
+    v_ports integer[];
+    v_commands text[];
+BEGIN
+    SELECT array_agg(n.nodename), array_agg(n.nodeport),
+           array_agg(format('SELECT credits_internal._settled(%L, %L)', t.value, p_wait))
+      INTO v_names, v_ports, v_commands
+      FROM jsonb_each_text(p_at_nodes) t
+      JOIN pg_catalog.pg_dist_node n ON n.nodename || ':' || n.nodeport = t.key
+     WHERE n.isactive AND n.groupid > 0;
+    RETURN v_names IS NULL
+        OR (SELECT bool_and(r.success AND r.result = 't')
+              FROM master_run_on_worker(v_names, v_ports, v_commands, true) r);
 END
 $$;
 
@@ -1363,12 +1529,14 @@ LANGUAGE sql STABLE AS $$
                 AND NOT p.prosecdef AND p.proconfig IS NULL)
 $$;
 
--- Run on every node before the tables are distributed: what Citus needs of
--- them. Unique keys hold the distribution column; foreign keys and the
--- catalogs' seed-replacing triggers (which write the table they fire on)
--- go; ids get node bits, starting above `p_first_id`; a worker's shells are
--- emptied (CREATE EXTENSION put the seed catalogs in them: Citus reads
--- the shards, never the shells). Idempotent.
+-- Run on every node before the tables are distributed, and on a worker
+-- added later (distribute() again): what Citus needs of them. Unique keys
+-- hold the distribution column; foreign keys and the catalogs'
+-- seed-replacing triggers (which write the table they fire on) go; ids get
+-- node bits, starting above `p_first_id`; a worker's shells are emptied
+-- (CREATE EXTENSION put the seed catalogs in them: Citus reads the shards,
+-- never the shells; with DDL propagation off, TRUNCATE of a distributed
+-- table's shell stays on this node). Idempotent.
 CREATE OR REPLACE FUNCTION credits_internal._prepare_distribution(p_first_id bigint, p_rolled_through bigint, p_worker boolean)
 RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -1402,6 +1570,8 @@ BEGIN
         DROP INDEX credits.ledger_account_idx;
         -- (refund, void_grant by entry id: found on every shard)
         CREATE INDEX ledger_entry_idx ON credits.ledger (entry_id);
+        -- (read_events: each shard's events in id order)
+        CREATE INDEX events_event_idx ON credits.events (event_id);
         DROP INDEX credits.holds_hold_id_idx;
         CREATE INDEX holds_hold_idx ON credits.holds (hold_id);
         ALTER TABLE credits.events DROP CONSTRAINT events_pkey;
@@ -1426,8 +1596,7 @@ BEGIN
     IF (SELECT s.last_value FROM credits.events_event_id_seq s) < p_first_id THEN
         PERFORM setval('credits.events_event_id_seq', p_first_id);
     END IF;
-    IF p_worker AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition p
-                                 WHERE p.logicalrelid = 'credits.accounts'::regclass) THEN
+    IF p_worker THEN
         ALTER TABLE credits.ledger DISABLE TRIGGER ledger_no_truncate;
         TRUNCATE credits.plans, credits.features, credits.accounts, credits.ledger, credits.grants,
                  credits.grant_draws, credits.month_allowances, credits.holds, credits.events,
@@ -1498,12 +1667,18 @@ BEGIN
 END
 $$;
 
--- Raises a node's error (for run_command_on_workers' results).
-CREATE OR REPLACE FUNCTION credits_internal._raise_node_error(p_host text, p_port integer, p_error text) RETURNS boolean
+-- UC014 naming the node, when a command run there (run_command_on_workers)
+-- failed at `p_what`.
+CREATE OR REPLACE FUNCTION credits_internal._node_failed(p_success boolean, p_what text, p_host text, p_port integer,
+                                              p_error text)
+RETURNS boolean
 LANGUAGE plpgsql AS $$
 BEGIN
-    RAISE EXCEPTION 'credits.distribute() failed on node %:%: %', p_host, p_port, p_error
-        USING ERRCODE = 'UC014';
+    IF NOT p_success THEN
+        RAISE EXCEPTION '% failed on node %:%: %', p_what, p_host, p_port, p_error
+            USING ERRCODE = 'UC014';
+    END IF;
+    RETURN false;
 END
 $$;
 
@@ -1520,6 +1695,7 @@ DECLARE
     v_function regprocedure;
     v_tables text[] := credits_internal._distributed_tables();
     v_steps integer := 0;
+    v_node record;
 BEGIN
     PERFORM credits_internal._check_citus();
     SET LOCAL citus.enable_unsafe_triggers = on;
@@ -1534,7 +1710,7 @@ BEGIN
         PERFORM 1 FROM run_command_on_workers(
             format('SELECT credits_internal._prepare_distribution(%s, %s, true)', v_first,
                    (SELECT st.rolled_through FROM credits.rollup_state st))) r
-         WHERE NOT r.success AND credits_internal._raise_node_error(r.nodename, r.nodeport, r.result);
+         WHERE credits_internal._node_failed(r.success, 'credits.distribute()', r.nodename, r.nodeport, r.result);
         PERFORM create_reference_table('credits.plans');
         PERFORM create_reference_table('credits.features');
         RETURN NEXT 'plans and features: reference tables';
@@ -1552,6 +1728,24 @@ BEGIN
         END LOOP;
         ALTER TABLE credits.ledger ENABLE ALWAYS TRIGGER ledger_no_truncate;
         v_steps := v_steps + 1;
+    ELSE
+        -- A worker added since: prepared as the others were, its ids above
+        -- every id any node has given.
+        FOR v_node IN SELECT * FROM run_command_on_workers(
+                     $c$SELECT to_regclass('credits.ledger_entry_idx') IS NOT NULL$c$) LOOP
+            PERFORM credits_internal._node_failed(v_node.success, 'credits.distribute()', v_node.nodename,
+                                                  v_node.nodeport, v_node.result);
+            CONTINUE WHEN v_node.result = 't';
+            v_first := greatest(credits_internal._cluster_sequence_max('credits.ledger_entry_id_seq'),
+                                credits_internal._cluster_sequence_max('credits.events_event_id_seq')) + 1;
+            PERFORM 1 FROM master_run_on_worker(
+                ARRAY[v_node.nodename], ARRAY[v_node.nodeport],
+                ARRAY[format('SELECT credits_internal._prepare_distribution(%s, %s, true)', v_first,
+                             (SELECT st.rolled_through FROM credits.rollup_state st))], false) x
+             WHERE credits_internal._node_failed(x.success, 'credits.distribute()', v_node.nodename, v_node.nodeport, x.result);
+            RETURN NEXT format('node %s:%s: prepared (added after distribute())', v_node.nodename, v_node.nodeport);
+            v_steps := v_steps + 1;
+        END LOOP;
     END IF;
     FOREACH v_function IN ARRAY credits_internal._delegated_functions() LOOP
         IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_object o
@@ -1565,6 +1759,142 @@ BEGIN
     IF v_steps = 0 THEN
         RESET client_min_messages;
         RAISE NOTICE 'credits is already distributed: nothing to do';
+    END IF;
+END
+$$;
+
+-- subscribe: create the account on a plan, or change its plan (SPEC rule 5, §4.1).
+--   New account: the plan's full allowance whatever the day (rule 4, no proration).
+--   Upgrade (a monthly limit larger than every limit the account held this
+--     calendar month): a fresh window of the new plan's full allowance starts
+--     now; what was left of the old one is forfeited and recorded in the
+--     ledger ('F'), never added; what open holds hold of it is forfeited
+--     as they resolve, for what they do not use (a later settle charges the
+--     new window).
+--   Any other move (a downgrade, a lateral move, a return to a level already
+--     held this month) grants nothing: the window's usage becomes everything
+--     the account used from allowances this month, so free -> pro -> free or
+--     pro -> free -> pro never yields a second allowance;
+--     remaining = max(0, new limit - used).
+--   fresh_allowance overrides the choice: true when the caller's billing
+--     system charged the change as a new period, false when it did not.
+--   Every change restarts the window's refunds (a refund of a debit made
+--     before it does not go back to the allowance) and its events.
+--   Purchased credits carry over to plans that may buy, and lapse otherwise.
+--   Subscribing to the current plan changes nothing.
+--   idempotency_key: a billing webhook retried takes effect once (a retry
+--     of an old change after a newer one changes nothing); the key is kept
+--     with the plan-change entry that answers it.
+CREATE OR REPLACE FUNCTION subscribe(account_id text, plan text, fresh_allowance boolean DEFAULT NULL,
+                          idempotency_key text DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p_account   text := subscribe.account_id;
+    p_plan      text := subscribe.plan;
+    p_fresh     boolean := subscribe.fresh_allowance;
+    p_key       text := subscribe.idempotency_key;
+    v_request   uuid;
+    v_now       timestamptz := credits.now();
+    v_month     date;
+    v_new       credits.plans;
+    v_acct      credits.accounts;
+    v_old       credits_internal._account_state;
+    v_held      credits.month_allowances;
+    v_purchased numeric;
+    v_new_limit numeric;
+    v_peak      numeric;
+    v_before    numeric;
+    v_upgrade   boolean;
+    v_used      numeric;
+    v_forfeit   numeric;
+    v_entry     bigint;
+BEGIN
+    PERFORM credits_internal._check_text(p_account, 'account_id');
+    PERFORM credits_internal._check_text(p_plan, 'plan');
+    SELECT * INTO v_new FROM credits.plans p WHERE p.plan = p_plan;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'unknown plan: %', quote_literal(p_plan) USING ERRCODE = 'UC003',
+            HINT = 'Plans are listed in credits.plans.';
+    END IF;
+    IF p_key IS NOT NULL THEN
+        PERFORM credits_internal._check_text(p_key, 'idempotency_key');
+        v_request := credits_internal._fingerprint('subscribe', p_plan, p_fresh::text);
+    END IF;
+
+    INSERT INTO credits.accounts AS a (account_id, plan, created_at, day, month, last_at)
+    VALUES (p_account, p_plan, v_now, credits_internal._utc_day(v_now), credits_internal._utc_month(v_now), v_now)
+    ON CONFLICT DO NOTHING;
+    IF FOUND THEN
+        IF credits_internal._distributed() THEN
+            PERFORM credits_internal._follow_history(p_account);  -- (this node may make ids: _lock_account)
+        END IF;
+        INSERT INTO credits.ledger (account_id, at, kind, amount, metadata)
+        VALUES (p_account, v_now, 'S', 0,
+                jsonb_build_object('plan', p_plan, 'purchased', 0, 'limit', v_new.monthly_allowance))
+        RETURNING entry_id INTO v_entry;
+        IF p_key IS NOT NULL THEN
+            PERFORM credits_internal._remember_key(p_account, p_key, v_entry, v_request);
+        END IF;
+        RETURN;
+    END IF;
+
+    v_acct := credits_internal._lock_account(p_account, v_now);
+    v_now := v_acct.last_at;  -- the account's time (_lock_account)
+    v_month := credits_internal._utc_month(v_now);
+    IF p_key IS NOT NULL AND credits_internal._replay(p_account, p_key, v_request) IS NOT NULL THEN
+        RETURN;
+    END IF;
+    IF v_acct.plan = p_plan THEN
+        IF p_key IS NOT NULL THEN
+            -- (answered by the entry that put the account on this plan)
+            PERFORM credits_internal._remember_key(p_account, p_key,
+                (SELECT max(l.entry_id) FROM credits.ledger l WHERE l.account_id = p_account AND l.kind = 'S'),
+                v_request);
+        END IF;
+        RETURN;
+    END IF;
+    v_old := credits_internal._state(v_acct, v_now);
+    v_purchased := CASE WHEN v_new.may_purchase THEN v_acct.purchased ELSE 0 END;
+    v_new_limit := v_new.monthly_allowance + v_purchased;
+    -- Every limit held this month: the current one, and the largest recorded.
+    SELECT * INTO v_held FROM credits.month_allowances m
+     WHERE m.account_id = p_account AND m.month = v_month;
+    v_peak := greatest(v_old.monthly_limit, v_held.peak_limit);
+    v_before := coalesce(v_held.used_before, 0);
+    v_upgrade := coalesce(p_fresh, v_new_limit > v_peak);
+
+    IF v_upgrade THEN
+        -- (what this month's open holds hold stays theirs: a hold keeps what
+        -- it reserved; what it does not use is forfeited when it resolves)
+        v_forfeit := greatest(0, v_old.monthly_limit - v_old.monthly_used - v_old.reserved_allowance);
+        IF v_forfeit > 0 THEN
+            INSERT INTO credits.ledger (account_id, at, kind, amount, metadata)
+            VALUES (p_account, v_now, 'F', v_forfeit,
+                    jsonb_build_object('reason', 'upgrade', 'plan', v_acct.plan));
+        END IF;
+    END IF;
+    v_used := CASE WHEN v_upgrade THEN 0 ELSE v_before + v_old.monthly_used END;
+
+    INSERT INTO credits.ledger (account_id, at, kind, amount, metadata)
+    VALUES (p_account, v_now, 'S', 0,
+            jsonb_strip_nulls(jsonb_build_object(
+                'plan', p_plan, 'from', v_acct.plan, 'upgrade', v_upgrade, 'purchased', v_purchased,
+                'limit', v_new_limit, 'from_limit', v_old.monthly_limit, 'monthly_used', v_used,
+                'fresh_allowance', p_fresh)))
+    RETURNING entry_id INTO v_entry;
+
+    UPDATE credits.accounts a
+       SET plan = p_plan,
+           purchased = v_purchased,
+           month = v_month,
+           monthly_used = v_used,
+           monthly_epoch = v_entry
+     WHERE a.account_id = p_account;
+    PERFORM credits_internal._record_month(p_account, v_month, greatest(v_peak, v_new_limit),
+                                  CASE WHEN v_upgrade THEN v_before + v_old.monthly_used ELSE 0 END);
+    PERFORM credits_internal._after_write(p_account, v_now, v_entry, v_old);
+    IF p_key IS NOT NULL THEN
+        PERFORM credits_internal._remember_key(p_account, p_key, v_entry, v_request);
     END IF;
 END
 $$;
@@ -1846,13 +2176,22 @@ $$;
 -- the next UTC day boundary, the next hold or grant deadline.
 CREATE OR REPLACE FUNCTION credits_internal._next_due(p_done_through timestamptz) RETURNS timestamptz
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$  -- used by the status view
+DECLARE
+    -- the first deadline of a hold or grant not expired yet (on Citus, of
+    -- this node's shards, read directly: every node expires its own)
+    v_query text := $q$SELECT least((SELECT min(h.expires_at) FROM credits.holds h WHERE h.resolved_entry IS NULL),
+                                    (SELECT min(g.expires_at) FROM credits.grants g
+                                      WHERE g.expired_entry IS NULL AND g.expires_at IS NOT NULL))$q$;
+    v_due   timestamptz := CASE WHEN p_done_through IS NULL THEN '-infinity'::timestamptz
+                                ELSE (credits_internal._utc_day(p_done_through) + 1)::timestamp AT TIME ZONE 'UTC' END;
+    v_some  timestamptz;
+    v_sql   text;
 BEGIN
-    -- (PL/pgSQL: Citus plans no SQL function with parameters over its tables)
-    RETURN least(
-        CASE WHEN p_done_through IS NULL THEN '-infinity'::timestamptz
-             ELSE (credits_internal._utc_day(p_done_through) + 1)::timestamp AT TIME ZONE 'UTC' END,
-        (SELECT min(h.expires_at) FROM credits.holds h WHERE h.resolved_entry IS NULL),
-        (SELECT min(g.expires_at) FROM credits.grants g WHERE g.expired_entry IS NULL AND g.expires_at IS NOT NULL));
+    FOR v_sql IN SELECT credits_internal._on_local_shards(v_query) LOOP
+        EXECUTE v_sql INTO v_some;
+        v_due := least(v_due, v_some);
+    END LOOP;
+    RETURN v_due;
 END
 $$;
 
@@ -1875,10 +2214,6 @@ DECLARE
     v_some  text[];
     v_sql   text;
 BEGIN
-    IF NOT credits_internal._distributed() THEN
-        EXECUTE v_query INTO v_due USING p_at, p_batch;
-        RETURN v_due;
-    END IF;
     FOR v_sql IN SELECT credits_internal._on_local_shards(v_query) LOOP
         EXECUTE v_sql INTO v_some USING p_at, p_batch;
         v_due := v_due || v_some;
@@ -1904,6 +2239,8 @@ BEGIN
                         FOR UPDATE SKIP LOCKED);
     END IF;
     FOR v_one IN SELECT DISTINCT x FROM unnest(p_ids) x ORDER BY x LOOP
+        -- (one whose shards moved away since: its new node's maintenance takes it)
+        CONTINUE WHEN credits_internal._elsewhere(v_one);
         PERFORM FROM credits.accounts a
           WHERE a.account_id = v_one AND (NOT p_unstriped OR a.stripe_budget = 0)
             FOR UPDATE SKIP LOCKED;
@@ -2760,6 +3097,7 @@ $$;
 -- colocated shards this node holds, the tables' names replaced by the
 -- group's shards': a plain query of this node's rows there (every
 -- account's rows are in one group; plans and features have one shard).
+-- On a single server, `p_query` itself.
 CREATE OR REPLACE FUNCTION credits_internal._on_local_shards(p_query text) RETURNS SETOF text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -2767,6 +3105,10 @@ DECLARE
     v_group record;
     v_shard record;
 BEGIN
+    IF NOT credits_internal._distributed() THEN
+        RETURN NEXT p_query;
+        RETURN;
+    END IF;
     FOR v_group IN SELECT s.shardminvalue
                      FROM pg_catalog.pg_dist_shard s
                      JOIN pg_catalog.pg_dist_placement p USING (shardid)

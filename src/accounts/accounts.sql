@@ -76,6 +76,9 @@ BEGIN
     VALUES (p_account, p_plan, v_now, credits_internal._utc_day(v_now), credits_internal._utc_month(v_now), v_now)
     ON CONFLICT DO NOTHING;
     IF FOUND THEN
+        IF credits_internal._distributed() THEN
+            PERFORM credits_internal._follow_history(p_account);  -- (this node may make ids: _lock_account)
+        END IF;
         INSERT INTO credits.ledger (account_id, at, kind, amount, metadata)
         VALUES (p_account, v_now, 'S', 0,
                 jsonb_build_object('plan', p_plan, 'purchased', 0, 'limit', v_new.monthly_allowance))

@@ -41,29 +41,141 @@ BEGIN
 END
 $$;
 
+-- Moves this node's sequence so that every value it gives from now on is
+-- above p_past; never back, which would give values again. (setval is not
+-- atomic with the read that decides it: values other sessions take between
+-- the two would be given again if setval moved the sequence to below them.
+-- So the sequence moves by nextval, which is atomic, across a gap of up to
+-- 100,000; only a wider gap is jumped with setval, which to go back would
+-- need 100,000 values taken on this node between two statements of this
+-- function. Jumps on a node are serialized.)
+CREATE FUNCTION credits_internal._advance_sequence(p_sequence regclass, p_past bigint) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_at   bigint;
+    v_step constant bigint := 100000;
+BEGIN
+    IF coalesce(pg_sequence_last_value(p_sequence), 0) >= p_past THEN
+        RETURN;  -- (past it already: a sequence only moves forward)
+    END IF;
+    v_at := nextval(p_sequence);
+    IF v_at < p_past - v_step THEN
+        PERFORM pg_advisory_xact_lock(p_sequence::oid::bigint);
+        v_at := nextval(p_sequence);
+        IF v_at < p_past - v_step THEN
+            PERFORM setval(p_sequence, p_past);
+            RETURN;
+        END IF;
+    END IF;
+    IF v_at < p_past THEN
+        PERFORM count(nextval(p_sequence)) FROM generate_series(1, p_past - v_at);
+    END IF;
+END
+$$;
+
 -- On Citus, before a write makes ids for an account: each node makes ids
 -- from its own sequence (_next_id), so this node's may be behind the
 -- account's last entry or event, made on another node (the coordinator, a
 -- node the account's shard moved from). The sequence is moved past them,
--- so that an account's ids increase with its entries. (Bumps on a node are
--- serialized: setval is not transactional, and two racing bumps could move
--- a sequence back.)
+-- so that an account's ids increase with its entries.
 CREATE FUNCTION credits_internal._follow_history(p_account text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_entry bigint := (SELECT max(l.entry_id) FROM credits.ledger l WHERE l.account_id = p_account) >> 16;
     v_event bigint := (SELECT max(e.event_id) FROM credits.events e WHERE e.account_id = p_account) >> 16;
 BEGIN
-    IF v_entry >= coalesce(pg_sequence_last_value('credits.ledger_entry_id_seq'), 0)
-       OR v_event >= coalesce(pg_sequence_last_value('credits.events_event_id_seq'), 0) THEN
-        PERFORM pg_advisory_xact_lock('credits.ledger_entry_id_seq'::regclass::oid::bigint);
-        IF v_entry >= coalesce(pg_sequence_last_value('credits.ledger_entry_id_seq'), 0) THEN
-            PERFORM setval('credits.ledger_entry_id_seq', v_entry + 1);
-        END IF;
-        IF v_event >= coalesce(pg_sequence_last_value('credits.events_event_id_seq'), 0) THEN
-            PERFORM setval('credits.events_event_id_seq', v_event + 1);
-        END IF;
+    IF to_regclass('credits.ledger_entry_idx') IS NULL THEN
+        -- (a worker added after distribute(): its ids would have no node bits)
+        RAISE EXCEPTION 'credits on this node (Citus group %) is not prepared for the distributed install',
+                        (SELECT g.groupid FROM pg_catalog.pg_dist_local_group g)
+            USING ERRCODE = 'UC014', HINT = 'Run SELECT * FROM credits.distribute() on the coordinator.';
     END IF;
+    IF v_entry >= coalesce(pg_sequence_last_value('credits.ledger_entry_id_seq'), 0) THEN
+        PERFORM credits_internal._advance_sequence('credits.ledger_entry_id_seq', v_entry);
+    END IF;
+    IF v_event >= coalesce(pg_sequence_last_value('credits.events_event_id_seq'), 0) THEN
+        PERFORM credits_internal._advance_sequence('credits.events_event_id_seq', v_event);
+    END IF;
+END
+$$;
+
+-- A candidate for a watermark over ids of `p_sequence` on Citus (the event
+-- feed's: _events_safe_through): the highest value any node's sequence has
+-- given, once every node's gives only higher ones. Then every id at or
+-- below the candidate was taken already, by a transaction that began
+-- before the node's instant after the move: `at` on the coordinator,
+-- `at_nodes` on each worker (by its clock). No candidate above `p_above`
+-- (nothing new): p_above and no move.
+CREATE FUNCTION credits_internal._cluster_candidate(p_sequence regclass, p_above bigint,
+                                                    OUT candidate bigint, OUT at timestamptz, OUT at_nodes jsonb)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_max bigint := credits_internal._cluster_sequence_max(p_sequence);
+    r record;
+BEGIN
+    candidate := (v_max << 16) | 65535;  -- (the node group in the low bits: any)
+    IF candidate <= p_above THEN
+        candidate := p_above;
+        RETURN;
+    END IF;
+    at := credits_internal._sequence_past(p_sequence, v_max);
+    at_nodes := '{}';
+    FOR r IN SELECT * FROM run_command_on_workers(
+                 format('SELECT credits_internal._sequence_past(%L, %s)', p_sequence, v_max)) LOOP
+        PERFORM credits_internal._node_failed(r.success, format('moving %s', p_sequence), r.nodename, r.nodeport,
+                                              r.result);
+        at_nodes := at_nodes || jsonb_build_object(r.nodename || ':' || r.nodeport, r.result);
+    END LOOP;
+END
+$$;
+
+-- The highest value any node's `p_sequence` has given (on the coordinator).
+CREATE FUNCTION credits_internal._cluster_sequence_max(p_sequence regclass) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_max bigint := coalesce(pg_sequence_last_value(p_sequence), 0);
+    r record;
+BEGIN
+    FOR r IN SELECT * FROM run_command_on_workers(
+                 format('SELECT coalesce(pg_sequence_last_value(%L), 0)', p_sequence)) LOOP
+        PERFORM credits_internal._node_failed(r.success, format('reading %s', p_sequence), r.nodename, r.nodeport,
+                                              r.result);
+        v_max := greatest(v_max, r.result::bigint);
+    END LOOP;
+    RETURN v_max;
+END
+$$;
+
+-- This node's part of _cluster_candidate: its sequence moved past p_past,
+-- then its clock.
+CREATE FUNCTION credits_internal._sequence_past(p_sequence regclass, p_past bigint) RETURNS timestamptz
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM credits_internal._advance_sequence(p_sequence, p_past);
+    RETURN clock_timestamp();
+END
+$$;
+
+-- Whether on each worker of `p_at_nodes` ('host:port' to the worker's
+-- instant: _cluster_candidate) no transaction that began before its
+-- instant is open or prepared, waiting up to p_wait on each (a worker that
+-- has left the cluster has nothing open).
+CREATE FUNCTION credits_internal._workers_settled(p_at_nodes jsonb, p_wait interval) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_names text[];
+    v_ports integer[];
+    v_commands text[];
+BEGIN
+    SELECT array_agg(n.nodename), array_agg(n.nodeport),
+           array_agg(format('SELECT credits_internal._settled(%L, %L)', t.value, p_wait))
+      INTO v_names, v_ports, v_commands
+      FROM jsonb_each_text(p_at_nodes) t
+      JOIN pg_catalog.pg_dist_node n ON n.nodename || ':' || n.nodeport = t.key
+     WHERE n.isactive AND n.groupid > 0;
+    RETURN v_names IS NULL
+        OR (SELECT bool_and(r.success AND r.result = 't')
+              FROM master_run_on_worker(v_names, v_ports, v_commands, true) r);
 END
 $$;
 
@@ -102,12 +214,14 @@ LANGUAGE sql STABLE AS $$
                 AND NOT p.prosecdef AND p.proconfig IS NULL)
 $$;
 
--- Run on every node before the tables are distributed: what Citus needs of
--- them. Unique keys hold the distribution column; foreign keys and the
--- catalogs' seed-replacing triggers (which write the table they fire on)
--- go; ids get node bits, starting above `p_first_id`; a worker's shells are
--- emptied (CREATE EXTENSION put the seed catalogs in them: Citus reads
--- the shards, never the shells). Idempotent.
+-- Run on every node before the tables are distributed, and on a worker
+-- added later (distribute() again): what Citus needs of them. Unique keys
+-- hold the distribution column; foreign keys and the catalogs'
+-- seed-replacing triggers (which write the table they fire on) go; ids get
+-- node bits, starting above `p_first_id`; a worker's shells are emptied
+-- (CREATE EXTENSION put the seed catalogs in them: Citus reads the shards,
+-- never the shells; with DDL propagation off, TRUNCATE of a distributed
+-- table's shell stays on this node). Idempotent.
 CREATE FUNCTION credits_internal._prepare_distribution(p_first_id bigint, p_rolled_through bigint, p_worker boolean)
 RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -141,6 +255,8 @@ BEGIN
         DROP INDEX credits.ledger_account_idx;
         -- (refund, void_grant by entry id: found on every shard)
         CREATE INDEX ledger_entry_idx ON credits.ledger (entry_id);
+        -- (read_events: each shard's events in id order)
+        CREATE INDEX events_event_idx ON credits.events (event_id);
         DROP INDEX credits.holds_hold_id_idx;
         CREATE INDEX holds_hold_idx ON credits.holds (hold_id);
         ALTER TABLE credits.events DROP CONSTRAINT events_pkey;
@@ -165,8 +281,7 @@ BEGIN
     IF (SELECT s.last_value FROM credits.events_event_id_seq s) < p_first_id THEN
         PERFORM setval('credits.events_event_id_seq', p_first_id);
     END IF;
-    IF p_worker AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition p
-                                 WHERE p.logicalrelid = 'credits.accounts'::regclass) THEN
+    IF p_worker THEN
         ALTER TABLE credits.ledger DISABLE TRIGGER ledger_no_truncate;
         TRUNCATE credits.plans, credits.features, credits.accounts, credits.ledger, credits.grants,
                  credits.grant_draws, credits.month_allowances, credits.holds, credits.events,
@@ -248,6 +363,7 @@ DECLARE
     v_function regprocedure;
     v_tables text[] := credits_internal._distributed_tables();
     v_steps integer := 0;
+    v_node record;
 BEGIN
     PERFORM credits_internal._check_citus();
     SET LOCAL citus.enable_unsafe_triggers = on;
@@ -262,7 +378,7 @@ BEGIN
         PERFORM 1 FROM run_command_on_workers(
             format('SELECT credits_internal._prepare_distribution(%s, %s, true)', v_first,
                    (SELECT st.rolled_through FROM credits.rollup_state st))) r
-         WHERE NOT r.success AND credits_internal._raise_node_error(r.nodename, r.nodeport, r.result);
+         WHERE credits_internal._node_failed(r.success, 'credits.distribute()', r.nodename, r.nodeport, r.result);
         PERFORM create_reference_table('credits.plans');
         PERFORM create_reference_table('credits.features');
         RETURN NEXT 'plans and features: reference tables';
@@ -280,6 +396,24 @@ BEGIN
         END LOOP;
         ALTER TABLE credits.ledger ENABLE ALWAYS TRIGGER ledger_no_truncate;
         v_steps := v_steps + 1;
+    ELSE
+        -- A worker added since: prepared as the others were, its ids above
+        -- every id any node has given.
+        FOR v_node IN SELECT * FROM run_command_on_workers(
+                     $c$SELECT to_regclass('credits.ledger_entry_idx') IS NOT NULL$c$) LOOP
+            PERFORM credits_internal._node_failed(v_node.success, 'credits.distribute()', v_node.nodename,
+                                                  v_node.nodeport, v_node.result);
+            CONTINUE WHEN v_node.result = 't';
+            v_first := greatest(credits_internal._cluster_sequence_max('credits.ledger_entry_id_seq'),
+                                credits_internal._cluster_sequence_max('credits.events_event_id_seq')) + 1;
+            PERFORM 1 FROM master_run_on_worker(
+                ARRAY[v_node.nodename], ARRAY[v_node.nodeport],
+                ARRAY[format('SELECT credits_internal._prepare_distribution(%s, %s, true)', v_first,
+                             (SELECT st.rolled_through FROM credits.rollup_state st))], false) x
+             WHERE credits_internal._node_failed(x.success, 'credits.distribute()', v_node.nodename, v_node.nodeport, x.result);
+            RETURN NEXT format('node %s:%s: prepared (added after distribute())', v_node.nodename, v_node.nodeport);
+            v_steps := v_steps + 1;
+        END LOOP;
     END IF;
     FOREACH v_function IN ARRAY credits_internal._delegated_functions() LOOP
         IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_object o
@@ -297,12 +431,18 @@ BEGIN
 END
 $$;
 
--- Raises a node's error (for run_command_on_workers' results).
-CREATE FUNCTION credits_internal._raise_node_error(p_host text, p_port integer, p_error text) RETURNS boolean
+-- UC014 naming the node, when a command run there (run_command_on_workers)
+-- failed at `p_what`.
+CREATE FUNCTION credits_internal._node_failed(p_success boolean, p_what text, p_host text, p_port integer,
+                                              p_error text)
+RETURNS boolean
 LANGUAGE plpgsql AS $$
 BEGIN
-    RAISE EXCEPTION 'credits.distribute() failed on node %:%: %', p_host, p_port, p_error
-        USING ERRCODE = 'UC014';
+    IF NOT p_success THEN
+        RAISE EXCEPTION '% failed on node %:%: %', p_what, p_host, p_port, p_error
+            USING ERRCODE = 'UC014';
+    END IF;
+    RETURN false;
 END
 $$;
 
@@ -327,6 +467,7 @@ $$;
 -- colocated shards this node holds, the tables' names replaced by the
 -- group's shards': a plain query of this node's rows there (every
 -- account's rows are in one group; plans and features have one shard).
+-- On a single server, `p_query` itself.
 CREATE FUNCTION credits_internal._on_local_shards(p_query text) RETURNS SETOF text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -334,6 +475,10 @@ DECLARE
     v_group record;
     v_shard record;
 BEGIN
+    IF NOT credits_internal._distributed() THEN
+        RETURN NEXT p_query;
+        RETURN;
+    END IF;
     FOR v_group IN SELECT s.shardminvalue
                      FROM pg_catalog.pg_dist_shard s
                      JOIN pg_catalog.pg_dist_placement p USING (shardid)

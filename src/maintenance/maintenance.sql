@@ -216,13 +216,22 @@ $$;
 -- the next UTC day boundary, the next hold or grant deadline.
 CREATE FUNCTION credits_internal._next_due(p_done_through timestamptz) RETURNS timestamptz
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$  -- used by the status view
+DECLARE
+    -- the first deadline of a hold or grant not expired yet (on Citus, of
+    -- this node's shards, read directly: every node expires its own)
+    v_query text := $q$SELECT least((SELECT min(h.expires_at) FROM credits.holds h WHERE h.resolved_entry IS NULL),
+                                    (SELECT min(g.expires_at) FROM credits.grants g
+                                      WHERE g.expired_entry IS NULL AND g.expires_at IS NOT NULL))$q$;
+    v_due   timestamptz := CASE WHEN p_done_through IS NULL THEN '-infinity'::timestamptz
+                                ELSE (credits_internal._utc_day(p_done_through) + 1)::timestamp AT TIME ZONE 'UTC' END;
+    v_some  timestamptz;
+    v_sql   text;
 BEGIN
-    -- (PL/pgSQL: Citus plans no SQL function with parameters over its tables)
-    RETURN least(
-        CASE WHEN p_done_through IS NULL THEN '-infinity'::timestamptz
-             ELSE (credits_internal._utc_day(p_done_through) + 1)::timestamp AT TIME ZONE 'UTC' END,
-        (SELECT min(h.expires_at) FROM credits.holds h WHERE h.resolved_entry IS NULL),
-        (SELECT min(g.expires_at) FROM credits.grants g WHERE g.expired_entry IS NULL AND g.expires_at IS NOT NULL));
+    FOR v_sql IN SELECT credits_internal._on_local_shards(v_query) LOOP
+        EXECUTE v_sql INTO v_some;
+        v_due := least(v_due, v_some);
+    END LOOP;
+    RETURN v_due;
 END
 $$;
 
@@ -245,10 +254,6 @@ DECLARE
     v_some  text[];
     v_sql   text;
 BEGIN
-    IF NOT credits_internal._distributed() THEN
-        EXECUTE v_query INTO v_due USING p_at, p_batch;
-        RETURN v_due;
-    END IF;
     FOR v_sql IN SELECT credits_internal._on_local_shards(v_query) LOOP
         EXECUTE v_sql INTO v_some USING p_at, p_batch;
         v_due := v_due || v_some;
@@ -274,6 +279,8 @@ BEGIN
                         FOR UPDATE SKIP LOCKED);
     END IF;
     FOR v_one IN SELECT DISTINCT x FROM unnest(p_ids) x ORDER BY x LOOP
+        -- (one whose shards moved away since: its new node's maintenance takes it)
+        CONTINUE WHEN credits_internal._elsewhere(v_one);
         PERFORM FROM credits.accounts a
           WHERE a.account_id = v_one AND (NOT p_unstriped OR a.stripe_budget = 0)
             FOR UPDATE SKIP LOCKED;

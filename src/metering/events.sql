@@ -83,13 +83,16 @@ $$;
 -- The event feed's watermark: every event id at or below it is final
 -- (committed or rolled back), as events take their ids when inserted, in
 -- transactions that may commit in any order. The stored candidate becomes
--- safe once no transaction older than it is open; then the newest visible
--- id is the next candidate, given up to p_wait (milliseconds: a writer's
--- commit) to become safe too. The technique of the usage rollups
--- (_settled, src/reporting/rollups.sql). Advanced by read_events; a
--- session that finds another advancing it, or cannot write (a standby, a
--- read-only transaction, REPEATABLE READ: its snapshot could miss events
--- committed meanwhile), uses the stored value.
+-- safe once no transaction older than it is open; then the newest id is
+-- the next candidate, given up to p_wait (milliseconds: a writer's commit)
+-- to become safe too. The technique of the usage rollups (_settled,
+-- src/reporting/rollups.sql); on Citus, where every node gives ids, the
+-- candidate is the highest id any node gave, once every node gives only
+-- higher ones (_cluster_candidate), and it is safe once no older
+-- transaction is open on any node. Advanced by read_events; a session that
+-- finds another advancing it, or cannot write (a standby, a read-only
+-- transaction, REPEATABLE READ: its snapshot could miss events committed
+-- meanwhile), uses the stored value.
 CREATE FUNCTION credits_internal._events_safe_through(p_wait interval) RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -103,18 +106,26 @@ BEGIN
     IF NOT FOUND THEN
         RETURN (SELECT w.safe_through FROM credits_internal.event_watermark w);
     END IF;
-    IF st.candidate > st.safe_through AND credits_internal._settled(st.candidate_at, interval '0') THEN
+    IF st.candidate > st.safe_through
+       AND credits_internal._candidate_settled(st.candidate_at, st.candidate_at_nodes, interval '0') THEN
         st.safe_through := st.candidate;
     END IF;
     IF st.candidate <= st.safe_through THEN
-        st.candidate := coalesce((SELECT max(e.event_id) FROM credits.events e), 0);
-        st.candidate_at := clock_timestamp();
-        IF st.candidate > st.safe_through AND credits_internal._settled(st.candidate_at, p_wait) THEN
+        IF credits_internal._distributed() THEN
+            SELECT c.candidate, c.at, c.at_nodes INTO st.candidate, st.candidate_at, st.candidate_at_nodes
+              FROM credits_internal._cluster_candidate('credits.events_event_id_seq', st.safe_through) c;
+        ELSE
+            st.candidate := coalesce((SELECT max(e.event_id) FROM credits.events e), 0);
+            st.candidate_at := clock_timestamp();
+        END IF;
+        IF st.candidate > st.safe_through
+           AND credits_internal._candidate_settled(st.candidate_at, st.candidate_at_nodes, p_wait) THEN
             st.safe_through := st.candidate;
         END IF;
     END IF;
     UPDATE credits_internal.event_watermark
-       SET safe_through = st.safe_through, candidate = st.candidate, candidate_at = st.candidate_at;
+       SET safe_through = st.safe_through, candidate = st.candidate, candidate_at = st.candidate_at,
+           candidate_at_nodes = st.candidate_at_nodes;
     RETURN st.safe_through;
 END
 $$;
@@ -125,6 +136,7 @@ $$;
 -- order their transactions commit in (an event still in flight holds back
 -- the ones after it, for as long as its transaction is open). Call it
 -- outside a long transaction: it waits up to 50 ms for a commit in flight.
+-- On Citus, on the coordinator: the events of every node, in one order.
 CREATE FUNCTION read_events(after bigint DEFAULT 0, max_rows integer DEFAULT 100)
 RETURNS TABLE ("cursor" bigint, event_id bigint, kind text, account_id text, "window" text, at text,
                payload jsonb)
@@ -132,9 +144,6 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 DECLARE
     v_safe bigint;
 BEGIN
-    -- (On Citus each node makes event ids from its own sequence: a cursor
-    -- past one node's ids would skip another's later events.)
-    PERFORM credits_internal._refuse_distributed('read_events');
     IF after IS NULL OR after < 0 THEN
         RAISE EXCEPTION 'invalid cursor: %', coalesce(after::text, 'NULL')
             USING ERRCODE = 'UC009', DETAIL = 'after is 0 or a cursor read_events returned';

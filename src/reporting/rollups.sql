@@ -56,7 +56,10 @@ BEGIN
                     WHERE a.datname = current_database() AND a.pid <> pg_catalog.pg_backend_pid()
                       AND a.backend_type <> 'autovacuum worker'  -- never writes the ledger
                       AND a.xact_start < since
-                      AND (a.backend_xid IS NOT NULL OR a.state NOT LIKE 'idle in transaction%'))
+                      -- (on Citus an idle transaction may hold ids without an xid here:
+                      -- a coordinator's, whose rows went to a worker)
+                      AND (a.backend_xid IS NOT NULL OR a.state NOT LIKE 'idle in transaction%'
+                           OR credits_internal._distributed()))
            -- a prepared transaction may hold ids of any age
            OR EXISTS (SELECT 1 FROM pg_catalog.pg_prepared_xacts p WHERE p.database = current_database());
 END
@@ -79,6 +82,22 @@ BEGIN
         END IF;
         PERFORM pg_catalog.pg_sleep(0.002);
     END LOOP;
+END
+$$;
+
+-- _settled for a watermark's candidate: picked on a single server at p_at;
+-- on Citus at p_at on the coordinator and at p_at_nodes on each worker (by
+-- its clock). The coordinator is asked first: a transaction that ended
+-- there may still be committing on a worker, where it is then prepared,
+-- which the worker's check sees.
+CREATE FUNCTION credits_internal._candidate_settled(p_at timestamptz, p_at_nodes jsonb, p_wait interval)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    IF NOT credits_internal._settled(p_at, p_wait) THEN
+        RETURN false;
+    END IF;
+    RETURN p_at_nodes IS NULL OR credits_internal._workers_settled(p_at_nodes, p_wait);
 END
 $$;
 

@@ -244,7 +244,10 @@ CREATE TABLE credits_internal.event_watermark (
     singleton    boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     safe_through bigint NOT NULL DEFAULT 0,
     candidate    bigint NOT NULL DEFAULT 0,  -- the next safe_through, once no older transaction is open ...
-    candidate_at timestamptz                 -- ... than this instant
+    candidate_at timestamptz,                -- ... than this instant
+    -- on Citus, the instant of each worker ('host:port'), by its own clock
+    -- (credits_internal._cluster_candidate)
+    candidate_at_nodes jsonb
 );
 INSERT INTO credits_internal.event_watermark DEFAULT VALUES;
 

@@ -88,11 +88,23 @@ SELECT ordinality, outcome, sqlstate
  ORDER BY ordinality;
 SELECT monthly_used FROM credits.balance('pro_2');
 
--- The event feed is not ordered across nodes yet: refused rather than
--- skip events (docs/citus.md); the events are there, per account.
-SELECT count(*) FROM credits.read_events(0, 100);
-\echo :LAST_ERROR_SQLSTATE
+-- The event feed: every node's events through the coordinator, in one
+-- order, each once (tests/citus/run reads it while nodes write).
 SELECT count(*) > 0 AS events_stored FROM credits.events WHERE account_id = 'free_1';
+-- (read_events in a statement of its own: beside another query of the
+-- shards, that query's transactions on the workers would hold it back)
+SELECT count(*) AS events FROM credits.events \gset
+SELECT count(*) > 0 AS some_read, count(*) = :events AS all_read,
+       bool_and(f.cursor = f.event_id) AS cursor_is_id
+  FROM credits.read_events(0, 1000) f;
+SELECT max("cursor") AS last FROM credits.read_events(0, 1000) \gset
+SELECT count(*) AS after_the_last FROM credits.read_events(:last, 1000);
+SELECT credits.subscribe('feed_1', 'pro');
+SELECT credits.try_debit('feed_1', 'agent', 1000) AS refused;  -- (a denied event, on its node)
+SELECT count(*) AS new_events, min(kind) AS kind, min(account_id) AS account
+  FROM credits.read_events(:last, 1000);
+SELECT count(*) FROM credits.read_events(-1, 10);
+\echo :LAST_ERROR_SQLSTATE
 
 -- The monthly reports, over the accounts of both workers.
 SELECT account_id, feature, debited, refunded, plan FROM credits.usage_monthly

@@ -37,3 +37,15 @@ SELECT credits.void_grant_for('af_2', :af_grant);
 SELECT credits.void_grant_for('af_1', :af_grant, 'withdrawn') > :af_grant AS voided;
 SELECT monthly_used, reserved, granted_remaining FROM credits.balance('af_1');
 SELECT * FROM credits.verify() WHERE account_id LIKE 'af_%';
+
+-- Moving a node's id sequence forward (_advance_sequence: before a node
+-- writes an account whose ids another node made, and for the event feed's
+-- watermark): every later value is above the floor, and it never goes back.
+CREATE TEMP SEQUENCE ids_seq;
+SELECT setval('ids_seq', 1000);
+SELECT credits_internal._advance_sequence('ids_seq', 1500);
+SELECT nextval('ids_seq') = 1501 AS past_a_small_gap;
+SELECT credits_internal._advance_sequence('ids_seq', 100);
+SELECT nextval('ids_seq') > 1501 AS never_back;
+SELECT credits_internal._advance_sequence('ids_seq', 5000000000);
+SELECT nextval('ids_seq') = 5000000001 AS past_a_wide_gap;
