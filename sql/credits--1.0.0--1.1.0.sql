@@ -1404,7 +1404,6 @@ CREATE OR REPLACE FUNCTION credits_internal._cluster_candidate(p_sequence regcla
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_max bigint := credits_internal._cluster_sequence_max(p_sequence);
-    r record;
 BEGIN
     candidate := (v_max << 16) | 65535;  -- (the node group in the low bits: any)
     IF candidate <= p_above THEN
@@ -1412,30 +1411,50 @@ BEGIN
         RETURN;
     END IF;
     at := credits_internal._sequence_past(p_sequence, v_max);
-    at_nodes := '{}';
-    FOR r IN SELECT * FROM run_command_on_workers(
-                 format('SELECT credits_internal._sequence_past(%L, %s)', p_sequence, v_max)) LOOP
-        PERFORM credits_internal._node_failed(r.success, format('moving %s', p_sequence), r.nodename, r.nodeport,
-                                              r.result);
-        at_nodes := at_nodes || jsonb_build_object(r.nodename || ':' || r.nodeport, r.result);
-    END LOOP;
+    at_nodes := (SELECT coalesce(jsonb_object_agg(w.node, w.result), '{}')
+                   FROM credits_internal._on_workers(format('moving %s', p_sequence),
+                            format('SELECT credits_internal._sequence_past(%L, %s)', p_sequence, v_max)) w);
 END
 $$;
 
 -- The highest value any node's `p_sequence` has given (on the coordinator).
 CREATE OR REPLACE FUNCTION credits_internal._cluster_sequence_max(p_sequence regclass) RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (SELECT greatest(coalesce(pg_sequence_last_value(p_sequence), 0), max(w.result::bigint))
+              FROM credits_internal._on_workers(format('reading %s', p_sequence),
+                       format('SELECT coalesce(pg_sequence_last_value(%L), 0)', p_sequence)) w);
+END
+$$;
+
+-- `p_command` run on each active worker (Citus opens a connection to each,
+-- outside this transaction), or with `p_only` ('host:port') on that one:
+-- its result per worker; UC014 naming the worker where it failed (`p_what`
+-- failed).
+CREATE OR REPLACE FUNCTION credits_internal._on_workers(p_what text, p_command text, p_only text DEFAULT NULL)
+RETURNS TABLE (node text, result text)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    v_max bigint := coalesce(pg_sequence_last_value(p_sequence), 0);
+    v_names text[];
+    v_ports integer[];
     r record;
 BEGIN
-    FOR r IN SELECT * FROM run_command_on_workers(
-                 format('SELECT coalesce(pg_sequence_last_value(%L), 0)', p_sequence)) LOOP
-        PERFORM credits_internal._node_failed(r.success, format('reading %s', p_sequence), r.nodename, r.nodeport,
-                                              r.result);
-        v_max := greatest(v_max, r.result::bigint);
+    SELECT array_agg(w.node_name), array_agg(w.node_port) INTO v_names, v_ports
+      FROM master_get_active_worker_nodes() w
+     WHERE p_only IS NULL OR w.node_name || ':' || w.node_port = p_only;
+    IF v_names IS NULL THEN
+        RETURN;
+    END IF;
+    FOR r IN SELECT * FROM master_run_on_worker(v_names, v_ports, array_fill(p_command, ARRAY[cardinality(v_names)]),
+                                                true) LOOP
+        IF NOT r.success THEN
+            RAISE EXCEPTION '% failed on node %:%: %', p_what, r.node_name, r.node_port, r.result
+                USING ERRCODE = 'UC014';
+        END IF;
+        node := r.node_name || ':' || r.node_port;
+        result := r.result;
+        RETURN NEXT;
     END LOOP;
-    RETURN v_max;
 END
 $$;
 
@@ -1667,20 +1686,6 @@ BEGIN
 END
 $$;
 
--- UC014 naming the node, when a command run there (run_command_on_workers)
--- failed at `p_what`.
-CREATE OR REPLACE FUNCTION credits_internal._node_failed(p_success boolean, p_what text, p_host text, p_port integer,
-                                              p_error text)
-RETURNS boolean
-LANGUAGE plpgsql AS $$
-BEGIN
-    IF NOT p_success THEN
-        RAISE EXCEPTION '% failed on node %:%: %', p_what, p_host, p_port, p_error
-            USING ERRCODE = 'UC014';
-    END IF;
-    RETURN false;
-END
-$$;
 
 -- Distributes the install over the Citus cluster (docs/citus.md): the
 -- per-account tables sharded by account_id and colocated, plans and
@@ -1707,10 +1712,9 @@ BEGIN
         v_first := (greatest((SELECT max(l.entry_id) FROM credits.ledger l),
                              (SELECT max(e.event_id) FROM credits.events e), 0) >> 16) + 1;
         PERFORM credits_internal._prepare_distribution(v_first, 0, false);
-        PERFORM 1 FROM run_command_on_workers(
-            format('SELECT credits_internal._prepare_distribution(%s, %s, true)', v_first,
-                   (SELECT st.rolled_through FROM credits.rollup_state st))) r
-         WHERE credits_internal._node_failed(r.success, 'credits.distribute()', r.nodename, r.nodeport, r.result);
+        PERFORM FROM credits_internal._on_workers('credits.distribute()',
+                         format('SELECT credits_internal._prepare_distribution(%s, %s, true)', v_first,
+                                (SELECT st.rolled_through FROM credits.rollup_state st)));
         PERFORM create_reference_table('credits.plans');
         PERFORM create_reference_table('credits.features');
         RETURN NEXT 'plans and features: reference tables';
@@ -1731,19 +1735,17 @@ BEGIN
     ELSE
         -- A worker added since: prepared as the others were, its ids above
         -- every id any node has given.
-        FOR v_node IN SELECT * FROM run_command_on_workers(
-                     $c$SELECT to_regclass('credits.ledger_entry_idx') IS NOT NULL$c$) LOOP
-            PERFORM credits_internal._node_failed(v_node.success, 'credits.distribute()', v_node.nodename,
-                                                  v_node.nodeport, v_node.result);
-            CONTINUE WHEN v_node.result = 't';
+        FOR v_node IN SELECT w.node
+                        FROM credits_internal._on_workers('credits.distribute()',
+                                 $c$SELECT to_regclass('credits.ledger_entry_idx') IS NOT NULL$c$) w
+                       WHERE w.result = 'f' LOOP
             v_first := greatest(credits_internal._cluster_sequence_max('credits.ledger_entry_id_seq'),
                                 credits_internal._cluster_sequence_max('credits.events_event_id_seq')) + 1;
-            PERFORM 1 FROM master_run_on_worker(
-                ARRAY[v_node.nodename], ARRAY[v_node.nodeport],
-                ARRAY[format('SELECT credits_internal._prepare_distribution(%s, %s, true)', v_first,
-                             (SELECT st.rolled_through FROM credits.rollup_state st))], false) x
-             WHERE credits_internal._node_failed(x.success, 'credits.distribute()', v_node.nodename, v_node.nodeport, x.result);
-            RETURN NEXT format('node %s:%s: prepared (added after distribute())', v_node.nodename, v_node.nodeport);
+            PERFORM FROM credits_internal._on_workers('credits.distribute()',
+                             format('SELECT credits_internal._prepare_distribution(%s, %s, true)', v_first,
+                                    (SELECT st.rolled_through FROM credits.rollup_state st)),
+                             v_node.node);
+            RETURN NEXT format('node %s: prepared (added after distribute())', v_node.node);
             v_steps := v_steps + 1;
         END LOOP;
     END IF;
