@@ -2767,6 +2767,23 @@ COMMENT ON FUNCTION credits.release_for(text, bigint) IS
 'release of a hold of the given account (UC008 if it has none by that id): on Citus, delegated to the account''s node.';
 COMMENT ON FUNCTION credits.void_grant_for(text, bigint, text) IS
 'void_grant of a grant of the given account (UC011 if it is not one): on Citus, delegated to the account''s node.';
+-- (their double precision forms: src/metering/float_amounts.sql)
+CREATE FUNCTION credits.settle_for(account_id text, hold_id bigint, amount double precision)
+RETURNS bigint LANGUAGE sql
+RETURN credits.settle_for(account_id, hold_id, credits_internal._from_float8(amount, 'amount'));
+CREATE FUNCTION credits.refund_for(account_id text, entry_id bigint, amount double precision, reason text DEFAULT NULL,
+                           idempotency_key text DEFAULT NULL)
+RETURNS bigint LANGUAGE sql
+RETURN credits.refund_for(account_id, entry_id, credits_internal._from_float8(amount, 'amount'), reason,
+                          idempotency_key);
+GRANT EXECUTE ON FUNCTION
+    credits.refund_for(text, bigint, double precision, text, text),
+    credits.settle_for(text, bigint, double precision)
+TO credits_app, credits_admin;
+COMMENT ON FUNCTION credits.settle_for(text, bigint, double precision) IS
+'settle_for with the amount as double precision.';
+COMMENT ON FUNCTION credits.refund_for(text, bigint, double precision, text, text) IS
+'refund_for with the amount as double precision.';
 
 -- (usage_monthly and account_months find the month's plan with a LATERAL
 -- subquery instead of credits_internal._plan_in, which Citus cannot run per

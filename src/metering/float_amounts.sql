@@ -47,10 +47,20 @@ CREATE FUNCTION settle(hold_id bigint, amount double precision)
 RETURNS bigint LANGUAGE sql
 RETURN credits.settle(hold_id, credits_internal._from_float8(amount, 'amount'));
 
+CREATE FUNCTION settle_for(account_id text, hold_id bigint, amount double precision)
+RETURNS bigint LANGUAGE sql
+RETURN credits.settle_for(account_id, hold_id, credits_internal._from_float8(amount, 'amount'));
+
 CREATE FUNCTION refund(entry_id bigint, amount double precision, reason text DEFAULT NULL,
                        idempotency_key text DEFAULT NULL)
 RETURNS bigint LANGUAGE sql
 RETURN credits.refund(entry_id, credits_internal._from_float8(amount, 'amount'), reason, idempotency_key);
+
+CREATE FUNCTION refund_for(account_id text, entry_id bigint, amount double precision, reason text DEFAULT NULL,
+                           idempotency_key text DEFAULT NULL)
+RETURNS bigint LANGUAGE sql
+RETURN credits.refund_for(account_id, entry_id, credits_internal._from_float8(amount, 'amount'), reason,
+                          idempotency_key);
 
 CREATE FUNCTION purchase(account_id text, credits double precision, idempotency_key text DEFAULT NULL)
 RETURNS bigint LANGUAGE sql

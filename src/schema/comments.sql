@@ -58,6 +58,10 @@ COMMENT ON FUNCTION credits.refund_for(text, bigint, numeric, text, text) IS
 'refund of a debit of the given account (UC011 if it is not one): on Citus, delegated to the account''s node.';
 COMMENT ON FUNCTION credits.settle_for(text, bigint, numeric) IS
 'settle of a hold of the given account (UC008 if it has none by that id): on Citus, delegated to the account''s node.';
+COMMENT ON FUNCTION credits.settle_for(text, bigint, double precision) IS
+'settle_for with the amount as double precision.';
+COMMENT ON FUNCTION credits.refund_for(text, bigint, double precision, text, text) IS
+'refund_for with the amount as double precision.';
 COMMENT ON FUNCTION credits.release_for(text, bigint) IS
 'release of a hold of the given account (UC008 if it has none by that id): on Citus, delegated to the account''s node.';
 COMMENT ON FUNCTION credits.void_grant_for(text, bigint, text) IS

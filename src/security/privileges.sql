@@ -46,6 +46,7 @@ GRANT EXECUTE ON FUNCTION
     credits.refund(bigint, numeric, text, text),
     credits.refund(bigint, double precision, text, text),
     credits.refund_for(text, bigint, numeric, text, text),
+    credits.refund_for(text, bigint, double precision, text, text),
     credits.reserve(text, text, numeric, interval, text),
     credits.reserve(text, text, double precision, interval, text),
     credits.try_reserve(text, text, numeric, interval, text),
@@ -53,6 +54,7 @@ GRANT EXECUTE ON FUNCTION
     credits.settle(bigint, numeric),
     credits.settle(bigint, double precision),
     credits.settle_for(text, bigint, numeric),
+    credits.settle_for(text, bigint, double precision),
     credits.release(bigint),
     credits.release_for(text, bigint)
 TO credits_app, credits_admin;

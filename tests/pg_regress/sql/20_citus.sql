@@ -35,6 +35,12 @@ SELECT credits.grant('af_1', 7, 'promotional') AS af_grant \gset
 SELECT credits.void_grant_for('af_2', :af_grant);
 \echo :LAST_ERROR_SQLSTATE
 SELECT credits.void_grant_for('af_1', :af_grant, 'withdrawn') > :af_grant AS voided;
+-- (amounts as double precision, as a Python float or a JavaScript number)
+SELECT credits.refund_for('af_1', :af_debit, 0.5::float8) > :af_debit AS refunded_float;
+SELECT credits.reserve('af_1', 'agent', 2) AS af_hold3 \gset
+SELECT credits.settle_for('af_1', :af_hold3, 0.12345::float8);
+\echo :LAST_ERROR_SQLSTATE
+SELECT credits.settle_for('af_1', :af_hold3, 1.25::float8) > :af_hold3 AS settled_float;
 SELECT monthly_used, reserved, granted_remaining FROM credits.balance('af_1');
 SELECT * FROM credits.verify() WHERE account_id LIKE 'af_%';
 
