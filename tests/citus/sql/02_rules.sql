@@ -105,6 +105,13 @@ SELECT count(*) AS new_events, min(kind) AS kind, min(account_id) AS account
   FROM credits.read_events(:last, 1000);
 SELECT count(*) FROM credits.read_events(-1, 10);
 \echo :LAST_ERROR_SQLSTATE
+-- A transaction idle on the coordinator counts as one that may still hold
+-- ids, written or not (its rows are written on the workers): a single
+-- server would not count one without an xid.
+\! ( (echo 'BEGIN; SELECT 1;'; sleep 1; echo 'COMMIT;') | /usr/lib/postgresql/15/bin/psql -X -q -h 127.0.0.1 -p 28850 -U postgres -d credits_citus >/dev/null 2>&1 &); sleep 0.3
+SELECT credits_internal._older_transactions_open(clock_timestamp()) AS idle_one_counts,
+       EXISTS (SELECT 1 FROM pg_stat_activity WHERE state = 'idle in transaction' AND backend_xid IS NULL
+                                                AND datname = current_database()) AS it_is_idle_without_xid;
 
 -- The monthly reports, over the accounts of both workers.
 SELECT account_id, feature, debited, refunded, plan FROM credits.usage_monthly
