@@ -19,6 +19,7 @@ use crate::pg::fmgr::{
 };
 use crate::pg::numeric;
 use crate::pg::rows::{Found, IndexScan, Lock, Row, Schema, Table, Writes};
+use crate::pg::sqlstate::export_keeping_sqlstate;
 use crate::schema::catalog_cache;
 use pgrx::datum::{DatumWithOid, TimestampWithTimeZone};
 use pgrx::pg_sys::{self, Datum};
@@ -269,12 +270,12 @@ v1_functions!(
     pg_finfo_credits_close_windows_after
 );
 
+export_keeping_sqlstate!(credits_close_windows => close_windows);
 /// `credits_internal._close_windows(accounts text[], at timestamptz) RETURNS integer`:
 /// closes the ended windows of the given accounts (each locked by the
 /// caller, in key order) and returns the windows recorded.
-#[no_mangle]
 #[pg_guard]
-pub unsafe extern "C-unwind" fn credits_close_windows(fcinfo: pg_sys::FunctionCallInfo) -> Datum {
+unsafe extern "C-unwind" fn close_windows(fcinfo: pg_sys::FunctionCallInfo) -> Datum {
     let a = args(fcinfo);
     let (Some(ids), Some(at)) = (a[0], a[1]) else {
         return ret(fcinfo, Some(Datum::from(0i32)));
@@ -292,17 +293,15 @@ pub unsafe extern "C-unwind" fn credits_close_windows(fcinfo: pg_sys::FunctionCa
     ret(fcinfo, Some(Datum::from(recorded)))
 }
 
+export_keeping_sqlstate!(credits_close_windows_after => close_windows_after);
 /// `credits_internal._close_windows_after(after text, at timestamptz, accounts integer,
 /// OUT last_account text, OUT accounts integer, OUT windows integer)`: a
 /// maintenance batch. Closes the ended windows of up to `accounts` accounts
 /// that have one, the first after `after` in key order (NULL: from the
 /// first), locking each as it comes to it. Returns the last account closed
 /// (NULL when none was left), how many, and the windows recorded.
-#[no_mangle]
 #[pg_guard]
-pub unsafe extern "C-unwind" fn credits_close_windows_after(
-    fcinfo: pg_sys::FunctionCallInfo,
-) -> Datum {
+unsafe extern "C-unwind" fn close_windows_after(fcinfo: pg_sys::FunctionCallInfo) -> Datum {
     let a = args(fcinfo);
     let (Some(at), Some(limit)) = (a[1], a[2]) else {
         error!("credits_internal._close_windows_after: NULL instant or batch size");

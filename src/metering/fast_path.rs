@@ -41,6 +41,7 @@ use crate::metering::thresholds::lowest_threshold;
 use crate::pg::decimal::Decimal;
 use crate::pg::fmgr::{args, array_elements, ret, text_bytes, v1_functions};
 use crate::pg::rows::{Found, Row, Schema, Table, Writes};
+use crate::pg::sqlstate::{export_keeping_sqlstate, keeping_sqlstate};
 use crate::schema::catalog_cache;
 use pgrx::pg_sys::{self, Datum};
 use pgrx::prelude::*;
@@ -74,7 +75,7 @@ pub unsafe extern "C-unwind" fn credits_try_debit(fcinfo: pg_sys::FunctionCallIn
 #[inline(always)]
 unsafe fn fast_then_sql(fcinfo: pg_sys::FunctionCallInfo, raise: bool) -> Datum {
     let mut slow: pg_sys::FunctionCallInfo = ptr::null_mut();
-    let entry = decide(fcinfo, raise, &mut slow);
+    let entry = keeping_sqlstate(|| decide(fcinfo, raise, &mut slow));
     if slow.is_null() {
         return entry;
     }
@@ -136,25 +137,25 @@ unsafe extern "C-unwind" fn decide(
     Datum::from(0)
 }
 
+export_keeping_sqlstate!(credits_debit_fast => debit_fast);
 /// `credits_internal._debit_fast(account_id text, feature text, quantity numeric,
 /// key text, metadata jsonb, now timestamptz) RETURNS bigint`: the new 'D'
 /// entry's id, or NULL when the SQL path must decide.
-#[no_mangle]
 #[pg_guard]
-pub unsafe extern "C-unwind" fn credits_debit_fast(fcinfo: pg_sys::FunctionCallInfo) -> Datum {
+unsafe extern "C-unwind" fn debit_fast(fcinfo: pg_sys::FunctionCallInfo) -> Datum {
     let a = args(fcinfo);
     ret(fcinfo, debit(&DebitRequest::new(&a), a[5]).map(Datum::from))
 }
 
+export_keeping_sqlstate!(credits_debit_many_fast => debit_many_fast);
 /// `credits_internal._debit_many_fast(account_ids text[], features text[],
 /// quantities numeric[], keys text[], metadata jsonb[], now timestamptz)
 /// RETURNS bigint[]`: the debits of a batch (arrays of one length; NULL
 /// keys or metadata for none) the fast path takes, each row's new entry id;
 /// NULL for a row the SQL path must decide, and for every later row of its
 /// account, so that each account's rows are decided in the order given.
-#[no_mangle]
 #[pg_guard]
-pub unsafe extern "C-unwind" fn credits_debit_many_fast(fcinfo: pg_sys::FunctionCallInfo) -> Datum {
+unsafe extern "C-unwind" fn debit_many_fast(fcinfo: pg_sys::FunctionCallInfo) -> Datum {
     let a = args(fcinfo);
     let column = |i: usize, element| match a[i] {
         Some(array) => array_elements(array, element),

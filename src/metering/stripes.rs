@@ -32,6 +32,7 @@ use crate::metering::fast_path::{count_charge, write_entry, Charge, DebitTables,
 use crate::pg::decimal::Decimal;
 use crate::pg::fmgr::{args, ret, text_bytes, v1_functions};
 use crate::pg::rows::{Found, Lock, Row, Schema, Table, Writes};
+use crate::pg::sqlstate::export_keeping_sqlstate;
 use crate::schema::catalog_cache;
 use pgrx::pg_sys::{self, Datum};
 use pgrx::prelude::*;
@@ -220,15 +221,15 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
+export_keeping_sqlstate!(credits_stripes_refill => stripes_refill);
 /// `credits_internal._stripes_refill(account_id text, now timestamptz)
 /// RETURNS numeric`: hands the stripes of a striped account, locked and
 /// folded by the caller (credits_internal._lock_account), equal budgets
 /// that together make half of what the account can spend before any event;
 /// what it handed out (0 for an account without stripes, or with ended
 /// windows still to close).
-#[no_mangle]
 #[pg_guard]
-pub unsafe extern "C-unwind" fn credits_stripes_refill(fcinfo: pg_sys::FunctionCallInfo) -> Datum {
+unsafe extern "C-unwind" fn stripes_refill(fcinfo: pg_sys::FunctionCallInfo) -> Datum {
     let a = args(fcinfo);
     let handed = match (a[0], a[1]) {
         (Some(account_id), Some(now)) => refill(account_id, now.value() as i64),
