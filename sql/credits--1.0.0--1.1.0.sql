@@ -1687,6 +1687,17 @@ END
 $$;
 
 
+-- A NOTICE of distribute()'s progress, shown at the caller's
+-- client_min_messages (`p_level`; distribute() hides Citus's own notices).
+CREATE OR REPLACE FUNCTION credits_internal._progress(p_level text, p_message text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM set_config('client_min_messages', p_level, true);
+    RAISE NOTICE 'credits.distribute(): %', p_message;
+    PERFORM set_config('client_min_messages', 'warning', true);
+END
+$$;
+
 -- Distributes the install over the Citus cluster (docs/citus.md): the
 -- per-account tables sharded by account_id and colocated, plans and
 -- features replicated to every node, and every public per-account function
@@ -1701,6 +1712,7 @@ DECLARE
     v_tables text[] := credits_internal._distributed_tables();
     v_steps integer := 0;
     v_node record;
+    v_notices text := current_setting('client_min_messages');  -- (the caller's, for the progress)
 BEGIN
     PERFORM credits_internal._check_citus();
     SET LOCAL citus.enable_unsafe_triggers = on;
@@ -1718,9 +1730,13 @@ BEGIN
         PERFORM create_reference_table('credits.plans');
         PERFORM create_reference_table('credits.features');
         RETURN NEXT 'plans and features: reference tables';
-        PERFORM create_distributed_table('credits.accounts', 'account_id', colocate_with => 'none');
-        FOREACH v_table IN ARRAY v_tables[2:] LOOP
-            PERFORM create_distributed_table('credits.' || v_table, 'account_id', colocate_with => 'credits.accounts');
+        FOR v_i IN 1 .. cardinality(v_tables) LOOP
+            v_table := v_tables[v_i];
+            PERFORM credits_internal._progress(v_notices, format('distributing credits.%s (table %s of %s, %s)',
+                        v_table, v_i, cardinality(v_tables),
+                        pg_size_pretty(pg_relation_size(('credits.' || v_table)::regclass))));
+            PERFORM create_distributed_table('credits.' || v_table, 'account_id',
+                        colocate_with => CASE WHEN v_table = v_tables[1] THEN 'none' ELSE 'credits.accounts' END);
         END LOOP;
         RETURN NEXT format('%s: distributed by account_id, %s shards each', array_to_string(v_tables, ', '),
                            (SELECT count(*) FROM pg_catalog.pg_dist_shard s
