@@ -511,6 +511,16 @@ DECLARE
     s         credits_internal._account_state;
     v_lacking text;
 BEGIN
+    -- (on Citus, away from the account's node: on the node, in one round
+    -- trip, as balance)
+    IF credits_internal._elsewhere($1) THEN
+        RETURN QUERY SELECT c.* FROM credits.accounts a CROSS JOIN LATERAL credits_internal._check_there(a.account_id, $2, $3) c
+                      WHERE a.account_id = $1;
+        IF NOT FOUND THEN
+            PERFORM credits_internal._raise_unknown_account($1);
+        END IF;
+        RETURN;
+    END IF;
     v_acct := credits_internal._account($1);
     v_feature := credits_internal._feature($2);
     cost := credits_internal._cost(v_feature, $3);
@@ -1513,6 +1523,16 @@ BEGIN
 END
 $$;
 
+-- check() on the account's node, called there through a query on the
+-- account's row (credits.check away from the node), as _debit_there.
+CREATE OR REPLACE FUNCTION credits_internal._check_there(p_account text, p_feature text, p_quantity numeric)
+RETURNS TABLE (allowed boolean, cost numeric, available numeric, limiting_window text, resets_at timestamptz)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET citus.allow_nested_distributed_execution = on AS $$
+BEGIN
+    RETURN QUERY SELECT c.* FROM credits."check"(p_account, p_feature, p_quantity) c;
+END
+$$;
+
 -- UC014 for what does not run on a distributed install yet (docs/citus.md).
 CREATE OR REPLACE FUNCTION credits_internal._refuse_distributed(p_what text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -1646,6 +1666,29 @@ END
 $$;
 
 GRANT EXECUTE ON FUNCTION credits_internal._display_of(text) TO credits_reader, credits_admin;
+
+-- balance: the usage display of one account now (see _display).
+CREATE OR REPLACE FUNCTION balance(account_id text)
+RETURNS TABLE (plan text, daily_limit numeric, daily_used numeric, daily_remaining numeric,
+               monthly_limit numeric, monthly_used numeric, monthly_remaining numeric,
+               granted_remaining numeric, reserved numeric, available numeric,
+               next_daily_reset timestamptz, next_monthly_reset timestamptz)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- (on Citus, away from the account's node, as inside a transaction on
+    -- the coordinator: the whole balance on the node, in one round trip,
+    -- through a query on the account's row, as credits_internal._debit does)
+    IF credits_internal._elsewhere(balance.account_id) THEN
+        RETURN QUERY SELECT d.* FROM credits.accounts a CROSS JOIN LATERAL credits_internal._display_of(a.account_id) d
+                      WHERE a.account_id = balance.account_id;
+        IF NOT FOUND THEN
+            PERFORM credits_internal._raise_unknown_account(balance.account_id);
+        END IF;
+        RETURN;
+    END IF;
+    RETURN QUERY SELECT d.* FROM credits_internal._display(credits_internal._account(balance.account_id)) d;
+END
+$$;
 
 -- UC014 unless this is a Citus coordinator every node of which has credits
 -- at this version.

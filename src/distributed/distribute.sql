@@ -73,6 +73,16 @@ BEGIN
 END
 $$;
 
+-- check() on the account's node, called there through a query on the
+-- account's row (credits.check away from the node), as _debit_there.
+CREATE FUNCTION credits_internal._check_there(p_account text, p_feature text, p_quantity numeric)
+RETURNS TABLE (allowed boolean, cost numeric, available numeric, limiting_window text, resets_at timestamptz)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET citus.allow_nested_distributed_execution = on AS $$
+BEGIN
+    RETURN QUERY SELECT c.* FROM credits."check"(p_account, p_feature, p_quantity) c;
+END
+$$;
+
 -- On Citus, before a write makes ids for an account: each node makes ids
 -- from its own sequence (_next_id), so this node's may be behind the
 -- account's last entry or event, made on another node (the coordinator, a

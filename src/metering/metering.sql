@@ -399,6 +399,16 @@ DECLARE
     s         credits_internal._account_state;
     v_lacking text;
 BEGIN
+    -- (on Citus, away from the account's node: on the node, in one round
+    -- trip, as balance)
+    IF credits_internal._elsewhere($1) THEN
+        RETURN QUERY SELECT c.* FROM credits.accounts a CROSS JOIN LATERAL credits_internal._check_there(a.account_id, $2, $3) c
+                      WHERE a.account_id = $1;
+        IF NOT FOUND THEN
+            PERFORM credits_internal._raise_unknown_account($1);
+        END IF;
+        RETURN;
+    END IF;
     v_acct := credits_internal._account($1);
     v_feature := credits_internal._feature($2);
     cost := credits_internal._cost(v_feature, $3);

@@ -14,6 +14,16 @@ SELECT n.nodeport AS acct_port
 SET citus.log_remote_commands = on;
 SELECT credits.debit('acct_7', 'agent', 1) AS e \gset
 SELECT * FROM credits.balance('acct_7') \gset
+-- Inside a transaction on the coordinator, the debit, the balance and the
+-- check each run on the account's node in one command (the commands that
+-- name the extension's objects; Citus's own BEGIN and commit aside).
+SET citus.grep_remote_commands = '%credits%';
+BEGIN;
+SELECT credits.debit('acct_7', 'agent', 1) AS e \gset
+SELECT * FROM credits.balance('acct_7') \gset
+SELECT * FROM credits.check('acct_7', 'agent', 1) \gset
+COMMIT;
+RESET citus.grep_remote_commands;
 RESET citus.log_remote_commands;
 EXPLAIN (COSTS OFF) SELECT credits.debit('acct_7', 'agent', 1);
 -- The account forms of the calls by entry or hold id are delegated too
