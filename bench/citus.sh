@@ -10,7 +10,7 @@
 #               account's worker (one round trip coordinator -> worker);
 #   in a tx     through the coordinator inside BEGIN ... COMMIT with a
 #               read of the balance: the debit run on its worker in one
-#               round trip, the balance statement by statement, and a
+#               round trip each, the debit and the balance, and a
 #               two-phase commit.
 # Durable commits (fsync, synchronous_commit and full_page_writes on).
 # Needs Citus in the server (users install it from Citus's packages);
@@ -105,7 +105,7 @@ report=$(bench_report citus)
     echo "| cell | one server | Citus (coordinator + 2 workers) | Citus ÷ one server |"
     echo "|---|---|---|---|"
     echo "| debit in its own transaction (delegated on Citus) | $(m single) ($(each single)) | $(m delegated) ($(each delegated)) | $(ratio "$(m delegated)" "$(m single)") |"
-    echo "| BEGIN; debit; balance; COMMIT (on Citus: the debit run on its node, the balance statement by statement) | $(m single_tx) ($(each single_tx)) | $(m citus_tx) ($(each citus_tx)) | $(ratio "$(m citus_tx)" "$(m single_tx)") |"
+    echo "| BEGIN; debit; balance; COMMIT (on Citus: the debit and the balance each run on its node) | $(m single_tx) ($(each single_tx)) | $(m citus_tx) ($(each citus_tx)) | $(ratio "$(m citus_tx)" "$(m single_tx)") |"
 } | tee "$report"
 echo
 echo "report: $report"
