@@ -114,23 +114,35 @@ $$;
 -- given, once every node's gives only higher ones. Then every id at or
 -- below the candidate was taken already, by a transaction that began
 -- before the node's instant after the move: `at` on the coordinator,
--- `at_nodes` on each worker (by its clock). No candidate above `p_above`
--- (nothing new): p_above and no move.
-CREATE FUNCTION credits_internal._cluster_candidate(p_sequence regclass, p_above bigint,
-                                                    OUT candidate bigint, OUT at timestamptz, OUT at_nodes jsonb)
+-- `at_nodes` on each worker (by its clock). `settled` when, within p_wait
+-- on each node, none of those is open or prepared any more (the
+-- coordinator first: _candidate_settled). No candidate above `p_above`
+-- (nothing new): p_above, not settled, and no move.
+CREATE FUNCTION credits_internal._cluster_candidate(p_sequence regclass, p_above bigint, p_wait interval,
+                                                    OUT candidate bigint, OUT at timestamptz, OUT at_nodes jsonb,
+                                                    OUT settled boolean)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    v_max bigint := credits_internal._cluster_sequence_max(p_sequence);
+    v_max  bigint := credits_internal._cluster_sequence_max(p_sequence);
+    v_here jsonb;
 BEGIN
     candidate := (v_max << 16) | 65535;  -- (the node group in the low bits: any)
+    settled := false;
     IF candidate <= p_above THEN
         candidate := p_above;
         RETURN;
     END IF;
-    at := credits_internal._sequence_past(p_sequence, v_max);
-    at_nodes := (SELECT coalesce(jsonb_object_agg(w.node, w.result), '{}')
-                   FROM credits_internal._on_workers(format('moving %s', p_sequence),
-                            format('SELECT credits_internal._sequence_past(%L, %s)', p_sequence, v_max)) w);
+    v_here := credits_internal._sequence_past(p_sequence, v_max, p_wait);
+    at := (v_here->>'at')::timestamptz;
+    settled := (v_here->>'settled')::boolean;
+    -- (each worker moves its sequence and waits in one question; no wait
+    -- where it would not decide)
+    SELECT coalesce(jsonb_object_agg(w.node, w.result::jsonb->>'at'), '{}'),
+           settled AND coalesce(bool_and((w.result::jsonb->>'settled')::boolean), true)
+      INTO at_nodes, settled
+      FROM credits_internal._on_workers(format('moving %s', p_sequence),
+               format('SELECT credits_internal._sequence_past(%L, %s, %L)', p_sequence, v_max,
+                      CASE WHEN settled THEN p_wait ELSE interval '0' END)) w;
 END
 $$;
 
@@ -176,12 +188,16 @@ END
 $$;
 
 -- This node's part of _cluster_candidate: its sequence moved past p_past,
--- then its clock.
-CREATE FUNCTION credits_internal._sequence_past(p_sequence regclass, p_past bigint) RETURNS timestamptz
+-- its clock then (`at`), and whether every transaction that began before
+-- that has ended within p_wait (`settled`).
+CREATE FUNCTION credits_internal._sequence_past(p_sequence regclass, p_past bigint, p_wait interval) RETURNS jsonb
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_at timestamptz;
 BEGIN
     PERFORM credits_internal._advance_sequence(p_sequence, p_past);
-    RETURN clock_timestamp();
+    v_at := clock_timestamp();
+    RETURN jsonb_build_object('at', v_at, 'settled', credits_internal._settled(v_at, p_wait));
 END
 $$;
 

@@ -96,7 +96,8 @@ $$;
 CREATE FUNCTION credits_internal._events_safe_through(p_wait interval) RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    st credits_internal.event_watermark;
+    st        credits_internal.event_watermark;
+    v_settled boolean;
 BEGIN
     IF current_setting('transaction_read_only')::boolean
        OR current_setting('transaction_isolation') <> 'read committed' THEN
@@ -112,14 +113,15 @@ BEGIN
     END IF;
     IF st.candidate <= st.safe_through THEN
         IF credits_internal._distributed() THEN
-            SELECT c.candidate, c.at, c.at_nodes INTO st.candidate, st.candidate_at, st.candidate_at_nodes
-              FROM credits_internal._cluster_candidate('credits.events_event_id_seq', st.safe_through) c;
+            SELECT c.candidate, c.at, c.at_nodes, c.settled
+              INTO st.candidate, st.candidate_at, st.candidate_at_nodes, v_settled
+              FROM credits_internal._cluster_candidate('credits.events_event_id_seq', st.safe_through, p_wait) c;
         ELSE
             st.candidate := coalesce((SELECT max(e.event_id) FROM credits.events e), 0);
             st.candidate_at := clock_timestamp();
+            v_settled := st.candidate > st.safe_through AND credits_internal._settled(st.candidate_at, p_wait);
         END IF;
-        IF st.candidate > st.safe_through
-           AND credits_internal._candidate_settled(st.candidate_at, st.candidate_at_nodes, p_wait) THEN
+        IF v_settled THEN
             st.safe_through := st.candidate;
         END IF;
     END IF;
