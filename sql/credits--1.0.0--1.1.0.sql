@@ -1793,9 +1793,8 @@ BEGIN
         RETURN NEXT 'plans and features: reference tables';
         FOR v_i IN 1 .. cardinality(v_tables) LOOP
             v_table := v_tables[v_i];
-            PERFORM credits_internal._progress(v_notices, format('distributing credits.%s (table %s of %s, %s)',
-                        v_table, v_i, cardinality(v_tables),
-                        pg_size_pretty(pg_relation_size(('credits.' || v_table)::regclass))));
+            PERFORM credits_internal._progress(v_notices, format('distributing credits.%s (table %s of %s)',
+                        v_table, v_i, cardinality(v_tables)));
             PERFORM create_distributed_table('credits.' || v_table, 'account_id',
                         colocate_with => CASE WHEN v_table = v_tables[1] THEN 'none' ELSE 'credits.accounts' END);
         END LOOP;
