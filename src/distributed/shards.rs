@@ -44,6 +44,19 @@ impl Citus {
         if pg_sys::get_relname_relid(c"pg_dist_partition".as_ptr(), catalog) == pg_sys::InvalidOid {
             return None;
         }
+        // Citus's placements as committed now: the statement's snapshot (which
+        // SPI reads with in a transaction that has written nothing) can
+        // predate the move whose invalidation brought this reload, and a map
+        // read with it would keep this session writing to the shard the move
+        // left behind (the Citus tier lost debits that way, once in ~12 runs).
+        pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot());
+        let loaded = Self::load_now(base);
+        pg_sys::PopActiveSnapshot();
+        loaded
+    }
+
+    /// (load, reading with the active snapshot)
+    unsafe fn load_now(base: &Schema) -> Option<Citus> {
         Spi::connect(|client| {
             let distributed = client
                 .select(
