@@ -46,3 +46,4 @@ DROP TRIGGER refuse_window ON credits.closed_windows;
 DROP FUNCTION public.refuse_window();
 SELECT credits.debit('trig', 'agent', 1) > 0 AS debited_after;
 SELECT count(*) AS closed FROM credits.closed_windows WHERE account_id = 'trig';
+SELECT * FROM credits.verify() WHERE account_id = 'trig';
