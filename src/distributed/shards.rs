@@ -280,7 +280,11 @@ pub(crate) unsafe fn ids_follow_history(schema: &Schema, account_id: Datum) -> O
         &[Datum::from(schema.ledger_seq)],
     )
     .map_or(0, |v| v.value() as i64);
-    Some(made > last >> 16)
+    // An id is (sequence value << 16) | node group, and the next value
+    // here is above `made`: so made equal to the last entry's value is
+    // enough (it is, when this node made the account's last entry; with
+    // `>` every debit of an account after its own went the SQL path).
+    Some(made >= last >> 16)
 }
 
 /// Moves this node's sequences past the account's last entry and event
