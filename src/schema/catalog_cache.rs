@@ -123,15 +123,26 @@ pub(crate) unsafe fn shards_of(account_id: Datum) -> Option<Schema> {
 /// accounts shard's id, its relations), locked against a move for the rest
 /// of the transaction; none on a single node.
 pub(crate) unsafe fn local_shard_groups() -> Vec<(i64, Schema)> {
-    if current().is_none() {
-        return Vec::new();
+    loop {
+        if current().is_none() {
+            return Vec::new();
+        }
+        let groups = CITUS.with(|c| {
+            c.borrow()
+                .as_ref()
+                .map(|citus| citus.local_groups())
+                .unwrap_or_default()
+        });
+        // The shard locks are held now. A move that switched one of them
+        // to another node while this waited for its lock has committed,
+        // and its invalidation is here: the map is read again (as in
+        // shards_of; maintenance cannot decline, and the groups it was
+        // given would send its writes to the shard the move left behind).
+        pg_sys::AcceptInvalidationMessages();
+        if !SCHEMA_STALE.load(Ordering::Relaxed) {
+            return groups;
+        }
     }
-    CITUS.with(|c| {
-        c.borrow()
-            .as_ref()
-            .map(|citus| citus.local_groups())
-            .unwrap_or_default()
-    })
 }
 
 /// Is the install distributed by Citus (as far as this session knows)?
