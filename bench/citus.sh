@@ -8,6 +8,8 @@
 #   single      one server, credits.debit in its own transaction;
 #   delegated   through the coordinator, each debit delegated to its
 #               account's worker (one round trip coordinator -> worker);
+#   hot         one account for every debit (its row's lock serializes
+#               them; on Citus each still delegated to its worker);
 #   in a tx     through the coordinator inside BEGIN ... COMMIT with a
 #               read of the balance: the debit run on its worker in one
 #               round trip each, the debit and the balance, and a
@@ -69,6 +71,9 @@ cat >"$WORK/debit.sql" <<SQL
 \set a random(1, $ACCOUNTS)
 SELECT credits.debit('acct_' || :a, 'agent', 1);
 SQL
+cat >"$WORK/debit_hot.sql" <<SQL
+SELECT credits.debit('acct_1', 'agent', 1);
+SQL
 cat >"$WORK/debit_tx.sql" <<SQL
 \set a random(1, $ACCOUNTS)
 BEGIN;
@@ -89,6 +94,8 @@ for round in $(seq 1 "$ROUNDS"); do
     say "round $round of $ROUNDS"
     tps[single]+="$(run single "$SINGLE_PORT" debit.sql) "
     tps[delegated]+="$(run delegated "$CITUS_PORT" debit.sql) "
+    tps[single_hot]+="$(run single_hot "$SINGLE_PORT" debit_hot.sql) "
+    tps[delegated_hot]+="$(run delegated_hot "$CITUS_PORT" debit_hot.sql) "
     tps[single_tx]+="$(run single_tx "$SINGLE_PORT" debit_tx.sql) "
     tps[citus_tx]+="$(run citus_tx "$CITUS_PORT" debit_tx.sql) "
 done
@@ -105,6 +112,7 @@ report=$(bench_report citus)
     echo "| cell | one server | Citus (coordinator + 2 workers) | Citus ÷ one server |"
     echo "|---|---|---|---|"
     echo "| debit in its own transaction (delegated on Citus) | $(m single) ($(each single)) | $(m delegated) ($(each delegated)) | $(ratio "$(m delegated)" "$(m single)") |"
+    echo "| one hot account, each debit in its own transaction | $(m single_hot) ($(each single_hot)) | $(m delegated_hot) ($(each delegated_hot)) | $(ratio "$(m delegated_hot)" "$(m single_hot)") |"
     echo "| BEGIN; debit; balance; COMMIT (on Citus: the debit and the balance each run on its node) | $(m single_tx) ($(each single_tx)) | $(m citus_tx) ($(each citus_tx)) | $(ratio "$(m citus_tx)" "$(m single_tx)") |"
 } | tee "$report"
 echo
