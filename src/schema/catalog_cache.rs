@@ -108,14 +108,9 @@ pub(crate) unsafe fn shards_of(account_id: Datum) -> Option<Schema> {
     match shards {
         None => Some(schema),
         Some(None) => None,
-        Some(Some(shards)) => {
-            // The shard lock is held now. A move that switched the shard to
-            // another node while this call waited for it has committed, and
-            // its invalidation is here: with the map stale, decline (the
-            // rows go where Citus routes the SQL path).
-            pg_sys::AcceptInvalidationMessages();
-            (!SCHEMA_STALE.load(Ordering::Relaxed)).then_some(shards)
-        }
+        // (with the map stale, decline: the rows go where Citus routes the
+        // SQL path)
+        Some(Some(shards)) => map_still_current().then_some(shards),
     }
 }
 
@@ -133,16 +128,21 @@ pub(crate) unsafe fn local_shard_groups() -> Vec<(i64, Schema)> {
                 .map(|citus| citus.local_groups())
                 .unwrap_or_default()
         });
-        // The shard locks are held now. A move that switched one of them
-        // to another node while this waited for its lock has committed,
-        // and its invalidation is here: the map is read again (as in
-        // shards_of; maintenance cannot decline, and the groups it was
-        // given would send its writes to the shard the move left behind).
-        pg_sys::AcceptInvalidationMessages();
-        if !SCHEMA_STALE.load(Ordering::Relaxed) {
+        // (with the map stale, read it again: maintenance cannot decline)
+        if map_still_current() {
             return groups;
         }
     }
+}
+
+/// After the caller took shard locks through the map: is the map still
+/// current? A move that switched one of those shards to another node while
+/// the caller waited for its lock has committed by now, and its
+/// invalidation is here; a map read before it would send the caller's
+/// writes to the shard the move left behind.
+unsafe fn map_still_current() -> bool {
+    pg_sys::AcceptInvalidationMessages();
+    !SCHEMA_STALE.load(Ordering::Relaxed)
 }
 
 /// Is the install distributed by Citus (as far as this session knows)?
