@@ -621,8 +621,8 @@ impl Writes {
             })
             .collect::<Vec<_>>();
         // Registered as the statement's result relations, so the AFTER
-        // triggers fired at the end (the plan foreign key re-checked when
-        // this transaction wrote the account row before) find them open.
+        // triggers fired at the end (user triggers, a foreign key checked
+        // again: see update) find them open.
         for relinfo in &relinfos {
             (*estate).es_opened_result_relations =
                 pg_sys::lappend((*estate).es_opened_result_relations, relinfo.cast());
@@ -728,13 +728,36 @@ impl Writes {
         false
     }
 
+    /// An UPDATE of one row, `new` a copy of `old` with other columns than
+    /// those a foreign key names or references (every caller's: counters).
+    ///
+    /// Such an update needs none of the foreign keys' triggers. PostgreSQL
+    /// knows that too, except when this transaction wrote the old version:
+    /// then it checks the key again (a query, and a KEY SHARE lock on the
+    /// plan's row, a multixact when other transactions lock it as well), in
+    /// case the check of that earlier write has not run yet. That check runs
+    /// at the end of its statement, so once no trigger event is pending on
+    /// the table, it has run; the triggers are then left out. This is what
+    /// every debit after the first of an account in one transaction saved.
     pub(crate) unsafe fn update(
         &mut self,
         table: &Table,
         old: *mut pg_sys::TupleTableSlot,
         new: *mut pg_sys::TupleTableSlot,
     ) {
-        pg_sys::ExecSimpleRelationUpdate(self.relinfo(table), self.estate, &mut self.epq, old, new);
+        let relinfo = self.relinfo(table);
+        let triggers = (*relinfo).ri_TrigDesc;
+        let keys_only = !triggers.is_null()
+            && (0..(*triggers).numtriggers as usize).all(|i| {
+                let trigger = (*triggers).triggers.add(i);
+                pg_sys::RI_FKey_trigger_type((*trigger).tgfoid) != pg_sys::RI_TRIGGER_NONE as i32
+            })
+            && !pg_sys::AfterTriggerPendingOnRel((*(*table.rel).rd_rel).oid);
+        if keys_only {
+            (*relinfo).ri_TrigDesc = ptr::null_mut();
+        }
+        pg_sys::ExecSimpleRelationUpdate(relinfo, self.estate, &mut self.epq, old, new);
+        (*relinfo).ri_TrigDesc = triggers;
     }
 
     /// Frees what the last row's writes allocated per row (index entries,

@@ -543,3 +543,108 @@ fn many_debits_of_one_account_in_one_statement_take_the_fast_path() {
     assert_eq!(ledger_debits(&mut client, "batch_pro").len(), 100);
     assert_verified(&mut client);
 }
+
+/// Debits after the first of an account in one transaction update a row
+/// version this transaction wrote, where PostgreSQL would check the plan's
+/// foreign key again: a query per debit and a lock on the plan's row, which
+/// every such transaction then held, whatever account it debited. They
+/// leave the plan's row alone. A user's row trigger on accounts still fires
+/// for every debit, and where a check of an earlier write is still pending
+/// (a deferred foreign key), the debits keep theirs: a plan deleted
+/// meanwhile fails the commit instead of leaving an account on no plan.
+#[test]
+fn later_debits_of_an_account_in_a_transaction_leave_its_plan_row_alone() {
+    let db = "credits_fast_path_plan_key";
+    let mut client = fresh(db);
+    subscribe(&mut client, "pk", "pro");
+    let slow_calls = "SELECT coalesce(pg_stat_get_xact_function_calls('credits_internal._debit_slow'::regproc), 0)";
+
+    let mut tx = client.transaction().unwrap();
+    tx.batch_execute("SET LOCAL track_functions = 'all'")
+        .unwrap();
+    for _ in 0..3 {
+        tx.execute("SELECT credits.debit('pk', 'agent', 1)", &[])
+            .unwrap();
+    }
+    let slow: i64 = tx.query_one(slow_calls, &[]).unwrap().get(0);
+    assert_eq!(slow, 0, "all three took the fast path");
+    let mut other = session(db);
+    let locked = other.query(
+        "SELECT 1 FROM credits.plans WHERE plan = 'pro' FOR UPDATE NOWAIT",
+        &[],
+    );
+    assert!(
+        locked.is_ok(),
+        "the debiting transaction holds no lock on the plan's row: {locked:?}"
+    );
+    tx.commit().unwrap();
+    assert_eq!(ledger_debits(&mut client, "pk"), vec!["1", "1", "1"]);
+
+    // A row trigger on accounts fires for each debit's update.
+    client
+        .batch_execute(
+            "CREATE TABLE public.updates_seen (account_id text, monthly_used numeric);
+             CREATE FUNCTION public.see_update() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 INSERT INTO public.updates_seen VALUES (NEW.account_id, NEW.monthly_used);
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER see_update AFTER UPDATE ON credits.accounts
+                 FOR EACH ROW EXECUTE FUNCTION public.see_update();",
+        )
+        .unwrap();
+    let mut tx = client.transaction().unwrap();
+    for _ in 0..3 {
+        tx.execute("SELECT credits.debit('pk', 'agent', 1)", &[])
+            .unwrap();
+    }
+    tx.commit().unwrap();
+    assert_eq!(
+        rows(
+            &mut client,
+            "SELECT monthly_used::text FROM public.updates_seen ORDER BY 1"
+        ),
+        vec!["4", "5", "6"]
+    );
+    client
+        .batch_execute("DROP TRIGGER see_update ON credits.accounts")
+        .unwrap();
+
+    // A deferred foreign key: the new account's check waits for the commit.
+    client
+        .batch_execute(
+            "ALTER TABLE credits.accounts ALTER CONSTRAINT accounts_plan_fkey DEFERRABLE INITIALLY DEFERRED;
+             INSERT INTO credits.plans (plan, monthly_allowance) VALUES ('short_lived', 100);",
+        )
+        .unwrap_or_else(|e| panic!("making the plan key deferrable: {e}"));
+    let mut tx = client.transaction().unwrap();
+    tx.batch_execute(
+        "SET LOCAL track_functions = 'all';
+         SELECT credits.subscribe('pk_new', 'short_lived');",
+    )
+    .unwrap();
+    for _ in 0..2 {
+        tx.execute("SELECT credits.debit('pk_new', 'agent', 1)", &[])
+            .unwrap();
+    }
+    let slow: i64 = tx.query_one(slow_calls, &[]).unwrap().get(0);
+    assert_eq!(slow, 0, "both debits took the fast path");
+    // Another session deletes the plan: nothing it can see refers to it.
+    other
+        .execute("DELETE FROM credits.plans WHERE plan = 'short_lived'", &[])
+        .unwrap();
+    let committed = tx.commit();
+    assert_eq!(
+        sqlstate(committed),
+        "23503",
+        "the commit checks the plan of the account it wrote"
+    );
+    assert_eq!(
+        rows(
+            &mut client,
+            "SELECT account_id FROM credits.accounts WHERE account_id = 'pk_new'"
+        ),
+        Vec::<String>::new()
+    );
+    assert_verified(&mut client);
+}
