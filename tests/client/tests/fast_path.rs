@@ -557,17 +557,9 @@ fn later_debits_of_an_account_in_a_transaction_leave_its_plan_row_alone() {
     let db = "credits_fast_path_plan_key";
     let mut client = fresh(db);
     subscribe(&mut client, "pk", "pro");
-    let slow_calls = "SELECT coalesce(pg_stat_get_xact_function_calls('credits_internal._debit_slow'::regproc), 0)";
 
     let mut tx = client.transaction().unwrap();
-    tx.batch_execute("SET LOCAL track_functions = 'all'")
-        .unwrap();
-    for _ in 0..3 {
-        tx.execute("SELECT credits.debit('pk', 'agent', 1)", &[])
-            .unwrap();
-    }
-    let slow: i64 = tx.query_one(slow_calls, &[]).unwrap().get(0);
-    assert_eq!(slow, 0, "all three took the fast path");
+    debits_on_the_fast_path(&mut tx, "pk", 3);
     let mut other = session(db);
     let locked = other.query(
         "SELECT 1 FROM credits.plans WHERE plan = 'pro' FOR UPDATE NOWAIT",
@@ -594,10 +586,7 @@ fn later_debits_of_an_account_in_a_transaction_leave_its_plan_row_alone() {
         )
         .unwrap();
     let mut tx = client.transaction().unwrap();
-    for _ in 0..3 {
-        tx.execute("SELECT credits.debit('pk', 'agent', 1)", &[])
-            .unwrap();
-    }
+    debits_on_the_fast_path(&mut tx, "pk", 3);
     tx.commit().unwrap();
     assert_eq!(
         rows(
@@ -618,17 +607,9 @@ fn later_debits_of_an_account_in_a_transaction_leave_its_plan_row_alone() {
         )
         .unwrap_or_else(|e| panic!("making the plan key deferrable: {e}"));
     let mut tx = client.transaction().unwrap();
-    tx.batch_execute(
-        "SET LOCAL track_functions = 'all';
-         SELECT credits.subscribe('pk_new', 'short_lived');",
-    )
-    .unwrap();
-    for _ in 0..2 {
-        tx.execute("SELECT credits.debit('pk_new', 'agent', 1)", &[])
-            .unwrap();
-    }
-    let slow: i64 = tx.query_one(slow_calls, &[]).unwrap().get(0);
-    assert_eq!(slow, 0, "both debits took the fast path");
+    tx.batch_execute("SELECT credits.subscribe('pk_new', 'short_lived')")
+        .unwrap();
+    debits_on_the_fast_path(&mut tx, "pk_new", 2);
     // Another session deletes the plan: nothing it can see refers to it.
     other
         .execute("DELETE FROM credits.plans WHERE plan = 'short_lived'", &[])
@@ -647,4 +628,26 @@ fn later_debits_of_an_account_in_a_transaction_leave_its_plan_row_alone() {
         Vec::<String>::new()
     );
     assert_verified(&mut client);
+}
+
+/// `n` debits of 1 of `account` in the transaction, a statement each, all
+/// of them decided by the fast path.
+fn debits_on_the_fast_path(tx: &mut postgres::Transaction, account: &str, n: usize) {
+    tx.batch_execute("SET LOCAL track_functions = 'all'")
+        .unwrap();
+    for _ in 0..n {
+        tx.execute("SELECT credits.debit($1, 'agent', 1)", &[&account])
+            .unwrap();
+    }
+    let slow: i64 = tx
+        .query_one(
+            "SELECT coalesce(pg_stat_get_xact_function_calls('credits_internal._debit_slow'::regproc), 0)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        slow, 0,
+        "{n} debits of {account}, none fell to the SQL path"
+    );
 }
