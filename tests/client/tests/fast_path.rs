@@ -361,17 +361,16 @@ fn the_first_debit_after_a_boundary_closes_the_windows_on_the_fast_path() {
     subscribe(&mut client, "fc_pro", "pro");
     client
         .batch_execute(
-            "SELECT credits.debit('fc_free', 'agent', 7), credits.debit('fc_pro', 'agent', 30);
-             CREATE TABLE public.windows_seen (account_id text, window_kind text, window_start date);
-             CREATE FUNCTION public.see_window() RETURNS trigger LANGUAGE plpgsql AS $$
-             BEGIN
-                 INSERT INTO public.windows_seen VALUES (NEW.account_id, NEW.window_kind, NEW.window_start);
-                 RETURN NEW;
-             END $$;
-             CREATE TRIGGER see_window AFTER INSERT ON credits.closed_windows
-                 FOR EACH ROW EXECUTE FUNCTION public.see_window();",
+            "SELECT credits.debit('fc_free', 'agent', 7), credits.debit('fc_pro', 'agent', 30)",
         )
         .unwrap();
+    record_rows(
+        &mut client,
+        "see_window",
+        "INSERT ON credits.closed_windows",
+        "windows_seen (account_id text, window_kind text, window_start date)",
+        "NEW.account_id, NEW.window_kind, NEW.window_start",
+    );
     set_clock(&mut client, "2027-05-02 08:00:00+00");
 
     let entry = fast_debit(&mut client, "fc_free", "2", Some("after-the-gap"))
@@ -520,14 +519,11 @@ fn many_debits_of_one_account_in_one_statement_take_the_fast_path() {
         .unwrap()
         .get(0);
     assert_eq!(debited, 100);
-    let slow: i64 = tx
-        .query_one(
-            "SELECT coalesce(pg_stat_get_xact_function_calls('credits_internal._debit_slow'::regproc), 0)",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(slow, 0, "no call of the batch fell to the SQL path");
+    assert_eq!(
+        slow_path_calls(&mut tx),
+        0,
+        "no call of the batch fell to the SQL path"
+    );
     // Free allows 10 a day: 10 of 15 in one statement, not one more.
     let granted: i64 = tx
         .query_one(
@@ -561,30 +557,18 @@ fn later_debits_of_an_account_in_a_transaction_leave_its_plan_row_alone() {
     let mut tx = client.transaction().unwrap();
     debits_on_the_fast_path(&mut tx, "pk", 3);
     let mut other = session(db);
-    let locked = other.query(
-        "SELECT 1 FROM credits.plans WHERE plan = 'pro' FOR UPDATE NOWAIT",
-        &[],
-    );
-    assert!(
-        locked.is_ok(),
-        "the debiting transaction holds no lock on the plan's row: {locked:?}"
-    );
+    assert_unlocked(&mut other, "credits.plans WHERE plan = 'pro'");
     tx.commit().unwrap();
     assert_eq!(ledger_debits(&mut client, "pk"), vec!["1", "1", "1"]);
 
     // A row trigger on accounts fires for each debit's update.
-    client
-        .batch_execute(
-            "CREATE TABLE public.updates_seen (account_id text, monthly_used numeric);
-             CREATE FUNCTION public.see_update() RETURNS trigger LANGUAGE plpgsql AS $$
-             BEGIN
-                 INSERT INTO public.updates_seen VALUES (NEW.account_id, NEW.monthly_used);
-                 RETURN NEW;
-             END $$;
-             CREATE TRIGGER see_update AFTER UPDATE ON credits.accounts
-                 FOR EACH ROW EXECUTE FUNCTION public.see_update();",
-        )
-        .unwrap();
+    record_rows(
+        &mut client,
+        "see_update",
+        "UPDATE ON credits.accounts",
+        "updates_seen (account_id text, monthly_used numeric)",
+        "NEW.account_id, NEW.monthly_used",
+    );
     let mut tx = client.transaction().unwrap();
     debits_on_the_fast_path(&mut tx, "pk", 3);
     tx.commit().unwrap();
@@ -639,15 +623,38 @@ fn debits_on_the_fast_path(tx: &mut postgres::Transaction, account: &str, n: usi
         tx.execute("SELECT credits.debit($1, 'agent', 1)", &[&account])
             .unwrap();
     }
-    let slow: i64 = tx
-        .query_one(
-            "SELECT coalesce(pg_stat_get_xact_function_calls('credits_internal._debit_slow'::regproc), 0)",
-            &[],
-        )
-        .unwrap()
-        .get(0);
     assert_eq!(
-        slow, 0,
+        slow_path_calls(tx),
+        0,
         "{n} debits of {account}, none fell to the SQL path"
     );
+}
+
+/// Calls of the debit's SQL path so far in the transaction (it must have
+/// set track_functions).
+fn slow_path_calls(tx: &mut postgres::Transaction) -> i64 {
+    tx.query_one(
+        "SELECT coalesce(pg_stat_get_xact_function_calls('credits_internal._debit_slow'::regproc), 0)",
+        &[],
+    )
+    .unwrap()
+    .get(0)
+}
+
+/// A row trigger `name` AFTER `event` (e.g. "INSERT ON credits.ledger") that
+/// records `values` of each row into the new table public.`table` (its
+/// definition: "name (columns)").
+fn record_rows(client: &mut Client, name: &str, event: &str, table: &str, values: &str) {
+    let table_name = table.split(' ').next().unwrap();
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE public.{table};
+             CREATE FUNCTION public.{name}() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 INSERT INTO public.{table_name} VALUES ({values});
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER {name} AFTER {event} FOR EACH ROW EXECUTE FUNCTION public.{name}();"
+        ))
+        .unwrap();
 }

@@ -185,3 +185,37 @@ fn other_writes_mixed_with_striped_debits_keep_ledger_and_counters_in_agreement(
         .unwrap();
     assert!(used <= 250.0, "monthly_used {used} above the limit of 250");
 }
+
+/// Several debits of a striped account in one transaction update stripe
+/// rows this transaction wrote, where PostgreSQL would check the stripes'
+/// foreign key to the account again and lock the account row (KEY SHARE)
+/// until the commit, stalling every write that takes the row. They leave
+/// it alone, and spend exactly what they debit.
+#[test]
+fn striped_debits_in_one_transaction_leave_the_account_row_unlocked() {
+    let mut client = connect_at(AT);
+    striped(&mut client, "stripe_tx", 900, 4); // 1,000 a month
+    client
+        .batch_execute("SELECT credits.debit('stripe_tx', 'agent', 1)")
+        .unwrap(); // (hands the stripes their budgets)
+    let mut tx = client.transaction().unwrap();
+    for _ in 0..6 {
+        tx.execute("SELECT credits.debit('stripe_tx', 'agent', 1)", &[])
+            .unwrap();
+    }
+    assert_unlocked(
+        &mut connect_at(AT),
+        "credits.accounts WHERE account_id = 'stripe_tx'",
+    );
+    tx.commit().unwrap();
+    let spent: String = client
+        .query_one(
+            "SELECT trim_scale(sum(spent))::text FROM credits.stripes WHERE account_id = 'stripe_tx'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(spent, "6", "the six debits were the stripes'");
+    assert_eq!(balance_of(&mut client, "stripe_tx", "monthly_used"), "7");
+    assert_verified(&mut client);
+}

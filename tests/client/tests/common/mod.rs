@@ -125,6 +125,17 @@ pub fn assert_verified(client: &mut Client) {
     );
 }
 
+/// No other transaction holds a lock on the rows of `rows` ("table WHERE
+/// ..."): this session takes them FOR UPDATE without waiting (55P03 if one
+/// does, even a KEY SHARE lock).
+pub fn assert_unlocked(client: &mut Client, rows: &str) {
+    let locked = client.query(&format!("SELECT 1 FROM {rows} FOR UPDATE NOWAIT"), &[]);
+    assert!(
+        locked.is_ok(),
+        "another transaction holds a lock on {rows}: {locked:?}"
+    );
+}
+
 pub fn subscribe(client: &mut Client, account: &str, plan: &str) {
     client
         .execute("SELECT credits.subscribe($1, $2)", &[&account, &plan])
